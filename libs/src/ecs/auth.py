@@ -1,0 +1,100 @@
+"""Bearer tokens with roles (DESIGN §6): HS256 with a local secret in the embedded default,
+the issuer's keys (JWKS) in production."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from enum import StrEnum
+
+import jwt
+
+from .errors import Forbidden, Unauthorized
+
+
+class Role(StrEnum):
+    DISPATCHER = "dispatcher"
+    COMMANDER = "commander"
+    SUPPLY_OFFICER = "supply_officer"
+    SHELTER_MANAGER = "shelter_manager"
+    INFORMATION_OFFICER = "information_officer"
+    DRILL_RUNNER = "drill_runner"
+    AUDITOR = "auditor"
+
+
+@dataclass(frozen=True)
+class Principal:
+    subject: str
+    roles: frozenset[str]
+
+    def require(self, *roles: Role) -> None:
+        if not self.roles.intersection(roles):
+            wanted = ", ".join(sorted(r.value for r in roles))
+            raise Forbidden(
+                f"this action needs one of the roles: {wanted}",
+                required_roles=sorted(roles),
+            )
+
+
+class TokenVerifier:
+    def __init__(
+        self,
+        secret: str,
+        jwks_url: str | None = None,
+        issuer: str | None = None,
+        audience: str | None = None,
+    ) -> None:
+        self.secret = secret
+        self.issuer = issuer
+        self.audience = audience
+        self._jwks = jwt.PyJWKClient(jwks_url, cache_keys=True) if jwks_url else None
+
+    def issue(self, subject: str, roles: list[str], ttl_s: int = 12 * 3600) -> str:
+        if self._jwks is not None:
+            raise RuntimeError("tokens come from the OIDC issuer in this deployment")
+        now = int(time.time())
+        claims = {
+            "sub": subject,
+            "roles": sorted(set(roles)),
+            "iat": now,
+            "exp": now + ttl_s,
+        }
+        if self.issuer:
+            claims["iss"] = self.issuer
+        if self.audience:
+            claims["aud"] = self.audience
+        return jwt.encode(claims, self.secret, algorithm="HS256")
+
+    def verify(self, authorization: str | None) -> Principal:
+        if not authorization:
+            raise Unauthorized("missing bearer token (Authorization: Bearer <token>)")
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise Unauthorized("the Authorization header must be 'Bearer <token>'")
+        try:
+            if self._jwks is not None:
+                key = self._jwks.get_signing_key_from_jwt(token).key
+                claims = jwt.decode(
+                    token,
+                    key,
+                    algorithms=["RS256", "ES256"],
+                    issuer=self.issuer,
+                    audience=self.audience,
+                )
+            else:
+                claims = jwt.decode(
+                    token,
+                    self.secret,
+                    algorithms=["HS256"],
+                    issuer=self.issuer,
+                    audience=self.audience,
+                    options={"require": ["exp", "sub"]},
+                )
+        except jwt.PyJWTError as exc:
+            raise Unauthorized(f"invalid token: {exc}") from exc
+        roles = claims.get("roles") or []
+        if isinstance(roles, str):
+            roles = roles.split()
+        return Principal(
+            subject=str(claims["sub"]), roles=frozenset(str(r) for r in roles)
+        )

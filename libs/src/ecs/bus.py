@@ -1,0 +1,405 @@
+"""Messaging on NATS JetStream: streams declared in code, publishing with Nats-Msg-Id, a batched
+pull-consumer runner that acks only after the handler committed, dead-letters poison, and naks
+transient failures with backoff; plus request/reply for queries that need an answer now."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import nats
+import nats.errors
+import nats.js.errors
+import orjson
+import structlog
+from nats.aio.msg import Msg
+from nats.js import api
+from prometheus_client import Counter, Histogram
+
+from .envelope import Envelope
+from .errors import Poison, Transient
+
+log = structlog.get_logger("ecs.bus")
+
+DEAD_LETTER_STREAM = "DEADLETTER"
+DEAD_LETTER_PREFIX = "deadletter"
+
+PROCESSED = Counter(
+    "ecs_messages_processed_total", "Messages handled and acked", ["consumer"]
+)
+DEAD_LETTERED = Counter(
+    "ecs_messages_dead_lettered_total",
+    "Messages sent to the dead-letter subject",
+    ["consumer"],
+)
+RETRIED = Counter(
+    "ecs_messages_retried_total", "Messages nak'ed for a later retry", ["consumer"]
+)
+BATCH_SECONDS = Histogram(
+    "ecs_consumer_batch_seconds", "Time to handle one fetched batch", ["consumer"]
+)
+PUBLISHED = Counter(
+    "ecs_messages_published_total", "Messages published to JetStream", ["service"]
+)
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    name: str
+    subjects: tuple[str, ...]
+    max_age_s: float = 7 * 24 * 3600
+    duplicate_window_s: float = 120
+    max_bytes: int = -1
+
+
+@dataclass(frozen=True)
+class ConsumerSpec:
+    stream: str
+    durable: str
+    filter_subjects: tuple[str, ...]
+    ack_wait_s: float = 30
+    max_ack_pending: int = 20_000
+
+
+DEAD_LETTERS = StreamSpec(
+    DEAD_LETTER_STREAM, (f"{DEAD_LETTER_PREFIX}.>",), max_age_s=30 * 24 * 3600
+)
+
+# The handler gets one fetched batch and returns {index: reason} for the messages it refused as
+# poison; everything else is acked once it returns (so it must have committed by then).
+BatchHandler = Callable[[list[Msg]], Awaitable[dict[int, str]]]
+
+
+def msg_id_headers(
+    envelope_id: str, correlation_id: str | None = None
+) -> dict[str, str]:
+    headers = {"Nats-Msg-Id": envelope_id}
+    if correlation_id:
+        # W3C trace context: the correlation id is the trace, the message id the span.
+        trace = (correlation_id.replace("-", "") + "0" * 32)[:32]
+        span = (envelope_id.replace("-", "") + "0" * 16)[:16]
+        headers["traceparent"] = f"00-{trace}-{span}-01"
+    return headers
+
+
+def decode_envelope(msg: Msg) -> Envelope:
+    try:
+        return Envelope.from_bytes(msg.data)
+    except ValueError as exc:
+        raise Poison(f"not a valid envelope: {_first_line(exc)}") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    return (
+        str(exc).strip().splitlines()[0][:300]
+        if str(exc).strip()
+        else type(exc).__name__
+    )
+
+
+class Bus:
+    """One NATS connection per process; JetStream context for streams and publishing."""
+
+    def __init__(self, url: str, service: str, stream_replicas: int = 1) -> None:
+        self.url = url
+        self.service = service
+        self.stream_replicas = stream_replicas
+        self.nc: nats.NATS | None = None
+        self.js: Any = None
+
+    async def connect(self) -> None:
+        async def on_error(exc: Exception) -> None:
+            log.warning("nats.error", error=_first_line(exc))
+
+        async def on_disconnect() -> None:
+            log.warning("nats.disconnected")
+
+        async def on_reconnect() -> None:
+            log.info("nats.reconnected")
+
+        self.nc = await nats.connect(
+            self.url,
+            name=self.service,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.5,
+            connect_timeout=5,
+            allow_reconnect=True,
+            error_cb=on_error,
+            disconnected_cb=on_disconnect,
+            reconnected_cb=on_reconnect,
+            pending_size=64 * 1024 * 1024,
+        )
+        self.js = self.nc.jetstream(timeout=10, publish_async_max_pending=20_000)
+
+    @property
+    def connected(self) -> bool:
+        return self.nc is not None and self.nc.is_connected
+
+    async def close(self) -> None:
+        if self.nc is not None and not self.nc.is_closed:
+            with contextlib.suppress(Exception):
+                await self.nc.drain()
+            with contextlib.suppress(Exception):
+                await self.nc.close()
+
+    async def declare(
+        self, streams: Sequence[StreamSpec], consumers: Sequence[ConsumerSpec] = ()
+    ) -> None:
+        """Create or update streams and durable consumers; safe to run from every replica at start."""
+        for spec in (DEAD_LETTERS, *streams):
+            config = api.StreamConfig(
+                name=spec.name,
+                subjects=list(spec.subjects),
+                retention=api.RetentionPolicy.LIMITS,
+                storage=api.StorageType.FILE,
+                max_age=spec.max_age_s,
+                max_bytes=spec.max_bytes,
+                duplicate_window=spec.duplicate_window_s,
+                num_replicas=self.stream_replicas,
+            )
+            try:
+                await self.js.add_stream(config)
+            except nats.js.errors.BadRequestError:
+                # Already there with other settings: bring it to what the code declares.
+                await self.js.update_stream(config)
+        for c in consumers:
+            await self.js.add_consumer(c.stream, self.consumer_config(c))
+
+    @staticmethod
+    def consumer_config(c: ConsumerSpec) -> api.ConsumerConfig:
+        many = len(c.filter_subjects) > 1
+        return api.ConsumerConfig(
+            name=c.durable,
+            durable_name=c.durable,
+            ack_policy=api.AckPolicy.EXPLICIT,
+            deliver_policy=api.DeliverPolicy.ALL,
+            ack_wait=c.ack_wait_s,
+            max_ack_pending=c.max_ack_pending,
+            filter_subject=None if many else c.filter_subjects[0],
+            filter_subjects=list(c.filter_subjects) if many else None,
+        )
+
+    async def publish(
+        self, subject: str, payload: bytes, headers: dict[str, str] | None = None
+    ) -> None:
+        await self.js.publish(subject, payload, headers=headers)
+        PUBLISHED.labels(self.service).inc()
+
+    async def publish_event(
+        self, envelope: Envelope, subject: str | None = None
+    ) -> None:
+        await self.publish(
+            subject or envelope.type,
+            envelope.to_bytes(),
+            msg_id_headers(envelope.id, envelope.correlation_id),
+        )
+
+    async def publish_batch(
+        self, items: Sequence[tuple[str, bytes, dict[str, str]]]
+    ) -> None:
+        """Publish in order without waiting for each ack, then wait for all of them.
+
+        The writes leave in the order given; JetStream deduplicates on Nats-Msg-Id, so a batch that
+        is retried after a partial failure does not double anything.
+        """
+        futures = [
+            await self.js.publish_async(subject, payload, headers=headers)
+            for subject, payload, headers in items
+        ]
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        failed = [r for r in results if isinstance(r, BaseException)]
+        if failed:
+            raise Transient(
+                f"{len(failed)} of {len(items)} publishes not acknowledged: {_first_line(failed[0])}"
+            )
+        PUBLISHED.labels(self.service).inc(len(items))
+
+    async def dead_letter(self, msg: Msg, reason: str, consumer: str) -> None:
+        headers = {
+            "Ecs-Reason": reason[:1000],
+            "Ecs-Original-Subject": msg.subject,
+            "Ecs-Consumer": consumer,
+            "Ecs-Service": self.service,
+        }
+        original_id = (msg.headers or {}).get("Nats-Msg-Id")
+        if original_id:
+            headers["Nats-Msg-Id"] = f"dl:{consumer}:{original_id}"
+        await self.publish(f"{DEAD_LETTER_PREFIX}.{msg.subject}", msg.data, headers)
+        DEAD_LETTERED.labels(consumer).inc()
+        log.warning(
+            "message.dead_lettered",
+            subject=msg.subject,
+            reason=reason,
+            consumer=consumer,
+            message_id=original_id,
+        )
+
+    async def request(
+        self, subject: str, payload: dict[str, Any], timeout: float = 2.0
+    ) -> dict[str, Any]:
+        reply = await self.nc.request(subject, orjson.dumps(payload), timeout=timeout)
+        return orjson.loads(reply.data)
+
+    async def serve(
+        self,
+        subject: str,
+        handler: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]],
+    ) -> None:
+        """Answer requests on subject; replicas share the load through a queue group."""
+
+        async def on_request(msg: Msg) -> None:
+            try:
+                answer = await handler(orjson.loads(msg.data))
+            except Exception as exc:  # the asker gets the reason instead of a time-out
+                answer = {"error": _first_line(exc)}
+            await msg.respond(orjson.dumps(answer))
+
+        await self.nc.subscribe(
+            subject, queue=f"{self.service}.{subject}", cb=on_request
+        )
+
+
+@dataclass
+class ConsumerRunner:
+    """Fetches batches from one durable pull consumer and hands them to a handler.
+
+    In flight is bounded by the batch size (one batch at a time per runner). Acks go out only after
+    the handler returned, i.e. after its database commit; an unexpected error in a batch is retried
+    message by message so one poison message cannot hold the rest back.
+    """
+
+    bus: Bus
+    spec: ConsumerSpec
+    handle: BatchHandler
+    batch: int = 500
+    max_deliver: int = 8
+    fetch_timeout_s: float = 1.0
+    _task: asyncio.Task[None] | None = field(default=None, init=False)
+    _stopping: bool = field(default=False, init=False)
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(
+            self._run(), name=f"consumer:{self.spec.durable}"
+        )
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+
+    async def _subscribe(self) -> Any:
+        return await self.bus.js.pull_subscribe_bind(
+            durable=self.spec.durable, stream=self.spec.stream
+        )
+
+    async def _run(self) -> None:
+        sub = None
+        while not self._stopping:
+            try:
+                if sub is None:
+                    sub = await self._subscribe()
+                msgs = await sub.fetch(self.batch, timeout=self.fetch_timeout_s)
+            except (nats.errors.TimeoutError, asyncio.TimeoutError):
+                continue
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning(
+                    "consumer.fetch_failed",
+                    consumer=self.spec.durable,
+                    error=_first_line(exc),
+                )
+                await asyncio.sleep(0.5)
+                continue
+            if not msgs:
+                continue
+            try:
+                with BATCH_SECONDS.labels(self.spec.durable).time():
+                    await self.process(msgs)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                # Not acked, so JetStream redelivers after ack_wait; nothing is lost.
+                log.warning(
+                    "consumer.settle_failed",
+                    consumer=self.spec.durable,
+                    error=_first_line(exc),
+                )
+                await asyncio.sleep(0.5)
+
+    async def process(self, msgs: list[Msg]) -> None:
+        try:
+            rejected = await self.handle(msgs)
+        except Transient as exc:
+            await self._retry_later(msgs, exc)
+            return
+        except Exception as exc:
+            if len(msgs) == 1:
+                await self._failed(msgs[0], exc)
+                return
+            log.warning(
+                "consumer.batch_failed_isolating",
+                consumer=self.spec.durable,
+                size=len(msgs),
+                error=_first_line(exc),
+            )
+            for m in msgs:
+                await self.process([m])
+            return
+        await self._settle(msgs, rejected)
+
+    async def _settle(self, msgs: list[Msg], rejected: dict[int, str]) -> None:
+        for i, reason in rejected.items():
+            await self.bus.dead_letter(msgs[i], reason, self.spec.durable)
+        acks = [m.ack() for m in msgs]
+        for res in await asyncio.gather(*acks, return_exceptions=True):
+            if isinstance(res, BaseException):
+                # The work is committed and the inbox makes a redelivery harmless.
+                log.warning(
+                    "consumer.ack_failed",
+                    consumer=self.spec.durable,
+                    error=_first_line(res),
+                )
+        PROCESSED.labels(self.spec.durable).inc(len(msgs) - len(rejected))
+
+    async def _retry_later(self, msgs: list[Msg], exc: BaseException) -> None:
+        RETRIED.labels(self.spec.durable).inc(len(msgs))
+        delivered = max((_delivered(m) for m in msgs), default=1)
+        delay = min(30.0, 0.25 * 2 ** (delivered - 1))
+        log.warning(
+            "consumer.retry_later",
+            consumer=self.spec.durable,
+            size=len(msgs),
+            delay_s=delay,
+            error=_first_line(exc),
+        )
+        for m in msgs:
+            with contextlib.suppress(Exception):
+                await m.nak(delay=delay)
+
+    async def _failed(self, msg: Msg, exc: BaseException) -> None:
+        if _delivered(msg) >= self.max_deliver:
+            await self.bus.dead_letter(
+                msg,
+                f"failed {_delivered(msg)} times: {_first_line(exc)}",
+                self.spec.durable,
+            )
+            with contextlib.suppress(Exception):
+                await msg.ack()
+            return
+        log.exception(
+            "consumer.message_failed", consumer=self.spec.durable, subject=msg.subject
+        )
+        await self._retry_later([msg], exc)
+
+
+def _delivered(msg: Msg) -> int:
+    try:
+        return int(msg.metadata.num_delivered)
+    except Exception:
+        return 1

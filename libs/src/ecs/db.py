@@ -1,0 +1,387 @@
+"""Persistence: one async engine per process chosen by DATABASE_URL (PostgreSQL via asyncpg or
+SQLite via aiosqlite), a unit of work that rolls back unless told to commit and writes the outbox
+in the same transaction, the inbox for idempotent consumers, and the outbox relay."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import zlib
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+import structlog
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    DateTime,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    delete,
+    event,
+    func,
+    select,
+    text,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.types import TypeDecorator
+
+from .bus import Bus, msg_id_headers
+from .envelope import Envelope
+
+log = structlog.get_logger("ecs.db")
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+# Autoincrementing 64-bit keys: BIGSERIAL on PostgreSQL, INTEGER PRIMARY KEY (rowid) on SQLite.
+BigId = BigInteger().with_variant(Integer, "sqlite")
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timestamps always aware and in UTC, on SQLite too (which stores them naive)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(
+        self, value: datetime | None, dialect: Any
+    ) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime")
+        return value.astimezone(UTC)
+
+    def process_result_value(
+        self, value: datetime | None, dialect: Any
+    ) -> datetime | None:
+        if value is None:
+            return None
+        return (
+            value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        )
+
+
+_platform = MetaData(naming_convention=NAMING_CONVENTION)
+
+OUTBOX = Table(
+    "outbox",
+    _platform,
+    Column("seq", BigId, primary_key=True, autoincrement=True),
+    Column("msg_id", String(128), nullable=False),
+    Column("subject", String(255), nullable=False),
+    Column("payload", LargeBinary, nullable=False),
+    Column("headers", JSON, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+)
+INBOX = Table(
+    "inbox",
+    _platform,
+    Column("consumer", String(128), primary_key=True),
+    Column("msg_id", String(255), primary_key=True),
+    Column("processed_at", UTCDateTime, nullable=False),
+)
+IDEMPOTENCY_KEYS = Table(
+    "idempotency_keys",
+    _platform,
+    Column("principal", String(255), primary_key=True),
+    Column("key", String(255), primary_key=True),
+    Column("fingerprint", String(64), nullable=False),
+    Column("status", Integer, nullable=False),
+    Column("body", Text, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+)
+
+
+def new_metadata() -> MetaData:
+    """A service's MetaData, with the platform tables (outbox, inbox, idempotency) already on it."""
+    md = MetaData(naming_convention=NAMING_CONVENTION)
+    for table in _platform.tables.values():
+        table.to_metadata(md)
+    return md
+
+
+def normalise_url(url: str) -> str:
+    """Accept plain postgresql:// and sqlite:// URLs and pick the async drivers."""
+    u = make_url(url)
+    if u.drivername in (
+        "postgresql",
+        "postgres",
+        "postgresql+psycopg2",
+        "postgresql+psycopg",
+    ):
+        u = u.set(drivername="postgresql+asyncpg")
+    elif u.drivername in ("sqlite", "sqlite+pysqlite"):
+        u = u.set(drivername="sqlite+aiosqlite")
+    if u.drivername not in ("postgresql+asyncpg", "sqlite+aiosqlite"):
+        raise ValueError(
+            f"unsupported database URL scheme {u.drivername!r}: use postgresql:// or sqlite://"
+        )
+    return u.render_as_string(hide_password=False)
+
+
+def lock_key(name: str) -> int:
+    return zlib.crc32(name.encode()) & 0x7FFFFFFF
+
+
+class Database:
+    """Engine created once per process (kept in the app's lifespan state)."""
+
+    def __init__(self, url: str, *, pool_size: int = 10) -> None:
+        self.url = normalise_url(url)
+        self.is_sqlite = self.url.startswith("sqlite")
+        if self.is_sqlite:
+            path = make_url(self.url).database
+            if path and path != ":memory:":
+                import pathlib
+
+                pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
+            self.engine: AsyncEngine = create_async_engine(
+                self.url, connect_args={"timeout": 30}
+            )
+            _sqlite_pragmas(self.engine)
+        else:
+            self.engine = create_async_engine(
+                self.url,
+                pool_size=pool_size,
+                max_overflow=pool_size,
+                pool_pre_ping=True,
+                pool_recycle=1800,
+            )
+        self.outbox_written = asyncio.Event()
+
+    def uow(self) -> UnitOfWork:
+        return UnitOfWork(self)
+
+    async def ping(self) -> bool:
+        try:
+            async with self.engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+            return True
+        except Exception:
+            return False
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()
+
+    def insert_ignore(self, table: Table) -> Any:
+        """INSERT ... ON CONFLICT DO NOTHING, in the dialect at hand."""
+        ins = sqlite.insert(table) if self.is_sqlite else postgresql.insert(table)
+        return ins.on_conflict_do_nothing()
+
+
+def _sqlite_pragmas(engine: AsyncEngine) -> None:
+    @event.listens_for(engine.sync_engine, "connect")
+    def on_connect(dbapi_conn: Any, _: Any) -> None:
+        # Own the transactions ourselves so writers take the lock at BEGIN, not mid-way.
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def on_begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+class UnitOfWork:
+    """``async with db.uow() as uow: ...; await uow.commit()``: rolls back unless committed.
+
+    Events emitted through it go into the outbox in the same transaction as the writes.
+    """
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self.conn: AsyncConnection = None  # type: ignore[assignment]
+        self._events: list[Envelope] = []
+        self._committed = False
+        self._wrote_outbox = False
+        self._ctx: Any = None
+
+    async def __aenter__(self) -> UnitOfWork:
+        self._ctx = self.db.engine.connect()
+        self.conn = await self._ctx.__aenter__()
+        await self.conn.begin()
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        try:
+            if not self._committed and self.conn.in_transaction():
+                await self.conn.rollback()
+        finally:
+            await self._ctx.__aexit__(*exc)
+
+    async def lock(self, name: str) -> None:
+        """A transaction-scoped lock shared by every replica (SQLite's write lock already is one)."""
+        if not self.db.is_sqlite:
+            await self.conn.execute(
+                text("SELECT pg_advisory_xact_lock(:k)"), {"k": lock_key(name)}
+            )
+
+    def emit(self, *events: Envelope) -> None:
+        self._events.extend(events)
+
+    async def first_time(self, consumer: str, msg_id: str) -> bool:
+        """Record a message in the inbox; False if this consumer already processed it."""
+        res = await self.conn.execute(
+            self.db.insert_ignore(INBOX).values(
+                consumer=consumer, msg_id=msg_id, processed_at=datetime.now(UTC)
+            )
+        )
+        return res.rowcount == 1
+
+    async def flush_events(self) -> None:
+        if not self._events:
+            return
+        now = datetime.now(UTC)
+        rows = [
+            {
+                "msg_id": e.id,
+                "subject": e.type,
+                "payload": e.to_bytes(),
+                "headers": msg_id_headers(e.id, e.correlation_id),
+                "created_at": now,
+            }
+            for e in self._events
+        ]
+        await self.conn.execute(OUTBOX.insert(), rows)
+        self._events.clear()
+        self._wrote_outbox = True
+
+    async def commit(self) -> None:
+        await self.flush_events()
+        await self.conn.commit()
+        self._committed = True
+        if self._wrote_outbox:
+            self.db.outbox_written.set()
+
+
+class OutboxRelay:
+    """Publishes committed outbox rows to JetStream in batches, in commit order, then deletes them.
+
+    A crash between publish and delete republishes the batch; the Nats-Msg-Id header makes
+    JetStream drop the copies. On PostgreSQL one replica at a time relays (advisory lock).
+    """
+
+    def __init__(self, db: Database, bus: Bus, batch: int = 1000) -> None:
+        self.db = db
+        self.bus = bus
+        self.batch = batch
+        self._task: asyncio.Task[None] | None = None
+        self._leader_conn: AsyncConnection | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="outbox-relay")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+        await self._release_leadership()
+
+    async def _release_leadership(self) -> None:
+        if self._leader_conn is not None:
+            with contextlib.suppress(Exception):
+                await self._leader_conn.close()
+            self._leader_conn = None
+
+    async def _lead(self) -> bool:
+        if self.db.is_sqlite:
+            return True
+        if self._leader_conn is not None:
+            try:
+                await self._leader_conn.execute(text("SELECT 1"))
+                return True
+            except Exception:
+                await self._release_leadership()
+        conn = await self.db.engine.connect()
+        got = await conn.scalar(
+            text("SELECT pg_try_advisory_lock(:k)"), {"k": lock_key("outbox-relay")}
+        )
+        await conn.commit()
+        if got:
+            self._leader_conn = conn
+            return True
+        await conn.close()
+        return False
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                if not await self._lead():
+                    await asyncio.sleep(1.0)
+                    continue
+                sent = await self.relay_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning(
+                    "outbox.relay_failed",
+                    error=str(exc).splitlines()[0][:300]
+                    if str(exc)
+                    else type(exc).__name__,
+                )
+                await self._release_leadership()
+                await asyncio.sleep(0.5)
+                continue
+            if sent < self.batch:
+                self.db.outbox_written.clear()
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self.db.outbox_written.wait(), timeout=0.2)
+
+    async def relay_once(self) -> int:
+        outbox = OUTBOX
+        async with self.db.engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    select(
+                        outbox.c.seq,
+                        outbox.c.subject,
+                        outbox.c.payload,
+                        outbox.c.headers,
+                    )
+                    .order_by(outbox.c.seq)
+                    .limit(self.batch)
+                )
+            ).all()
+            await conn.rollback()
+        if not rows:
+            return 0
+        headers = [
+            r.headers if isinstance(r.headers, dict) else orjson.loads(r.headers)
+            for r in rows
+        ]
+        await self.bus.publish_batch(
+            [(r.subject, r.payload, h) for r, h in zip(rows, headers, strict=True)]
+        )
+        await self._forget([r.seq for r in rows])
+        return len(rows)
+
+    async def _forget(self, seqs: Sequence[int]) -> None:
+        outbox = OUTBOX
+        async with self.db.engine.begin() as conn:
+            await conn.execute(delete(outbox).where(outbox.c.seq.in_(seqs)))
+
+    async def pending(self) -> int:
+        outbox = OUTBOX
+        async with self.db.engine.connect() as conn:
+            return int(await conn.scalar(select(func.count()).select_from(outbox)) or 0)

@@ -1,0 +1,242 @@
+"""pytest plugin: real infrastructure for tests, hermetic on any machine.
+
+* ``nats_server``: a nats-server of our own on a free port with a temporary JetStream store.
+* ``pg_server_url``: a PostgreSQL server — the one in ``DATABASE_URL`` when given, else the local one
+  on 127.0.0.1:5432, else a testcontainers one where a Docker engine exists, else a private
+  ``initdb`` cluster; ``pg_url`` is a throwaway database on it, dropped afterwards.
+* ``sqlite_url``: a file database in the test's temporary directory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import glob
+import os
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy.engine import make_url
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with (
+            contextlib.suppress(OSError),
+            socket.create_connection(("127.0.0.1", port), timeout=0.5),
+        ):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
+
+
+def nats_binary() -> str:
+    found = shutil.which("nats-server") or next(
+        iter(glob.glob("/usr/sbin/nats-server")), None
+    )
+    if not found:
+        raise RuntimeError("nats-server is not installed: run `make setup`")
+    return found
+
+
+class NatsServer:
+    """A private nats-server with JetStream; restartable on the same port and store."""
+
+    def __init__(self, store_dir: Path, port: int | None = None) -> None:
+        self.store_dir = store_dir
+        self.port = port or free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def start(self) -> NatsServer:
+        self.store_dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.store_dir.parent / f"nats-{self.port}.log", "ab")
+        self.proc = subprocess.Popen(
+            [
+                nats_binary(),
+                "-a",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "-js",
+                "-sd",
+                str(self.store_dir),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        wait_for_port(self.port)
+        return self
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def restart(self, down_s: float = 1.0) -> None:
+        self.stop()
+        time.sleep(down_s)
+        self.start()
+
+
+@pytest.fixture(scope="session")
+def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
+    server = NatsServer(tmp_path_factory.mktemp("nats") / "store").start()
+    yield server
+    server.stop()
+
+
+async def _can_connect(url: str) -> bool:
+    import asyncpg
+
+    try:
+        conn = await asyncpg.connect(_asyncpg_dsn(url), timeout=3)
+    except Exception:
+        return False
+    await conn.close()
+    return True
+
+
+def _asyncpg_dsn(url: str) -> str:
+    return (
+        make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    )
+
+
+def _docker_engine() -> bool:
+    if not shutil.which("docker"):
+        return False
+    try:
+        return (
+            subprocess.run(
+                ["docker", "info"], capture_output=True, timeout=10
+            ).returncode
+            == 0
+        )
+    except Exception:
+        return False
+
+
+def _start_initdb_cluster(root: Path) -> tuple[str, subprocess.Popen[bytes]] | None:
+    bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    if not bins or os.geteuid() == 0:
+        return None
+    bindir = Path(bins[-1]).parent
+    data = root / "pgdata"
+    subprocess.run(
+        [str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust"],
+        check=True,
+        capture_output=True,
+    )
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            str(bindir / "postgres"),
+            "-D",
+            str(data),
+            "-p",
+            str(port),
+            "-k",
+            str(root),
+            "-h",
+            "127.0.0.1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    wait_for_port(port)
+    return f"postgresql://postgres@127.0.0.1:{port}/postgres", proc
+
+
+@pytest.fixture(scope="session")
+def pg_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """An admin URL on a PostgreSQL server we may create databases on."""
+    given = os.environ.get("DATABASE_URL")
+    if given and make_url(given).drivername.startswith("postgres"):
+        yield given
+        return
+    local = "postgresql://postgres@127.0.0.1:5432/postgres"
+    if asyncio.run(_can_connect(local)):
+        yield local
+        return
+    if _docker_engine():
+        from testcontainers.postgres import PostgresContainer
+
+        with PostgresContainer("postgres:16-alpine") as pg:
+            yield pg.get_connection_url().replace("+psycopg2", "")
+        return
+    started = _start_initdb_cluster(tmp_path_factory.mktemp("pg"))
+    if started is None:
+        pytest.skip(
+            "no PostgreSQL available: set DATABASE_URL, run one on 127.0.0.1:5432, or provide Docker"
+        )
+    url, proc = started
+    yield url
+    proc.terminate()
+    proc.wait(10)
+
+
+async def create_database(server_url: str, prefix: str = "ecs_test") -> str:
+    import asyncpg
+
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    conn = await asyncpg.connect(_asyncpg_dsn(server_url))
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    return make_url(server_url).set(database=name).render_as_string(hide_password=False)
+
+
+async def drop_database(server_url: str, url: str) -> None:
+    import asyncpg
+
+    name = make_url(url).database
+    conn = await asyncpg.connect(_asyncpg_dsn(server_url))
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+def pg_url(pg_server_url: str) -> Iterator[str]:
+    """A throwaway database, dropped after the test."""
+    url = asyncio.run(create_database(pg_server_url))
+    yield url
+    asyncio.run(drop_database(pg_server_url, url))
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'test.db'}"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """The storage tests run on both stores."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'test.db'}"
+    else:
+        yield request.getfixturevalue("pg_url")

@@ -1,0 +1,387 @@
+"""The HTTP app factory every service uses: health, readiness, metrics, problem+json errors,
+bearer-token roles, Idempotency-Key on POST, and a request body limit."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+import structlog
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+from sqlalchemy import delete, select, update
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .auth import Principal, Role, TokenVerifier
+from .db import IDEMPOTENCY_KEYS, Database
+from .errors import AppError
+
+log = structlog.get_logger("ecs.web")
+
+PROBLEM = "application/problem+json"
+HTTP_REQUESTS = Counter(
+    "ecs_http_requests_total", "HTTP requests", ["method", "route", "status"]
+)
+HTTP_SECONDS = Histogram(
+    "ecs_http_request_seconds",
+    "HTTP request latency",
+    ["method", "route"],
+    buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+
+_bearer = HTTPBearer(auto_error=False, description="Operator token with roles")
+
+
+def problem(
+    status: int, title: str, detail: str, code: str | None = None, **extra: Any
+) -> JSONResponse:
+    body = {
+        "type": f"urn:ecs:problem:{code or status}",
+        "title": title,
+        "status": status,
+        "detail": detail,
+        **extra,
+    }
+    return JSONResponse(body, status_code=status, media_type=PROBLEM)
+
+
+def field_path(loc: Sequence[Any]) -> str:
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    return ".".join(parts) or "body"
+
+
+def validation_problem(
+    errors: Sequence[dict[str, Any]], prefix: str = ""
+) -> JSONResponse:
+    items = [
+        {
+            "field": prefix + field_path(e.get("loc", ())),
+            "message": e.get("msg", "invalid"),
+        }
+        for e in errors
+    ]
+    detail = "; ".join(f"{i['field']}: {i['message']}" for i in items[:5])
+    return problem(422, "Invalid input", detail, code="invalid_input", errors=items)
+
+
+def requires(*roles: Role) -> Any:
+    """FastAPI dependency: a valid bearer token holding one of ``roles``."""
+
+    async def dependency(
+        request: Request, creds: HTTPAuthorizationCredentials | None = Depends(_bearer)
+    ) -> Principal:
+        header = request.headers.get("authorization")
+        principal = request.app.state.tokens.verify(header)
+        principal.require(*roles)
+        request.state.principal = principal
+        return principal
+
+    return Depends(dependency)
+
+
+def create_app(
+    *,
+    title: str,
+    version: str,
+    lifespan: Callable[[FastAPI], AbstractAsyncContextManager[None]],
+    routers: Sequence[APIRouter],
+    description: str = "",
+    max_body_bytes: int = 4 * 1024 * 1024,
+) -> FastAPI:
+    """The app's lifespan must put ``db`` (Database), ``tokens`` (TokenVerifier) and a
+    ``readiness`` coroutine returning {check: ok} on ``app.state``."""
+    app = FastAPI(
+        title=title, version=version, description=description, lifespan=lifespan
+    )
+
+    @app.exception_handler(AppError)
+    async def on_app_error(_: Request, exc: AppError) -> JSONResponse:
+        return problem(exc.status, exc.title, exc.detail, code=exc.code, **exc.extra)
+
+    @app.exception_handler(RequestValidationError)
+    async def on_validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return validation_problem(exc.errors())
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return problem(exc.status_code, str(exc.detail), str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def on_crash(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("http.unhandled", error=str(exc)[:300])
+        return problem(
+            500,
+            "Internal error",
+            "the request failed; nothing was changed unless the response said so",
+        )
+
+    @app.get("/healthz", tags=["ops"], summary="The process is alive")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["ops"], summary="NATS and the database are reachable")
+    async def readyz(request: Request) -> JSONResponse:
+        checks = await request.app.state.readiness()
+        ok = all(checks.values())
+        return JSONResponse(
+            {"status": "ready" if ok else "not ready", "checks": checks},
+            status_code=200 if ok else 503,
+        )
+
+    @app.get("/metrics", tags=["ops"], summary="Prometheus metrics")
+    async def metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    for router in routers:
+        app.include_router(router)
+
+    app.add_middleware(IdempotencyMiddleware)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes)
+    app.add_middleware(MetricsMiddleware)
+    return app
+
+
+class MetricsMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            route = getattr(scope.get("route"), "path", "unmatched")
+            HTTP_REQUESTS.labels(scope["method"], route, str(status)).inc()
+            HTTP_SECONDS.labels(scope["method"], route).observe(
+                time.perf_counter() - start
+            )
+
+
+class BodyLimitMiddleware:
+    """Refuses bodies over the limit with 413 before they are read into memory."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if (
+            declared is not None
+            and declared.isdigit()
+            and int(declared) > self.max_bytes
+        ):
+            await _too_large(self.max_bytes)(scope, receive, send)
+            return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise _BodyTooLarge
+            return message
+
+        try:
+            await self.app(scope, limited, send)
+        except _BodyTooLarge:
+            await _too_large(self.max_bytes)(scope, receive, send)
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+def _too_large(limit: int) -> JSONResponse:
+    return problem(
+        413,
+        "Payload too large",
+        f"the body is larger than {limit} bytes",
+        code="payload_too_large",
+    )
+
+
+class IdempotencyMiddleware:
+    """POST with ``Idempotency-Key``: the first request runs, a repeat gets the stored answer.
+
+    The key is reserved before the request runs, so two identical requests racing each other
+    cannot both take effect; a repeat with a different body is refused.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        key = headers.get(b"idempotency-key")
+        if key is None:
+            await self.app(scope, receive, send)
+            return
+        key_s = key.decode("latin-1").strip()
+        if not (1 <= len(key_s) <= 255):
+            await problem(
+                422,
+                "Invalid input",
+                "Idempotency-Key must be 1-255 characters",
+                code="invalid_input",
+                field="Idempotency-Key",
+            )(scope, receive, send)
+            return
+        state = scope["app"].state
+        try:
+            principal = state.tokens.verify(
+                headers.get(b"authorization", b"").decode("latin-1") or None
+            )
+        except AppError:
+            await self.app(scope, receive, send)  # the route answers 401 itself
+            return
+        body = await _read_body(receive)
+        fingerprint = hashlib.sha256(
+            scope["method"].encode() + scope["path"].encode() + b"\n" + body
+        ).hexdigest()
+        db: Database = state.db
+        owner = principal.subject
+        reserved = await _reserve(db, owner, key_s, fingerprint)
+        if reserved is not None:
+            status, stored, stored_fp = reserved
+            if stored_fp != fingerprint:
+                resp = problem(
+                    422,
+                    "Idempotency-Key reused",
+                    "this Idempotency-Key was already used with a different request",
+                    code="idempotency_key_reused",
+                )
+            elif status == 0:
+                resp = problem(
+                    409,
+                    "Request in progress",
+                    "a request with this Idempotency-Key is still being processed",
+                    code="idempotency_in_progress",
+                )
+            else:
+                resp = Response(
+                    stored,
+                    status_code=status,
+                    media_type="application/json",
+                    headers={"Idempotent-Replay": "true"},
+                )
+            await resp(scope, receive, send)
+            return
+
+        captured: dict[str, Any] = {"status": 500, "body": b"", "type": b""}
+
+        async def replay_receive() -> Message:
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        async def capture(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                captured["status"] = message["status"]
+                captured["type"] = dict(message.get("headers", [])).get(
+                    b"content-type", b""
+                )
+            elif message["type"] == "http.response.body":
+                captured["body"] += message.get("body", b"")
+            await send(message)
+
+        try:
+            await self.app(scope, replay_receive, capture)
+        finally:
+            await _settle(db, owner, key_s, captured["status"], captured["body"])
+
+
+async def _read_body(receive: Receive) -> bytes:
+    chunks = []
+    while True:
+        message = await receive()
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body"):
+            return b"".join(chunks)
+
+
+async def _reserve(
+    db: Database, owner: str, key: str, fingerprint: str
+) -> tuple[int, str, str] | None:
+    t = IDEMPOTENCY_KEYS
+    async with db.engine.begin() as conn:
+        res = await conn.execute(
+            db.insert_ignore(t).values(
+                principal=owner,
+                key=key,
+                fingerprint=fingerprint,
+                status=0,
+                body="",
+                created_at=datetime.now(UTC),
+            )
+        )
+        if res.rowcount == 1:
+            return None
+        row = (
+            await conn.execute(
+                select(t.c.status, t.c.body, t.c.fingerprint).where(
+                    t.c.principal == owner, t.c.key == key
+                )
+            )
+        ).one()
+        return int(row.status), row.body, row.fingerprint
+
+
+async def _settle(db: Database, owner: str, key: str, status: int, body: bytes) -> None:
+    t = IDEMPOTENCY_KEYS
+    where = (t.c.principal == owner) & (t.c.key == key)
+    async with db.engine.begin() as conn:
+        if status >= 500 or status == 0:
+            await conn.execute(
+                delete(t).where(where)
+            )  # failed: the client may try again
+        else:
+            await conn.execute(
+                update(t)
+                .where(where)
+                .values(status=status, body=body.decode("utf-8", "replace"))
+            )
+
+
+def json_response(data: Any, status: int = 200) -> Response:
+    return Response(
+        orjson.dumps(data), status_code=status, media_type="application/json"
+    )
+
+
+__all__ = [
+    "create_app",
+    "requires",
+    "problem",
+    "validation_problem",
+    "json_response",
+    "Principal",
+    "Role",
+    "TokenVerifier",
+]
