@@ -95,6 +95,4 @@ class TokenVerifier:
         roles = claims.get("roles") or []
         if isinstance(roles, str):
             roles = roles.split()
-        return Principal(
-            subject=str(claims["sub"]), roles=frozenset(str(r) for r in roles)
-        )
+        return Principal(subject=str(claims["sub"]), roles=frozenset(str(r) for r in roles))

@@ -27,23 +27,15 @@ log = structlog.get_logger("ecs.bus")
 DEAD_LETTER_STREAM = "DEADLETTER"
 DEAD_LETTER_PREFIX = "deadletter"
 
-PROCESSED = Counter(
-    "ecs_messages_processed_total", "Messages handled and acked", ["consumer"]
-)
+PROCESSED = Counter("ecs_messages_processed_total", "Messages handled and acked", ["consumer"])
 DEAD_LETTERED = Counter(
     "ecs_messages_dead_lettered_total",
     "Messages sent to the dead-letter subject",
     ["consumer"],
 )
-RETRIED = Counter(
-    "ecs_messages_retried_total", "Messages nak'ed for a later retry", ["consumer"]
-)
-BATCH_SECONDS = Histogram(
-    "ecs_consumer_batch_seconds", "Time to handle one fetched batch", ["consumer"]
-)
-PUBLISHED = Counter(
-    "ecs_messages_published_total", "Messages published to JetStream", ["service"]
-)
+RETRIED = Counter("ecs_messages_retried_total", "Messages nak'ed for a later retry", ["consumer"])
+BATCH_SECONDS = Histogram("ecs_consumer_batch_seconds", "Time to handle one fetched batch", ["consumer"])
+PUBLISHED = Counter("ecs_messages_published_total", "Messages published to JetStream", ["service"])
 
 
 @dataclass(frozen=True)
@@ -64,18 +56,14 @@ class ConsumerSpec:
     max_ack_pending: int = 20_000
 
 
-DEAD_LETTERS = StreamSpec(
-    DEAD_LETTER_STREAM, (f"{DEAD_LETTER_PREFIX}.>",), max_age_s=30 * 24 * 3600
-)
+DEAD_LETTERS = StreamSpec(DEAD_LETTER_STREAM, (f"{DEAD_LETTER_PREFIX}.>",), max_age_s=30 * 24 * 3600)
 
 # The handler gets one fetched batch and returns {index: reason} for the messages it refused as
 # poison; everything else is acked once it returns (so it must have committed by then).
 BatchHandler = Callable[[list[Msg]], Awaitable[dict[int, str]]]
 
 
-def msg_id_headers(
-    envelope_id: str, correlation_id: str | None = None
-) -> dict[str, str]:
+def msg_id_headers(envelope_id: str, correlation_id: str | None = None) -> dict[str, str]:
     headers = {"Nats-Msg-Id": envelope_id}
     if correlation_id:
         # W3C trace context: the correlation id is the trace, the message id the span.
@@ -93,11 +81,7 @@ def decode_envelope(msg: Msg) -> Envelope:
 
 
 def _first_line(exc: BaseException) -> str:
-    return (
-        str(exc).strip().splitlines()[0][:300]
-        if str(exc).strip()
-        else type(exc).__name__
-    )
+    return str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
 
 
 class Bus:
@@ -145,9 +129,7 @@ class Bus:
             with contextlib.suppress(Exception):
                 await self.nc.close()
 
-    async def declare(
-        self, streams: Sequence[StreamSpec], consumers: Sequence[ConsumerSpec] = ()
-    ) -> None:
+    async def declare(self, streams: Sequence[StreamSpec], consumers: Sequence[ConsumerSpec] = ()) -> None:
         """Create or update streams and durable consumers; safe to run from every replica at start."""
         for spec in (DEAD_LETTERS, *streams):
             config = api.StreamConfig(
@@ -161,10 +143,19 @@ class Bus:
                 num_replicas=self.stream_replicas,
             )
             try:
-                await self.js.add_stream(config)
-            except nats.js.errors.BadRequestError:
-                # Already there with other settings: bring it to what the code declares.
-                await self.js.update_stream(config)
+                await self.js.stream_info(spec.name)
+            except nats.js.errors.NotFoundError:
+                try:
+                    await self.js.add_stream(config)
+                    continue
+                except nats.js.errors.BadRequestError as exc:
+                    # Another replica may have created it a moment ago; anything else is a real conflict.
+                    with contextlib.suppress(nats.js.errors.NotFoundError):
+                        await self.js.stream_info(spec.name)
+                        continue
+                    raise RuntimeError(f"cannot create stream {spec.name}: {exc.description}") from exc
+            # Already there: bring it to what the code declares.
+            await self.js.update_stream(config)
         for c in consumers:
             await self.js.add_consumer(c.stream, self.consumer_config(c))
 
@@ -182,39 +173,30 @@ class Bus:
             filter_subjects=list(c.filter_subjects) if many else None,
         )
 
-    async def publish(
-        self, subject: str, payload: bytes, headers: dict[str, str] | None = None
-    ) -> None:
+    async def publish(self, subject: str, payload: bytes, headers: dict[str, str] | None = None) -> None:
         await self.js.publish(subject, payload, headers=headers)
         PUBLISHED.labels(self.service).inc()
 
-    async def publish_event(
-        self, envelope: Envelope, subject: str | None = None
-    ) -> None:
+    async def publish_event(self, envelope: Envelope, subject: str | None = None) -> None:
         await self.publish(
             subject or envelope.type,
             envelope.to_bytes(),
             msg_id_headers(envelope.id, envelope.correlation_id),
         )
 
-    async def publish_batch(
-        self, items: Sequence[tuple[str, bytes, dict[str, str]]]
-    ) -> None:
+    async def publish_batch(self, items: Sequence[tuple[str, bytes, dict[str, str]]]) -> None:
         """Publish in order without waiting for each ack, then wait for all of them.
 
         The writes leave in the order given; JetStream deduplicates on Nats-Msg-Id, so a batch that
         is retried after a partial failure does not double anything.
         """
         futures = [
-            await self.js.publish_async(subject, payload, headers=headers)
-            for subject, payload, headers in items
+            await self.js.publish_async(subject, payload, headers=headers) for subject, payload, headers in items
         ]
         results = await asyncio.gather(*futures, return_exceptions=True)
         failed = [r for r in results if isinstance(r, BaseException)]
         if failed:
-            raise Transient(
-                f"{len(failed)} of {len(items)} publishes not acknowledged: {_first_line(failed[0])}"
-            )
+            raise Transient(f"{len(failed)} of {len(items)} publishes not acknowledged: {_first_line(failed[0])}")
         PUBLISHED.labels(self.service).inc(len(items))
 
     async def dead_letter(self, msg: Msg, reason: str, consumer: str) -> None:
@@ -237,9 +219,7 @@ class Bus:
             message_id=original_id,
         )
 
-    async def request(
-        self, subject: str, payload: dict[str, Any], timeout: float = 2.0
-    ) -> dict[str, Any]:
+    async def request(self, subject: str, payload: dict[str, Any], timeout: float = 2.0) -> dict[str, Any]:
         reply = await self.nc.request(subject, orjson.dumps(payload), timeout=timeout)
         return orjson.loads(reply.data)
 
@@ -257,9 +237,7 @@ class Bus:
                 answer = {"error": _first_line(exc)}
             await msg.respond(orjson.dumps(answer))
 
-        await self.nc.subscribe(
-            subject, queue=f"{self.service}.{subject}", cb=on_request
-        )
+        await self.nc.subscribe(subject, queue=f"{self.service}.{subject}", cb=on_request)
 
 
 @dataclass
@@ -281,9 +259,7 @@ class ConsumerRunner:
     _stopping: bool = field(default=False, init=False)
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(
-            self._run(), name=f"consumer:{self.spec.durable}"
-        )
+        self._task = asyncio.create_task(self._run(), name=f"consumer:{self.spec.durable}")
 
     async def stop(self) -> None:
         self._stopping = True
@@ -293,9 +269,7 @@ class ConsumerRunner:
                 await self._task
 
     async def _subscribe(self) -> Any:
-        return await self.bus.js.pull_subscribe_bind(
-            durable=self.spec.durable, stream=self.spec.stream
-        )
+        return await self.bus.js.pull_subscribe_bind(durable=self.spec.durable, stream=self.spec.stream)
 
     async def _run(self) -> None:
         sub = None
@@ -392,9 +366,7 @@ class ConsumerRunner:
             with contextlib.suppress(Exception):
                 await msg.ack()
             return
-        log.exception(
-            "consumer.message_failed", consumer=self.spec.durable, subject=msg.subject
-        )
+        log.exception("consumer.message_failed", consumer=self.spec.durable, subject=msg.subject)
         await self._retry_later([msg], exc)
 
 

@@ -58,23 +58,17 @@ class UTCDateTime(TypeDecorator[datetime]):
     impl = DateTime(timezone=True)
     cache_ok = True
 
-    def process_bind_param(
-        self, value: datetime | None, dialect: Any
-    ) -> datetime | None:
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
         if value is None:
             return None
         if value.tzinfo is None:
             raise ValueError("naive datetime")
         return value.astimezone(UTC)
 
-    def process_result_value(
-        self, value: datetime | None, dialect: Any
-    ) -> datetime | None:
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
         if value is None:
             return None
-        return (
-            value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-        )
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 _platform = MetaData(naming_convention=NAMING_CONVENTION)
@@ -129,9 +123,7 @@ def normalise_url(url: str) -> str:
     elif u.drivername in ("sqlite", "sqlite+pysqlite"):
         u = u.set(drivername="sqlite+aiosqlite")
     if u.drivername not in ("postgresql+asyncpg", "sqlite+aiosqlite"):
-        raise ValueError(
-            f"unsupported database URL scheme {u.drivername!r}: use postgresql:// or sqlite://"
-        )
+        raise ValueError(f"unsupported database URL scheme {u.drivername!r}: use postgresql:// or sqlite://")
     return u.render_as_string(hide_password=False)
 
 
@@ -151,9 +143,7 @@ class Database:
                 import pathlib
 
                 pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
-            self.engine: AsyncEngine = create_async_engine(
-                self.url, connect_args={"timeout": 30}
-            )
+            self.engine: AsyncEngine = create_async_engine(self.url, connect_args={"timeout": 30})
             _sqlite_pragmas(self.engine)
         else:
             self.engine = create_async_engine(
@@ -232,9 +222,7 @@ class UnitOfWork:
     async def lock(self, name: str) -> None:
         """A transaction-scoped lock shared by every replica (SQLite's write lock already is one)."""
         if not self.db.is_sqlite:
-            await self.conn.execute(
-                text("SELECT pg_advisory_xact_lock(:k)"), {"k": lock_key(name)}
-            )
+            await self.conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": lock_key(name)})
 
     def emit(self, *events: Envelope) -> None:
         self._events.extend(events)
@@ -242,9 +230,7 @@ class UnitOfWork:
     async def first_time(self, consumer: str, msg_id: str) -> bool:
         """Record a message in the inbox; False if this consumer already processed it."""
         res = await self.conn.execute(
-            self.db.insert_ignore(INBOX).values(
-                consumer=consumer, msg_id=msg_id, processed_at=datetime.now(UTC)
-            )
+            self.db.insert_ignore(INBOX).values(consumer=consumer, msg_id=msg_id, processed_at=datetime.now(UTC))
         )
         return res.rowcount == 1
 
@@ -314,9 +300,7 @@ class OutboxRelay:
             except Exception:
                 await self._release_leadership()
         conn = await self.db.engine.connect()
-        got = await conn.scalar(
-            text("SELECT pg_try_advisory_lock(:k)"), {"k": lock_key("outbox-relay")}
-        )
+        got = await conn.scalar(text("SELECT pg_try_advisory_lock(:k)"), {"k": lock_key("outbox-relay")})
         await conn.commit()
         if got:
             self._leader_conn = conn
@@ -336,9 +320,7 @@ class OutboxRelay:
             except Exception as exc:
                 log.warning(
                     "outbox.relay_failed",
-                    error=str(exc).splitlines()[0][:300]
-                    if str(exc)
-                    else type(exc).__name__,
+                    error=str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__,
                 )
                 await self._release_leadership()
                 await asyncio.sleep(0.5)
@@ -366,13 +348,8 @@ class OutboxRelay:
             await conn.rollback()
         if not rows:
             return 0
-        headers = [
-            r.headers if isinstance(r.headers, dict) else orjson.loads(r.headers)
-            for r in rows
-        ]
-        await self.bus.publish_batch(
-            [(r.subject, r.payload, h) for r, h in zip(rows, headers, strict=True)]
-        )
+        headers = [r.headers if isinstance(r.headers, dict) else orjson.loads(r.headers) for r in rows]
+        await self.bus.publish_batch([(r.subject, r.payload, h) for r, h in zip(rows, headers, strict=True)])
         await self._forget([r.seq for r in rows])
         return len(rows)
 

@@ -17,9 +17,7 @@ _KRASOVSKY_A = 6_378_245.0
 _KRASOVSKY_EE = 0.00669342162296594323
 
 _INVERSE_TOLERANCE_DEG = 1e-7  # about 1 cm
-_INVERSE_MAX_ITERATIONS = (
-    30  # converges in 2-4 steps; the cap only guards against a bad input
-)
+_INVERSE_MAX_ITERATIONS = 30  # converges in 2-4 steps; the cap only guards against a bad input
 
 Ring = Sequence[tuple[float, float]]
 
@@ -29,10 +27,7 @@ def haversine_m(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
     phi1, phi2 = math.radians(lat1), math.radians(lat2)
     dphi = phi2 - phi1
     dlambda = math.radians(lon2 - lon1)
-    h = (
-        math.sin(dphi / 2) ** 2
-        + math.cos(phi1) * math.cos(phi2) * math.sin(dlambda / 2) ** 2
-    )
+    h = math.sin(dphi / 2) ** 2 + math.cos(phi1) * math.cos(phi2) * math.sin(dlambda / 2) ** 2
     return 2 * EARTH_RADIUS_M * math.asin(min(1.0, math.sqrt(h)))
 
 
@@ -65,10 +60,7 @@ def gcj02_to_wgs84(lat: float, lon: float) -> tuple[float, float]:
         err_lon = wgs_lon + dlon - lon
         wgs_lat -= err_lat
         wgs_lon -= err_lon
-        if (
-            abs(err_lat) < _INVERSE_TOLERANCE_DEG
-            and abs(err_lon) < _INVERSE_TOLERANCE_DEG
-        ):
+        if abs(err_lat) < _INVERSE_TOLERANCE_DEG and abs(err_lon) < _INVERSE_TOLERANCE_DEG:
             break
     return wgs_lat, wgs_lon
 
@@ -80,23 +72,17 @@ def _gcj02_shift(lat: float, lon: float) -> tuple[float, float]:
     rad_lat = math.radians(lat)
     magic = 1 - _KRASOVSKY_EE * math.sin(rad_lat) ** 2
     sqrt_magic = math.sqrt(magic)
-    dlat = (dlat * 180.0) / (
-        (_KRASOVSKY_A * (1 - _KRASOVSKY_EE)) / (magic * sqrt_magic) * math.pi
-    )
+    dlat = (dlat * 180.0) / ((_KRASOVSKY_A * (1 - _KRASOVSKY_EE)) / (magic * sqrt_magic) * math.pi)
     dlon = (dlon * 180.0) / (_KRASOVSKY_A / sqrt_magic * math.cos(rad_lat) * math.pi)
     return dlat, dlon
 
 
 def _shift_lat(x: float, y: float) -> float:
     pi = math.pi
-    ret = (
-        -100.0 + 2.0 * x + 3.0 * y + 0.2 * y * y + 0.1 * x * y + 0.2 * math.sqrt(abs(x))
-    )
+    ret = -100.0 + 2.0 * x + 3.0 * y + 0.2 * y * y + 0.1 * x * y + 0.2 * math.sqrt(abs(x))
     ret += (20.0 * math.sin(6.0 * x * pi) + 20.0 * math.sin(2.0 * x * pi)) * 2.0 / 3.0
     ret += (20.0 * math.sin(y * pi) + 40.0 * math.sin(y / 3.0 * pi)) * 2.0 / 3.0
-    ret += (
-        (160.0 * math.sin(y / 12.0 * pi) + 320.0 * math.sin(y * pi / 30.0)) * 2.0 / 3.0
-    )
+    ret += (160.0 * math.sin(y / 12.0 * pi) + 320.0 * math.sin(y * pi / 30.0)) * 2.0 / 3.0
     return ret
 
 
@@ -105,9 +91,7 @@ def _shift_lon(x: float, y: float) -> float:
     ret = 300.0 + x + 2.0 * y + 0.1 * x * x + 0.1 * x * y + 0.1 * math.sqrt(abs(x))
     ret += (20.0 * math.sin(6.0 * x * pi) + 20.0 * math.sin(2.0 * x * pi)) * 2.0 / 3.0
     ret += (20.0 * math.sin(x * pi) + 40.0 * math.sin(x / 3.0 * pi)) * 2.0 / 3.0
-    ret += (
-        (150.0 * math.sin(x / 12.0 * pi) + 300.0 * math.sin(x / 30.0 * pi)) * 2.0 / 3.0
-    )
+    ret += (150.0 * math.sin(x / 12.0 * pi) + 300.0 * math.sin(x / 30.0 * pi)) * 2.0 / 3.0
     return ret
 
 

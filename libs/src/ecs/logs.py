@@ -9,13 +9,9 @@ from typing import Any
 
 import structlog
 
-_SENSITIVE_KEYS = frozenset(
-    {"number", "caller_number", "phone", "id_number", "name", "caller_name"}
-)
+_SENSITIVE_KEYS = frozenset({"number", "caller_number", "phone", "id_number", "name", "caller_name"})
 # Mainland mobile numbers, landlines with area code, 18-character resident ID numbers.
-_PHONE_OR_ID = re.compile(
-    r"(?<!\d)(\+?86)?(1\d{10}|0\d{2,3}-?\d{7,8}|\d{17}[\dXx])(?!\d)"
-)
+_PHONE_OR_ID = re.compile(r"(?<!\d)(\+?86)?(1\d{10}|0\d{2,3}-?\d{7,8}|\d{17}[\dXx])(?!\d)")
 
 
 def mask_number(value: str) -> str:
@@ -29,10 +25,7 @@ def _mask_value(value: Any) -> Any:
     if isinstance(value, str):
         return _PHONE_OR_ID.sub(lambda m: mask_number(m.group(0)), value)
     if isinstance(value, dict):
-        return {
-            k: (mask_number(str(v)) if k in _SENSITIVE_KEYS and v else _mask_value(v))
-            for k, v in value.items()
-        }
+        return {k: (mask_number(str(v)) if k in _SENSITIVE_KEYS and v else _mask_value(v)) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_mask_value(v) for v in value]
     return value
@@ -60,9 +53,7 @@ def configure_logging(service: str, level: str = "INFO", json: bool = True) -> N
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             _mask_sensitive,
             structlog.processors.format_exc_info,
-            structlog.processors.JSONRenderer()
-            if json
-            else structlog.dev.ConsoleRenderer(colors=False),
+            structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=False),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(lvl),
         logger_factory=structlog.PrintLoggerFactory(),

@@ -25,9 +25,7 @@ class ServiceSettings(BaseSettings):
 
     # Operator tokens. The embedded default signs and verifies HS256 tokens with a local secret;
     # production sets oidc_jwks_url (and issuer/audience) and verifies the issuer's RS256 tokens.
-    auth_secret: str = Field(
-        default="change-me-local-secret-at-least-32-bytes", min_length=16
-    )
+    auth_secret: str = Field(default="change-me-local-secret-at-least-32-bytes", min_length=16)
     oidc_jwks_url: str | None = None
     oidc_issuer: str | None = None
     oidc_audience: str | None = None

@@ -44,9 +44,7 @@ def wait_for_port(port: int, timeout: float = 15.0) -> None:
 
 
 def nats_binary() -> str:
-    found = shutil.which("nats-server") or next(
-        iter(glob.glob("/usr/sbin/nats-server")), None
-    )
+    found = shutil.which("nats-server") or next(iter(glob.glob("/usr/sbin/nats-server")), None)
     if not found:
         raise RuntimeError("nats-server is not installed: run `make setup`")
     return found
@@ -119,21 +117,14 @@ async def _can_connect(url: str) -> bool:
 
 
 def _asyncpg_dsn(url: str) -> str:
-    return (
-        make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-    )
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 def _docker_engine() -> bool:
     if not shutil.which("docker"):
         return False
     try:
-        return (
-            subprocess.run(
-                ["docker", "info"], capture_output=True, timeout=10
-            ).returncode
-            == 0
-        )
+        return subprocess.run(["docker", "info"], capture_output=True, timeout=10).returncode == 0
     except Exception:
         return False
 
@@ -188,9 +179,7 @@ def pg_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         return
     started = _start_initdb_cluster(tmp_path_factory.mktemp("pg"))
     if started is None:
-        pytest.skip(
-            "no PostgreSQL available: set DATABASE_URL, run one on 127.0.0.1:5432, or provide Docker"
-        )
+        pytest.skip("no PostgreSQL available: set DATABASE_URL, run one on 127.0.0.1:5432, or provide Docker")
     url, proc = started
     yield url
     proc.terminate()

@@ -28,9 +28,7 @@ from .errors import AppError
 log = structlog.get_logger("ecs.web")
 
 PROBLEM = "application/problem+json"
-HTTP_REQUESTS = Counter(
-    "ecs_http_requests_total", "HTTP requests", ["method", "route", "status"]
-)
+HTTP_REQUESTS = Counter("ecs_http_requests_total", "HTTP requests", ["method", "route", "status"])
 HTTP_SECONDS = Histogram(
     "ecs_http_request_seconds",
     "HTTP request latency",
@@ -41,9 +39,7 @@ HTTP_SECONDS = Histogram(
 _bearer = HTTPBearer(auto_error=False, description="Operator token with roles")
 
 
-def problem(
-    status: int, title: str, detail: str, code: str | None = None, **extra: Any
-) -> JSONResponse:
+def problem(status: int, title: str, detail: str, code: str | None = None, **extra: Any) -> JSONResponse:
     body = {
         "type": f"urn:ecs:problem:{code or status}",
         "title": title,
@@ -59,9 +55,7 @@ def field_path(loc: Sequence[Any]) -> str:
     return ".".join(parts) or "body"
 
 
-def validation_problem(
-    errors: Sequence[dict[str, Any]], prefix: str = ""
-) -> JSONResponse:
+def validation_problem(errors: Sequence[dict[str, Any]], prefix: str = "") -> JSONResponse:
     items = [
         {
             "field": prefix + field_path(e.get("loc", ())),
@@ -76,9 +70,7 @@ def validation_problem(
 def requires(*roles: Role) -> Any:
     """FastAPI dependency: a valid bearer token holding one of ``roles``."""
 
-    async def dependency(
-        request: Request, creds: HTTPAuthorizationCredentials | None = Depends(_bearer)
-    ) -> Principal:
+    async def dependency(request: Request, creds: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> Principal:
         header = request.headers.get("authorization")
         principal = request.app.state.tokens.verify(header)
         principal.require(*roles)
@@ -99,9 +91,7 @@ def create_app(
 ) -> FastAPI:
     """The app's lifespan must put ``db`` (Database), ``tokens`` (TokenVerifier) and a
     ``readiness`` coroutine returning {check: ok} on ``app.state``."""
-    app = FastAPI(
-        title=title, version=version, description=description, lifespan=lifespan
-    )
+    app = FastAPI(title=title, version=version, description=description, lifespan=lifespan)
 
     @app.exception_handler(AppError)
     async def on_app_error(_: Request, exc: AppError) -> JSONResponse:
@@ -172,9 +162,7 @@ class MetricsMiddleware:
         finally:
             route = getattr(scope.get("route"), "path", "unmatched")
             HTTP_REQUESTS.labels(scope["method"], route, str(status)).inc()
-            HTTP_SECONDS.labels(scope["method"], route).observe(
-                time.perf_counter() - start
-            )
+            HTTP_SECONDS.labels(scope["method"], route).observe(time.perf_counter() - start)
 
 
 class BodyLimitMiddleware:
@@ -189,11 +177,7 @@ class BodyLimitMiddleware:
             await self.app(scope, receive, send)
             return
         declared = dict(scope["headers"]).get(b"content-length")
-        if (
-            declared is not None
-            and declared.isdigit()
-            and int(declared) > self.max_bytes
-        ):
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             await _too_large(self.max_bytes)(scope, receive, send)
             return
         seen = 0
@@ -257,16 +241,12 @@ class IdempotencyMiddleware:
             return
         state = scope["app"].state
         try:
-            principal = state.tokens.verify(
-                headers.get(b"authorization", b"").decode("latin-1") or None
-            )
+            principal = state.tokens.verify(headers.get(b"authorization", b"").decode("latin-1") or None)
         except AppError:
             await self.app(scope, receive, send)  # the route answers 401 itself
             return
         body = await _read_body(receive)
-        fingerprint = hashlib.sha256(
-            scope["method"].encode() + scope["path"].encode() + b"\n" + body
-        ).hexdigest()
+        fingerprint = hashlib.sha256(scope["method"].encode() + scope["path"].encode() + b"\n" + body).hexdigest()
         db: Database = state.db
         owner = principal.subject
         reserved = await _reserve(db, owner, key_s, fingerprint)
@@ -304,9 +284,7 @@ class IdempotencyMiddleware:
         async def capture(message: Message) -> None:
             if message["type"] == "http.response.start":
                 captured["status"] = message["status"]
-                captured["type"] = dict(message.get("headers", [])).get(
-                    b"content-type", b""
-                )
+                captured["type"] = dict(message.get("headers", [])).get(b"content-type", b"")
             elif message["type"] == "http.response.body":
                 captured["body"] += message.get("body", b"")
             await send(message)
@@ -326,9 +304,7 @@ async def _read_body(receive: Receive) -> bytes:
             return b"".join(chunks)
 
 
-async def _reserve(
-    db: Database, owner: str, key: str, fingerprint: str
-) -> tuple[int, str, str] | None:
+async def _reserve(db: Database, owner: str, key: str, fingerprint: str) -> tuple[int, str, str] | None:
     t = IDEMPOTENCY_KEYS
     async with db.engine.begin() as conn:
         res = await conn.execute(
@@ -345,9 +321,7 @@ async def _reserve(
             return None
         row = (
             await conn.execute(
-                select(t.c.status, t.c.body, t.c.fingerprint).where(
-                    t.c.principal == owner, t.c.key == key
-                )
+                select(t.c.status, t.c.body, t.c.fingerprint).where(t.c.principal == owner, t.c.key == key)
             )
         ).one()
         return int(row.status), row.body, row.fingerprint
@@ -358,21 +332,13 @@ async def _settle(db: Database, owner: str, key: str, status: int, body: bytes) 
     where = (t.c.principal == owner) & (t.c.key == key)
     async with db.engine.begin() as conn:
         if status >= 500 or status == 0:
-            await conn.execute(
-                delete(t).where(where)
-            )  # failed: the client may try again
+            await conn.execute(delete(t).where(where))  # failed: the client may try again
         else:
-            await conn.execute(
-                update(t)
-                .where(where)
-                .values(status=status, body=body.decode("utf-8", "replace"))
-            )
+            await conn.execute(update(t).where(where).values(status=status, body=body.decode("utf-8", "replace")))
 
 
 def json_response(data: Any, status: int = 200) -> Response:
-    return Response(
-        orjson.dumps(data), status_code=status, media_type="application/json"
-    )
+    return Response(orjson.dumps(data), status_code=status, media_type="application/json")
 
 
 __all__ = [

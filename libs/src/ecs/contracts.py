@@ -1,0 +1,264 @@
+"""Message contracts shared by the services: the 110 gateway contract v1 and the event payloads.
+
+proto-schemas/ is generated from these models (``make schemas``); a test fails when it drifts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictBool, StrictInt
+
+CATEGORIES = (
+    "fire",
+    "explosion",
+    "hazmat",
+    "building_collapse",
+    "crowd_crush",
+    "traffic_accident",
+    "flood",
+    "gas_leak",
+    "public_security",
+    "medical",
+    "other",
+)
+CategoryName = Literal[
+    "fire",
+    "explosion",
+    "hazmat",
+    "building_collapse",
+    "crowd_crush",
+    "traffic_accident",
+    "flood",
+    "gas_leak",
+    "public_security",
+    "medical",
+    "other",
+]
+STAGES = ("reported", "isolation", "handling", "opinion_control", "aftermath", "closed", "cancelled")
+StageName = Literal["reported", "isolation", "handling", "opinion_control", "aftermath", "closed", "cancelled"]
+
+ALARM_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,64}$"
+GATEWAY_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+MAX_ALARM_BYTES = 64 * 1024
+MAX_BATCH = 500
+
+Latitude = Annotated[float, Field(ge=-90, le=90, allow_inf_nan=False, strict=True)]
+Longitude = Annotated[float, Field(ge=-180, le=180, allow_inf_nan=False, strict=True)]
+Level = Annotated[int, Field(ge=1, le=4, description="1 = I (red, most severe) .. 4 = IV (blue)")]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# --- 110 gateway contract v1 (DESIGN §7): keep exactly; a change is a new version -----------
+
+
+class AlarmLocation(_Strict):
+    lat: Latitude
+    lon: Longitude
+    crs: Literal["wgs84", "cgcs2000", "gcj02"] = Field(
+        default="wgs84", description="gcj02 is converted to WGS-84; cgcs2000 is taken as WGS-84 (they differ by cm)"
+    )
+    accuracy_m: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None
+    address: Annotated[str, Field(max_length=500)] | None = None
+
+
+class AlarmCaller(_Strict):
+    number: Annotated[str, Field(min_length=1, max_length=32)]
+    name: Annotated[str, Field(max_length=100)] | None = None
+
+
+class GatewayAlarm(_Strict):
+    """One alarm as a 110 gateway sends it, over HTTP or on ``alarm.in.<gateway_id>``."""
+
+    model_config = ConfigDict(extra="forbid", title="GatewayAlarmV1")
+
+    alarm_id: Annotated[str, Field(pattern=ALARM_ID_PATTERN, description="unique per gateway: the idempotency key")]
+    received_at: AwareDatetime = Field(description="RFC 3339 with an offset")
+    category: CategoryName
+    location: AlarmLocation
+    caller: AlarmCaller | None = None
+    description: Annotated[str, Field(max_length=2000)]
+    casualties: Annotated[StrictInt, Field(ge=0, le=1_000_000)] | None = None
+    exercise: StrictBool = False
+
+
+class AlarmReceipt(_Strict):
+    alarm_id: str
+    incident_id: str
+    duplicate: bool
+    correlated: bool
+
+
+class BatchItemError(_Strict):
+    index: int
+    alarm_id: str | None = None
+    status: int
+    title: str
+    detail: str
+    errors: list[dict[str, str]] = Field(default_factory=list)
+
+
+class BatchItemResult(_Strict):
+    index: int
+    status: int
+    receipt: AlarmReceipt | None = None
+    error: BatchItemError | None = None
+
+
+class BatchReceipt(_Strict):
+    accepted: int
+    rejected: int
+    results: list[BatchItemResult]
+
+
+# --- incident-intake events -----------------------------------------------------------------
+
+
+class IncidentCreated(_Strict):
+    incident_id: str
+    category: CategoryName
+    level: Level
+    lat: float
+    lon: float
+    first_alarm_at: datetime
+    alarm_id: str
+    gateway_id: str
+    exercise: bool
+
+
+class AlarmLinked(_Strict):
+    incident_id: str
+    alarm_id: str
+    gateway_id: str
+    category: CategoryName
+    received_at: datetime
+    lat: float
+    lon: float
+    alarm_count: int
+    caller_count: int
+    casualties: int
+    new_incident: bool
+
+
+class LevelChanged(_Strict):
+    incident_id: str
+    from_level: Level
+    to_level: Level
+    reason: str
+    actor: str
+    version: int
+
+
+class StageChanged(_Strict):
+    """Carries what downstream services need to act on the new stage without asking back."""
+
+    incident_id: str
+    from_stage: StageName
+    to_stage: StageName
+    actor: str
+    version: int
+    category: CategoryName
+    level: Level
+    lat: float
+    lon: float
+    perimeter: dict[str, object] | None = None
+    reason: str | None = None
+
+
+class IncidentVerified(_Strict):
+    incident_id: str
+    actor: str
+    automatic: bool
+    version: int
+
+
+class PerimeterSet(_Strict):
+    incident_id: str
+    perimeter: dict[str, object]
+    actor: str
+    version: int
+
+
+class IncidentMerged(_Strict):
+    incident_id: str = Field(description="the incident that absorbed the other")
+    merged_incident_id: str
+    alarms_moved: int
+    actor: str
+
+
+class IncidentSplit(_Strict):
+    incident_id: str = Field(description="the incident the alarms left")
+    new_incident_id: str
+    alarm_ids: list[str]
+    actor: str
+
+
+class FactRecorded(_Strict):
+    incident_id: str
+    fact: Literal["hazard_under_control", "after_action_report"]
+    actor: str
+    version: int
+
+
+# --- facts other services publish about an incident (lifecycle guards) -----------------------
+
+
+class ParticipantSettled(_Strict):
+    """``<service>.incident.settled``: the participant holds nothing more for this incident
+    (units released, reservations returned, evacuees checked out, all-clear published); a later
+    ``settled: false`` reopens it."""
+
+    incident_id: str
+    participant: Annotated[str, Field(min_length=1, max_length=64)]
+    settled: bool
+    detail: str = ""
+
+
+class PerimeterSecured(_Strict):
+    """``dispatch.incident.perimeter_secured``: the isolation units are (or no longer are) on scene."""
+
+    incident_id: str
+    on_scene: bool
+    detail: str = ""
+
+
+class StatementPublished(_Strict):
+    """``notification.statement.published``: an official statement about the incident is out."""
+
+    incident_id: str
+    statement_id: str
+
+
+@dataclass(frozen=True)
+class MessageSpec:
+    subject: str
+    model: type[BaseModel]
+    publisher: str
+    summary: str
+    enveloped: bool = True
+
+
+MESSAGES: tuple[MessageSpec, ...] = (
+    MessageSpec(
+        "alarm.in.{gateway_id}", GatewayAlarm, "110 gateway", "An alarm from a 110 gateway (not enveloped)", False
+    ),
+    MessageSpec("incident.created", IncidentCreated, "incident-intake", "An alarm opened a new incident"),
+    MessageSpec("incident.alarm.linked", AlarmLinked, "incident-intake", "An alarm was linked to an incident"),
+    MessageSpec(
+        "incident.level.changed", LevelChanged, "incident-intake", "The incident's level was raised or lowered"
+    ),
+    MessageSpec("incident.stage.changed", StageChanged, "incident-intake", "The incident moved to another stage"),
+    MessageSpec("incident.verified", IncidentVerified, "incident-intake", "The incident was verified"),
+    MessageSpec("incident.perimeter.set", PerimeterSet, "incident-intake", "A perimeter was set for the incident"),
+    MessageSpec("incident.merged", IncidentMerged, "incident-intake", "Another incident was merged into this one"),
+    MessageSpec("incident.split", IncidentSplit, "incident-intake", "Alarms were split out into a new incident"),
+    MessageSpec("incident.fact.recorded", FactRecorded, "incident-intake", "An operator recorded a lifecycle fact"),
+    MessageSpec("{participant}.incident.settled", ParticipantSettled, "any participant", "A participant is settled"),
+    MessageSpec("dispatch.incident.perimeter_secured", PerimeterSecured, "dispatch", "Perimeter units on scene"),
+    MessageSpec("notification.statement.published", StatementPublished, "public-notification", "Statement out"),
+)

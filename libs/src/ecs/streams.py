@@ -1,0 +1,26 @@
+"""Every JetStream stream of the system, declared once here so that any service that publishes
+to or consumes from one declares it with the same settings (creation is idempotent).
+
+One stream per publishing domain: its subjects are ``<domain>.>``."""
+
+from __future__ import annotations
+
+from .bus import StreamSpec
+
+DAY = 24 * 3600
+
+ALARMS = StreamSpec("ALARMS", ("alarm.in.*",), max_age_s=30 * DAY)
+INCIDENTS = StreamSpec("INCIDENTS", ("incident.>",), max_age_s=30 * DAY)
+DISPATCH = StreamSpec("DISPATCH", ("dispatch.>",), max_age_s=30 * DAY)
+STOCKPILE = StreamSpec("STOCKPILE", ("stockpile.>",), max_age_s=30 * DAY)
+SHELTER = StreamSpec("SHELTER", ("shelter.>",), max_age_s=30 * DAY)
+NOTIFICATION = StreamSpec("NOTIFICATION", ("notification.>",), max_age_s=30 * DAY)
+
+# The subject prefix of each participant in the lifecycle, and its service name.
+PARTICIPANTS = {
+    "dispatch": "dispatch",
+    "stockpile": "resource-stockpile",
+    "shelter": "shelter-registry",
+    "notification": "public-notification",
+}
+PARTICIPANT_STREAMS = {"dispatch": DISPATCH, "stockpile": STOCKPILE, "shelter": SHELTER, "notification": NOTIFICATION}

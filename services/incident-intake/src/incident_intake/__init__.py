@@ -1,0 +1,1 @@
+"""incident-intake: 110 gateway intake, alarm correlation and the incident lifecycle."""

@@ -1,0 +1,117 @@
+import pytest
+
+from ecs.geo import (
+    gcj02_to_wgs84,
+    haversine_m,
+    out_of_china,
+    point_in_polygon,
+    polygon_centroid,
+    wgs84_to_gcj02,
+)
+
+SHANGHAI_PEOPLES_SQUARE = (31.2304, 121.4737)
+BEIJING_TIANANMEN = (39.9087, 116.3975)
+
+# Published reference pairs (WGS-84 -> GCJ-02) used by the common open implementations.
+REFERENCE_PAIRS = [
+    ((31.1774276, 121.5272106), (31.17530398364597, 121.531541859215)),  # Shanghai
+    ((22.543847, 113.912316), (22.540796131694766, 113.9171764808363)),  # Shenzhen
+    ((39.911954, 116.377817), (39.91334545536069, 116.38404722455657)),  # Beijing
+]
+
+
+def test_one_degree_of_latitude_is_about_111_2_km():
+    assert haversine_m(30.0, 121.0, 31.0, 121.0) == pytest.approx(111_195, abs=100)
+
+
+def test_haversine_is_zero_for_the_same_point_and_symmetric():
+    assert haversine_m(*SHANGHAI_PEOPLES_SQUARE, *SHANGHAI_PEOPLES_SQUARE) == 0.0
+    there = haversine_m(*SHANGHAI_PEOPLES_SQUARE, *BEIJING_TIANANMEN)
+    back = haversine_m(*BEIJING_TIANANMEN, *SHANGHAI_PEOPLES_SQUARE)
+    assert there == pytest.approx(back)
+    assert 1_000_000 < there < 1_100_000  # Shanghai to Beijing is about 1,070 km
+
+
+@pytest.mark.parametrize(("wgs", "gcj"), REFERENCE_PAIRS)
+def test_forward_shift_matches_reference_values(wgs, gcj):
+    lat, lon = wgs84_to_gcj02(*wgs)
+    assert lat == pytest.approx(gcj[0], abs=1e-9)
+    assert lon == pytest.approx(gcj[1], abs=1e-9)
+
+
+@pytest.mark.parametrize(("wgs", "gcj"), REFERENCE_PAIRS)
+def test_inverse_recovers_reference_wgs84(wgs, gcj):
+    lat, lon = gcj02_to_wgs84(*gcj)
+    assert lat == pytest.approx(wgs[0], abs=1e-6)
+    assert lon == pytest.approx(wgs[1], abs=1e-6)
+
+
+@pytest.mark.parametrize("point", [SHANGHAI_PEOPLES_SQUARE, BEIJING_TIANANMEN])
+def test_round_trip_wgs_gcj_wgs_within_a_micro_degree(point):
+    lat, lon = gcj02_to_wgs84(*wgs84_to_gcj02(*point))
+    assert abs(lat - point[0]) < 1e-6
+    assert abs(lon - point[1]) < 1e-6
+
+
+@pytest.mark.parametrize("point", [SHANGHAI_PEOPLES_SQUARE, BEIJING_TIANANMEN])
+def test_gcj_shift_in_chinese_cities_is_a_few_hundred_metres(point):
+    shifted = wgs84_to_gcj02(*point)
+    assert 100 <= haversine_m(*point, *shifted) <= 700
+
+
+@pytest.mark.parametrize(
+    "point",
+    [
+        (51.5007, -0.1246),  # London
+        (40.7580, -73.9855),  # New York
+        (-33.8568, 151.2153),  # Sydney
+        (35.6586, 139.7454),  # Tokyo: east of the box
+    ],
+)
+def test_outside_china_both_directions_are_identity(point):
+    assert out_of_china(*point)
+    assert wgs84_to_gcj02(*point) == point
+    assert gcj02_to_wgs84(*point) == point
+
+
+SQUARE = [(31.0, 121.0), (31.0, 121.2), (31.2, 121.2), (31.2, 121.0)]
+
+
+@pytest.mark.parametrize("ring", [SQUARE, SQUARE + SQUARE[:1]], ids=["open", "closed"])
+def test_point_in_polygon_accepts_open_and_closed_rings(ring):
+    assert point_in_polygon(31.1, 121.1, ring)
+    assert not point_in_polygon(31.3, 121.1, ring)
+    assert not point_in_polygon(31.1, 121.3, ring)
+
+
+def test_point_in_concave_polygon_respects_the_notch():
+    # A "U" open to the north: the notch between the arms is outside.
+    u_shape = [
+        (0.0, 0.0), (0.0, 3.0), (3.0, 3.0), (3.0, 2.0),
+        (1.0, 2.0), (1.0, 1.0), (3.0, 1.0), (3.0, 0.0),
+    ]  # fmt: skip
+    assert point_in_polygon(2.0, 0.5, u_shape)  # west arm
+    assert point_in_polygon(2.0, 2.5, u_shape)  # east arm
+    assert not point_in_polygon(2.0, 1.5, u_shape)  # the notch
+
+
+def test_centroid_of_a_square_is_its_centre():
+    lat, lon = polygon_centroid(SQUARE)
+    assert lat == pytest.approx(31.1)
+    assert lon == pytest.approx(121.1)
+
+
+def test_centroid_is_area_weighted_not_the_vertex_mean():
+    # Extra vertices bunched on one edge must not pull the centroid towards them.
+    ring = [
+        (0.0, 0.0),
+        (0.0, 1.0),
+        (0.0, 1.01),
+        (0.0, 1.02),
+        (0.0, 2.0),
+        (2.0, 2.0),
+        (2.0, 0.0),
+    ]
+    lat, lon = polygon_centroid(ring)
+    assert lat == pytest.approx(1.0)
+    assert lon == pytest.approx(1.0)
