@@ -105,6 +105,14 @@ def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer
     server.stop()
 
 
+@pytest.fixture
+def nats_private(tmp_path: Path) -> Iterator[NatsServer]:
+    """A nats-server of the test's own: streams and durable consumers start empty."""
+    server = NatsServer(tmp_path / "nats-store").start()
+    yield server
+    server.stop()
+
+
 async def _can_connect(url: str) -> bool:
     import asyncpg
 
@@ -229,3 +237,76 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         yield f"sqlite:///{tmp_path / 'test.db'}"
     else:
         yield request.getfixturevalue("pg_url")
+
+
+class ServiceProcess:
+    """A service run as a real process (its console script), as the e2e and reliability tests
+    need: started, waited for on /readyz, killed with any signal, restarted with the same env."""
+
+    def __init__(self, command: list[str], env: dict[str, str], port: int, log_path: Path) -> None:
+        self.command = command
+        self.env = env
+        self.port = port
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 60.0) -> ServiceProcess:
+        log = open(self.log_path, "ab")  # noqa: SIM115 - the child keeps writing after we return
+        self.proc = subprocess.Popen(self.command, env={**os.environ, **self.env}, stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        self.wait_ready(timeout)
+        return self
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        import httpx
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"{self.command[0]} exited with {self.proc.returncode}:\n{self.log_tail()}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(self.url + "/readyz", timeout=1).status_code == 200:
+                    return
+            time.sleep(0.1)
+        raise RuntimeError(f"{self.command[0]} not ready after {timeout}s:\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def kill(self, sig: int = 9) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(30)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def restart(self, sig: int = 9, timeout: float = 60.0) -> None:
+        self.kill(sig)
+        self.start(timeout)
+
+
+def console_script(name: str) -> str:
+    """The path of a console script in the running interpreter's environment."""
+    import sys
+
+    candidate = Path(sys.executable).parent / name
+    if candidate.exists():
+        return str(candidate)
+    found = shutil.which(name)
+    if not found:
+        raise RuntimeError(f"{name} is not installed: run `make setup`")
+    return found

@@ -1,0 +1,60 @@
+"""Shared fixtures: real NATS, real PostgreSQL, services as real processes (see ecs.testing)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from ecs.auth import TokenVerifier
+from ecs.testing import NatsServer, ServiceProcess, console_script, free_port
+
+AUTH_SECRET = "test-auth-secret-0123456789abcdef"
+GATEWAY_ID = "gw-test"
+GATEWAY_SECRET = "gw-test-secret-0123456789"
+
+
+@pytest.fixture
+def tokens() -> TokenVerifier:
+    return TokenVerifier(AUTH_SECRET)
+
+
+@pytest.fixture
+def operator_headers(tokens: TokenVerifier) -> Callable[..., dict[str, str]]:
+    def make(*roles: str, subject: str = "alice") -> dict[str, str]:
+        return {"Authorization": f"Bearer {tokens.issue(subject, list(roles) or ['dispatcher', 'commander'])}"}
+
+    return make
+
+
+@pytest.fixture
+def intake_factory(tmp_path: Path, nats_private: NatsServer) -> Iterator[Callable[..., ServiceProcess]]:
+    """Start incident-intake processes: ``intake_factory(database_url, **extra_env)``.
+
+    Each call starts one more replica on its own port, all on the test's own nats-server;
+    all are stopped after the test.
+    """
+    started: list[ServiceProcess] = []
+    gateways = tmp_path / "gateways.json"
+    gateways.write_text(json.dumps({"gateways": {GATEWAY_ID: {"secret": GATEWAY_SECRET}}}))
+
+    def start(database_url: str, nats_url: str | None = None, **extra: str) -> ServiceProcess:
+        port = free_port()
+        env = {
+            "INTAKE_DATABASE_URL": database_url,
+            "INTAKE_NATS_URL": nats_url or nats_private.url,
+            "INTAKE_HTTP_PORT": str(port),
+            "INTAKE_AUTH_SECRET": AUTH_SECRET,
+            "INTAKE_GATEWAYS_FILE": str(gateways),
+            "INTAKE_LOG_LEVEL": "WARNING",
+            **{f"INTAKE_{k.upper()}": v for k, v in extra.items()},
+        }
+        proc = ServiceProcess([console_script("incident-intake")], env, port, tmp_path / f"intake-{port}.log")
+        started.append(proc.start())
+        return proc
+
+    yield start
+    for proc in started:
+        proc.stop()
