@@ -46,6 +46,8 @@ def configure_logging(service: str, level: str = "INFO", json: bool = True) -> N
     if not isinstance(lvl, int):
         lvl = logging.INFO
     logging.basicConfig(stream=sys.stdout, level=lvl, format="%(message)s")
+    # Alembic narrates every start-up at INFO; only its warnings are worth a log line.
+    logging.getLogger("alembic").setLevel(max(lvl, logging.WARNING))
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
