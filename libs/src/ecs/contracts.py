@@ -234,6 +234,113 @@ class StatementPublished(_Strict):
     statement_id: str
 
 
+
+# --- dispatch events --------------------------------------------------------------------------
+
+UnitId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="also the last token of its location subject")]
+UnitTypeName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,63}$", examples=["fire_engine", "ambulance"])]
+UnitStatusName = Literal["available", "assigned", "en_route", "on_scene", "returning", "out_of_service"]
+LevelName = Literal["I", "II", "III", "IV"]
+
+
+class VehicleLocation(_Strict):
+    """A position report from a unit's vehicle on ``vehicle.location.<unit_id>`` (not enveloped)."""
+
+    model_config = ConfigDict(extra="forbid", title="VehicleLocationV1")
+
+    lat: Latitude
+    lon: Longitude
+    at: AwareDatetime = Field(description="when the position was fixed, RFC 3339 with an offset")
+    speed_kmh: Annotated[float, Field(ge=0, le=500, allow_inf_nan=False)] | None = None
+    heading_deg: Annotated[float, Field(ge=0, lt=360, allow_inf_nan=False)] | None = None
+    accuracy_m: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None
+
+
+class UnitRegistered(_Strict):
+    """``dispatch.unit.registered``: a unit joined the roster (or was updated: ``dispatch.unit.updated``)."""
+
+    unit_id: UnitId
+    callsign: str
+    agency: str
+    unit_type: UnitTypeName
+    capabilities: list[str]
+    home_station: str
+    district: str
+    exercise: bool
+    lent_to_drill: str | None = None
+    actor: str
+
+
+class UnitStatusChanged(_Strict):
+    """``dispatch.unit.status.changed``: a unit reported a new status (or dispatch set one)."""
+
+    unit_id: UnitId
+    unit_type: UnitTypeName
+    from_status: UnitStatusName
+    to_status: UnitStatusName
+    incident_id: str | None = None
+    actor: str
+
+
+class UnitAssigned(_Strict):
+    """``dispatch.unit.assigned``: the unit now serves the incident."""
+
+    incident_id: str
+    assignment_id: int
+    unit_id: UnitId
+    unit_type: UnitTypeName
+    agency: str
+    stage: Literal["isolation", "handling"]
+    source: Literal["automatic", "recommended", "override", "reassigned"]
+    actor: str
+    eta_s: float | None = None
+    distance_m: float | None = None
+    reason: str = ""
+
+
+class UnitReleased(_Strict):
+    """``dispatch.unit.released``: the unit no longer serves the incident."""
+
+    incident_id: str
+    assignment_id: int
+    unit_id: UnitId
+    unit_type: UnitTypeName
+    status: UnitStatusName = Field(description="the unit's status after the release")
+    reason: str
+    actor: str
+
+
+class PlanSupply(_Strict):
+    item: str
+    quantity: int
+
+
+class PlanLevel(_Strict):
+    isolation_radius_m: int
+    evacuate: bool
+    evacuation_radius_m: int
+    isolation_units: dict[str, int]
+    handling_units: dict[str, int]
+    supplies: list[PlanSupply]
+    notification_templates: dict[str, str] = Field(
+        description="str.format templates; placeholders: incident_id, category, level, address, time, "
+        "isolation_radius_m, evacuation_radius_m, shelter, hotline"
+    )
+    approval_required: list[str]
+
+
+class PlanPublished(_Strict):
+    """``dispatch.plan.published``: the active response plan of a category, in full.
+
+    The same document answers a request on ``dispatch.plan.get`` with ``{"category": "<name>"}``."""
+
+    category: CategoryName
+    version: int
+    levels: dict[LevelName, PlanLevel]
+    actor: str
+    published_at: datetime
+
+
 @dataclass(frozen=True)
 class MessageSpec:
     subject: str
@@ -261,4 +368,13 @@ MESSAGES: tuple[MessageSpec, ...] = (
     MessageSpec("{participant}.incident.settled", ParticipantSettled, "any participant", "A participant is settled"),
     MessageSpec("dispatch.incident.perimeter_secured", PerimeterSecured, "dispatch", "Perimeter units on scene"),
     MessageSpec("notification.statement.published", StatementPublished, "public-notification", "Statement out"),
+    MessageSpec(
+        "vehicle.location.{unit_id}", VehicleLocation, "vehicle location feed", "A unit's position (not enveloped)", False
+    ),
+    MessageSpec("dispatch.unit.registered", UnitRegistered, "dispatch", "A unit joined the roster"),
+    MessageSpec("dispatch.unit.updated", UnitRegistered, "dispatch", "A unit's roster entry changed"),
+    MessageSpec("dispatch.unit.status.changed", UnitStatusChanged, "dispatch", "A unit's status changed"),
+    MessageSpec("dispatch.unit.assigned", UnitAssigned, "dispatch", "A unit was assigned to an incident"),
+    MessageSpec("dispatch.unit.released", UnitReleased, "dispatch", "A unit was released from an incident"),
+    MessageSpec("dispatch.plan.published", PlanPublished, "dispatch", "A response plan version became active"),
 )

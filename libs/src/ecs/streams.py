@@ -15,6 +15,8 @@ DISPATCH = StreamSpec("DISPATCH", ("dispatch.>",), max_age_s=30 * DAY)
 STOCKPILE = StreamSpec("STOCKPILE", ("stockpile.>",), max_age_s=30 * DAY)
 SHELTER = StreamSpec("SHELTER", ("shelter.>",), max_age_s=30 * DAY)
 NOTIFICATION = StreamSpec("NOTIFICATION", ("notification.>",), max_age_s=30 * DAY)
+# Vehicle positions: thousands a second and each superseded by the next, so kept briefly.
+VEHICLES = StreamSpec("VEHICLES", ("vehicle.location.*",), max_age_s=3600, duplicate_window_s=60, max_bytes=1 << 30)
 
 # The subject prefix of each participant in the lifecycle, and its service name.
 PARTICIPANTS = {

@@ -1,0 +1,1 @@
+"""dispatch: units, response plans, recommendation, race-free assignment and automatic dispatch."""

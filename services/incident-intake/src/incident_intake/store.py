@@ -21,7 +21,6 @@ from sqlalchemy import (
     UniqueConstraint,
     and_,
     select,
-    tuple_,
     update,
 )
 from sqlalchemy.engine import Row
@@ -90,15 +89,17 @@ alarms = Table(
     Column("casualties", Integer, nullable=True),
     Column("exercise", Boolean, nullable=False),
     Column("via", String(8), nullable=False),
-    UniqueConstraint("gateway_id", "alarm_id"),
+    # alarm_id leads: the duplicate check looks up a batch of alarm ids, usually of one gateway.
+    UniqueConstraint("alarm_id", "gateway_id"),
     Index("ix_alarms_incident", "incident_id", "seq"),
 )
 
 incident_callers = Table(
     "incident_callers",
     metadata,
-    Column("incident_id", String(32), primary_key=True),
+    # caller_key leads: a batch asks which incidents already heard from these callers.
     Column("caller_key", String(40), primary_key=True),
+    Column("incident_id", String(32), primary_key=True),
 )
 
 timeline = Table(
@@ -149,16 +150,19 @@ async def incidents_changed_after(conn: AsyncConnection, rev: int) -> Sequence[R
 
 
 async def existing_alarms(conn: AsyncConnection, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], str]:
-    if not keys:
-        return {}
+    """Alarms already taken, by (gateway_id, alarm_id); one indexed query per gateway in the batch."""
+    by_gateway: dict[str, set[str]] = {}
+    for gateway_id, alarm_id in keys:
+        by_gateway.setdefault(gateway_id, set()).add(alarm_id)
     found: dict[tuple[str, str], str] = {}
-    for chunk in _chunks(list(set(keys)), 400):
-        rows = await conn.execute(
-            select(alarms.c.gateway_id, alarms.c.alarm_id, alarms.c.incident_id).where(
-                tuple_(alarms.c.gateway_id, alarms.c.alarm_id).in_(chunk)
+    for gateway_id, alarm_ids in by_gateway.items():
+        for chunk in _chunks(sorted(alarm_ids), 900):
+            rows = await conn.execute(
+                select(alarms.c.alarm_id, alarms.c.incident_id).where(
+                    alarms.c.gateway_id == gateway_id, alarms.c.alarm_id.in_(chunk)
+                )
             )
-        )
-        found.update({(r.gateway_id, r.alarm_id): r.incident_id for r in rows})
+            found.update({(gateway_id, r.alarm_id): r.incident_id for r in rows})
     return found
 
 

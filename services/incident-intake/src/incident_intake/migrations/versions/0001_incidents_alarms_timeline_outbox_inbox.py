@@ -45,7 +45,7 @@ def upgrade() -> None:
         sa.Column("exercise", sa.Boolean(), nullable=False),
         sa.Column("via", sa.String(length=8), nullable=False),
         sa.PrimaryKeyConstraint("seq", name=op.f("pk_alarms")),
-        sa.UniqueConstraint("gateway_id", "alarm_id", name=op.f("uq_alarms_gateway_id_alarm_id")),
+        sa.UniqueConstraint("alarm_id", "gateway_id", name=op.f("uq_alarms_alarm_id_gateway_id")),
     )
     with op.batch_alter_table("alarms", schema=None) as batch_op:
         batch_op.create_index("ix_alarms_incident", ["incident_id", "seq"], unique=False)
@@ -75,9 +75,9 @@ def upgrade() -> None:
     )
     op.create_table(
         "incident_callers",
-        sa.Column("incident_id", sa.String(length=32), nullable=False),
         sa.Column("caller_key", sa.String(length=40), nullable=False),
-        sa.PrimaryKeyConstraint("incident_id", "caller_key", name=op.f("pk_incident_callers")),
+        sa.Column("incident_id", sa.String(length=32), nullable=False),
+        sa.PrimaryKeyConstraint("caller_key", "incident_id", name=op.f("pk_incident_callers")),
     )
     op.create_table(
         "incidents",
