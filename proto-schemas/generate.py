@@ -71,7 +71,12 @@ def render() -> dict[str, str]:
                 "properties": {"Nats-Msg-Id": {"type": "string", "description": "<gateway_id>:<alarm_id>"}},
                 "required": ["Nats-Msg-Id"],
             }
-        components["messages"][key] = {"name": spec.subject, "summary": spec.summary, "payload": payload, "headers": headers}
+        components["messages"][key] = {
+            "name": spec.subject,
+            "summary": spec.summary,
+            "payload": payload,
+            "headers": headers,
+        }
         channel: dict[str, Any] = {"address": spec.subject, "messages": {key: {"$ref": f"#/components/messages/{key}"}}}
         params = [p.strip("{}") for p in spec.subject.split(".") if p.startswith("{")]
         if params:
@@ -121,7 +126,9 @@ def main(argv: list[str]) -> int:
     files = render()
     if "--check" in argv:
         stale = [p for p, text in files.items() if not (HERE / p).exists() or (HERE / p).read_text() != text]
-        extra = [str(p.relative_to(HERE)) for p in (HERE / "json").glob("*.json") if str(p.relative_to(HERE)) not in files]
+        extra = [
+            str(p.relative_to(HERE)) for p in (HERE / "json").glob("*.json") if str(p.relative_to(HERE)) not in files
+        ]
         if stale or extra:
             print("proto-schemas/ is out of date with ecs.contracts; run `make schemas`:", *stale, *extra, sep="\n  ")
             return 1

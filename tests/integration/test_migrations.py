@@ -34,7 +34,9 @@ async def test_migrations_match_the_models(service: str, db_url: str) -> None:
     try:
         async with db.engine.connect() as conn:
             diff = await conn.run_sync(
-                lambda sync: compare_metadata(MigrationContext.configure(sync, opts={"version_table": version_table}), metadata)
+                lambda sync: compare_metadata(
+                    MigrationContext.configure(sync, opts={"version_table": version_table}), metadata
+                )
             )
             heads = (await conn.execute(text(f"SELECT count(*) FROM {version_table}"))).scalar()
     finally:

@@ -25,7 +25,9 @@ def test_committed_schemas_match_the_models():
     on_disk = {str(p.relative_to(ROOT / "proto-schemas")) for p in (ROOT / "proto-schemas" / "json").glob("*.json")}
     assert on_disk == {p for p in rendered if p.startswith("json/")}, "run `make schemas`"
     for path, text in rendered.items():
-        assert (ROOT / "proto-schemas" / path).read_text() == text, f"{path} drifted from ecs.contracts: run `make schemas`"
+        assert (ROOT / "proto-schemas" / path).read_text() == text, (
+            f"{path} drifted from ecs.contracts: run `make schemas`"
+        )
 
 
 def test_asyncapi_document_is_3_0_and_every_reference_resolves():

@@ -219,8 +219,8 @@ class Bus:
             message_id=original_id,
         )
 
-    async def request(self, subject: str, payload: dict[str, Any], timeout: float = 2.0) -> dict[str, Any]:
-        reply = await self.nc.request(subject, orjson.dumps(payload), timeout=timeout)
+    async def request(self, subject: str, payload: dict[str, Any], timeout_s: float = 2.0) -> dict[str, Any]:
+        reply = await self.nc.request(subject, orjson.dumps(payload), timeout=timeout_s)
         return orjson.loads(reply.data)
 
     async def serve(
@@ -278,7 +278,7 @@ class ConsumerRunner:
                 if sub is None:
                     sub = await self._subscribe()
                 msgs = await sub.fetch(self.batch, timeout=self.fetch_timeout_s)
-            except (nats.errors.TimeoutError, asyncio.TimeoutError):
+            except (TimeoutError, nats.errors.TimeoutError):
                 continue
             except asyncio.CancelledError:
                 raise

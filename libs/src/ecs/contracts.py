@@ -234,10 +234,11 @@ class StatementPublished(_Strict):
     statement_id: str
 
 
-
 # --- dispatch events --------------------------------------------------------------------------
 
-UnitId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="also the last token of its location subject")]
+UnitId = Annotated[
+    str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="also the last token of its location subject")
+]
 UnitTypeName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,63}$", examples=["fire_engine", "ambulance"])]
 UnitStatusName = Literal["available", "assigned", "en_route", "on_scene", "returning", "out_of_service"]
 LevelName = Literal["I", "II", "III", "IV"]
@@ -369,7 +370,11 @@ MESSAGES: tuple[MessageSpec, ...] = (
     MessageSpec("dispatch.incident.perimeter_secured", PerimeterSecured, "dispatch", "Perimeter units on scene"),
     MessageSpec("notification.statement.published", StatementPublished, "public-notification", "Statement out"),
     MessageSpec(
-        "vehicle.location.{unit_id}", VehicleLocation, "vehicle location feed", "A unit's position (not enveloped)", False
+        "vehicle.location.{unit_id}",
+        VehicleLocation,
+        "vehicle location feed",
+        "A unit's position (not enveloped)",
+        False,
     ),
     MessageSpec("dispatch.unit.registered", UnitRegistered, "dispatch", "A unit joined the roster"),
     MessageSpec("dispatch.unit.updated", UnitRegistered, "dispatch", "A unit's roster entry changed"),

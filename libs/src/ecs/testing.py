@@ -64,7 +64,7 @@ class NatsServer:
 
     def start(self) -> NatsServer:
         self.store_dir.mkdir(parents=True, exist_ok=True)
-        log = open(self.store_dir.parent / f"nats-{self.port}.log", "ab")
+        log = open(self.store_dir.parent / f"nats-{self.port}.log", "ab")  # noqa: SIM115 - the child keeps it
         self.proc = subprocess.Popen(
             [
                 nats_binary(),

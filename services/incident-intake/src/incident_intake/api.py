@@ -26,12 +26,12 @@ from ecs.contracts import (
     GatewayAlarm,
     StageName,
 )
-from ecs.errors import AppError, Forbidden, InvalidInput, NotFound, Transient, UnsupportedMediaType
-from ecs.web import PROBLEM, field_path, json_response, problem, requires
+from ecs.errors import Forbidden, InvalidInput, Transient, UnsupportedMediaType
+from ecs.web import field_path, json_response, problem, requires
 
 from . import domain, store
 from .domain import Level, Perimeter, Stage
-from .handlers import IncidentCommands, guard_facts, to_incoming
+from .handlers import guard_facts, to_incoming
 
 gateway = APIRouter(tags=["110 gateway v1"])
 operator = APIRouter(prefix="/v1", tags=["incidents"])
@@ -585,5 +585,3 @@ async def purge_exercise(request: Request, principal: Principal = requires(Role.
         await uow.commit()
     return json_response({"incidents_purged": incidents_gone, "alarms_purged": alarms_gone})
 
-
-__all__ = ["gateway", "operator", "PROBLEM", "AppError", "NotFound"]

@@ -620,7 +620,7 @@ class IncidentCommands:
             raise Conflict(f"incident {incident_id} was merged into {row.merged_into}", merged_into=row.merged_into)
         if expected_version is not None and row.version != expected_version:
             raise StaleVersion(
-                f"incident {incident_id} is at version {row.version}, not {expected_version}: reload it and decide again",
+                f"incident {incident_id} is at version {row.version}, not {expected_version}: reload and decide again",
                 current_version=row.version,
             )
         return row, rev
