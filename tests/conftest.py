@@ -58,3 +58,64 @@ def intake_factory(tmp_path: Path, nats_private: NatsServer) -> Iterator[Callabl
     yield start
     for proc in started:
         proc.stop()
+
+
+@pytest.fixture
+def dispatch_factory(tmp_path: Path, nats_private: NatsServer) -> Iterator[Callable[..., ServiceProcess]]:
+    """Start dispatch processes: ``dispatch_factory(database_url, **extra_env)``.
+
+    Each call starts one more replica on its own port, all on the test's own nats-server unless
+    ``nats_url`` says otherwise; all are stopped after the test.
+    """
+    started: list[ServiceProcess] = []
+
+    def start(database_url: str, nats_url: str | None = None, **extra: str) -> ServiceProcess:
+        port = free_port()
+        env = {
+            "DISPATCH_DATABASE_URL": database_url,
+            "DISPATCH_NATS_URL": nats_url or nats_private.url,
+            "DISPATCH_HTTP_PORT": str(port),
+            "DISPATCH_AUTH_SECRET": AUTH_SECRET,
+            "DISPATCH_LOG_LEVEL": "WARNING",
+            **{f"DISPATCH_{k.upper()}": v for k, v in extra.items()},
+        }
+        proc = ServiceProcess([console_script("dispatch")], env, port, tmp_path / f"dispatch-{port}.log")
+        started.append(proc.start())
+        return proc
+
+    yield start
+    for proc in started:
+        proc.stop()
+
+
+@pytest.fixture
+def dispatch_app(nats_private: NatsServer) -> Callable[..., object]:
+    """Run dispatch in this process: ``async with dispatch_app(database_url, **settings) as (app, client)``.
+
+    The app's lifespan runs for real (migrations, NATS, consumers, outbox relay); ``client`` is an
+    httpx client speaking to the app directly, without a socket.
+    """
+    import contextlib
+
+    import httpx
+
+    @contextlib.asynccontextmanager
+    async def run(database_url: str, nats_url: str | None = None, **overrides: object):  # type: ignore[no-untyped-def]
+        from dispatch.main import build_app
+        from dispatch.settings import DispatchSettings
+
+        settings = DispatchSettings(
+            database_url=database_url,
+            nats_url=nats_url or nats_private.url,
+            auth_secret=AUTH_SECRET,
+            log_level="WARNING",
+            **overrides,
+        )
+        app = build_app(settings)
+        async with (
+            app.router.lifespan_context(app),
+            httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://dispatch") as client,
+        ):
+            yield app, client
+
+    return run

@@ -173,15 +173,15 @@ async def stream_messages(js: Any, stream: str, subject: str) -> list[Any]:
         seq = msg.seq + 1
 
 
-async def eventually(probe: Callable[[], Any], what: str, timeout: float = 15.0) -> Any:
-    """Poll ``probe`` until it returns something truthy; fail naming ``what`` after ``timeout``."""
-    deadline = asyncio.get_running_loop().time() + timeout
+async def eventually(probe: Callable[[], Any], what: str, within_s: float = 15.0) -> Any:
+    """Poll ``probe`` until it returns something truthy; fail naming ``what`` after ``within_s`` seconds."""
+    deadline = asyncio.get_running_loop().time() + within_s
     while True:
         result = await probe()
         if result:
             return result
         if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
+            raise AssertionError(f"gave up after {within_s} s waiting for {what}")
         await asyncio.sleep(0.05)
 
 
@@ -529,6 +529,17 @@ async def test_batch_needs_the_signature_too(intake, ops):
     assert await holdings(ops) == before
 
 
+async def test_batch_item_over_64_kib_is_refused_alone(gw, ops):
+    spot = new_spot()
+    big = alarm(spot, padding="x" * (64 * 1024))
+    good = alarm(spot)
+    answer = (await gw.send_batch([big, good])).json()
+    assert (answer["accepted"], answer["rejected"]) == (1, 1)
+    assert [r["status"] for r in answer["results"]] == [413, 202]
+    inc = await incident(ops, answer["results"][1]["receipt"]["incident_id"])
+    assert [x["alarm_id"] for x in inc["alarms"]] == [good["alarm_id"]]
+
+
 async def test_same_alarm_twice_in_one_batch_is_one_link(gw, ops):
     a = alarm(new_spot())
     answer = (await gw.send_batch([a, dict(a)])).json()
@@ -559,7 +570,9 @@ async def test_alarm_published_on_nats_becomes_an_incident(gw, ops, js):
 
     async def linked() -> list[Any]:
         return [
-            m for m in await stream_messages(js, "INCIDENTS", "incident.alarm.linked") if a["alarm_id"].encode() in m.data
+            m
+            for m in await stream_messages(js, "INCIDENTS", "incident.alarm.linked")
+            if a["alarm_id"].encode() in m.data
         ]
 
     (msg,) = await eventually(linked, "the NATS alarm to be linked")
@@ -572,7 +585,9 @@ async def test_alarm_published_on_nats_becomes_an_incident(gw, ops, js):
 
 async def _dead_letter(js: Any, subject: str, alarm_id: str) -> Any:
     async def find() -> list[Any]:
-        return [m for m in await stream_messages(js, "DEADLETTER", f"deadletter.{subject}") if alarm_id.encode() in m.data]
+        return [
+            m for m in await stream_messages(js, "DEADLETTER", f"deadletter.{subject}") if alarm_id.encode() in m.data
+        ]
 
     (msg,) = await eventually(find, f"a dead letter for {alarm_id}")
     return msg

@@ -257,6 +257,7 @@ class ConsumerRunner:
     fetch_timeout_s: float = 1.0
     _task: asyncio.Task[None] | None = field(default=None, init=False)
     _stopping: bool = field(default=False, init=False)
+    _sub: Any = field(default=None, init=False)
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"consumer:{self.spec.durable}")
@@ -267,6 +268,12 @@ class ConsumerRunner:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
+        if self._sub is not None:
+            # A fetch cancelled mid-way leaves its pull request open, and the connection's drain
+            # would wait for it until its timeout (30 s) on every shutdown.
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
+            self._sub = None
 
     async def _subscribe(self) -> Any:
         return await self.bus.js.pull_subscribe_bind(durable=self.spec.durable, stream=self.spec.stream)
@@ -276,7 +283,7 @@ class ConsumerRunner:
         while not self._stopping:
             try:
                 if sub is None:
-                    sub = await self._subscribe()
+                    sub = self._sub = await self._subscribe()
                 msgs = await sub.fetch(self.batch, timeout=self.fetch_timeout_s)
             except (TimeoutError, nats.errors.TimeoutError):
                 continue

@@ -333,7 +333,8 @@ class PlanLevel(_Strict):
 class PlanPublished(_Strict):
     """``dispatch.plan.published``: the active response plan of a category, in full.
 
-    The same document answers a request on ``dispatch.plan.get`` with ``{"category": "<name>"}``."""
+    The same document answers a request on ``rpc.dispatch.plan.get`` (outside every stream) with
+    ``{"category": "<name>"}``."""
 
     category: CategoryName
     version: int
@@ -378,6 +379,7 @@ MESSAGES: tuple[MessageSpec, ...] = (
     ),
     MessageSpec("dispatch.unit.registered", UnitRegistered, "dispatch", "A unit joined the roster"),
     MessageSpec("dispatch.unit.updated", UnitRegistered, "dispatch", "A unit's roster entry changed"),
+    MessageSpec("dispatch.unit.removed", UnitRegistered, "dispatch", "A unit left the roster"),
     MessageSpec("dispatch.unit.status.changed", UnitStatusChanged, "dispatch", "A unit's status changed"),
     MessageSpec("dispatch.unit.assigned", UnitAssigned, "dispatch", "A unit was assigned to an incident"),
     MessageSpec("dispatch.unit.released", UnitReleased, "dispatch", "A unit was released from an incident"),

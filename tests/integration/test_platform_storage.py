@@ -1,0 +1,260 @@
+"""The persistence platform in libs/ on both stores: migrations, the unit of work, timestamps,
+and the database-side guards the services rely on."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+from sqlalchemy import Column, Integer, MetaData, String, Table, func, inspect, select, text, update
+
+from ecs.db import IDEMPOTENCY_KEYS, INBOX, OUTBOX, Database, UTCDateTime, new_metadata, normalise_url
+from ecs.envelope import make_event
+from ecs.migrations import upgrade
+from incident_intake.main import MIGRATIONS, VERSION_TABLE
+
+PLATFORM_TABLES = {"outbox", "inbox", "idempotency_keys"}
+INTAKE_TABLES = {"incidents", "alarms", "incident_callers", "timeline", "correlation_clock"}
+
+md = new_metadata()
+COUNTERS = Table(
+    "counters",
+    md,
+    Column("name", String(32), primary_key=True),
+    Column("value", Integer, nullable=False),
+    Column("at", UTCDateTime, nullable=True),
+)
+
+
+@pytest.fixture
+async def db(db_url) -> AsyncIterator[Database]:
+    database = Database(db_url)
+    async with database.engine.begin() as conn:
+        await conn.run_sync(md.create_all)
+    yield database
+    await database.dispose()
+
+
+async def count(db: Database, table: Table) -> int:
+    async with db.engine.connect() as conn:
+        return int(await conn.scalar(select(func.count()).select_from(table)))
+
+
+# --- migrations -----------------------------------------------------------------------------
+
+
+async def tables_and_version(db: Database) -> tuple[set[str], list[str]]:
+    async with db.engine.connect() as conn:
+        names = set(await conn.run_sync(lambda sync: inspect(sync).get_table_names()))
+        versions = [r[0] for r in await conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}"))]
+    return names, versions
+
+
+async def test_migrations_create_the_schema_and_a_second_run_changes_nothing(db_url):
+    await upgrade(db_url, MIGRATIONS, VERSION_TABLE)
+    db = Database(db_url)
+    try:
+        names, versions = await tables_and_version(db)
+        assert PLATFORM_TABLES | INTAKE_TABLES | {VERSION_TABLE} <= names
+        assert len(versions) == 1
+        async with db.uow() as uow:
+            uow.emit(make_event("thing.happened", {"n": 1}, source="test"))
+            await uow.first_time("worker", "m-1")
+            await uow.commit()
+
+        await upgrade(db_url, MIGRATIONS, VERSION_TABLE)
+
+        assert await tables_and_version(db) == (names, versions)
+        assert await count(db, OUTBOX) == 1 and await count(db, INBOX) == 1
+    finally:
+        await db.dispose()
+
+
+async def test_replicas_starting_together_migrate_once(pg_url):
+    """Replicas share PostgreSQL (DESIGN §10); each runs the migrations at start, at the same moment."""
+    await asyncio.gather(*(upgrade(pg_url, MIGRATIONS, VERSION_TABLE) for _ in range(3)))
+    db = Database(pg_url)
+    try:
+        names, versions = await tables_and_version(db)
+        assert names >= INTAKE_TABLES and len(versions) == 1
+    finally:
+        await db.dispose()
+
+
+# --- the unit of work -----------------------------------------------------------------------
+
+
+async def test_unit_of_work_without_commit_rolls_back_writes_and_events(db):
+    async with db.uow() as uow:
+        await uow.conn.execute(COUNTERS.insert().values(name="units", value=1))
+        uow.emit(make_event("thing.happened", {"n": 1}, source="test"))
+        await uow.flush_events()
+        await uow.first_time("worker", "m-1")
+        # no commit: the caller returned early
+    assert await count(db, COUNTERS) == 0
+    assert await count(db, OUTBOX) == 0
+    assert await count(db, INBOX) == 0
+
+
+async def test_unit_of_work_rolls_back_when_the_work_raises(db):
+    with pytest.raises(ZeroDivisionError):
+        async with db.uow() as uow:
+            await uow.conn.execute(COUNTERS.insert().values(name="units", value=1))
+            uow.emit(make_event("thing.happened", {"n": 1}, source="test"))
+            1 / 0  # noqa: B018
+    assert await count(db, COUNTERS) == 0 and await count(db, OUTBOX) == 0
+
+
+async def test_committed_unit_of_work_keeps_writes_and_events_together(db):
+    events = [make_event("thing.happened", {"n": n}, source="test") for n in range(3)]
+    async with db.uow() as uow:
+        await uow.conn.execute(COUNTERS.insert().values(name="units", value=3))
+        uow.emit(*events)
+        await uow.commit()
+    assert await count(db, COUNTERS) == 1
+    async with db.engine.connect() as conn:
+        rows = (await conn.execute(select(OUTBOX).order_by(OUTBOX.c.seq))).all()
+    assert [r.msg_id for r in rows] == [e.id for e in events]
+    assert all(r.headers["Nats-Msg-Id"] == r.msg_id for r in rows)
+    assert db.outbox_written.is_set()  # the relay is woken up
+
+
+async def test_a_failed_commit_leaves_nothing_behind(db):
+    async with db.uow() as uow:
+        await uow.conn.execute(COUNTERS.insert().values(name="units", value=1))
+        await uow.commit()
+    with pytest.raises(Exception, match="(?i)unique|duplicate"):
+        async with db.uow() as uow:
+            uow.emit(make_event("thing.happened", {"n": 1}, source="test"))
+            await uow.flush_events()
+            await uow.conn.execute(COUNTERS.insert().values(name="units", value=2))
+            await uow.commit()
+    assert await count(db, OUTBOX) == 0
+    async with db.engine.connect() as conn:
+        assert await conn.scalar(select(COUNTERS.c.value)) == 1
+
+
+async def test_concurrent_units_of_work_guarded_by_the_database_never_lose_an_update(db):
+    """A count guarded by a conditional update stays exact under concurrent writers (DESIGN §5)."""
+    async with db.uow() as uow:
+        await uow.conn.execute(COUNTERS.insert().values(name="beds", value=20))
+        await uow.commit()
+
+    async def take_bed() -> bool:
+        async with db.uow() as uow:
+            res = await uow.conn.execute(
+                update(COUNTERS)
+                .where(COUNTERS.c.name == "beds", COUNTERS.c.value > 0)
+                .values(value=COUNTERS.c.value - 1)
+            )
+            await uow.commit()
+            return res.rowcount == 1
+
+    taken = await asyncio.gather(*(take_bed() for _ in range(30)))
+    assert taken.count(True) == 20
+    async with db.engine.connect() as conn:
+        assert await conn.scalar(select(COUNTERS.c.value)) == 0
+
+
+async def test_lock_serialises_units_of_work_across_connections(db):
+    async with db.uow() as uow:
+        await uow.conn.execute(COUNTERS.insert().values(name="seq", value=0))
+        await uow.commit()
+    order: list[tuple[int, int]] = []
+
+    async def bump(worker: int) -> None:
+        async with db.uow() as uow:
+            await uow.lock("seq")
+            value = await uow.conn.scalar(select(COUNTERS.c.value).where(COUNTERS.c.name == "seq"))
+            await asyncio.sleep(0.01)  # a read-then-write that only the lock makes safe
+            await uow.conn.execute(update(COUNTERS).where(COUNTERS.c.name == "seq").values(value=value + 1))
+            await uow.commit()
+            order.append((worker, value))
+
+    await asyncio.gather(*(bump(i) for i in range(8)))
+    assert sorted(v for _, v in order) == list(range(8))
+
+
+# --- inserts and timestamps -----------------------------------------------------------------
+
+
+async def test_insert_ignore_skips_a_duplicate_key(db):
+    row = {
+        "principal": "alice",
+        "key": "k-1",
+        "fingerprint": "f",
+        "status": 0,
+        "body": "",
+        "created_at": datetime.now(UTC),
+    }
+    async with db.uow() as uow:
+        first = await uow.conn.execute(db.insert_ignore(IDEMPOTENCY_KEYS).values(**row))
+        second = await uow.conn.execute(db.insert_ignore(IDEMPOTENCY_KEYS).values(**{**row, "fingerprint": "g"}))
+        await uow.commit()
+    assert (first.rowcount, second.rowcount) == (1, 0)
+    async with db.engine.connect() as conn:
+        assert await conn.scalar(select(IDEMPOTENCY_KEYS.c.fingerprint)) == "f"
+
+
+async def test_timestamps_come_back_aware_and_in_utc(db):
+    beijing = timezone(timedelta(hours=8))
+    when = datetime(2025, 1, 1, 8, 30, 15, 123456, tzinfo=beijing)
+    async with db.uow() as uow:
+        await uow.conn.execute(COUNTERS.insert().values(name="t", value=0, at=when))
+        await uow.commit()
+    async with db.engine.connect() as conn:
+        back = await conn.scalar(select(COUNTERS.c.at))
+        # Comparisons in SQL see the same instant, whatever offset it was written with.
+        earlier = await conn.scalar(
+            select(func.count()).select_from(COUNTERS).where(COUNTERS.c.at < datetime(2025, 1, 1, 0, 31, tzinfo=UTC))
+        )
+    assert back == when and back.utcoffset() == timedelta(0)
+    assert back == datetime(2025, 1, 1, 0, 30, 15, 123456, tzinfo=UTC)
+    assert earlier == 1
+
+
+async def test_a_naive_timestamp_is_refused(db):
+    with pytest.raises(Exception, match="naive"):
+        async with db.uow() as uow:
+            await uow.conn.execute(COUNTERS.insert().values(name="t", value=0, at=datetime(2025, 1, 1, 8, 0)))
+            await uow.commit()
+    assert await count(db, COUNTERS) == 0
+
+
+async def test_ping_tells_whether_the_database_answers(db_url, tmp_path):
+    db = Database(db_url)
+    try:
+        assert await db.ping() is True
+    finally:
+        await db.dispose()
+    unreachable = Database("postgresql://nobody@127.0.0.1:1/none")
+    try:
+        assert await unreachable.ping() is False
+    finally:
+        await unreachable.dispose()
+
+
+@pytest.mark.parametrize(
+    ("given", "driver"),
+    [
+        ("postgresql://u:p@h/db", "postgresql+asyncpg"),
+        ("postgres://u:p@h/db", "postgresql+asyncpg"),
+        ("postgresql+psycopg2://u:p@h/db", "postgresql+asyncpg"),
+        ("sqlite:///var/x.db", "sqlite+aiosqlite"),
+    ],
+)
+def test_plain_database_urls_get_the_async_drivers(given, driver):
+    assert normalise_url(given).split("://")[0] == driver
+
+
+def test_other_databases_are_refused():
+    with pytest.raises(ValueError, match="unsupported"):
+        normalise_url("mysql://u:p@h/db")
+
+
+def test_platform_tables_come_with_every_service_metadata():
+    fresh = new_metadata()
+    assert set(fresh.tables) >= PLATFORM_TABLES
+    assert isinstance(fresh, MetaData) and fresh is not md
