@@ -32,6 +32,7 @@ import orjson  # noqa: E402
 
 from tests.bench._common import (  # noqa: E402
     connect,
+    cpu_seconds,
     heading,
     jetstream_publish_ceiling,
     parse_args,
@@ -171,6 +172,8 @@ async def run(quick: bool) -> None:
 
         samples: list[tuple[float, int, int]] = []
         published = 0
+        pid = stack.dispatch.proc.pid if stack.dispatch.proc else 0
+        cpu_before = cpu_seconds(pid)
         start = time.perf_counter()
 
         async def watch() -> None:
@@ -191,6 +194,7 @@ async def run(quick: bool) -> None:
         await js.publish_async_completed()
         await drain(js)
         drained_s = time.perf_counter() - start
+        cpu_used = cpu_seconds(pid) - cpu_before
         watcher.cancel()
         after = await metrics(stack)
         burst_n = 20_000 if quick else 60_000
@@ -247,6 +251,11 @@ async def run(quick: bool) -> None:
                 f"{batches:,.0f}",
                 f"mean {total / batches:,.0f} reports, {batch_s / batches * 1000:,.1f} ms",
             )
+        row(
+            "dispatch CPU per report",
+            f"{cpu_used / total * 1e6:,.0f} us",
+            f"{cpu_used / drained_s:.2f} cores busy while feeding: one core would absorb {total / cpu_used:,.0f} /s",
+        )
         row("rows written (newest per unit per batch)", f"{written:,.0f}", f"dead-lettered {dead:,.0f}")
         row("units whose stored position is not their last report", f"{wrong:,}", f"of {len(feed.last):,}")
         stack.print_memory()

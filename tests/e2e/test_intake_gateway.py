@@ -61,7 +61,7 @@ def alarm(spot: tuple[float, float], **overrides: Any) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def intake(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
+def intake_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServiceProcess, NatsServer]]:
     """One intake for the module: the bad-input cases compare what it holds before and after."""
     root = tmp_path_factory.mktemp("intake-gateway")
     server = NatsServer(root / "nats-store").start()
@@ -77,10 +77,20 @@ def intake(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]
         "INTAKE_LOG_LEVEL": "WARNING",
     }
     proc = ServiceProcess([console_script("incident-intake")], env, port, root / "intake.log").start()
-    proc.nats_url = server.url  # type: ignore[attr-defined]
-    yield proc
+    yield proc, server
     proc.stop()
     server.stop()
+
+
+@pytest.fixture(scope="module")
+def intake(intake_stack: tuple[ServiceProcess, NatsServer]) -> ServiceProcess:
+    return intake_stack[0]
+
+
+@pytest.fixture(scope="module")
+def intake_nats(intake_stack: tuple[ServiceProcess, NatsServer]) -> NatsServer:
+    """The nats-server the module's intake is connected to."""
+    return intake_stack[1]
 
 
 @pytest.fixture
@@ -97,8 +107,8 @@ async def ops(intake: ServiceProcess, operator_headers: Callable[..., dict[str, 
 
 
 @pytest.fixture
-async def js(intake: ServiceProcess) -> Any:
-    nc = await nats.connect(intake.nats_url)  # type: ignore[attr-defined]
+async def js(intake_nats: NatsServer) -> Any:
+    nc = await nats.connect(intake_nats.url)
     yield nc.jetstream()
     await nc.close()
 

@@ -251,12 +251,6 @@ async def test_runner_dead_letters_what_the_handler_refused_with_the_reason_and_
         await runner.stop()
 
 
-@pytest.mark.xfail(
-    reason="BUG: ConsumerRunner.process treats a Poison raised by the handler like any unexpected error: "
-    "it naks and retries with backoff up to max_deliver times and dead-letters with 'failed N times', "
-    "instead of dead-lettering at once with Poison.reason as ecs.errors.Poison documents",
-    strict=True,
-)
 async def test_runner_dead_letters_a_raised_poison_at_once_with_its_reason(bus):
     attempts: list[int] = []
 

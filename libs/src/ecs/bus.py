@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -66,11 +67,15 @@ BatchHandler = Callable[[list[Msg]], Awaitable[dict[int, str]]]
 def msg_id_headers(envelope_id: str, correlation_id: str | None = None) -> dict[str, str]:
     headers = {"Nats-Msg-Id": envelope_id}
     if correlation_id:
-        # W3C trace context: the correlation id is the trace, the message id the span.
-        trace = (correlation_id.replace("-", "") + "0" * 32)[:32]
-        span = (envelope_id.replace("-", "") + "0" * 16)[:16]
-        headers["traceparent"] = f"00-{trace}-{span}-01"
+        # W3C trace context: the correlation is the trace, the message the span (both as hex).
+        headers["traceparent"] = f"00-{_hex(correlation_id, 32)}-{_hex(envelope_id, 16)}-01"
     return headers
+
+
+def _hex(value: str, width: int) -> str:
+    if len(value) == width and all(c in "0123456789abcdef" for c in value):
+        return value
+    return hashlib.sha256(value.encode()).hexdigest()[:width]
 
 
 def decode_envelope(msg: Msg) -> Envelope:
@@ -318,6 +323,13 @@ class ConsumerRunner:
             rejected = await self.handle(msgs)
         except Transient as exc:
             await self._retry_later(msgs, exc)
+            return
+        except Poison as exc:
+            if len(msgs) == 1:
+                await self._settle(msgs, {0: exc.reason})
+                return
+            for m in msgs:  # find which one it was
+                await self.process([m])
             return
         except Exception as exc:
             if len(msgs) == 1:

@@ -97,6 +97,7 @@ IDEMPOTENCY_KEYS = Table(
     Column("key", String(255), primary_key=True),
     Column("fingerprint", String(64), nullable=False),
     Column("status", Integer, nullable=False),
+    Column("content_type", String(100), nullable=False, server_default="application/json"),
     Column("body", Text, nullable=False),
     Column("created_at", UTCDateTime, nullable=False),
 )

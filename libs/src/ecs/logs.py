@@ -11,7 +11,9 @@ import structlog
 
 _SENSITIVE_KEYS = frozenset({"number", "caller_number", "phone", "id_number", "name", "caller_name"})
 # Mainland mobile numbers, landlines with area code, 18-character resident ID numbers.
-_PHONE_OR_ID = re.compile(r"(?<!\d)(\+?86)?(1\d{10}|0\d{2,3}-?\d{7,8}|\d{17}[\dXx])(?!\d)")
+_PHONE_OR_ID = re.compile(
+    r"(?<![\d+])(\+?86[ -]?)?(1\d{2}[ -]?\d{4}[ -]?\d{4}|0\d{2,3}[ -]?\d{7,8}|\d{17}[\dXx])(?!\d)"
+)
 
 
 def mask_number(value: str) -> str:

@@ -251,7 +251,7 @@ class IdempotencyMiddleware:
         owner = principal.subject
         reserved = await _reserve(db, owner, key_s, fingerprint)
         if reserved is not None:
-            status, stored, stored_fp = reserved
+            status, stored, stored_fp, stored_type = reserved
             if stored_fp != fingerprint:
                 resp = problem(
                     422,
@@ -270,29 +270,44 @@ class IdempotencyMiddleware:
                 resp = Response(
                     stored,
                     status_code=status,
-                    media_type="application/json",
+                    media_type=stored_type,
                     headers={"Idempotent-Replay": "true"},
                 )
             await resp(scope, receive, send)
             return
 
-        captured: dict[str, Any] = {"status": 500, "body": b"", "type": b""}
+        # The answer is stored before it is sent: a client that repeats the request the moment it
+        # has the answer must get the same answer, not "in progress".
+        start: Message | None = None
+        chunks: list[bytes] = []
 
         async def replay_receive() -> Message:
             return {"type": "http.request", "body": body, "more_body": False}
 
         async def capture(message: Message) -> None:
+            nonlocal start
             if message["type"] == "http.response.start":
-                captured["status"] = message["status"]
-                captured["type"] = dict(message.get("headers", [])).get(b"content-type", b"")
-            elif message["type"] == "http.response.body":
-                captured["body"] += message.get("body", b"")
-            await send(message)
+                start = message
+                return
+            if message["type"] != "http.response.body":
+                await send(message)
+                return
+            chunks.append(message.get("body", b""))
+            if message.get("more_body"):
+                return
+            assert start is not None
+            ctype = dict(start.get("headers", [])).get(b"content-type", b"application/json").decode("latin-1")
+            await _settle(db, owner, key_s, start["status"], b"".join(chunks), ctype)
+            await send(start)
+            await send({"type": "http.response.body", "body": b"".join(chunks), "more_body": False})
 
         try:
             await self.app(scope, replay_receive, capture)
-        finally:
-            await _settle(db, owner, key_s, captured["status"], captured["body"])
+        except BaseException:
+            await _settle(db, owner, key_s, 500, b"", "")
+            raise
+        if start is None:  # the app answered nothing: free the key for a retry
+            await _settle(db, owner, key_s, 500, b"", "")
 
 
 async def _read_body(receive: Receive) -> bytes:
@@ -304,7 +319,7 @@ async def _read_body(receive: Receive) -> bytes:
             return b"".join(chunks)
 
 
-async def _reserve(db: Database, owner: str, key: str, fingerprint: str) -> tuple[int, str, str] | None:
+async def _reserve(db: Database, owner: str, key: str, fingerprint: str) -> tuple[int, str, str, str] | None:
     t = IDEMPOTENCY_KEYS
     async with db.engine.begin() as conn:
         res = await conn.execute(
@@ -321,20 +336,26 @@ async def _reserve(db: Database, owner: str, key: str, fingerprint: str) -> tupl
             return None
         row = (
             await conn.execute(
-                select(t.c.status, t.c.body, t.c.fingerprint).where(t.c.principal == owner, t.c.key == key)
+                select(t.c.status, t.c.body, t.c.fingerprint, t.c.content_type).where(
+                    t.c.principal == owner, t.c.key == key
+                )
             )
         ).one()
-        return int(row.status), row.body, row.fingerprint
+        return int(row.status), row.body, row.fingerprint, row.content_type
 
 
-async def _settle(db: Database, owner: str, key: str, status: int, body: bytes) -> None:
+async def _settle(db: Database, owner: str, key: str, status: int, body: bytes, content_type: str) -> None:
     t = IDEMPOTENCY_KEYS
     where = (t.c.principal == owner) & (t.c.key == key)
     async with db.engine.begin() as conn:
         if status >= 500 or status == 0:
             await conn.execute(delete(t).where(where))  # failed: the client may try again
         else:
-            await conn.execute(update(t).where(where).values(status=status, body=body.decode("utf-8", "replace")))
+            await conn.execute(
+                update(t)
+                .where(where)
+                .values(status=status, body=body.decode("utf-8", "replace"), content_type=content_type)
+            )
 
 
 def json_response(data: Any, status: int = 200) -> Response:

@@ -16,6 +16,7 @@ from ecs.bus import ConsumerSpec, decode_envelope
 from ecs.contracts import CATEGORIES, IncidentCreated, IncidentMerged, LevelChanged, StageChanged, VehicleLocation
 from ecs.envelope import Envelope
 from ecs.errors import AppError, Poison, Transient
+from ecs.feed import FeedSpec
 from ecs.web import field_path
 
 from .handlers import Dispatcher, PlanBook
@@ -29,13 +30,14 @@ INCIDENT_EVENTS: dict[str, type[BaseModel]] = {
 # Each event is one short transaction and a batch is small, so a batch a killed replica held
 # comes back after seconds, not minutes; a redelivery of finished work is a no-op (inbox).
 INCIDENT_CONSUMER = ConsumerSpec("INCIDENTS", "dispatch-incidents", tuple(INCIDENT_EVENTS), ack_wait_s=10)
-LOCATION_CONSUMER = ConsumerSpec("VEHICLES", "dispatch-locations", ("vehicle.location.*",), ack_wait_s=30)
+# Thousands of position reports a second: pushed and batched (ecs.feed), not fetched one by one.
+LOCATION_FEED = FeedSpec("VEHICLES", "dispatch-locations", "vehicle.location.*", ack_wait_s=30)
 LOCATION_PREFIX = "vehicle.location."
 # Requests live outside every stream: a subject a stream captures would be answered by JetStream.
 PLAN_REQUEST = "rpc.dispatch.plan.get"
 
 STREAMS = (streams.INCIDENTS, streams.DISPATCH, streams.VEHICLES)
-CONSUMERS = (INCIDENT_CONSUMER, LOCATION_CONSUMER)
+CONSUMERS = (INCIDENT_CONSUMER,)
 
 
 def incidents_handler(dispatcher: Dispatcher, concurrency: int) -> Any:

@@ -13,6 +13,7 @@ from fastapi import FastAPI
 from ecs.auth import TokenVerifier
 from ecs.bus import Bus, ConsumerRunner
 from ecs.db import Database, OutboxRelay
+from ecs.feed import FeedConsumer
 from ecs.logs import configure_logging, get_logger
 from ecs.migrations import upgrade
 from ecs.web import create_app
@@ -67,15 +68,12 @@ def build_app(settings: DispatchSettings | None = None) -> FastAPI:
                 settings.incident_batch,
                 settings.max_deliver,
             ),
-            *(
-                ConsumerRunner(
-                    bus,
-                    consumers.LOCATION_CONSUMER,
-                    consumers.locations_handler(dispatcher),
-                    settings.location_batch,
-                    settings.max_deliver,
-                )
-                for _ in range(settings.location_runners)
+            FeedConsumer(
+                bus,
+                consumers.LOCATION_FEED,
+                consumers.locations_handler(dispatcher),
+                settings.location_batch,
+                max_deliver=settings.max_deliver,
             ),
         ]
         await bus.serve(consumers.PLAN_REQUEST, consumers.plan_responder(plans))

@@ -29,10 +29,8 @@ class DispatchSettings(ServiceSettings):
     incident_batch: int = Field(default=50, ge=1, le=500)
     automation_concurrency: int = Field(default=8, ge=1, le=64)
 
-    # Vehicle positions: one fetch of the location consumer, written in one statement; several
-    # fetch loops overlap one batch's database write with the next batch's delivery.
+    # Vehicle positions: at most this many reports handled (written in one statement) at once.
     location_batch: int = Field(default=2000, ge=1, le=10000)
-    location_runners: int = Field(default=2, ge=1, le=8)
     # How often this replica re-reads units changed by others (its own changes apply at once).
     refresh_interval_s: float = Field(default=0.5, gt=0, le=60)
     location_sweep_s: float = Field(default=5.0, gt=0, le=600)

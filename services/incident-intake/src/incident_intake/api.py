@@ -334,11 +334,19 @@ def _cursor_encode(*parts: Any) -> str:
     return base64.urlsafe_b64encode(orjson.dumps(parts)).decode()
 
 
-def _cursor_decode(cursor: str) -> list[Any]:
+def _cursor_decode(cursor: str, *types: type) -> list[Any]:
+    """The parts of a cursor this API gave out, each of the expected type, else 422."""
     try:
-        return list(orjson.loads(base64.urlsafe_b64decode(cursor.encode())))
+        parts = orjson.loads(base64.urlsafe_b64decode(cursor.encode()))
     except Exception:
-        raise InvalidInput("cursor is not one this API gave out", field="cursor") from None
+        parts = None
+    if (
+        not isinstance(parts, list)
+        or len(parts) != len(types)
+        or not all(isinstance(p, t) for p, t in zip(parts, types, strict=True))
+    ):
+        raise InvalidInput("cursor is not one this API gave out", field="cursor")
+    return parts
 
 
 async def _authorize(request: Request, principal: Principal, incident_id: str, roles: tuple[Role, ...]) -> None:
@@ -359,7 +367,7 @@ async def list_incidents(
     request: Request,
     principal: Principal = requires(*READERS),
     stage: Annotated[list[StageName] | None, Query()] = None,
-    level: Annotated[list[Literal[1, 2, 3, 4]] | None, Query()] = None,
+    level: Annotated[list[Annotated[int, Field(ge=1, le=4)]] | None, Query(description="1 (I) .. 4 (IV)")] = None,
     category: Annotated[list[CategoryName] | None, Query()] = None,
     exercise: bool | None = None,
     bbox: Annotated[str | None, Query(description="min_lat,min_lon,max_lat,max_lon")] = None,
@@ -397,8 +405,13 @@ async def list_incidents(
     if until:
         q = q.where(t.c.first_alarm_at < until)
     if cursor:
-        created, last_id = _cursor_decode(cursor)
-        created_at = datetime.fromisoformat(created)
+        created, last_id = _cursor_decode(cursor, str, str)
+        try:
+            created_at = datetime.fromisoformat(created)
+        except ValueError:
+            raise InvalidInput("cursor is not one this API gave out", field="cursor") from None
+        if created_at.tzinfo is None:
+            raise InvalidInput("cursor is not one this API gave out", field="cursor")
         q = q.where(or_(t.c.created_at < created_at, and_(t.c.created_at == created_at, t.c.id < last_id)))
     q = q.order_by(t.c.created_at.desc(), t.c.id.desc()).limit(limit + 1)
     async with request.app.state.db.engine.connect() as conn:
@@ -443,8 +456,8 @@ async def list_alarms(
     a = store.alarms
     q = select(a).where(a.c.incident_id == incident_id)
     if cursor:
-        (after,) = _cursor_decode(cursor)
-        q = q.where(a.c.seq > int(after))
+        (after,) = _cursor_decode(cursor, int)
+        q = q.where(a.c.seq > after)
     async with request.app.state.db.engine.connect() as conn:
         rows = (await conn.execute(q.order_by(a.c.seq).limit(limit + 1))).all()
     page = rows[:limit]
@@ -576,7 +589,7 @@ async def split(
 async def purge_exercise(request: Request, principal: Principal = requires(Role.DRILL_RUNNER)) -> Response:
     t, a, c, tl = store.incidents, store.alarms, store.incident_callers, store.timeline
     async with request.app.state.db.uow() as uow:
-        await store.tick(uow.conn)
+        await store.tick(uow.conn, new_epoch=True)  # every replica drops its cache of open incidents
         ids = select(t.c.id).where(t.c.exercise.is_(True)).scalar_subquery()
         await uow.conn.execute(delete(c).where(c.c.incident_id.in_(ids)))
         await uow.conn.execute(delete(tl).where(tl.c.incident_id.in_(ids)))
@@ -584,4 +597,3 @@ async def purge_exercise(request: Request, principal: Principal = requires(Role.
         incidents_gone = (await uow.conn.execute(delete(t).where(t.c.exercise.is_(True)))).rowcount
         await uow.commit()
     return json_response({"incidents_purged": incidents_gone, "alarms_purged": alarms_gone})
-

@@ -355,7 +355,8 @@ class Perimeter:
                 raise ValueError(
                     f"polygon needs {MIN_POLYGON_POINTS} to {MAX_POLYGON_POINTS} distinct points, got {len(ring)}"
                 )
-            if polygon_area_deg2(ring) == 0.0:
+            # Rounding leaves a collinear ring a sliver of area; 1e-10 deg² is about a square metre.
+            if abs(polygon_area_deg2(ring)) < 1e-10:
                 raise ValueError("polygon has no area (its points are on one line)")
             object.__setattr__(self, "ring", ring)
         else:

@@ -144,6 +144,7 @@ class Correlator:
         self._open: dict[str, _Open] = {}
         self._grid: dict[tuple[int, int], set[str]] = defaultdict(set)
         self._seen_rev: int | None = None
+        self._epoch = -1
         self._floor: datetime | None = None  # the cache holds every open incident with last_alarm_at >= floor
         self._last_evict = 0.0
 
@@ -189,6 +190,10 @@ class Correlator:
 
     async def _refresh(self, uow: UnitOfWork, rev: int, oldest_alarm: datetime) -> None:
         conn = uow.conn
+        epoch = store.clock_epoch(conn)
+        if epoch != self._epoch:
+            self.invalidate()
+            self._epoch = epoch
         if self._seen_rev is None:
             self._floor = oldest_alarm - self.max_window
             for row in await store.open_incidents_since(conn, self._floor):

@@ -121,17 +121,29 @@ clock = Table(
     metadata,
     Column("id", Integer, primary_key=True),
     Column("rev", BigInteger, nullable=False),
+    # Bumped when incidents are deleted (an exercise purge): the rev alone cannot show a deletion.
+    Column("epoch", BigInteger, nullable=False, server_default="0"),
 )
 
 OPEN = [str(s) for s in OPEN_STAGES]
 
 
-async def tick(conn: AsyncConnection) -> int:
-    rev = await conn.scalar(update(clock).where(clock.c.id == 1).values(rev=clock.c.rev + 1).returning(clock.c.rev))
-    if rev is None:  # first write ever on this database
-        await conn.execute(clock.insert().values(id=1, rev=1))
-        return 1
-    return int(rev)
+async def tick(conn: AsyncConnection, new_epoch: bool = False) -> int:
+    """Bump the correlation clock (taking its row lock until commit); returns the new rev."""
+    values: dict[str, Any] = {"rev": clock.c.rev + 1}
+    if new_epoch:
+        values["epoch"] = clock.c.epoch + 1
+    row = (
+        await conn.execute(update(clock).where(clock.c.id == 1).values(**values).returning(clock.c.rev, clock.c.epoch))
+    ).first()
+    if row is None:
+        raise RuntimeError("correlation_clock is empty: the migrations did not run")
+    conn.info["clock_epoch"] = int(row.epoch)
+    return int(row.rev)
+
+
+def clock_epoch(conn: AsyncConnection) -> int:
+    return int(conn.info.get("clock_epoch", 0))
 
 
 def _open_incidents() -> Any:

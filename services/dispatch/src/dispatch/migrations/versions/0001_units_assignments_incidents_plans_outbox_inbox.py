@@ -57,6 +57,7 @@ def upgrade() -> None:
         sa.Column("key", sa.String(length=255), nullable=False),
         sa.Column("fingerprint", sa.String(length=64), nullable=False),
         sa.Column("status", sa.Integer(), nullable=False),
+        sa.Column("content_type", sa.String(length=100), server_default="application/json", nullable=False),
         sa.Column("body", sa.Text(), nullable=False),
         sa.Column("created_at", ecs.db.UTCDateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("principal", "key", name=op.f("pk_idempotency_keys")),

@@ -54,6 +54,7 @@ def upgrade() -> None:
         "correlation_clock",
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("rev", sa.BigInteger(), nullable=False),
+        sa.Column("epoch", sa.BigInteger(), server_default="0", nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_correlation_clock")),
     )
     op.create_table(
@@ -62,6 +63,7 @@ def upgrade() -> None:
         sa.Column("key", sa.String(length=255), nullable=False),
         sa.Column("fingerprint", sa.String(length=64), nullable=False),
         sa.Column("status", sa.Integer(), nullable=False),
+        sa.Column("content_type", sa.String(length=100), server_default="application/json", nullable=False),
         sa.Column("body", sa.Text(), nullable=False),
         sa.Column("created_at", ecs.db.UTCDateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("principal", "key", name=op.f("pk_idempotency_keys")),
