@@ -120,7 +120,8 @@ async def test_two_replicas_automation_and_dispatchers_never_assign_a_unit_twice
     """50 incidents want a fire engine and a patrol car each from 30 of each, while dispatchers
     on both replicas grab random units for 20 other incidents: every unit ends up serving at most
     one incident, in the database and in the event stream."""
-    replicas = [dispatch_factory(pg_url, min_cover="0"), dispatch_factory(pg_url, min_cover="0")]
+    # One replica also re-reads every unit each second, so the full reload runs under the race too.
+    replicas = [dispatch_factory(pg_url, min_cover="0"), dispatch_factory(pg_url, min_cover="0", full_reload_s="1")]
     headers = operator_headers("dispatcher")
     roster = [unit(f"fe-{i:02d}", "fire_engine", km_east=0.2 * i) for i in range(30)]
     roster += [unit(f"pc-{i:02d}", "patrol_car", km_east=0.2 * i) for i in range(30)]

@@ -12,12 +12,13 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
 from ecs.auth import Principal, Role
-from ecs.errors import Forbidden, InvalidInput, UnsupportedMediaType
+from ecs.errors import Forbidden, InvalidInput, NotFound, UnsupportedMediaType
 from ecs.web import json_response, requires
 
 from . import store
-from .domain import UnitStatus, UnitType
-from .handlers import Dispatcher, Outcome, PlanBook, UnitSpec
+from .domain import UnitStatus, UnitType, next_statuses
+from .handlers import Dispatcher, Outcome, UnitSpec
+from .plans import PlanBook
 
 units_api = APIRouter(prefix="/v1", tags=["units"])
 plans_api = APIRouter(prefix="/v1", tags=["response plans"])
@@ -133,8 +134,6 @@ def unit_view(row: Any) -> dict[str, Any]:
 
 
 def _next(status: str) -> frozenset[UnitStatus]:
-    from .domain import next_statuses
-
     return next_statuses(UnitStatus(status))
 
 
@@ -366,8 +365,6 @@ async def get_plan(
         async with request.app.state.db.engine.connect() as conn:
             row = await store.get_plan(conn, category, version)
         if row is None:
-            from ecs.errors import NotFound
-
             raise NotFound(f"no such plan for category {category!r}", category=category)
         return Response(row.body, media_type="application/yaml")
     return json_response(await _plans(request).document(category, version))
@@ -567,8 +564,6 @@ async def get_assignment(request: Request, assignment_id: int, principal: Princi
     async with request.app.state.db.engine.connect() as conn:
         row = await store.get_assignment(conn, assignment_id)
     if row is None:
-        from ecs.errors import NotFound
-
         raise NotFound(f"assignment {assignment_id} not found", assignment_id=assignment_id)
     return json_response(assignment_view(row))
 

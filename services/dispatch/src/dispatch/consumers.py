@@ -19,7 +19,8 @@ from ecs.errors import AppError, Poison, Transient
 from ecs.feed import FeedSpec
 from ecs.web import field_path
 
-from .handlers import Dispatcher, PlanBook
+from .handlers import Dispatcher
+from .plans import PlanBook
 
 INCIDENT_EVENTS: dict[str, type[BaseModel]] = {
     "incident.created": IncidentCreated,

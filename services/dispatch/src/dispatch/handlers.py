@@ -1,10 +1,10 @@
 """One function per command or event: load, call the domain, save with the events in one
 transaction.
 
-Three pieces of state live in memory, each a cache of the database, which stays the truth:
-``PlanBook`` (the active plan of each category), ``UnitDirectory`` (the unit index recommendations
-are made from) and nothing else. A stale cache costs a retry, never a wrong assignment: units are
-claimed with a conditional UPDATE, so a unit another replica took meanwhile simply is not claimed.
+Two caches of the database live in memory, which stays the truth: the active plans (plans.py) and
+the unit index recommendations are made from (directory.py). A stale cache costs a retry, never a
+wrong assignment: units are claimed with a conditional UPDATE, so a unit another replica took
+meanwhile simply is not claimed.
 """
 
 from __future__ import annotations
@@ -14,12 +14,12 @@ import dataclasses
 import random
 import time
 from collections import Counter as Tally
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from datetime import UTC, datetime, timedelta
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import structlog
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Counter, Histogram
 from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
@@ -38,32 +38,23 @@ from ecs.contracts import (
 from ecs.db import Database, UnitOfWork
 from ecs.envelope import Envelope, make_event
 from ecs.errors import Conflict, InvalidInput, NotFound, StaleVersion, Transient
+from ecs.geo import haversine_m
 
 from . import store
+from .directory import UnitDirectory
 from .domain import (
-    Agency,
-    IncidentCategory,
-    LevelPlan,
-    PlanError,
-    PlanProblem,
     RecommendationResult,
-    ResponsePlan,
     Stage,
-    StraightLineEstimator,
-    UnitIndex,
     UnitStatus,
     UnitType,
-    UnitView,
     check_status_change,
-    load_shipped_plans,
-    parse_plan,
     units_to_add,
     units_to_release,
 )
+from .plans import SOURCE, PlanBook
 from .settings import DispatchSettings
 
 log = structlog.get_logger("dispatch")
-SOURCE = "dispatch"
 PARTICIPANT = "dispatch"
 
 ASSIGNED = Counter("dispatch_units_assigned_total", "Units assigned to incidents", ["source"])
@@ -75,7 +66,6 @@ AUTOMATION_SECONDS = Histogram(
     "One incident event, from the lock to the commit",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1, 2.5),
 )
-INDEXED_UNITS = Gauge("dispatch_indexed_units", "Units in this replica's recommendation index")
 
 OPEN_STAGES = ("reported", "isolation", "handling", "opinion_control", "aftermath")
 FINISHED_STAGES = ("closed", "cancelled")
@@ -93,21 +83,6 @@ def incident_lock(incident_id: str) -> str:
 def assignment_stage(incident_stage: str) -> str:
     """What a unit sent now is for: the perimeter until handling starts, handling after."""
     return "isolation" if incident_stage in ("reported", "isolation") else "handling"
-
-
-def unit_view(row: Any) -> UnitView:
-    return UnitView(
-        id=row.id,
-        agency=Agency(row.agency),
-        unit_type=UnitType(row.unit_type),
-        capabilities=frozenset(row.capabilities or ()),
-        district=row.district,
-        lat=row.lat,
-        lon=row.lon,
-        status=UnitStatus(row.status),
-        exercise=row.exercise,
-        borrowed_for=row.lent_to_drill,
-    )
 
 
 def _db_error(exc: DBAPIError) -> str:
@@ -141,302 +116,6 @@ async def retrying(work: Callable[[], Awaitable[T]], attempts: int = 6) -> T:
         except (OSError, ConnectionError) as exc:
             raise Transient(f"database unavailable: {exc}") from exc
     raise AssertionError("unreachable")
-
-
-# --- response plans -----------------------------------------------------------------------
-
-
-def plan_document(plan: ResponsePlan) -> dict[str, Any]:
-    """The plan in the form published to other services (ecs.contracts.PlanPublished)."""
-    return plan.model_dump(mode="json")
-
-
-class PlanBook:
-    """The active plan of each category; every version is kept in the database."""
-
-    def __init__(self, db: Database) -> None:
-        self.db = db
-        self._active: dict[str, tuple[int, ResponsePlan]] = {}
-
-    def active(self, category: str) -> tuple[int, ResponsePlan]:
-        try:
-            return self._active[category]
-        except KeyError:
-            raise NotFound(f"no response plan for category {category!r}", category=category) from None
-
-    def level_plan(self, category: str, level: int) -> tuple[int, LevelPlan]:
-        version, plan = self.active(category)
-        return version, plan.for_level(level)
-
-    def categories(self) -> list[str]:
-        return sorted(self._active)
-
-    async def seed(self) -> int:
-        """Store each shipped plan that is newer than the category's active one; returns how many.
-
-        Every replica may do this at start: the primary key (category, version) lets one insert win.
-        """
-        added = 0
-        for category, plan in load_shipped_plans().items():
-            body = _shipped_body(category)
-            async with self.db.uow() as uow:
-                await uow.lock("dispatch:plans")
-                current = await store.get_plan(uow.conn, str(category))
-                if current is not None and current.version >= plan.version:
-                    continue
-                inserted = await self._insert(uow, plan, body, "shipped", "dispatch")
-                await uow.commit()
-                added += inserted
-        await self.refresh()
-        return added
-
-    async def _insert(self, uow: UnitOfWork, plan: ResponsePlan, body: str, origin: str, actor: str) -> int:
-        now = _now()
-        document = plan_document(plan)
-        res = await uow.conn.execute(
-            self.db.insert_ignore(store.plans).values(
-                category=str(plan.category),
-                version=plan.version,
-                body=body,
-                document=document,
-                origin=origin,
-                actor=actor,
-                created_at=now,
-            )
-        )
-        if res.rowcount != 1:
-            return 0
-        data = {**document, "actor": actor, "published_at": now}
-        uow.emit(make_event("dispatch.plan.published", data, source=SOURCE, correlation_id=f"plan:{plan.category}"))
-        return 1
-
-    async def refresh(self) -> None:
-        async with self.db.engine.connect() as conn:
-            versions = await store.active_plan_versions(conn)
-            for category, version in versions.items():
-                cached = self._active.get(category)
-                if cached is not None and cached[0] == version:
-                    continue
-                row = await store.get_plan(conn, category, version)
-                if row is not None:
-                    self._active[category] = (version, parse_plan(row.body, f"plans/{category}.yaml v{version}"))
-
-    async def publish(self, category: str, body: str, actor: str) -> ResponsePlan:
-        """A new version from an operator: refused whole (422 naming field and line) if malformed."""
-        source = f"plans/{category}.yaml"
-        if category not in {c.value for c in IncidentCategory}:
-            raise NotFound(f"no incident category {category!r}", category=category)
-        plan = parse_plan(body, source)
-        if plan.category != category:
-            raise PlanError(
-                source,
-                [
-                    PlanProblem(
-                        "category",
-                        _line_of_key(body, "category"),
-                        f"is {plan.category}, but this is the plan of {category}",
-                    )
-                ],
-            )
-        async with self.db.uow() as uow:
-            await uow.lock("dispatch:plans")
-            current = await store.get_plan(uow.conn, category)
-            expected = (current.version if current is not None else 0) + 1
-            if plan.version != expected:
-                raise StaleVersion(
-                    f"plan {category} is at version {expected - 1}: a new version must say version: {expected}",
-                    current_version=expected - 1,
-                )
-            if not await self._insert(uow, plan, body, "api", actor):
-                raise StaleVersion(f"plan {category} version {plan.version} was stored meanwhile: reload it")
-            await uow.commit()
-        self._active[category] = (plan.version, plan)
-        log.info("plan.published", category=category, version=plan.version, actor=actor)
-        return plan
-
-    async def document(self, category: str, version: int | None = None) -> dict[str, Any]:
-        async with self.db.engine.connect() as conn:
-            row = await store.get_plan(conn, category, version)
-        if row is None:
-            what = f"version {version} of the plan" if version else "a plan"
-            raise NotFound(f"no {what} for category {category!r}", category=category)
-        return {**row.document, "actor": row.actor, "published_at": row.created_at, "origin": row.origin}
-
-
-def _shipped_body(category: str) -> str:
-    from importlib import resources
-
-    return resources.files("dispatch").joinpath("plans", f"{category}.yaml").read_text(encoding="utf-8")
-
-
-def _line_of_key(body: str, key: str) -> int:
-    for n, line in enumerate(body.splitlines(), start=1):
-        if line.startswith(f"{key}:"):
-            return n
-    return 1
-
-
-# --- the unit index ---------------------------------------------------------------------------
-
-
-class CoverPolicy(Mapping[str, Mapping[UnitType, int]]):
-    """Minimum available units per district and type: a default with per-district overrides."""
-
-    def __init__(self, default: int, overrides: Mapping[str, Mapping[str, int]]) -> None:
-        self.default = default
-        self.overrides = {d: {UnitType(t): int(n) for t, n in by_type.items()} for d, by_type in overrides.items()}
-
-    def get(self, district: str, default: Any = None) -> Mapping[UnitType, int]:  # type: ignore[override]
-        return _DistrictCover(self.default, self.overrides.get(district, {}))
-
-    def __getitem__(self, district: str) -> Mapping[UnitType, int]:
-        return self.get(district)
-
-    def __iter__(self) -> Any:
-        return iter(self.overrides)
-
-    def __len__(self) -> int:
-        return len(self.overrides)
-
-
-class _DistrictCover(dict[UnitType, int]):
-    def __init__(self, default: int, overrides: Mapping[UnitType, int]) -> None:
-        super().__init__(overrides)
-        self.default = default
-
-    def get(self, unit_type: UnitType, default: Any = None) -> int:  # type: ignore[override]
-        return super().get(unit_type, self.default)
-
-
-OVERLAP = timedelta(seconds=5)  # re-read a little of the past: commits land out of timestamp order
-
-
-class UnitDirectory:
-    """This replica's index of units, kept close to the database.
-
-    Its own changes apply at once; other replicas' changes arrive by re-reading units whose
-    ``changed_at`` moved (every ``refresh_interval_s``), positions every ``location_sweep_s``, and
-    everything every ``full_reload_s``.
-    """
-
-    def __init__(self, db: Database, settings: DispatchSettings) -> None:
-        self.db = db
-        self.settings = settings
-        self.index = UnitIndex()
-        self.lent: set[str] = set()
-        self.fixed_at: dict[str, datetime] = {}
-        self.estimator = StraightLineEstimator(settings.road_factor)
-        self.cover: int | CoverPolicy = (
-            CoverPolicy(settings.min_cover, settings.min_cover_by_district)
-            if settings.min_cover_by_district
-            else settings.min_cover
-        )
-        self._changes_since: datetime | None = None
-        self._positions_since: datetime | None = None
-        self._last_sweep = 0.0
-        self._last_full = 0.0
-
-    def __contains__(self, unit_id: str) -> bool:
-        return unit_id in self.index
-
-    async def reload(self) -> None:
-        started = _now()
-        async with self.db.engine.connect() as conn:
-            rows = await store.all_units(conn)
-        index, lent, fixed = UnitIndex(), set(), {}
-        for row in rows:
-            index.upsert(unit_view(row))
-            fixed[row.id] = row.location_at
-            if row.lent_to_drill and not row.exercise:
-                lent.add(row.id)
-        self.index, self.lent, self.fixed_at = index, lent, fixed
-        self._changes_since = self._positions_since = started - OVERLAP
-        self._last_full = self._last_sweep = time.monotonic()
-        INDEXED_UNITS.set(len(index))
-
-    async def refresh(self) -> None:
-        if self._changes_since is None or time.monotonic() - self._last_full >= self.settings.full_reload_s:
-            await self.reload()
-            return
-        started = _now()
-        async with self.db.engine.connect() as conn:
-            rows = await store.units_changed_since(conn, self._changes_since)
-            sweep = time.monotonic() - self._last_sweep >= self.settings.location_sweep_s
-            positions = await store.positions_since(conn, self._positions_since) if sweep else ()
-        self.apply(rows)
-        self._changes_since = started - OVERLAP
-        if sweep:
-            self.move((r.id, r.lat, r.lon, r.location_at) for r in positions)
-            self._positions_since = started - OVERLAP
-            self._last_sweep = time.monotonic()
-
-    async def reload_units(self, unit_ids: Iterable[str]) -> None:
-        ids = list(unit_ids)
-        if not ids:
-            return
-        async with self.db.engine.connect() as conn:
-            rows = await store.get_units(conn, ids)
-        for uid in ids:
-            if uid in rows:
-                self.apply([rows[uid]])
-            else:
-                self.forget(uid)
-
-    def apply(self, rows: Iterable[Any]) -> None:
-        for row in rows:
-            view = unit_view(row)
-            known_at = self.fixed_at.get(row.id)
-            if known_at is not None and row.location_at < known_at:
-                old = self.index.get(row.id)
-                if old is not None:  # keep the newer position this replica already has
-                    view = dataclasses.replace(view, lat=old.lat, lon=old.lon)
-            else:
-                self.fixed_at[row.id] = row.location_at
-            self.index.upsert(view)
-            if row.lent_to_drill and not row.exercise:
-                self.lent.add(row.id)
-            else:
-                self.lent.discard(row.id)
-        INDEXED_UNITS.set(len(self.index))
-
-    def forget(self, unit_id: str) -> None:
-        self.index.remove(unit_id)
-        self.lent.discard(unit_id)
-        self.fixed_at.pop(unit_id, None)
-
-    def mark_taken(self, unit_ids: Iterable[str]) -> None:
-        """Units no longer available (claimed here, or found taken by someone else)."""
-        for uid in unit_ids:
-            view = self.index.get(uid)
-            if view is not None and view.status is UnitStatus.AVAILABLE:
-                self.index.upsert(dataclasses.replace(view, status=UnitStatus.ASSIGNED))
-
-    def move(self, positions: Iterable[tuple[str, float, float, datetime]]) -> None:
-        for uid, lat, lon, at in positions:
-            view = self.index.get(uid)
-            if view is None:
-                continue
-            known = self.fixed_at.get(uid)
-            if known is not None and at <= known:
-                continue
-            self.fixed_at[uid] = at
-            if view.lat != lat or view.lon != lon:
-                self.index.upsert(dataclasses.replace(view, lat=lat, lon=lon))
-
-    def recommend(self, requirement: Mapping[UnitType, int], incident: Any) -> RecommendationResult:
-        return self.index.recommend(
-            requirement,
-            incident.lat,
-            incident.lon,
-            incident.level,
-            incident.exercise,
-            self.cover,
-            self.estimator,
-            borrowed_ids=self.lent if incident.exercise else (),
-        )
-
-    def eta_s(self, unit: Any, incident: Any) -> float:
-        return self.estimator.eta_s(unit.lat, unit.lon, incident.lat, incident.lon, UnitType(unit.unit_type))
 
 
 # --- commands and events ----------------------------------------------------------------------
@@ -949,8 +628,6 @@ class Dispatcher:
         self, incident: Any, unit: Any, stage: str, source: str, actor: str, reason: str, now: datetime
     ) -> dict[str, Any]:
         eta = self.directory.eta_s(unit, incident)
-        from ecs.geo import haversine_m
-
         return {
             "incident_id": incident.id,
             "unit_id": unit.id,

@@ -19,7 +19,9 @@ from ecs.migrations import upgrade
 from ecs.web import create_app
 
 from . import api, consumers
-from .handlers import Dispatcher, PlanBook, UnitDirectory
+from .directory import UnitDirectory
+from .handlers import Dispatcher
+from .plans import PlanBook
 from .settings import DispatchSettings
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"

@@ -34,4 +34,5 @@ class DispatchSettings(ServiceSettings):
     # How often this replica re-reads units changed by others (its own changes apply at once).
     refresh_interval_s: float = Field(default=0.5, gt=0, le=60)
     location_sweep_s: float = Field(default=5.0, gt=0, le=600)
-    full_reload_s: float = Field(default=60.0, gt=0, le=3600)
+    # A full re-read also forgets units another replica removed.
+    full_reload_s: float = Field(default=300.0, gt=0, le=3600)

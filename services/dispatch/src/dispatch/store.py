@@ -280,10 +280,6 @@ async def positions_since(conn: AsyncConnection, since: datetime) -> Sequence[Ro
     return (await conn.execute(select(u.id, u.lat, u.lon, u.location_at).where(u.location_at >= since))).all()
 
 
-async def all_units(conn: AsyncConnection) -> Sequence[Row]:
-    return (await conn.execute(select(units))).all()
-
-
 # --- assignments ------------------------------------------------------------------------------
 
 
