@@ -70,6 +70,9 @@ SERVICES = [
     Service("dispatch", "dispatch", "dispatch", "DISPATCH_", 8002),
 ]
 
+# The services whose settled facts incident-intake waits for before an incident may close.
+LIFECYCLE_PARTICIPANTS = {"dispatch", "resource-stockpile", "shelter-registry", "public-notification"}
+
 
 # ---------------------------------------------------------------- processes and pid files
 
@@ -309,6 +312,9 @@ def service_env(service: Service, auth_secret: str) -> dict[str, str]:
     env[p + "AUTH_SECRET"] = auth_secret
     if service.name == "incident-intake":
         env[p + "GATEWAYS_FILE"] = str(GATEWAYS_FILE)
+        # The lifecycle waits for every lifecycle participant that runs here before closing.
+        participants = [s.name for s in SERVICES if s.present and s.name in LIFECYCLE_PARTICIPANTS]
+        env.setdefault(p + "REQUIRED_PARTICIPANTS", json.dumps(participants))
     env.setdefault("PYTHONUNBUFFERED", "1")
     return env
 
