@@ -7,23 +7,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
-CATEGORIES = (
-    "fire",
-    "explosion",
-    "hazmat",
-    "building_collapse",
-    "crowd_crush",
-    "traffic_accident",
-    "flood",
-    "gas_leak",
-    "public_security",
-    "medical",
-    "other",
-)
 CategoryName = Literal[
     "fire",
     "explosion",
@@ -37,8 +24,9 @@ CategoryName = Literal[
     "medical",
     "other",
 ]
-STAGES = ("reported", "isolation", "handling", "opinion_control", "aftermath", "closed", "cancelled")
+CATEGORIES: tuple[str, ...] = get_args(CategoryName)
 StageName = Literal["reported", "isolation", "handling", "opinion_control", "aftermath", "closed", "cancelled"]
+STAGES: tuple[str, ...] = get_args(StageName)
 
 ALARM_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,64}$"
 GATEWAY_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"

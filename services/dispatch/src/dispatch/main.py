@@ -7,15 +7,12 @@ import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import uvicorn
 from fastapi import FastAPI
 
-from ecs.auth import TokenVerifier
-from ecs.bus import Bus, ConsumerRunner
-from ecs.db import Database, OutboxRelay
+from ecs.bus import ConsumerRunner
 from ecs.feed import FeedConsumer
-from ecs.logs import configure_logging, get_logger
-from ecs.migrations import upgrade
+from ecs.logs import get_logger
+from ecs.service import platform, serve
 from ecs.web import create_app
 
 from . import api, consumers
@@ -48,74 +45,59 @@ def build_app(settings: DispatchSettings | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        configure_logging(settings.service_name, settings.log_level, settings.log_json)
-        await upgrade(settings.database_url, MIGRATIONS, VERSION_TABLE)
-        db = Database(settings.database_url)
-        bus = Bus(settings.nats_url, settings.service_name, settings.stream_replicas)
-        await bus.connect()
-        await bus.declare(consumers.STREAMS, consumers.CONSUMERS)
+        async with platform(
+            app,
+            settings,
+            migrations=MIGRATIONS,
+            version_table=VERSION_TABLE,
+            streams=consumers.STREAMS,
+            consumers=consumers.CONSUMERS,
+        ) as p:
+            plans = PlanBook(p.db)
+            directory = UnitDirectory(p.db, settings)
+            dispatcher = Dispatcher(p.db, settings, plans, directory)
+            seeded = await plans.seed()  # the relay is running: seeded plans go out through the outbox
+            await directory.reload()
+            runners = [
+                ConsumerRunner(
+                    p.bus,
+                    consumers.INCIDENT_CONSUMER,
+                    consumers.incidents_handler(dispatcher, settings.automation_concurrency),
+                    settings.incident_batch,
+                    settings.max_deliver,
+                ),
+                FeedConsumer(
+                    p.bus,
+                    consumers.LOCATION_FEED,
+                    consumers.locations_handler(dispatcher),
+                    settings.location_batch,
+                    max_deliver=settings.max_deliver,
+                ),
+            ]
+            await p.bus.serve(consumers.PLAN_REQUEST, consumers.plan_responder(plans))
+            app.state.plans = plans
+            app.state.directory = directory
+            app.state.dispatcher = dispatcher
 
-        plans = PlanBook(db)
-        directory = UnitDirectory(db, settings)
-        dispatcher = Dispatcher(db, settings, plans, directory)
-        relay = OutboxRelay(db, bus, settings.outbox_batch)
-        await relay.start()  # plans seeded below go out through the outbox
-        seeded = await plans.seed()
-        await directory.reload()
-        runners = [
-            ConsumerRunner(
-                bus,
-                consumers.INCIDENT_CONSUMER,
-                consumers.incidents_handler(dispatcher, settings.automation_concurrency),
-                settings.incident_batch,
-                settings.max_deliver,
-            ),
-            FeedConsumer(
-                bus,
-                consumers.LOCATION_FEED,
-                consumers.locations_handler(dispatcher),
-                settings.location_batch,
-                max_deliver=settings.max_deliver,
-            ),
-        ]
-        await bus.serve(consumers.PLAN_REQUEST, consumers.plan_responder(plans))
-
-        async def readiness() -> dict[str, bool]:
-            return {"nats": bus.connected, "database": await db.ping()}
-
-        app.state.settings = settings
-        app.state.db = db
-        app.state.bus = bus
-        app.state.plans = plans
-        app.state.directory = directory
-        app.state.dispatcher = dispatcher
-        app.state.tokens = TokenVerifier(
-            settings.auth_secret, settings.oidc_jwks_url, settings.oidc_issuer, settings.oidc_audience
-        )
-        app.state.readiness = readiness
-
-        fresh = asyncio.create_task(_keep_fresh(directory, plans, settings.refresh_interval_s), name="keep-fresh")
-        for runner in runners:
-            await runner.start()
-        log.info(
-            "dispatch.started",
-            http=f"http://{settings.http_host}:{settings.http_port}",
-            units=len(directory.index),
-            plans=len(plans.categories()),
-            plans_seeded=seeded,
-        )
-        try:
-            yield
-        finally:
+            fresh = asyncio.create_task(_keep_fresh(directory, plans, settings.refresh_interval_s), name="keep-fresh")
             for runner in runners:
-                await runner.stop()
-            fresh.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await fresh
-            await relay.stop()
-            await bus.close()
-            await db.dispose()
-            log.info("dispatch.stopped")
+                await runner.start()
+            log.info(
+                "dispatch.started",
+                http=f"http://{settings.http_host}:{settings.http_port}",
+                units=len(directory.index),
+                plans=len(plans.categories()),
+                plans_seeded=seeded,
+            )
+            try:
+                yield
+            finally:
+                for runner in runners:
+                    await runner.stop()
+                fresh.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await fresh
+                log.info("dispatch.stopped")
 
     return create_app(
         title="dispatch",
@@ -127,13 +109,4 @@ def build_app(settings: DispatchSettings | None = None) -> FastAPI:
 
 
 def run() -> None:
-    settings = DispatchSettings()
-    uvicorn.run(
-        build_app(settings),
-        host=settings.http_host,
-        port=settings.http_port,
-        log_level="warning",
-        access_log=False,
-        loop="uvloop",
-        http="httptools",
-    )
+    serve(build_app, DispatchSettings())

@@ -6,14 +6,11 @@ import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import uvicorn
 from fastapi import FastAPI
 
-from ecs.auth import TokenVerifier
-from ecs.bus import Bus, ConsumerRunner
-from ecs.db import Database, OutboxRelay
-from ecs.logs import configure_logging, get_logger
-from ecs.migrations import upgrade
+from ecs.bus import ConsumerRunner
+from ecs.logs import get_logger
+from ecs.service import platform, serve
 from ecs.web import create_app
 
 from . import api, consumers
@@ -32,61 +29,44 @@ def build_app(settings: IntakeSettings | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        configure_logging(settings.service_name, settings.log_level, settings.log_json)
-        await upgrade(settings.database_url, MIGRATIONS, VERSION_TABLE)
-        db = Database(settings.database_url)
-        bus = Bus(settings.nats_url, settings.service_name, settings.stream_replicas)
-        await bus.connect()
-        await bus.declare(consumers.STREAMS, consumers.CONSUMERS)
+        async with platform(
+            app,
+            settings,
+            migrations=MIGRATIONS,
+            version_table=VERSION_TABLE,
+            streams=consumers.STREAMS,
+            consumers=consumers.CONSUMERS,
+        ) as p:
+            gateways = GatewayRegistry.from_settings(settings)
+            ingestor = AlarmIngestor(Correlator(p.db, settings), settings.ingest_batch)
+            commands = IncidentCommands(p.db, settings)
+            alarms = consumers.alarms_handler(ingestor, gateways, settings.caller_pepper)
+            runners = [
+                ConsumerRunner(p.bus, consumers.ALARM_CONSUMER, alarms, settings.consumer_batch, settings.max_deliver),
+                *(
+                    ConsumerRunner(
+                        p.bus, spec, consumers.facts_handler(commands, spec.durable), 100, settings.max_deliver
+                    )
+                    for spec in consumers.FACT_CONSUMERS
+                ),
+            ]
+            app.state.gateways = gateways
+            app.state.ingestor = ingestor
+            app.state.commands = commands
 
-        gateways = GatewayRegistry.from_settings(settings)
-        correlator = Correlator(db, settings)
-        ingestor = AlarmIngestor(correlator, settings.ingest_batch)
-        commands = IncidentCommands(db, settings)
-        relay = OutboxRelay(db, bus, settings.outbox_batch)
-        runners = [
-            ConsumerRunner(
-                bus,
-                consumers.ALARM_CONSUMER,
-                consumers.alarms_handler(ingestor, gateways, settings.caller_pepper),
-                settings.consumer_batch,
-                settings.max_deliver,
-            ),
-            *(
-                ConsumerRunner(bus, spec, consumers.facts_handler(commands, spec.durable), 100, settings.max_deliver)
-                for spec in consumers.FACT_CONSUMERS
-            ),
-        ]
-
-        async def readiness() -> dict[str, bool]:
-            return {"nats": bus.connected, "database": await db.ping()}
-
-        app.state.settings = settings
-        app.state.db = db
-        app.state.bus = bus
-        app.state.gateways = gateways
-        app.state.ingestor = ingestor
-        app.state.commands = commands
-        app.state.tokens = TokenVerifier(
-            settings.auth_secret, settings.oidc_jwks_url, settings.oidc_issuer, settings.oidc_audience
-        )
-        app.state.readiness = readiness
-
-        await ingestor.start()
-        await relay.start()
-        for runner in runners:
-            await runner.start()
-        log.info("intake.started", http=f"http://{settings.http_host}:{settings.http_port}", gateways=gateways.ids())
-        try:
-            yield
-        finally:
+            await ingestor.start()
             for runner in runners:
-                await runner.stop()
-            await ingestor.stop()
-            await relay.stop()
-            await bus.close()
-            await db.dispose()
-            log.info("intake.stopped")
+                await runner.start()
+            log.info(
+                "intake.started", http=f"http://{settings.http_host}:{settings.http_port}", gateways=gateways.ids()
+            )
+            try:
+                yield
+            finally:
+                for runner in runners:
+                    await runner.stop()
+                await ingestor.stop()
+                log.info("intake.stopped")
 
     return create_app(
         title="incident-intake",
@@ -98,13 +78,4 @@ def build_app(settings: IntakeSettings | None = None) -> FastAPI:
 
 
 def run() -> None:
-    settings = IntakeSettings()
-    uvicorn.run(
-        build_app(settings),
-        host=settings.http_host,
-        port=settings.http_port,
-        log_level="warning",
-        access_log=False,
-        loop="uvloop",
-        http="httptools",
-    )
+    serve(build_app, IntakeSettings())
