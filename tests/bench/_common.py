@@ -3,7 +3,7 @@ the raw ceilings they measure in the same run, and how they print figures.
 
 The stack is a nats-server of its own (temporary store, free port), a throwaway PostgreSQL
 database (on the server in DATABASE_URL, else 127.0.0.1:5432) and incident-intake as a real
-process, exactly as it runs in production. Intake's resident memory is sampled from
+process started from its console script, as it runs in production. Intake's resident memory is sampled from
 /proc/<pid>/status while the benchmark runs. All traffic stays on 127.0.0.1.
 """
 
@@ -21,7 +21,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -84,7 +84,9 @@ def percentile(sorted_values: Sequence[float], p: float) -> float:
     return sorted_values[min(len(sorted_values) - 1, max(0, math.ceil(p / 100 * len(sorted_values)) - 1))]
 
 
-def verdict(ok: bool) -> str:
+def verdict(ok: bool, quick: bool = False) -> str:
+    if quick:
+        return "not judged on a smoke run"
     return "met" if ok else "NOT MET"
 
 
@@ -118,10 +120,10 @@ def city_scenes(count: int, rng: random.Random, radius_km: float = 25.0) -> list
 class AlarmMaker:
     """Gateway alarms as raw JSON, cheap enough to make at the rate they are sent.
 
-    Events are not equally busy: a few draw most of the calls (a Zipf-like weighting), and callers
-    sometimes call twice. Callers stand within a third of their category's correlation distance
-    of the scene, so each event is one incident. ``received_at`` is the moment the alarm is made,
-    so the time from it to the linked event is the latency a caller's alarm sees.
+    Events are not equally busy: a few draw most of the calls (a Zipf-like weighting). Callers
+    stand within a third of their category's correlation distance of the scene, so each event is
+    one incident. ``received_at`` is the moment the alarm is made, so the time from it to the
+    linked event is the latency a caller's alarm sees.
     """
 
     def __init__(self, scenes: Sequence[Scene], seed: int, prefix: str, jitter_m: float = 120.0) -> None:
@@ -221,7 +223,6 @@ class Stack:
     server_url: str
     workdir: Path
     rss: RssSampler
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def dsn(self) -> str:
@@ -503,10 +504,11 @@ class CpuMeter:
         self.pids = {"intake": stack.intake.proc.pid, "nats-server": stack.nats.proc.pid, "bench client": os.getpid()}
         self.begin = {k: cpu_seconds(p) for k, p in self.pids.items()}
         self.t0 = time.perf_counter()
+        self.used: dict[str, float] = {}
 
-    async def print(self, stack: Stack) -> None:
+    async def stop(self, stack: Stack) -> None:
         wall = time.perf_counter() - self.t0
-        used = {k: (cpu_seconds(p) - self.begin[k]) / wall for k, p in self.pids.items()}
+        self.used = {k: (cpu_seconds(p) - self.begin[k]) / wall for k, p in self.pids.items()}
         # PostgreSQL backends serving intake's database, counted since they connected (at or
         # after intake started), which over a long run is close to the run itself.
         with contextlib.suppress(Exception):
@@ -521,19 +523,20 @@ class CpuMeter:
                 ]
             finally:
                 await conn.close()
-            used["postgres (intake's backends)"] = sum(cpu_seconds(p) for p in pids) / wall
-        row(f"cores kept busy (of {os.cpu_count()})", "", ", ".join(f"{k} {v:.2f}" for k, v in used.items()))
+            self.used["postgres (intake's backends)"] = sum(cpu_seconds(p) for p in pids) / wall
+
+    def print(self) -> None:
+        row(f"cores kept busy (of {os.cpu_count()})", "", ", ".join(f"{k} {v:.2f}" for k, v in self.used.items()))
 
 
 def scrape(text: str, name: str, **labels: str) -> float:
     """The sum of one Prometheus series (all label sets matching ``labels``) in /metrics text."""
     total = 0.0
     for line in text.splitlines():
-        if not line.startswith(name) or line.startswith("#"):
+        if line.startswith("#"):
             continue
         series, _, value = line.rpartition(" ")
-        metric = series.split("{", 1)[0]
-        if metric != name:
+        if series.split("{", 1)[0] != name:
             continue
         if all(f'{k}="{v}"' in series for k, v in labels.items()):
             total += float(value)

@@ -116,7 +116,7 @@ async def run(quick: bool) -> None:
             await asyncio.sleep(0.25)
         drained_s = time.perf_counter() - start
         watcher.cancel()
-        await meter.print(stack)
+        await meter.stop(stack)
 
         linked = await read_linked(js, linked_count)
         stored = sorted(x.stored_at for x in linked)
@@ -138,10 +138,11 @@ async def run(quick: bool) -> None:
             "raw ceiling: nats-py JetStream publish", f"{ceiling:,.0f} /s", "scratch stream, same payloads, same broker"
         )
         row("gateway publish rate achieved", f"{published / publish_s:,.0f} /s", f"{acked:,} acked, {failed} failed")
+        # Offered exactly the target, intake can at best keep pace: 2% is left for the window's edges.
         row(
             f"linked rate, steady (after {WARM_UP_S if not quick else 1} s)",
             f"{steady_rate:,.0f} /s",
-            f"target >= {TARGET_RATE:,}/s: {verdict(steady_rate >= 0.98 * TARGET_RATE and not quick)}",
+            f"target >= {TARGET_RATE:,}/s: {verdict(steady_rate >= 0.98 * TARGET_RATE, quick)}",
         )
         if windows:
             row("linked rate, slowest 5 s window", f"{min(windows):,.0f} /s")
@@ -154,6 +155,7 @@ async def run(quick: bool) -> None:
         row("overall: alarms linked / s until the last", f"{len(stored) / (stored[-1] - start_wall):,.0f} /s")
         lag_rows("received_at -> linked on stream", lags)
         row("incidents the alarms formed", f"{incidents:,}")
+        meter.print()
         await print_pipeline(stack)
         stack.print_memory()
     finally:

@@ -85,7 +85,7 @@ async def run(quick: bool) -> None:
         published_s = time.perf_counter() - start
         failed = sum(isinstance(r, BaseException) for r in await asyncio.gather(*acks, return_exceptions=True))
         seen = await wait_linked(js, total, 60)
-        await meter.print(stack)
+        await meter.stop(stack)
 
         linked = await read_linked(js, seen)
         lags = sorted(x.lag_s * 1000 for x in linked)
@@ -114,6 +114,7 @@ async def run(quick: bool) -> None:
             row("  its callers / level", f"{r['caller_count']:,} / {r['level']}")
         lag_rows("received_at -> linked on stream", lags, TARGET_P99_MS)
         row("p99 / raw JetStream p99", f"{percentile(lags, 99) / max(percentile(ceiling_lat, 99), 1e-9):,.1f}")
+        meter.print()
         await print_pipeline(stack)
         stack.print_memory()
     finally:
