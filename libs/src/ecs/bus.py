@@ -189,19 +189,31 @@ class Bus:
             msg_id_headers(envelope.id, envelope.correlation_id),
         )
 
-    async def publish_batch(self, items: Sequence[tuple[str, bytes, dict[str, str]]]) -> None:
+    async def publish_batch(
+        self, items: Sequence[tuple[str, bytes, dict[str, str]]], ack_timeout_s: float = 10.0
+    ) -> None:
         """Publish in order without waiting for each ack, then wait for all of them.
 
         The writes leave in the order given; JetStream deduplicates on Nats-Msg-Id, so a batch that
-        is retried after a partial failure does not double anything.
+        is retried after a partial failure does not double anything. Acks lost to a broker restart
+        never come: after ack_timeout_s the batch counts as failed, to be retried whole.
         """
-        futures = [
-            await self.js.publish_async(subject, payload, headers=headers) for subject, payload, headers in items
-        ]
-        results = await asyncio.gather(*futures, return_exceptions=True)
-        failed = [r for r in results if isinstance(r, BaseException)]
+        futures: list[asyncio.Future[Any]] = []
+        try:
+            for subject, payload, headers in items:
+                futures.append(await self.js.publish_async(subject, payload, headers=headers, wait_stall=ack_timeout_s))
+            done, pending = await asyncio.wait(futures, timeout=ack_timeout_s) if futures else (set(), set())
+        except (nats.js.errors.TooManyStalledMsgsError, nats.errors.Error, OSError) as exc:
+            for f in futures:
+                f.cancel()
+            raise Transient(f"publishing failed: {_first_line(exc)}") from exc
+        for f in pending:
+            f.cancel()  # frees its place among the pending publishes
+        if pending:
+            raise Transient(f"{len(pending)} of {len(items)} publishes not acknowledged within {ack_timeout_s:g} s")
+        failed = [f.exception() for f in done if f.exception() is not None]
         if failed:
-            raise Transient(f"{len(failed)} of {len(items)} publishes not acknowledged: {_first_line(failed[0])}")
+            raise Transient(f"{len(failed)} of {len(items)} publishes refused: {_first_line(failed[0])}")
         PUBLISHED.labels(self.service).inc(len(items))
 
     async def dead_letter(self, msg: Msg, reason: str, consumer: str) -> None:
