@@ -261,9 +261,11 @@ class Bus:
 class ConsumerRunner:
     """Fetches batches from one durable pull consumer and hands them to a handler.
 
-    In flight is bounded by the batch size (one batch at a time per runner). Acks go out only after
-    the handler returned, i.e. after its database commit; an unexpected error in a batch is retried
-    message by message so one poison message cannot hold the rest back.
+    In flight is bounded by batch × fetchers. With more than one fetcher the next batch is
+    fetched while the previous one is being handled, so the broker round trip and the acks overlap
+    the database work. Acks go out only after the handler returned, i.e. after its database commit;
+    an unexpected error in a batch is retried message by message so one poison message cannot hold
+    the rest back.
     """
 
     bus: Bus
@@ -272,25 +274,29 @@ class ConsumerRunner:
     batch: int = 500
     max_deliver: int = 8
     fetch_timeout_s: float = 1.0
-    _task: asyncio.Task[None] | None = field(default=None, init=False)
+    fetchers: int = 1
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list, init=False)
     _stopping: bool = field(default=False, init=False)
-    _sub: Any = field(default=None, init=False)
+    _subs: list[Any] = field(default_factory=list, init=False)
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name=f"consumer:{self.spec.durable}")
+        self._tasks = [
+            asyncio.create_task(self._run(), name=f"consumer:{self.spec.durable}:{i}") for i in range(self.fetchers)
+        ]
 
     async def stop(self) -> None:
         self._stopping = True
-        if self._task is not None:
-            self._task.cancel()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
-        if self._sub is not None:
+                await task
+        for sub in self._subs:
             # A fetch cancelled mid-way leaves its pull request open, and the connection's drain
             # would wait for it until its timeout (30 s) on every shutdown.
             with contextlib.suppress(Exception):
-                await self._sub.unsubscribe()
-            self._sub = None
+                await sub.unsubscribe()
+        self._subs.clear()
 
     async def _subscribe(self) -> Any:
         return await self.bus.js.pull_subscribe_bind(durable=self.spec.durable, stream=self.spec.stream)
@@ -300,7 +306,8 @@ class ConsumerRunner:
         while not self._stopping:
             try:
                 if sub is None:
-                    sub = self._sub = await self._subscribe()
+                    sub = await self._subscribe()
+                    self._subs.append(sub)
                 msgs = await sub.fetch(self.batch, timeout=self.fetch_timeout_s)
             except (TimeoutError, nats.errors.TimeoutError):
                 continue

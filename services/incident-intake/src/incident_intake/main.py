@@ -42,7 +42,14 @@ def build_app(settings: IntakeSettings | None = None) -> FastAPI:
             commands = IncidentCommands(p.db, settings)
             alarms = consumers.alarms_handler(ingestor, gateways, settings.caller_pepper)
             runners = [
-                ConsumerRunner(p.bus, consumers.ALARM_CONSUMER, alarms, settings.consumer_batch, settings.max_deliver),
+                ConsumerRunner(
+                    p.bus,
+                    consumers.ALARM_CONSUMER,
+                    alarms,
+                    settings.consumer_batch,
+                    settings.max_deliver,
+                    fetchers=settings.alarm_fetchers,
+                ),
                 *(
                     ConsumerRunner(
                         p.bus, spec, consumers.facts_handler(commands, spec.durable), 100, settings.max_deliver

@@ -30,3 +30,5 @@ class IntakeSettings(ServiceSettings):
     # Hashing key for caller numbers, so distinct callers are counted without comparing numbers.
     caller_pepper: str = "local-caller-pepper"
     ingest_batch: int = Field(default=500, ge=1, le=5000)
+    # Batches fetched from the alarm stream at once: the next is fetched while one is correlated.
+    alarm_fetchers: int = Field(default=2, ge=1, le=8)
