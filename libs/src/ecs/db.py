@@ -170,6 +170,29 @@ class Database:
     async def dispose(self) -> None:
         await self.engine.dispose()
 
+    async def insert_many(self, conn: AsyncConnection, table: Table, rows: Sequence[dict[str, Any]]) -> None:
+        """Bulk insert in the caller's transaction: COPY on PostgreSQL (several times cheaper than
+        an executemany of bound parameters), an executemany on SQLite."""
+        if not rows:
+            return
+        if self.is_sqlite:
+            await conn.execute(table.insert(), list(rows))
+            return
+        columns = list(rows[0])
+        json_columns = {c.name for c in table.columns if isinstance(c.type, JSON)}
+        records = [
+            tuple(orjson.dumps(r[c]).decode() if c in json_columns and r[c] is not None else r[c] for c in columns)
+            for r in rows
+        ]
+        driver = (await conn.get_raw_connection()).driver_connection
+        if not driver.is_in_transaction():
+            # The driver opens the transaction lazily on the first statement sent through it; a
+            # COPY sent first would run on its own, outside the unit of work.
+            await conn.execute(text("SELECT 1"))
+            if not driver.is_in_transaction():
+                raise RuntimeError("insert_many needs an open transaction")
+        await driver.copy_records_to_table(table.name, records=records, columns=columns)
+
     def insert_ignore(self, table: Table) -> Any:
         """INSERT ... ON CONFLICT DO NOTHING, in the dialect at hand."""
         ins = sqlite.insert(table) if self.is_sqlite else postgresql.insert(table)
@@ -249,7 +272,7 @@ class UnitOfWork:
             }
             for e in self._events
         ]
-        await self.conn.execute(OUTBOX.insert(), rows)
+        await self.db.insert_many(self.conn, OUTBOX, rows)
         self._events.clear()
         self._wrote_outbox = True
 

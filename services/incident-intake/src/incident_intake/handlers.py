@@ -376,8 +376,7 @@ class Correlator:
         timeline: list[dict[str, Any]],
     ) -> None:
         conn = uow.conn
-        if new:
-            await conn.execute(store.incidents.insert(), [_incident_row(i, rev, now) for i in new])
+        await self.db.insert_many(conn, store.incidents, [_incident_row(i, rev, now) for i in new])
         if changed:
             t = store.incidents
             await conn.execute(
@@ -410,11 +409,9 @@ class Correlator:
                     for i in changed
                 ],
             )
-        if alarm_rows:
-            await conn.execute(store.alarms.insert(), alarm_rows)
-        if callers:
-            await conn.execute(store.incident_callers.insert(), callers)
-        await store.add_timeline(conn, timeline)
+        await self.db.insert_many(conn, store.alarms, alarm_rows)
+        await self.db.insert_many(conn, store.incident_callers, callers)
+        await self.db.insert_many(conn, store.timeline, timeline)
 
     def _event(self, type_: str, state: IncidentState, data: Any, causation: str | None = None) -> Envelope:
         return make_event(
