@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from ecs.auth import TokenVerifier
+from ecs.gateway_client import GatewayClient
 from ecs.testing import NatsServer, ServiceProcess, console_script, free_port
 
 AUTH_SECRET = "test-auth-secret-0123456789abcdef"
@@ -29,35 +30,63 @@ def operator_headers(tokens: TokenVerifier) -> Callable[..., dict[str, str]]:
     return make
 
 
+def start_intake(root: Path, nats_url: str, database_url: str | None = None, **extra_env: str) -> ServiceProcess:
+    """incident-intake as a real process, its gateways file and log under root."""
+    gateways = root / "gateways.json"
+    gateways.write_text(json.dumps({"gateways": {GATEWAY_ID: {"secret": GATEWAY_SECRET}}}))
+    port = free_port()
+    env = {
+        "INTAKE_DATABASE_URL": database_url or f"sqlite:///{root / 'intake.db'}",
+        "INTAKE_NATS_URL": nats_url,
+        "INTAKE_HTTP_PORT": str(port),
+        "INTAKE_AUTH_SECRET": AUTH_SECRET,
+        "INTAKE_GATEWAYS_FILE": str(gateways),
+        "INTAKE_LOG_LEVEL": "WARNING",
+        **extra_env,
+    }
+    return ServiceProcess([console_script("incident-intake")], env, port, root / f"intake-{port}.log").start()
+
+
 @pytest.fixture
 def intake_factory(tmp_path: Path, nats_private: NatsServer) -> Iterator[Callable[..., ServiceProcess]]:
     """Start incident-intake processes: ``intake_factory(database_url, **extra_env)``.
 
     Each call starts one more replica on its own port, all on the test's own nats-server;
-    all are stopped after the test.
+    all are stopped after the test. Extra settings are given without their prefix.
     """
     started: list[ServiceProcess] = []
-    gateways = tmp_path / "gateways.json"
-    gateways.write_text(json.dumps({"gateways": {GATEWAY_ID: {"secret": GATEWAY_SECRET}}}))
 
     def start(database_url: str, nats_url: str | None = None, **extra: str) -> ServiceProcess:
-        port = free_port()
-        env = {
-            "INTAKE_DATABASE_URL": database_url,
-            "INTAKE_NATS_URL": nats_url or nats_private.url,
-            "INTAKE_HTTP_PORT": str(port),
-            "INTAKE_AUTH_SECRET": AUTH_SECRET,
-            "INTAKE_GATEWAYS_FILE": str(gateways),
-            "INTAKE_LOG_LEVEL": "WARNING",
-            **{f"INTAKE_{k.upper()}": v for k, v in extra.items()},
-        }
-        proc = ServiceProcess([console_script("incident-intake")], env, port, tmp_path / f"intake-{port}.log")
-        started.append(proc.start())
+        env = {f"INTAKE_{k.upper()}": v for k, v in extra.items()}
+        proc = start_intake(tmp_path, nats_url or nats_private.url, database_url, **env)
+        started.append(proc)
         return proc
 
     yield start
     for proc in started:
         proc.stop()
+
+
+# A module that defines ``intake_stack`` (one intake and its nats-server for the whole module)
+# gets these for its tests.
+
+
+@pytest.fixture(scope="module")
+def intake(intake_stack: tuple[ServiceProcess, NatsServer]) -> ServiceProcess:
+    return intake_stack[0]
+
+
+@pytest.fixture(scope="module")
+def intake_nats(intake_stack: tuple[ServiceProcess, NatsServer]) -> NatsServer:
+    """The nats-server the module's intake is connected to."""
+    return intake_stack[1]
+
+
+@pytest.fixture
+async def gw(intake: ServiceProcess) -> AsyncIterator[GatewayClient]:
+    client = GatewayClient(intake.url, GATEWAY_ID, GATEWAY_SECRET)
+    yield client
+    await client.aclose()
 
 
 @pytest.fixture

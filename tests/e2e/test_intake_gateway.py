@@ -10,7 +10,6 @@ import asyncio
 import hashlib
 import hmac
 import itertools
-import json
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -25,8 +24,8 @@ import pytest
 from ecs.envelope import Envelope
 from ecs.gateway_client import GatewayClient, signed_headers
 from ecs.geo import gcj02_to_wgs84, haversine_m, wgs84_to_gcj02
-from ecs.testing import NatsServer, ServiceProcess, console_script, free_port
-from tests.conftest import AUTH_SECRET, GATEWAY_ID, GATEWAY_SECRET
+from ecs.testing import NatsServer, ServiceProcess
+from tests.conftest import GATEWAY_ID, GATEWAY_SECRET, start_intake
 
 PROBLEM = "application/problem+json"
 
@@ -65,39 +64,10 @@ def intake_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Ser
     """One intake for the module: the bad-input cases compare what it holds before and after."""
     root = tmp_path_factory.mktemp("intake-gateway")
     server = NatsServer(root / "nats-store").start()
-    gateways = root / "gateways.json"
-    gateways.write_text(json.dumps({"gateways": {GATEWAY_ID: {"secret": GATEWAY_SECRET}}}))
-    port = free_port()
-    env = {
-        "INTAKE_DATABASE_URL": f"sqlite:///{root / 'intake.db'}",
-        "INTAKE_NATS_URL": server.url,
-        "INTAKE_HTTP_PORT": str(port),
-        "INTAKE_AUTH_SECRET": AUTH_SECRET,
-        "INTAKE_GATEWAYS_FILE": str(gateways),
-        "INTAKE_LOG_LEVEL": "WARNING",
-    }
-    proc = ServiceProcess([console_script("incident-intake")], env, port, root / "intake.log").start()
+    proc = start_intake(root, server.url)
     yield proc, server
     proc.stop()
     server.stop()
-
-
-@pytest.fixture(scope="module")
-def intake(intake_stack: tuple[ServiceProcess, NatsServer]) -> ServiceProcess:
-    return intake_stack[0]
-
-
-@pytest.fixture(scope="module")
-def intake_nats(intake_stack: tuple[ServiceProcess, NatsServer]) -> NatsServer:
-    """The nats-server the module's intake is connected to."""
-    return intake_stack[1]
-
-
-@pytest.fixture
-async def gw(intake: ServiceProcess) -> Any:
-    client = GatewayClient(intake.url, GATEWAY_ID, GATEWAY_SECRET)
-    yield client
-    await client.aclose()
 
 
 @pytest.fixture

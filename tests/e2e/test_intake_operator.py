@@ -21,7 +21,8 @@ import pytest
 
 from ecs.envelope import Envelope, make_event
 from ecs.gateway_client import GatewayClient
-from ecs.testing import NatsServer, ServiceProcess, console_script, free_port
+from ecs.testing import NatsServer, ServiceProcess
+from tests import conftest
 from tests.conftest import AUTH_SECRET, GATEWAY_ID, GATEWAY_SECRET
 
 PROBLEM = "application/problem+json"
@@ -51,20 +52,7 @@ def alarm(spot: tuple[float, float], **overrides: Any) -> dict[str, Any]:
 
 def start_intake(root: Any, **extra_env: str) -> tuple[ServiceProcess, NatsServer]:
     server = NatsServer(root / "nats-store").start()
-    gateways = root / "gateways.json"
-    gateways.write_text(json.dumps({"gateways": {GATEWAY_ID: {"secret": GATEWAY_SECRET}}}))
-    port = free_port()
-    env = {
-        "INTAKE_DATABASE_URL": f"sqlite:///{root / 'intake.db'}",
-        "INTAKE_NATS_URL": server.url,
-        "INTAKE_HTTP_PORT": str(port),
-        "INTAKE_AUTH_SECRET": AUTH_SECRET,
-        "INTAKE_GATEWAYS_FILE": str(gateways),
-        "INTAKE_LOG_LEVEL": "WARNING",
-        **extra_env,
-    }
-    proc = ServiceProcess([console_script("incident-intake")], env, port, root / "intake.log").start()
-    return proc, server
+    return conftest.start_intake(root, server.url, **extra_env), server
 
 
 @pytest.fixture(scope="module")
@@ -74,24 +62,6 @@ def intake_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Ser
     yield proc, server
     proc.stop()
     server.stop()
-
-
-@pytest.fixture(scope="module")
-def intake(intake_stack: tuple[ServiceProcess, NatsServer]) -> ServiceProcess:
-    return intake_stack[0]
-
-
-@pytest.fixture(scope="module")
-def intake_nats(intake_stack: tuple[ServiceProcess, NatsServer]) -> NatsServer:
-    """The nats-server the module's intake is connected to."""
-    return intake_stack[1]
-
-
-@pytest.fixture
-async def gw(intake: ServiceProcess) -> Any:
-    client = GatewayClient(intake.url, GATEWAY_ID, GATEWAY_SECRET)
-    yield client
-    await client.aclose()
 
 
 class Operator:
@@ -301,9 +271,7 @@ async def test_perimeter_circle_and_polygon(gw, ops):
 @pytest.mark.parametrize(
     "shape",
     [
-        pytest.param(
-            {"kind": "polygon", "points": [[25.0, 110.0], [25.01, 110.01], [25.02, 110.02]]}
-        ),
+        pytest.param({"kind": "polygon", "points": [[25.0, 110.0], [25.01, 110.01], [25.02, 110.02]]}),
         {"kind": "polygon", "points": [[25.0, 110.0], [25.01, 110.0], [25.02, 110.0]]},  # due north
         {"kind": "polygon", "points": [[25.0, 110.0], [25.01, 110.0]]},  # two points
         {"kind": "polygon", "points": [[25.0, 110.0], [25.0, 110.0], [25.0, 110.0], [25.0, 110.0]]},

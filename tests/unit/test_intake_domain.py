@@ -101,8 +101,8 @@ def test_terminal_stage_says_nothing_is_allowed():
 
 
 def test_open_and_terminal_stages_partition_the_stages():
-    assert TERMINAL_STAGES == {Stage.closed, Stage.cancelled}
-    assert OPEN_STAGES | TERMINAL_STAGES == set(Stage)
+    assert {Stage.closed, Stage.cancelled} == TERMINAL_STAGES
+    assert set(Stage) == OPEN_STAGES | TERMINAL_STAGES
     assert not OPEN_STAGES & TERMINAL_STAGES
 
 
