@@ -1,4 +1,4 @@
-"""What the incident-intake benchmarks share: the stack they run against, the alarms they send,
+"""What the benchmarks share: the stack they run against, the alarms they send,
 the raw ceilings they measure in the same run, and how they print figures.
 
 The stack is a nats-server of its own (temporary store, free port), a throwaway PostgreSQL
@@ -20,7 +20,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -39,6 +39,7 @@ GATEWAY_ID = "gw-bench"
 GATEWAY_SECRET = "gw-bench-secret-0123456789abcdef"
 LOCAL_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
 RSS_TARGET_MB = 250
+AUTH_SECRET = "bench-auth-secret-0123456789abcdef"
 
 SHANGHAI = (31.2304, 121.4737)
 M_LAT = 1 / 111_195
@@ -173,7 +174,7 @@ def _pick(cum: Sequence[float], x: float) -> int:
     return lo
 
 
-# --- the stack: nats-server, a throwaway PostgreSQL database, intake -------------------------
+# --- the stack: nats-server, a throwaway PostgreSQL database, the service------------------------
 
 
 class RssSampler:
@@ -217,8 +218,11 @@ class RssSampler:
 
 @dataclass
 class Stack:
+    """One service under measurement: its own nats-server, a throwaway PostgreSQL database."""
+
+    name: str
     nats: NatsServer
-    intake: ServiceProcess
+    service: ServiceProcess
     database_url: str
     server_url: str
     workdir: Path
@@ -231,14 +235,14 @@ class Stack:
     def print_memory(self) -> None:
         peak, hwm = self.rss.stop()
         row(
-            "intake max RSS (sampled every 100 ms)",
+            f"{self.name} max RSS (sampled every 100 ms)",
             f"{peak:,.0f} MB",
             f"target < {RSS_TARGET_MB} MB: {verdict(max(peak, hwm) < RSS_TARGET_MB)}",
         )
-        row("intake RSS high-water mark (VmHWM)", f"{hwm:,.0f} MB")
+        row(f"{self.name} RSS high-water mark (VmHWM)", f"{hwm:,.0f} MB")
 
     async def close(self) -> None:
-        self.intake.kill(9)  # the figures are taken; a graceful stop is not what is measured
+        self.service.kill(9)  # the figures are taken; a graceful stop is not what is measured
         self.nats.stop()
         with contextlib.suppress(Exception):
             await drop_database(self.server_url, self.database_url)
@@ -252,41 +256,44 @@ def pg_server_url() -> str:
     return LOCAL_PG
 
 
-async def start_stack(**env: str) -> Stack:
-    workdir = Path(tempfile.mkdtemp(prefix="intake-bench-"))
+SERVICES = {"incident-intake": ("intake", "INTAKE_"), "dispatch": ("dispatch", "DISPATCH_")}
+
+
+async def start_stack(service: str = "incident-intake", **env: str) -> Stack:
+    """Start the service as a real process; extra settings are given without their prefix."""
+    name, prefix = SERVICES[service]
+    workdir = Path(tempfile.mkdtemp(prefix=f"{name}-bench-"))
     server = pg_server_url()
     try:
         database_url = await create_database(server, prefix="ecs_bench")
     except Exception as exc:
         raise SystemExit(f"no PostgreSQL at {make_url(server).render_as_string()}: {exc}") from exc
     broker = NatsServer(workdir / "nats-store").start()
-    gateways = workdir / "gateways.json"
-    gateways.write_text(json.dumps({"gateways": {GATEWAY_ID: {"secret": GATEWAY_SECRET}}}))
     port = free_port()
-    intake = ServiceProcess(
-        [console_script("incident-intake")],
-        {
-            "INTAKE_DATABASE_URL": database_url,
-            "INTAKE_NATS_URL": broker.url,
-            "INTAKE_HTTP_HOST": "127.0.0.1",
-            "INTAKE_HTTP_PORT": str(port),
-            "INTAKE_AUTH_SECRET": "bench-auth-secret-0123456789abcdef",
-            "INTAKE_GATEWAYS_FILE": str(gateways),
-            "INTAKE_LOG_LEVEL": "WARNING",
-            **{f"INTAKE_{k.upper()}": v for k, v in env.items()},
-        },
-        port,
-        workdir / "intake.log",
+    settings = {
+        "DATABASE_URL": database_url,
+        "NATS_URL": broker.url,
+        "HTTP_HOST": "127.0.0.1",
+        "HTTP_PORT": str(port),
+        "AUTH_SECRET": AUTH_SECRET,
+        "LOG_LEVEL": "WARNING",
+    }
+    if service == "incident-intake":
+        gateways = workdir / "gateways.json"
+        gateways.write_text(json.dumps({"gateways": {GATEWAY_ID: {"secret": GATEWAY_SECRET}}}))
+        settings["GATEWAYS_FILE"] = str(gateways)
+    settings.update({k.upper(): v for k, v in env.items()})
+    proc = ServiceProcess(
+        [console_script(service)], {prefix + k: v for k, v in settings.items()}, port, workdir / f"{name}.log"
     )
     try:
-        await asyncio.to_thread(intake.start)
+        await asyncio.to_thread(proc.start)
     except Exception:
         broker.stop()
         await drop_database(server, database_url)
         raise
-    assert intake.proc is not None
-    rss = RssSampler(intake.proc.pid).start()
-    return Stack(broker, intake, database_url, server, workdir, rss)
+    assert proc.proc is not None
+    return Stack(name, broker, proc, database_url, server, workdir, RssSampler(proc.proc.pid).start())
 
 
 async def connect(url: str) -> tuple[Any, Any]:
@@ -500,8 +507,12 @@ class CpuMeter:
     """How many cores intake, nats-server and this client each kept busy between start and stop."""
 
     def __init__(self, stack: Stack) -> None:
-        assert stack.intake.proc is not None and stack.nats.proc is not None
-        self.pids = {"intake": stack.intake.proc.pid, "nats-server": stack.nats.proc.pid, "bench client": os.getpid()}
+        assert stack.service.proc is not None and stack.nats.proc is not None
+        self.pids = {
+            stack.name: stack.service.proc.pid,
+            "nats-server": stack.nats.proc.pid,
+            "bench client": os.getpid(),
+        }
         self.begin = {k: cpu_seconds(p) for k, p in self.pids.items()}
         self.t0 = time.perf_counter()
         self.used: dict[str, float] = {}
@@ -547,7 +558,7 @@ async def print_pipeline(stack: Stack) -> None:
     """Where intake's time went, from its own /metrics: correlation batches and consumer batches."""
     import httpx
 
-    async with httpx.AsyncClient(base_url=stack.intake.url, timeout=10) as client:
+    async with httpx.AsyncClient(base_url=stack.service.url, timeout=10) as client:
         text = (await client.get("/metrics")).text
     batches = scrape(text, "intake_ingest_batch_seconds_count")
     if batches:
@@ -574,3 +585,10 @@ def use_uvloop() -> None:
         import uvloop
 
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+def main(run: Callable[[bool], Awaitable[None]], doc: str | None) -> None:
+    """The command line of every bench: ``python tests/bench/bench_x.py [--quick]``."""
+    args = parse_args((doc or "").splitlines()[0])
+    use_uvloop()
+    asyncio.run(run(args.quick))

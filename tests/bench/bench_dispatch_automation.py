@@ -20,12 +20,9 @@ import asyncio
 import contextlib
 import math
 import random
-import shutil
 import sys
-import tempfile
 import time
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,32 +33,27 @@ if str(ROOT) not in sys.path:
 import asyncpg  # noqa: E402
 import httpx  # noqa: E402
 import orjson  # noqa: E402
-from sqlalchemy.engine import make_url  # noqa: E402
 
 from dispatch.domain import UnitType  # noqa: E402
 from ecs.auth import TokenVerifier  # noqa: E402
 from ecs.bus import msg_id_headers  # noqa: E402
 from ecs.contracts import StageChanged  # noqa: E402
 from ecs.envelope import make_event  # noqa: E402
-from ecs.testing import NatsServer, ServiceProcess, console_script, create_database, drop_database, free_port  # noqa: E402
 from tests.bench._common import (  # noqa: E402
+    AUTH_SECRET,
     CATEGORY_MIX,
-    RSS_TARGET_MB,
-    RssSampler,
+    Stack,
     connect,
     heading,
     jetstream_latency_ceiling,
     lag_rows,
-    parse_args,
+    main,
     percentile,
-    pg_server_url,
     row,
     scrape,
-    use_uvloop,
-    verdict,
+    start_stack,
 )
 
-AUTH_SECRET = "bench-auth-secret-0123456789abcdef"
 UNITS, DISTRICTS = 10_000, 50
 CENTRE = (31.2304, 121.4737)
 CITY_KM = 50.0  # 10 x 5 districts of 5 km x 10 km
@@ -86,69 +78,6 @@ MIX = {
 INCIDENTS, QUICK_INCIDENTS = 200, 40
 WINDOW_S = 10.0
 TARGET_P99_MS = 200.0
-
-
-# --- the stack: nats-server, a throwaway PostgreSQL database, dispatch -------------------------
-
-
-@dataclass
-class DispatchStack:
-    nats: NatsServer
-    dispatch: ServiceProcess
-    database_url: str
-    server_url: str
-    workdir: Path
-    rss: RssSampler
-
-    @property
-    def dsn(self) -> str:
-        return make_url(self.database_url).set(drivername="postgresql").render_as_string(hide_password=False)
-
-    def print_memory(self) -> None:
-        peak, hwm = self.rss.stop()
-        ok = max(peak, hwm) < RSS_TARGET_MB
-        row("dispatch max RSS (sampled every 100 ms)", f"{peak:,.0f} MB", f"target < {RSS_TARGET_MB} MB: {verdict(ok)}")
-        row("dispatch RSS high-water mark (VmHWM)", f"{hwm:,.0f} MB")
-
-    async def close(self) -> None:
-        self.dispatch.kill(9)  # the figures are taken; a graceful stop is not what is measured
-        self.nats.stop()
-        with contextlib.suppress(Exception):
-            await drop_database(self.server_url, self.database_url)
-        shutil.rmtree(self.workdir, ignore_errors=True)
-
-
-async def start_dispatch_stack(**env: str) -> DispatchStack:
-    workdir = Path(tempfile.mkdtemp(prefix="dispatch-bench-"))
-    server = pg_server_url()
-    try:
-        database_url = await create_database(server, prefix="ecs_bench")
-    except Exception as exc:
-        raise SystemExit(f"no PostgreSQL at {make_url(server).render_as_string()}: {exc}") from exc
-    broker = NatsServer(workdir / "nats-store").start()
-    port = free_port()
-    proc = ServiceProcess(
-        [console_script("dispatch")],
-        {
-            "DISPATCH_DATABASE_URL": database_url,
-            "DISPATCH_NATS_URL": broker.url,
-            "DISPATCH_HTTP_HOST": "127.0.0.1",
-            "DISPATCH_HTTP_PORT": str(port),
-            "DISPATCH_AUTH_SECRET": AUTH_SECRET,
-            "DISPATCH_LOG_LEVEL": "WARNING",
-            **{f"DISPATCH_{k.upper()}": v for k, v in env.items()},
-        },
-        port,
-        workdir / "dispatch.log",
-    )
-    try:
-        await asyncio.to_thread(proc.start)
-    except Exception:
-        broker.stop()
-        await drop_database(server, database_url)
-        raise
-    assert proc.proc is not None
-    return DispatchStack(broker, proc, database_url, server, workdir, RssSampler(proc.proc.pid).start())
 
 
 def city_units(rng: random.Random, n: int = UNITS) -> list[dict[str, Any]]:
@@ -183,9 +112,9 @@ def operator_token() -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-async def register(stack: DispatchStack, units: list[dict[str, Any]]) -> float:
+async def register(stack: Stack, units: list[dict[str, Any]]) -> float:
     started = time.perf_counter()
-    async with httpx.AsyncClient(base_url=stack.dispatch.url, headers=operator_token(), timeout=120) as api:
+    async with httpx.AsyncClient(base_url=stack.service.url, headers=operator_token(), timeout=120) as api:
         for i in range(0, len(units), 1000):
             r = await api.post("/v1/units:batch", json={"units": units[i : i + 1000]})
             r.raise_for_status()
@@ -212,8 +141,8 @@ async def postgres_commit_latency(dsn: str, n: int = 200) -> list[float]:
         await conn.close()
 
 
-async def metrics(stack: DispatchStack) -> str:
-    async with httpx.AsyncClient(base_url=stack.dispatch.url, timeout=10) as client:
+async def metrics(stack: Stack) -> str:
+    async with httpx.AsyncClient(base_url=stack.service.url, timeout=10) as client:
         return (await client.get("/metrics")).text
 
 
@@ -244,7 +173,7 @@ async def run(quick: bool) -> None:
         f"{UNITS:,} units in {DISTRICTS} districts, PostgreSQL",
         quick,
     )
-    stack = await start_dispatch_stack()
+    stack = await start_stack("dispatch")
     nc, js = await connect(stack.nats.url)
     try:
         rng = random.Random(20_141_231)
@@ -319,11 +248,5 @@ async def run(quick: bool) -> None:
         await stack.close()
 
 
-def main() -> None:
-    args = parse_args(__doc__.splitlines()[0])
-    use_uvloop()
-    asyncio.run(run(args.quick))
-
-
 if __name__ == "__main__":
-    main()
+    main(run, __doc__)

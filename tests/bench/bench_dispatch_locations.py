@@ -35,10 +35,10 @@ from tests.bench._common import (  # noqa: E402
     cpu_seconds,
     heading,
     jetstream_publish_ceiling,
-    parse_args,
+    main,
     row,
     scrape,
-    use_uvloop,
+    start_stack,
     verdict,
 )
 from tests.bench.bench_dispatch_automation import (  # noqa: E402
@@ -46,7 +46,6 @@ from tests.bench.bench_dispatch_automation import (  # noqa: E402
     city_units,
     metrics,
     register,
-    start_dispatch_stack,
 )
 
 TARGET_RATE = 5_000
@@ -148,7 +147,7 @@ async def run(quick: bool) -> None:
         f"({total:,} reports from {UNITS:,} units), PostgreSQL",
         quick,
     )
-    stack = await start_dispatch_stack()
+    stack = await start_stack("dispatch")
     nc, js = await connect(stack.nats.url)
     try:
         rng = random.Random(7)
@@ -172,7 +171,7 @@ async def run(quick: bool) -> None:
 
         samples: list[tuple[float, int, int]] = []
         published = 0
-        pid = stack.dispatch.proc.pid if stack.dispatch.proc else 0
+        pid = stack.service.proc.pid if stack.service.proc else 0
         cpu_before = cpu_seconds(pid)
         start = time.perf_counter()
 
@@ -264,11 +263,5 @@ async def run(quick: bool) -> None:
         await stack.close()
 
 
-def main() -> None:
-    args = parse_args(__doc__.splitlines()[0])
-    use_uvloop()
-    asyncio.run(run(args.quick))
-
-
 if __name__ == "__main__":
-    main()
+    main(run, __doc__)

@@ -43,13 +43,12 @@ from tests.bench._common import (  # noqa: E402
     city_scenes,
     heading,
     lag_rows,
-    parse_args,
+    main,
     percentile,
     postgres_insert_ceiling,
     print_pipeline,
     row,
     start_stack,
-    use_uvloop,
     verdict,
 )
 
@@ -176,7 +175,7 @@ async def run(quick: bool) -> None:
         quick,
     )
     stack = await start_stack()
-    port = stack.intake.port
+    port = stack.service.port
     try:
         scenes = city_scenes(SCENES, random.Random(20_250_102))
         maker = AlarmMaker(scenes, seed=3, prefix="http")
@@ -244,11 +243,5 @@ async def run(quick: bool) -> None:
         await stack.close()
 
 
-def main() -> None:
-    args = parse_args(__doc__.splitlines()[0])
-    use_uvloop()
-    asyncio.run(run(args.quick))
-
-
 if __name__ == "__main__":
-    main()
+    main(run, __doc__)

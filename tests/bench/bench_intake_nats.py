@@ -34,13 +34,12 @@ from tests.bench._common import (  # noqa: E402
     heading,
     jetstream_publish_ceiling,
     lag_rows,
-    parse_args,
+    main,
     print_pipeline,
     read_linked,
     row,
     start_stack,
     subject_count,
-    use_uvloop,
     verdict,
 )
 
@@ -163,11 +162,5 @@ async def run(quick: bool) -> None:
         await stack.close()
 
 
-def main() -> None:
-    args = parse_args(__doc__.splitlines()[0])
-    use_uvloop()
-    asyncio.run(run(args.quick))
-
-
 if __name__ == "__main__":
-    main()
+    main(run, __doc__)

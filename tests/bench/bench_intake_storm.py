@@ -38,13 +38,12 @@ from tests.bench._common import (  # noqa: E402
     jetstream_latency_ceiling,
     jetstream_publish_ceiling,
     lag_rows,
-    parse_args,
+    main,
     percentile,
     print_pipeline,
     read_linked,
     row,
     start_stack,
-    use_uvloop,
     verdict,
     wait_linked,
 )
@@ -122,11 +121,5 @@ async def run(quick: bool) -> None:
         await stack.close()
 
 
-def main() -> None:
-    args = parse_args(__doc__.splitlines()[0])
-    use_uvloop()
-    asyncio.run(run(args.quick))
-
-
 if __name__ == "__main__":
-    main()
+    main(run, __doc__)
