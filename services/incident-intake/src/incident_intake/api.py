@@ -26,7 +26,7 @@ from ecs.contracts import (
     GatewayAlarm,
     StageName,
 )
-from ecs.errors import Forbidden, InvalidInput, Transient, UnsupportedMediaType
+from ecs.errors import Forbidden, InvalidInput, PayloadTooLarge, Transient, UnsupportedMediaType
 from ecs.web import field_path, json_response, problem, requires
 
 from . import domain, store
@@ -62,8 +62,6 @@ async def _signed_body(request: Request, limit: int) -> tuple[str, bytes]:
     _check_json(request)
     body = await request.body()
     if len(body) > limit:
-        from ecs.errors import PayloadTooLarge
-
         raise PayloadTooLarge(f"the body is {len(body)} bytes; at most {limit} are accepted")
     h = request.headers
     gateway_id = request.app.state.gateways.verify(

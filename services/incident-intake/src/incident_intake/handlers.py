@@ -17,7 +17,7 @@ from typing import Any
 
 import structlog
 from prometheus_client import Counter, Histogram
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import bindparam, delete, select, update
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from ecs.contracts import (
@@ -900,8 +900,6 @@ class IncidentCommands:
 
     async def _rebuild_callers(self, uow: UnitOfWork, incident_ids: list[str]) -> None:
         c, a = store.incident_callers, store.alarms
-        from sqlalchemy import delete
-
         await uow.conn.execute(delete(c).where(c.c.incident_id.in_(incident_ids)))
         pairs = (
             select(a.c.incident_id, a.c.caller_key)

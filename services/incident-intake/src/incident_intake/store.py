@@ -20,6 +20,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     and_,
+    func,
     select,
     update,
 )
@@ -212,8 +213,6 @@ async def add_timeline(conn: AsyncConnection, entries: list[dict[str, Any]]) -> 
 
 async def recount(conn: AsyncConnection, incident_id: str) -> dict[str, Any]:
     """Aggregates of an incident recomputed from its alarms (after a merge or a split)."""
-    from sqlalchemy import func
-
     row = (
         await conn.execute(
             select(
