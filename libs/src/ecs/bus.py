@@ -25,6 +25,12 @@ from .errors import Poison, Transient
 
 log = structlog.get_logger("ecs.bus")
 
+MIN_SERVER_VERSION = (2, 10, 0)
+"""The oldest nats-server the code runs on: consumers with several filter subjects
+(``filter_subjects``) exist from 2.10; an older server ignores the field without an error and
+delivers the whole stream. The project pins a newer release (``NATS_SERVER_VERSION`` in the
+Makefile); this is the floor a service refuses to start below."""
+
 DEAD_LETTER_STREAM = "DEADLETTER"
 DEAD_LETTER_PREFIX = "deadletter"
 
@@ -122,6 +128,23 @@ class Bus:
             pending_size=64 * 1024 * 1024,
         )
         self.js = self.nc.jetstream(timeout=10, publish_async_max_pending=20_000)
+        self.check_server_version()
+
+    @property
+    def server_version(self) -> str:
+        """The connected server's version as it reports it, e.g. ``2.12.8``."""
+        return str(self.nc.connected_server_version) if self.nc is not None else ""
+
+    def check_server_version(self) -> None:
+        """Raise RuntimeError naming the minimum when the server is older than MIN_SERVER_VERSION."""
+        v = self.nc.connected_server_version
+        found = (v.major, v.minor, v.patch)
+        if found < MIN_SERVER_VERSION:
+            wanted = ".".join(map(str, MIN_SERVER_VERSION))
+            raise RuntimeError(
+                f"nats-server {self.server_version} at {self.url} is too old: {self.service} needs {wanted} or "
+                "later (consumers with several filter subjects); run the release the project pins (make setup)"
+            )
 
     @property
     def connected(self) -> bool:
@@ -162,7 +185,16 @@ class Bus:
             # Already there: bring it to what the code declares.
             await self.js.update_stream(config)
         for c in consumers:
-            await self.js.add_consumer(c.stream, self.consumer_config(c))
+            info = await self.js.add_consumer(c.stream, self.consumer_config(c))
+            # A server that does not know a field ignores it silently; read back what it took.
+            applied = tuple(info.config.filter_subjects or ()) or (
+                (info.config.filter_subject,) if info.config.filter_subject else ()
+            )
+            if sorted(applied) != sorted(c.filter_subjects):
+                raise RuntimeError(
+                    f"consumer {c.durable} on {c.stream} filters {list(applied) or 'nothing'}, "
+                    f"not {list(c.filter_subjects)}: the server does not apply the declared subjects"
+                )
 
     @staticmethod
     def consumer_config(c: ConsumerSpec) -> api.ConsumerConfig:

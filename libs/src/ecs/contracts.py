@@ -7,26 +7,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated, Literal, get_args
+from typing import Annotated, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
-CategoryName = Literal[
-    "fire",
-    "explosion",
-    "hazmat",
-    "building_collapse",
-    "crowd_crush",
-    "traffic_accident",
-    "flood",
-    "gas_leak",
-    "public_security",
-    "medical",
-    "other",
-]
-CATEGORIES: tuple[str, ...] = get_args(CategoryName)
-StageName = Literal["reported", "isolation", "handling", "opinion_control", "aftermath", "closed", "cancelled"]
-STAGES: tuple[str, ...] = get_args(StageName)
+from .vocabulary import Category, Level, Participant, Stage
+
+# The shared vocabulary, re-exported under the names the contracts have always used.
+CategoryName = Category
+CATEGORIES: tuple[str, ...] = tuple(c.value for c in Category)
+StageName = Stage
+STAGES: tuple[str, ...] = tuple(s.value for s in Stage)
 
 ALARM_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,64}$"
 GATEWAY_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
@@ -35,7 +26,6 @@ MAX_BATCH = 500
 
 Latitude = Annotated[float, Field(ge=-90, le=90, allow_inf_nan=False, strict=True)]
 Longitude = Annotated[float, Field(ge=-180, le=180, allow_inf_nan=False, strict=True)]
-Level = Annotated[int, Field(ge=1, le=4, description="1 = I (red, most severe) .. 4 = IV (blue)")]
 
 
 class _Strict(BaseModel):
@@ -202,7 +192,7 @@ class ParticipantSettled(_Strict):
     ``settled: false`` reopens it."""
 
     incident_id: str
-    participant: Annotated[str, Field(min_length=1, max_length=64)]
+    participant: Participant = Field(description="the subject prefix of the settled participant")
     settled: bool
     detail: str = ""
 
@@ -279,7 +269,7 @@ class UnitAssigned(_Strict):
     unit_id: UnitId
     unit_type: UnitTypeName
     agency: str
-    stage: Literal["isolation", "handling"]
+    stage: Literal[Stage.isolation, Stage.handling]
     source: Literal["automatic", "recommended", "override", "reassigned"]
     actor: str
     eta_s: float | None = None

@@ -1,13 +1,13 @@
 """Persistence: one async engine per process chosen by DATABASE_URL (PostgreSQL via asyncpg or
 SQLite via aiosqlite), a unit of work that rolls back unless told to commit and writes the outbox
-in the same transaction, the inbox for idempotent consumers, and the outbox relay."""
+in the same transaction, and the inbox for idempotent consumers. The relay that publishes the
+outbox is ``ecs.outbox``; the retry policy for transactions is ``ecs.retry``."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,10 +24,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
-    delete,
     event,
-    func,
-    select,
     text,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -35,7 +32,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.types import TypeDecorator
 
-from .bus import Bus, msg_id_headers
+from .bus import msg_id_headers
 from .envelope import Envelope
 
 log = structlog.get_logger("ecs.db")
@@ -126,6 +123,13 @@ def normalise_url(url: str) -> str:
     if u.drivername not in ("postgresql+asyncpg", "sqlite+aiosqlite"):
         raise ValueError(f"unsupported database URL scheme {u.drivername!r}: use postgresql:// or sqlite://")
     return u.render_as_string(hide_password=False)
+
+
+def chunks(items: Sequence[Any], size: int = 500) -> Iterator[list[Any]]:
+    """``items`` in lists of at most ``size``: keeps an ``IN (...)`` list under the drivers' limits
+    on bound parameters (32,767 for asyncpg, 32,766 for SQLite 3.32+)."""
+    for start in range(0, len(items), size):
+        yield list(items[start : start + size])
 
 
 def lock_key(name: str) -> int:
@@ -282,107 +286,3 @@ class UnitOfWork:
         self._committed = True
         if self._wrote_outbox:
             self.db.outbox_written.set()
-
-
-class OutboxRelay:
-    """Publishes committed outbox rows to JetStream in batches, in commit order, then deletes them.
-
-    A crash between publish and delete republishes the batch; the Nats-Msg-Id header makes
-    JetStream drop the copies. On PostgreSQL one replica at a time relays (advisory lock).
-    """
-
-    def __init__(self, db: Database, bus: Bus, batch: int = 1000) -> None:
-        self.db = db
-        self.bus = bus
-        self.batch = batch
-        self._task: asyncio.Task[None] | None = None
-        self._leader_conn: AsyncConnection | None = None
-
-    async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="outbox-relay")
-
-    async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
-        await self._release_leadership()
-
-    async def _release_leadership(self) -> None:
-        if self._leader_conn is not None:
-            with contextlib.suppress(Exception):
-                await self._leader_conn.close()
-            self._leader_conn = None
-
-    async def _lead(self) -> bool:
-        if self.db.is_sqlite:
-            return True
-        if self._leader_conn is not None:
-            try:
-                await self._leader_conn.execute(text("SELECT 1"))
-                return True
-            except Exception:
-                await self._release_leadership()
-        conn = await self.db.engine.connect()
-        got = await conn.scalar(text("SELECT pg_try_advisory_lock(:k)"), {"k": lock_key("outbox-relay")})
-        await conn.commit()
-        if got:
-            self._leader_conn = conn
-            return True
-        await conn.close()
-        return False
-
-    async def _run(self) -> None:
-        while True:
-            try:
-                if not await self._lead():
-                    await asyncio.sleep(1.0)
-                    continue
-                sent = await self.relay_once()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning(
-                    "outbox.relay_failed",
-                    error=str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__,
-                )
-                await self._release_leadership()
-                await asyncio.sleep(0.5)
-                continue
-            if sent < self.batch:
-                self.db.outbox_written.clear()
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self.db.outbox_written.wait(), timeout=0.2)
-
-    async def relay_once(self) -> int:
-        outbox = OUTBOX
-        async with self.db.engine.connect() as conn:
-            rows = (
-                await conn.execute(
-                    select(
-                        outbox.c.seq,
-                        outbox.c.subject,
-                        outbox.c.payload,
-                        outbox.c.headers,
-                    )
-                    .order_by(outbox.c.seq)
-                    .limit(self.batch)
-                )
-            ).all()
-            await conn.rollback()
-        if not rows:
-            return 0
-        headers = [r.headers if isinstance(r.headers, dict) else orjson.loads(r.headers) for r in rows]
-        await self.bus.publish_batch([(r.subject, r.payload, h) for r, h in zip(rows, headers, strict=True)])
-        await self._forget([r.seq for r in rows])
-        return len(rows)
-
-    async def _forget(self, seqs: Sequence[int]) -> None:
-        outbox = OUTBOX
-        async with self.db.engine.begin() as conn:
-            await conn.execute(delete(outbox).where(outbox.c.seq.in_(seqs)))
-
-    async def pending(self) -> int:
-        outbox = OUTBOX
-        async with self.db.engine.connect() as conn:
-            return int(await conn.scalar(select(func.count()).select_from(outbox)) or 0)

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import Poison
+
+M = TypeVar("M", bound=BaseModel)
 
 
 def new_id() -> str:
@@ -86,3 +90,25 @@ def make_event(
         causation_id=causation_id,
         data=data,
     )
+
+
+def field_path(loc: Any) -> str:
+    """A pydantic error location as a dotted field name: ``("body", "location", "lat")`` →
+    ``location.lat`` (where the field came from is dropped); ``body`` when nothing is left."""
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    return ".".join(parts) or "body"
+
+
+def parse_payload(model: type[M], data: Any, what: str, prefix: str = "data.") -> M:
+    """Validate a message's payload (a dict, or raw JSON bytes) into ``model``.
+
+    Raises Poison naming up to five bad fields as ``<prefix><field>: <reason>``: a payload that
+    does not fit its contract can never succeed, however often it is delivered.
+    """
+    try:
+        if isinstance(data, bytes | str):
+            return model.model_validate_json(data)
+        return model.model_validate(data)
+    except ValidationError as exc:
+        reasons = "; ".join(f"{prefix}{field_path(e['loc'])}: {e['msg']}" for e in exc.errors()[:5])
+        raise Poison(f"invalid {what}: {reasons}") from None

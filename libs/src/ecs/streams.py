@@ -6,6 +6,7 @@ One stream per publishing domain: its subjects are ``<domain>.>``."""
 from __future__ import annotations
 
 from .bus import StreamSpec
+from .vocabulary import Participant
 
 DAY = 24 * 3600
 
@@ -18,11 +19,10 @@ NOTIFICATION = StreamSpec("NOTIFICATION", ("notification.>",), max_age_s=30 * DA
 # Vehicle positions: thousands a second and each superseded by the next, so kept briefly.
 VEHICLES = StreamSpec("VEHICLES", ("vehicle.location.*",), max_age_s=3600, duplicate_window_s=60, max_bytes=1 << 30)
 
-# The subject prefix of each participant in the lifecycle, and its service name.
-PARTICIPANTS = {
-    "dispatch": "dispatch",
-    "stockpile": "resource-stockpile",
-    "shelter": "shelter-registry",
-    "notification": "public-notification",
+# The stream each lifecycle participant publishes its facts on.
+PARTICIPANT_STREAMS: dict[Participant, StreamSpec] = {
+    Participant.dispatch: DISPATCH,
+    Participant.stockpile: STOCKPILE,
+    Participant.shelter: SHELTER,
+    Participant.notification: NOTIFICATION,
 }
-PARTICIPANT_STREAMS = {"dispatch": DISPATCH, "stockpile": STOCKPILE, "shelter": SHELTER, "notification": NOTIFICATION}

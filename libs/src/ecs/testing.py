@@ -18,11 +18,31 @@ import socket
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy.engine import make_url
+
+from .broker import nats_server_binary
+
+
+async def eventually(probe: Callable[[], Awaitable[Any]], what: str = "", within_s: float = 15.0) -> Any:
+    """Await ``probe()`` until it returns something truthy, and return that.
+
+    Raises AssertionError naming ``what`` (or the probe's name) after ``within_s`` seconds: a test
+    waits on the condition it checks, never on the clock.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within_s
+    while True:
+        result = await probe()
+        if result:
+            return result
+        if loop.time() > deadline:
+            raise AssertionError(f"gave up after {within_s} s waiting for {what or getattr(probe, '__name__', probe)}")
+        await asyncio.sleep(0.02)
 
 
 def free_port() -> int:
@@ -44,10 +64,8 @@ def wait_for_port(port: int, timeout: float = 15.0) -> None:
 
 
 def nats_binary() -> str:
-    found = shutil.which("nats-server") or next(iter(glob.glob("/usr/sbin/nats-server")), None)
-    if not found:
-        raise RuntimeError("nats-server is not installed: run `make setup`")
-    return found
+    """The pinned nats-server (``ecs.broker.nats_server_binary``)."""
+    return nats_server_binary()
 
 
 class NatsServer:

@@ -23,6 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .auth import Principal, Role, TokenVerifier
 from .db import IDEMPOTENCY_KEYS, Database
+from .envelope import field_path
 from .errors import AppError
 
 log = structlog.get_logger("ecs.web")
@@ -48,11 +49,6 @@ def problem(status: int, title: str, detail: str, code: str | None = None, **ext
         **extra,
     }
     return JSONResponse(body, status_code=status, media_type=PROBLEM)
-
-
-def field_path(loc: Sequence[Any]) -> str:
-    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
-    return ".".join(parts) or "body"
 
 
 def validation_problem(errors: Sequence[dict[str, Any]], prefix: str = "") -> JSONResponse:

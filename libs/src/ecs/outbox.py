@@ -1,0 +1,122 @@
+"""The outbox relay: committed events leave the database for JetStream in batches, in commit order
+(DESIGN §4, transactional outbox)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Sequence
+
+import orjson
+import structlog
+from sqlalchemy import delete, func, select, text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from .bus import Bus
+from .db import OUTBOX, Database, lock_key
+
+log = structlog.get_logger("ecs.outbox")
+
+
+class OutboxRelay:
+    """Publishes committed outbox rows to JetStream in batches, in commit order, then deletes them.
+
+    A crash between publish and delete republishes the batch; the Nats-Msg-Id header makes
+    JetStream drop the copies. On PostgreSQL one replica at a time relays (advisory lock).
+    """
+
+    def __init__(self, db: Database, bus: Bus, batch: int = 1000) -> None:
+        self.db = db
+        self.bus = bus
+        self.batch = batch
+        self._task: asyncio.Task[None] | None = None
+        self._leader_conn: AsyncConnection | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="outbox-relay")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+        await self._release_leadership()
+
+    async def _release_leadership(self) -> None:
+        if self._leader_conn is not None:
+            with contextlib.suppress(Exception):
+                await self._leader_conn.close()
+            self._leader_conn = None
+
+    async def _lead(self) -> bool:
+        if self.db.is_sqlite:
+            return True
+        if self._leader_conn is not None:
+            try:
+                await self._leader_conn.execute(text("SELECT 1"))
+                return True
+            except Exception:
+                await self._release_leadership()
+        conn = await self.db.engine.connect()
+        got = await conn.scalar(text("SELECT pg_try_advisory_lock(:k)"), {"k": lock_key("outbox-relay")})
+        await conn.commit()
+        if got:
+            self._leader_conn = conn
+            return True
+        await conn.close()
+        return False
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                if not await self._lead():
+                    await asyncio.sleep(1.0)
+                    continue
+                sent = await self.relay_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning(
+                    "outbox.relay_failed",
+                    error=str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__,
+                )
+                await self._release_leadership()
+                await asyncio.sleep(0.5)
+                continue
+            if sent < self.batch:
+                self.db.outbox_written.clear()
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self.db.outbox_written.wait(), timeout=0.2)
+
+    async def relay_once(self) -> int:
+        outbox = OUTBOX
+        async with self.db.engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    select(
+                        outbox.c.seq,
+                        outbox.c.subject,
+                        outbox.c.payload,
+                        outbox.c.headers,
+                    )
+                    .order_by(outbox.c.seq)
+                    .limit(self.batch)
+                )
+            ).all()
+            await conn.rollback()
+        if not rows:
+            return 0
+        headers = [r.headers if isinstance(r.headers, dict) else orjson.loads(r.headers) for r in rows]
+        await self.bus.publish_batch([(r.subject, r.payload, h) for r, h in zip(rows, headers, strict=True)])
+        await self._forget([r.seq for r in rows])
+        return len(rows)
+
+    async def _forget(self, seqs: Sequence[int]) -> None:
+        outbox = OUTBOX
+        async with self.db.engine.begin() as conn:
+            await conn.execute(delete(outbox).where(outbox.c.seq.in_(seqs)))
+
+    async def pending(self) -> int:
+        outbox = OUTBOX
+        async with self.db.engine.connect() as conn:
+            return int(await conn.scalar(select(func.count()).select_from(outbox)) or 0)
