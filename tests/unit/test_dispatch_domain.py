@@ -8,10 +8,8 @@ from dispatch.domain import (
     STATUS_TRANSITIONS,
     Agency,
     IllegalStatusChange,
-    IncidentCategory,
     InvalidLocation,
     PlanError,
-    Stage,
     StraightLineEstimator,
     UnitIndex,
     UnitStatus,
@@ -24,6 +22,7 @@ from dispatch.domain import (
     units_to_add,
     units_to_release,
 )
+from ecs.vocabulary import Category, Stage
 
 S = UnitStatus
 T = UnitType
@@ -86,33 +85,33 @@ def test_unit_types_know_their_agency_and_speed():
 
 def test_every_category_has_a_shipped_plan_that_loads():
     plans = load_shipped_plans()
-    assert set(plans) == set(IncidentCategory)
+    assert set(plans) == set(Category)
     for category, plan in plans.items():
         assert plan.category == category
         for level in (1, 2, 3, 4):
             level_plan = plan.for_level(level)
             assert level_plan.isolation_units, f"{category} level {level} sends no one"
         # A more severe level never asks for fewer units than the least severe one.
-        most = sum(plan.for_level(1).units_for(Stage.HANDLING).values())
-        least = sum(plan.for_level(4).units_for(Stage.HANDLING).values())
+        most = sum(plan.for_level(1).units_for(Stage.handling).values())
+        least = sum(plan.for_level(4).units_for(Stage.handling).values())
         assert most > least
 
 
 def test_shipped_plans_read_as_expected():
     plans = load_shipped_plans()
-    fire_i = plans[IncidentCategory.FIRE].for_level(1)
+    fire_i = plans[Category.fire].for_level(1)
     assert fire_i.evacuate and fire_i.evacuation_radius_m >= fire_i.isolation_radius_m
-    assert fire_i.units_for(Stage.HANDLING)[T.FIRE_ENGINE] >= 10
+    assert fire_i.units_for(Stage.handling)[T.FIRE_ENGINE] >= 10
     assert T.LADDER_TRUCK in fire_i.handling_units
     assert fire_i.isolation_units[T.PATROL_CAR] >= 4
-    medical_iv = plans[IncidentCategory.MEDICAL].for_level(4)
-    assert medical_iv.units_for(Stage.HANDLING) == {T.AMBULANCE: 1}
+    medical_iv = plans[Category.medical].for_level(4)
+    assert medical_iv.units_for(Stage.handling) == {T.AMBULANCE: 1}
 
 
 def test_handling_units_come_on_top_of_isolation_units():
     plan = parse_plan(PLAN, "p.yaml").for_level(1)
-    assert plan.units_for(Stage.ISOLATION) == {T.PATROL_CAR: 4, T.FIRE_ENGINE: 2}
-    assert plan.units_for(Stage.HANDLING) == {T.PATROL_CAR: 4, T.FIRE_ENGINE: 8, T.LADDER_TRUCK: 2}
+    assert plan.units_for(Stage.isolation) == {T.PATROL_CAR: 4, T.FIRE_ENGINE: 2}
+    assert plan.units_for(Stage.handling) == {T.PATROL_CAR: 4, T.FIRE_ENGINE: 8, T.LADDER_TRUCK: 2}
 
 
 PLAN = """\

@@ -13,6 +13,7 @@ from sqlalchemy import select
 
 from ecs.auth import Principal, Role
 from ecs.errors import Forbidden, InvalidInput, NotFound, UnsupportedMediaType
+from ecs.vocabulary import Stage
 from ecs.web import json_response, requires
 
 from . import store
@@ -97,7 +98,7 @@ class AssignUnits(_Body):
 
 
 class AcceptRecommendation(_Body):
-    stage: Literal["isolation", "handling"] | None = Field(
+    stage: Literal[Stage.isolation, Stage.handling] | None = Field(
         default=None, description="whose units to top up to; default: the incident's stage"
     )
 
@@ -484,7 +485,7 @@ async def recommendations(
     request: Request,
     incident_id: str,
     principal: Principal = requires(*READERS),
-    stage: Annotated[Literal["isolation", "handling"] | None, Query()] = None,
+    stage: Annotated[Literal[Stage.isolation, Stage.handling] | None, Query()] = None,
     unit_type: Annotated[UnitType | None, Query(description="recommend for this type instead of the plan")] = None,
     count: Annotated[int, Query(ge=1, le=200)] = 1,
 ) -> Response:

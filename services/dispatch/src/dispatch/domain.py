@@ -10,7 +10,8 @@ import math
 import string
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from enum import IntEnum, StrEnum
+from enum import StrEnum
+from functools import cached_property
 from importlib import resources
 from typing import Annotated, Any, Final, Protocol
 
@@ -28,6 +29,7 @@ from pydantic import (
 
 from ecs.errors import IllegalTransition, InvalidInput
 from ecs.geo import haversine_m
+from ecs.vocabulary import Category, Level, Stage
 
 # --------------------------------------------------------------------------------------------
 # Errors
@@ -184,40 +186,6 @@ def check_status_change(from_status: UnitStatus, to_status: UnitStatus) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# Incidents as dispatch sees them
-
-
-class IncidentCategory(StrEnum):
-    FIRE = "fire"
-    EXPLOSION = "explosion"
-    HAZMAT = "hazmat"
-    BUILDING_COLLAPSE = "building_collapse"
-    CROWD_CRUSH = "crowd_crush"
-    TRAFFIC_ACCIDENT = "traffic_accident"
-    FLOOD = "flood"
-    GAS_LEAK = "gas_leak"
-    PUBLIC_SECURITY = "public_security"
-    MEDICAL = "medical"
-    OTHER = "other"
-
-
-class IncidentLevel(IntEnum):
-    """I is the most severe (red), IV the least (blue)."""
-
-    I = 1  # noqa: E741
-    II = 2
-    III = 3
-    IV = 4
-
-
-class Stage(StrEnum):
-    """The lifecycle stages that take units."""
-
-    ISOLATION = "isolation"
-    HANDLING = "handling"
-
-
-# --------------------------------------------------------------------------------------------
 # Response plans (预案)
 
 
@@ -311,7 +279,7 @@ class LevelPlan(_PlanModel):
 
         Handling teams come on top of the isolation units, which stay to hold the perimeter.
         """
-        if Stage(stage) is Stage.ISOLATION:
+        if Stage(stage) is Stage.isolation:
             return dict(self.isolation_units)
         total = dict(self.isolation_units)
         for unit_type, count in self.handling_units.items():
@@ -327,13 +295,18 @@ class PlanLevels(_PlanModel):
 
 
 class ResponsePlan(_PlanModel):
-    category: IncidentCategory
+    category: Category
     version: Annotated[int, Field(strict=True, ge=1)]
     levels: PlanLevels
 
     def for_level(self, level: int) -> LevelPlan:
-        plan: LevelPlan = getattr(self.levels, IncidentLevel(level).name)
-        return plan
+        """The plan's part for ``level`` (1..4 or a Level); raises ValueError for another number."""
+        return self.by_level[Level(level)]
+
+    @cached_property
+    def by_level(self) -> dict[Level, LevelPlan]:
+        """The plan's four parts by level; the YAML names them I..IV (``Level.from_name``)."""
+        return {Level.from_name(name): part for name, part in self.levels}
 
 
 def _format_loc(loc: Sequence[int | str]) -> str:
@@ -427,9 +400,9 @@ def parse_plan(text: str, source: str) -> ResponsePlan:
         raise PlanError(source, problems) from None
 
 
-def load_shipped_plans() -> dict[IncidentCategory, ResponsePlan]:
+def load_shipped_plans() -> dict[Category, ResponsePlan]:
     """The plan files shipped with the service, one per incident category, by category."""
-    plans: dict[IncidentCategory, ResponsePlan] = {}
+    plans: dict[Category, ResponsePlan] = {}
     folder = resources.files("dispatch").joinpath("plans")
     for entry in sorted(folder.iterdir(), key=lambda e: e.name):
         if not entry.name.endswith(".yaml"):
@@ -441,7 +414,7 @@ def load_shipped_plans() -> dict[IncidentCategory, ResponsePlan]:
                 source, [PlanProblem("category", 1, f"is {plan.category}, but the file is named {entry.name}")]
             )
         plans[plan.category] = plan
-    missing = sorted(set(IncidentCategory) - set(plans))
+    missing = sorted(set(Category) - set(plans))
     if missing:
         raise PlanError("plans/", [PlanProblem("(folder)", 1, f"no plan for {', '.join(missing)}")])
     return plans
@@ -706,7 +679,7 @@ class UnitIndex:
         never takes exercise units.
         """
         _check_location(incident_lat, incident_lon)
-        level = IncidentLevel(incident_level)
+        level = Level(incident_level)
         estimator = estimator or StraightLineEstimator()
         borrowed: list[UnitView] = []
         if incident_exercise:
@@ -754,7 +727,7 @@ class UnitIndex:
         needed: int,
         lat: float,
         lon: float,
-        level: IncidentLevel,
+        level: Level,
         exercise: bool,
         borrowed: list[UnitView],
         cover: Callable[[str, UnitType], int],
@@ -777,7 +750,7 @@ class UnitIndex:
         for _, _, u in stream:
             dkey = (u.exercise, u.district)
             left = self._district_available[(u.exercise, unit_type, u.district)] - taken.get(dkey, 0) - 1
-            may_strip = level is IncidentLevel.I and u.exercise == exercise
+            may_strip = level is Level.I and u.exercise == exercise
             if left < cover(u.district, unit_type) and not may_strip:
                 held_by_cover.add(u.district)
                 continue

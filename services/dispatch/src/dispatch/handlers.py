@@ -39,12 +39,12 @@ from ecs.db import Database, UnitOfWork
 from ecs.envelope import Envelope, make_event
 from ecs.errors import Conflict, InvalidInput, NotFound, StaleVersion, Transient
 from ecs.geo import haversine_m
+from ecs.vocabulary import TERMINAL_STAGES, Participant, Stage
 
 from . import store
 from .directory import UnitDirectory
 from .domain import (
     RecommendationResult,
-    Stage,
     UnitStatus,
     UnitType,
     check_status_change,
@@ -55,7 +55,6 @@ from .plans import SOURCE, PlanBook
 from .settings import DispatchSettings
 
 log = structlog.get_logger("dispatch")
-PARTICIPANT = "dispatch"
 
 ASSIGNED = Counter("dispatch_units_assigned_total", "Units assigned to incidents", ["source"])
 RELEASED = Counter("dispatch_units_released_total", "Units released from incidents")
@@ -67,8 +66,6 @@ AUTOMATION_SECONDS = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1, 2.5),
 )
 
-OPEN_STAGES = ("reported", "isolation", "handling", "opinion_control", "aftermath")
-FINISHED_STAGES = ("closed", "cancelled")
 T = TypeVar("T")
 
 
@@ -80,9 +77,9 @@ def incident_lock(incident_id: str) -> str:
     return f"dispatch:incident:{incident_id}"
 
 
-def assignment_stage(incident_stage: str) -> str:
+def assignment_stage(incident_stage: str) -> Stage:
     """What a unit sent now is for: the perimeter until handling starts, handling after."""
-    return "isolation" if incident_stage in ("reported", "isolation") else "handling"
+    return Stage.isolation if incident_stage in (Stage.reported, Stage.isolation) else Stage.handling
 
 
 def _db_error(exc: DBAPIError) -> str:
@@ -453,12 +450,12 @@ class Dispatcher:
         """The plan version and the units the incident should hold in ``stage`` (default: its own)."""
         stage = stage or incident.stage
         version, level_plan = self.plans.level_plan(incident.category, incident.level)
-        if stage in ("reported", "isolation"):
-            return version, level_plan.units_for(Stage.ISOLATION)
-        if stage in ("handling", "opinion_control") or (
-            stage == "aftermath" and not self.settings.release_on_aftermath
+        if stage in (Stage.reported, Stage.isolation):
+            return version, level_plan.units_for(Stage.isolation)
+        if stage in (Stage.handling, Stage.opinion_control) or (
+            stage == Stage.aftermath and not self.settings.release_on_aftermath
         ):
-            return version, level_plan.units_for(Stage.HANDLING)
+            return version, level_plan.units_for(Stage.handling)
         return version, {}
 
     async def recommend(self, incident_id: str, requirement: Mapping[UnitType, int] | None, stage: str | None) -> dict:
@@ -620,7 +617,7 @@ class Dispatcher:
             raise Conflict(
                 f"incident {incident_id} was merged into {incident.merged_into}", merged_into=incident.merged_into
             )
-        if incident.stage in FINISHED_STAGES:
+        if incident.stage in TERMINAL_STAGES:
             raise Conflict(f"incident {incident_id} is {incident.stage}", stage=incident.stage)
         return incident
 
@@ -753,7 +750,7 @@ class Dispatcher:
         uow, cause = tx.uow, tx.cause
         incident = await store.get_incident(uow.conn, incident.id)
         held = await store.active_assignments(uow.conn, incident.id)
-        perimeter = [a for a in held if a.stage == "isolation"]
+        perimeter = [a for a in held if a.stage == Stage.isolation]
         on_scene_count = sum(1 for a in perimeter if a.status == UnitStatus.ON_SCENE)
         try:
             _, level_plan = self.plans.level_plan(incident.category, incident.level)
@@ -773,7 +770,9 @@ class Dispatcher:
         if incident.settled is None or incident.settled != settled:
             values["settled"] = settled
             detail = "no units held" if settled else f"{len(held)} units held"
-            data = ParticipantSettled(incident_id=incident.id, participant=PARTICIPANT, settled=settled, detail=detail)
+            data = ParticipantSettled(
+                incident_id=incident.id, participant=Participant.dispatch, settled=settled, detail=detail
+            )
             uow.emit(self._event("dispatch.incident.settled", data, incident, cause))
         if values:
             await store.update_incident(uow.conn, incident.id, **values, updated_at=_now())
@@ -816,7 +815,7 @@ class Dispatcher:
         now = _now()
         conn = uow.conn
         if isinstance(data, IncidentCreated | StageChanged):
-            stage = data.to_stage if isinstance(data, StageChanged) else "reported"
+            stage = data.to_stage if isinstance(data, StageChanged) else Stage.reported
             version = data.version if isinstance(data, StageChanged) else 1
             await conn.execute(
                 self.db.insert_ignore(store.incidents).values(
@@ -852,7 +851,7 @@ class Dispatcher:
             return
         await store.update_incident(conn, source_id, merged_into=target.id, updated_at=_now())
         held = await store.active_assignments(conn, source_id)
-        if held and target.stage not in FINISHED_STAGES:
+        if held and target.stage not in TERMINAL_STAGES:
             await self._hand_over(tx, source, target, held, f"incident merged into {target.id}")
         elif held:
             await self._release(tx, source, held, f"incident merged into {target.id}")
@@ -864,9 +863,9 @@ class Dispatcher:
         incident = await store.get_incident(conn, incident.id)
         held = await store.active_assignments(conn, incident.id)
         shortfalls: list[str] = []
-        if incident.merged_into or incident.stage in FINISHED_STAGES or not self._holds_units(incident.stage):
+        if incident.merged_into or incident.stage in TERMINAL_STAGES or not self._holds_units(incident.stage):
             await self._release(tx, incident, held, _why_release(incident))
-        elif incident.stage != "reported":
+        elif incident.stage != Stage.reported:
             _, required = self.requirement(incident)
             held_by_type = Tally(UnitType(a.unit_type) for a in held)
             excess = units_to_release(held_by_type, required)
@@ -883,7 +882,7 @@ class Dispatcher:
         await self._publish_facts(tx, incident)
 
     def _holds_units(self, stage: str) -> bool:
-        return stage != "aftermath" or not self.settings.release_on_aftermath
+        return stage != Stage.aftermath or not self.settings.release_on_aftermath
 
     # -- exercise data
 

@@ -12,10 +12,10 @@ import structlog
 from ecs.db import Database, UnitOfWork
 from ecs.envelope import make_event
 from ecs.errors import NotFound, StaleVersion
+from ecs.vocabulary import Category
 
 from . import store
 from .domain import (
-    IncidentCategory,
     LevelPlan,
     PlanError,
     PlanProblem,
@@ -110,7 +110,7 @@ class PlanBook:
     async def publish(self, category: str, body: str, actor: str) -> ResponsePlan:
         """A new version from an operator: refused whole (422 naming field and line) if malformed."""
         source = f"plans/{category}.yaml"
-        if category not in {c.value for c in IncidentCategory}:
+        if category not in {c.value for c in Category}:
             raise NotFound(f"no incident category {category!r}", category=category)
         plan = parse_plan(body, source)
         if plan.category != category:
