@@ -95,8 +95,19 @@ def _first_line(exc: BaseException) -> str:
     return str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
 
 
+def servers_of(url: str) -> list[str]:
+    """``nats://a:4222,nats://b:4222`` → the list of seed servers; a cluster tells the client the
+    rest of its members itself, so one reachable seed is enough to start."""
+    servers = [u.strip() for u in url.split(",") if u.strip()]
+    if not servers:
+        raise ValueError("the NATS URL names no server")
+    return servers
+
+
 class Bus:
-    """One NATS connection per process; JetStream context for streams and publishing."""
+    """One NATS connection per process; JetStream context for streams and publishing.
+
+    ``url`` is one server or a comma-separated list of a cluster's members."""
 
     def __init__(self, url: str, service: str, stream_replicas: int = 1) -> None:
         self.url = url
@@ -116,7 +127,7 @@ class Bus:
             log.info("nats.reconnected")
 
         self.nc = await nats.connect(
-            self.url,
+            servers_of(self.url),
             name=self.service,
             max_reconnect_attempts=-1,
             reconnect_time_wait=0.5,
@@ -133,7 +144,10 @@ class Bus:
     @property
     def server_version(self) -> str:
         """The connected server's version as it reports it, e.g. ``2.12.8``."""
-        return str(self.nc.connected_server_version) if self.nc is not None else ""
+        if self.nc is None:
+            return ""
+        v = self.nc.connected_server_version
+        return f"{v.major}.{v.minor}.{v.patch}"
 
     def check_server_version(self) -> None:
         """Raise RuntimeError naming the minimum when the server is older than MIN_SERVER_VERSION."""

@@ -18,7 +18,7 @@ import socket
 import subprocess
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -69,11 +69,17 @@ def nats_binary() -> str:
 
 
 class NatsServer:
-    """A private nats-server with JetStream; restartable on the same port and store."""
+    """A private nats-server with JetStream; restartable on the same port and store.
 
-    def __init__(self, store_dir: Path, port: int | None = None) -> None:
+    ``cluster`` makes it one member of a cluster: ``(name, its route port, the others' route
+    ports)``; ``NatsCluster`` builds three of them."""
+
+    def __init__(
+        self, store_dir: Path, port: int | None = None, cluster: tuple[str, int, Sequence[int]] | None = None
+    ) -> None:
         self.store_dir = store_dir
         self.port = port or free_port()
+        self.cluster = cluster
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -93,12 +99,36 @@ class NatsServer:
                 "-js",
                 "-sd",
                 str(self.store_dir),
+                *self._cluster_args(),
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
         )
         wait_for_port(self.port)
         return self
+
+    def _cluster_args(self) -> list[str]:
+        if self.cluster is None:
+            return []
+        name, route_port, peers = self.cluster
+        routes = ",".join(f"nats-route://127.0.0.1:{p}" for p in peers)
+        return [
+            "--name",
+            f"{name}-{self.port}",
+            "--cluster_name",
+            name,
+            "--cluster",
+            f"nats://127.0.0.1:{route_port}",
+            "--routes",
+            routes,
+        ]
+
+    def kill(self) -> None:
+        """SIGKILL: the node dies as in a crash, its store as it was on disk."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
@@ -114,6 +144,108 @@ class NatsServer:
         self.stop()
         time.sleep(down_s)
         self.start()
+
+
+class NatsCluster:
+    """Three nats-servers with JetStream, routed to each other on loopback: a cluster that keeps
+    R3 streams available while any one member is down."""
+
+    def __init__(self, root: Path, size: int = 3) -> None:
+        route_ports = [free_port() for _ in range(size)]
+        self.name = f"ecs-{uuid.uuid4().hex[:6]}"
+        self.nodes = [
+            NatsServer(
+                root / f"node-{i}" / "store",
+                cluster=(self.name, route_ports[i], [p for j, p in enumerate(route_ports) if j != i]),
+            )
+            for i in range(size)
+        ]
+
+    @property
+    def url(self) -> str:
+        """Every member, comma-separated, as the services' NATS URL takes it."""
+        return ",".join(n.url for n in self.nodes)
+
+    def start(self) -> NatsCluster:
+        for node in self.nodes:
+            node.start()
+        return self
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+
+async def wait_for_jetstream_cluster(url: str, within_s: float = 60.0) -> None:
+    """Wait until the cluster has elected a JetStream meta leader (streams can be created)."""
+    import nats
+
+    nc = await nats.connect(url.split(","), connect_timeout=5)
+    try:
+
+        async def leader() -> bool:
+            try:
+                info = await nc.jetstream().account_info()
+            except Exception:
+                return False
+            return info is not None
+
+        await eventually(leader, "a JetStream meta leader", within_s)
+    finally:
+        await nc.close()
+
+
+async def assert_exact_delivery(url: str) -> dict[str, int]:
+    """Every durable consumer on the server got each message on its subjects exactly once, and
+    nothing was dead-lettered. Returns {consumer: messages delivered}.
+
+    Raises AssertionError naming the consumer (and the dead letters' subjects and reasons) when a
+    consumer was handed a message it does not filter for, a message twice, or left one pending.
+    """
+    import nats
+
+    from .bus import DEAD_LETTER_STREAM
+
+    nc = await nats.connect(url.split(","), connect_timeout=5)
+    js = nc.jetstream()
+    delivered: dict[str, int] = {}
+    try:
+        dead = await js.stream_info(DEAD_LETTER_STREAM)
+        if dead.state.messages:
+            reasons = []
+            for seq in range(dead.state.first_seq, dead.state.first_seq + min(dead.state.messages, 10)):
+                msg = await js.get_msg(DEAD_LETTER_STREAM, seq)
+                reasons.append(f"{msg.subject}: {(msg.headers or {}).get('Ecs-Reason')}")
+            raise AssertionError(f"{dead.state.messages} dead letters: " + "; ".join(reasons))
+        for stream in await js.streams_info():
+            if stream.config.name == DEAD_LETTER_STREAM:
+                continue
+            for consumer in await js.consumers_info(stream.config.name):
+                filters = consumer.config.filter_subjects or [consumer.config.filter_subject or ">"]
+                on_subjects = 0
+                for subject in filters:
+                    info = await js.stream_info(stream.config.name, subjects_filter=subject)
+                    on_subjects += sum((info.state.subjects or {}).values())
+                name = consumer.name
+                got = consumer.delivered.consumer_seq
+                assert consumer.num_pending == 0 and consumer.num_ack_pending == 0, (
+                    f"{name}: {consumer.num_pending} pending, {consumer.num_ack_pending} unacknowledged"
+                )
+                assert consumer.num_redelivered == 0, f"{name}: {consumer.num_redelivered} redelivered"
+                assert got == on_subjects, f"{name} was delivered {got} messages; {on_subjects} are on {filters}"
+                delivered[name] = got
+    finally:
+        await nc.close()
+    return delivered
+
+
+@pytest.fixture
+def nats_cluster(tmp_path: Path) -> Iterator[NatsCluster]:
+    """A three-node JetStream cluster of the test's own, on loopback."""
+    cluster = NatsCluster(tmp_path / "nats-cluster").start()
+    asyncio.run(wait_for_jetstream_cluster(cluster.url))
+    yield cluster
+    cluster.stop()
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,114 @@
+"""Scale-out on the real engine (DESIGN §10): a three-node JetStream cluster on loopback, R3
+streams, incident-intake and dispatch as processes on PostgreSQL. One node is killed with SIGKILL
+while alarms and units pour in, and later started again. Counted afterwards: every alarm stored
+and linked exactly once, every unit registered exactly once on the DISPATCH stream, nothing
+dead-lettered, and no service restarted (their clients moved to the surviving nodes)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httpx
+import pytest
+
+from ecs.testing import NatsCluster, assert_exact_delivery, create_database, drop_database, eventually
+from tests.e2e.test_intake_reliability import (
+    _rows_at_least,
+    alarm_rows,
+    asyncpg_dsn,
+    assert_linked_exactly_once,
+    connect,
+    log_of,
+    make_alarms,
+    publish_alarms,
+    settle,
+    subject_count,
+    wait_for,
+)
+
+ALARMS = 3000
+UNITS = 120
+
+
+def unit(i: int) -> dict[str, Any]:
+    return {
+        "id": f"cluster-engine-{i:03d}",
+        "callsign": f"Engine {i}",
+        "unit_type": "fire_engine",
+        "home_station": "Huangpu station",
+        "district": "huangpu",
+        "location": {"lat": 31.20 + i * 0.001, "lon": 121.45},
+    }
+
+
+async def register_units(api: httpx.AsyncClient, first: int, last: int) -> None:
+    """Register units in batches of ten; a batch refused while the cluster elects a new leader
+    (503) is sent again with the same Idempotency-Key, as an operator's client does."""
+    for start in range(first, last, 10):
+        body = {"units": [unit(i) for i in range(start, min(start + 10, last))]}
+        key = {"Idempotency-Key": f"cluster-units-{start}"}
+
+        async def accepted(body: dict[str, Any] = body, key: dict[str, str] = key) -> bool:
+            r = await api.post("/v1/units:batch", json=body, headers=key)
+            assert r.status_code in (201, 503), r.text
+            return r.status_code == 201
+
+        await eventually(accepted, f"units {start}.. registered", 60)
+
+
+@pytest.mark.slow
+async def test_a_cluster_node_killed_mid_load_loses_and_doubles_nothing(
+    nats_cluster: NatsCluster, intake_factory, dispatch_factory, pg_server_url, operator_headers
+):
+    intake_db = await create_database(pg_server_url, "ecs_cluster_intake")
+    dispatch_db = await create_database(pg_server_url, "ecs_cluster_dispatch")
+    intake = intake_factory(intake_db, nats_url=nats_cluster.url, stream_replicas="3")
+    dispatch = dispatch_factory(dispatch_db, nats_url=nats_cluster.url, stream_replicas="3", min_cover="0")
+    pids = (intake.proc.pid, dispatch.proc.pid)
+    dsn = asyncpg_dsn(intake_db)
+    alarms = make_alarms(ALARMS, "cluster")
+    nc, js = await connect(nats_cluster.nodes[1].url)
+    api = httpx.AsyncClient(base_url=dispatch.url, headers=operator_headers("dispatcher"), timeout=30)
+    try:
+        for stream in ("ALARMS", "INCIDENTS", "DISPATCH", "DEADLETTER"):
+            assert (await js.stream_info(stream)).config.num_replicas == 3
+        await publish_alarms(js, alarms[:2000])
+        await register_units(api, 0, UNITS // 3)
+        await wait_for("intake working through the alarms", _rows_at_least(dsn, 400), 120, log_of(intake))
+        assert await alarm_rows(dsn) < len(alarms), "the kill came after the run: it proves nothing"
+        victim = nats_cluster.nodes[0]  # the first seed in both services' URL lists
+        victim.kill()
+        await publish_alarms(js, alarms[2000:])
+        await register_units(api, UNITS // 3, UNITS)
+        victim.start()
+
+        s = await settle(dsn, js, len(alarms), log_of(intake, dispatch))
+        await assert_linked_exactly_once(js, alarms, s)
+
+        async def all_units_out() -> bool:
+            return await subject_count(js, "DISPATCH", "dispatch.unit.registered") >= UNITS
+
+        await wait_for("every unit registration relayed", all_units_out, 60, log_of(dispatch))
+        assert await subject_count(js, "DISPATCH", "dispatch.unit.registered") == UNITS
+        listed = (await api.get("/v1/units", params={"limit": 500})).json()["items"]
+        assert len(listed) == UNITS
+        assert (intake.proc.pid, dispatch.proc.pid) == pids and intake.proc.poll() is None
+        assert dispatch.proc.poll() is None
+        await eventually(lambda: _exact(nats_cluster.url), "every consumer drained exactly once", 60)
+    finally:
+        await api.aclose()
+        await nc.close()
+        intake.stop()
+        dispatch.stop()
+        await drop_database(pg_server_url, intake_db)
+        await drop_database(pg_server_url, dispatch_db)
+
+
+async def _exact(url: str) -> bool:
+    try:
+        await assert_exact_delivery(url)
+    except AssertionError as exc:
+        print("exact:", exc)
+        return False
+    return True
