@@ -3,8 +3,6 @@ signed with the local secret (the embedded default); `ecs sign` signs a gateway 
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import sys
 import time
 from pathlib import Path
@@ -13,6 +11,7 @@ from typing import Annotated
 import typer
 
 from .auth import Role, TokenVerifier
+from .signing import sign as signature
 
 app = typer.Typer(help="Emergency command system: operator tools.", no_args_is_help=True, add_completion=False)
 
@@ -44,9 +43,8 @@ def sign(
     """Print the X-Timestamp and X-Signature headers of a 110 gateway request."""
     body = sys.stdin.buffer.read() if str(body_file) == "-" else body_file.read_bytes()
     ts = str(int(time.time()))
-    mac = hmac.new(secret.encode(), ts.encode() + b"." + body, hashlib.sha256).hexdigest()
     typer.echo(f"X-Timestamp: {ts}")
-    typer.echo(f"X-Signature: sha256={mac}")
+    typer.echo(f"X-Signature: {signature(secret, ts, body)}")
 
 
 if __name__ == "__main__":

@@ -4,27 +4,15 @@ Used by drill scripts, the benchmarks and the tests; it is also the reference fo
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import time
 from typing import Any
 
 import httpx
 import orjson
 
+from .signing import sign as signature
+from .signing import signed_headers
 
-def signature(secret: str, timestamp: str, body: bytes) -> str:
-    return "sha256=" + hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
-
-
-def signed_headers(gateway_id: str, secret: str, body: bytes, now: float | None = None) -> dict[str, str]:
-    ts = str(int(time.time() if now is None else now))
-    return {
-        "Content-Type": "application/json",
-        "X-Gateway-Id": gateway_id,
-        "X-Timestamp": ts,
-        "X-Signature": signature(secret, ts, body),
-    }
+__all__ = ["GatewayClient", "signature", "signed_headers"]
 
 
 class GatewayClient:
