@@ -19,7 +19,9 @@ from ecs.contracts import GatewayAlarm
 from ecs.db import OUTBOX, Database
 from ecs.migrations import upgrade
 from incident_intake import store
-from incident_intake.handlers import Correlator, IncomingAlarm, to_incoming
+from incident_intake.correlation import IncomingAlarm, to_incoming
+from incident_intake.domain import Stage
+from incident_intake.handlers.alarms import Correlator
 from incident_intake.main import MIGRATIONS, VERSION_TABLE
 from incident_intake.settings import IntakeSettings
 
@@ -323,7 +325,7 @@ async def test_a_closed_or_cancelled_incident_takes_no_more_alarms(db, correlato
     first = (await correlator.ingest([incoming()]))[0]
     async with db.uow() as uow:
         rev = await store.tick(uow.conn)
-        assert await store.update_incident(uow.conn, first.incident_id, 1, stage="cancelled", rev=rev)
+        assert await store.update_incident(uow.conn, first.incident_id, 1, stage=Stage.cancelled.value, rev=rev)
         await uow.commit()
     again = (await correlator.ingest([incoming(near(BUND, 20, 0))]))[0]
     assert again.incident_id != first.incident_id and not again.correlated

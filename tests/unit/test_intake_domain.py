@@ -16,6 +16,8 @@ from incident_intake.domain import (
     GuardFacts,
     IllegalTransition,
     Level,
+    LevelChange,
+    Participant,
     Perimeter,
     Stage,
     Trigger,
@@ -114,12 +116,7 @@ def test_trigger_for_target_leads_to_that_target():
 
 # --- Guards ---------------------------------------------------------------------------
 
-ALL_PARTICIPANTS = [
-    "dispatch",
-    "resource-stockpile",
-    "shelter-registry",
-    "public-notification",
-]
+ALL_PARTICIPANTS = list(Participant)
 CORDON = Perimeter.circle(*BUND, 300)
 
 
@@ -152,7 +149,7 @@ def test_opinion_control_needs_the_hazard_under_control():
 
 def test_aftermath_needs_a_statement_only_when_public_notification_takes_part():
     assert guard(Stage.opinion_control, Trigger.begin_aftermath, GuardFacts()) == ["no official statement published"]
-    without_notification = ["dispatch", "shelter-registry"]
+    without_notification = [Participant.dispatch, Participant.shelter]
     facts = GuardFacts()
     assert guard(Stage.opinion_control, Trigger.begin_aftermath, facts, without_notification) == []
     facts = GuardFacts(statement_published=True)
@@ -160,7 +157,7 @@ def test_aftermath_needs_a_statement_only_when_public_notification_takes_part():
 
 
 def test_closing_names_silent_and_unsettled_participants_and_the_report():
-    facts = GuardFacts(settled={"dispatch": True, "resource-stockpile": False})
+    facts = GuardFacts(settled={Participant.dispatch: True, Participant.stockpile: False})
     assert guard(Stage.aftermath, Trigger.close, facts) == [
         "participant 'resource-stockpile' not settled",
         "participant 'shelter-registry' has not reported",
@@ -170,8 +167,8 @@ def test_closing_names_silent_and_unsettled_participants_and_the_report():
 
 
 def test_closing_ignores_participants_the_plan_does_not_require():
-    facts = GuardFacts(settled={"dispatch": True, "shelter-registry": False}, after_action_report=True)
-    assert guard(Stage.aftermath, Trigger.close, facts, ["dispatch"]) == []
+    facts = GuardFacts(settled={Participant.dispatch: True, Participant.shelter: False}, after_action_report=True)
+    assert guard(Stage.aftermath, Trigger.close, facts, [Participant.dispatch]) == []
 
 
 @pytest.mark.parametrize("stage", [Stage.reported, Stage.isolation])
@@ -373,27 +370,27 @@ def test_absorb_updates_counts_times_and_casualties_but_keeps_the_anchor():
 def test_absorb_raises_the_level_and_says_so():
     fire = incident()
     assert fire.level == Level.IV
-    events = absorb(fire, alarm(casualties=12), new_caller=True)
+    raised = absorb(fire, alarm(casualties=12), new_caller=True)
     assert fire.level == Level.II
-    assert events == [("incident.level.changed", {"from": 4, "to": 2, "reason": "auto"})]
+    assert raised == LevelChange(Level.IV, Level.II, "12 casualties reported, 2 callers, category fire")
 
 
 def test_absorb_never_lowers_a_level_an_operator_set():
     fire = incident(level=Level.I)
-    assert absorb(fire, alarm(casualties=0), new_caller=True) == []
+    assert absorb(fire, alarm(casualties=0), new_caller=True) is None
     assert fire.level == Level.I
 
 
 def test_absorb_without_a_level_change_emits_nothing():
     fire = incident()
-    assert absorb(fire, alarm(casualties=1), new_caller=True) == []
+    assert absorb(fire, alarm(casualties=1), new_caller=True) is None
 
 
 def test_an_explosion_reported_at_a_fire_lifts_it_to_at_least_level_iii():
     fire = incident()
-    events = absorb(fire, alarm(category=Category.explosion), new_caller=True)
+    raised = absorb(fire, alarm(category=Category.explosion), new_caller=True)
     assert fire.level == Level.III
-    assert events[0][1]["to"] == 3
+    assert raised is not None and raised.to_level == Level.III
 
 
 def test_many_callers_raise_the_level():

@@ -1,19 +1,18 @@
-"""HTTP in, a command to a handler, the response out: the gateway contract v1 and the operator API."""
+"""HTTP in, a command to a handler (or a question to a view), the answer out: the 110 gateway
+contract v1 and the operator API. Every operator answer is a declared response model."""
 
 from __future__ import annotations
 
-import base64
 import time
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
 import orjson
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from sqlalchemy import and_, delete, or_, select
 
-from ecs.auth import Principal, Role
+from ecs.auth import COMMANDERS, OPERATORS, READERS, Principal, Role
 from ecs.contracts import (
     ALARM_ID_PATTERN,
     MAX_ALARM_BYTES,
@@ -26,27 +25,57 @@ from ecs.contracts import (
     GatewayAlarm,
     StageName,
 )
-from ecs.errors import Forbidden, InvalidInput, PayloadTooLarge, Transient, UnsupportedMediaType
-from ecs.web import field_path, json_response, problem, requires
+from ecs.envelope import field_path
+from ecs.errors import InvalidInput, PayloadTooLarge, Transient, UnsupportedMediaType
+from ecs.web import json_response, problem, requires
 
-from . import domain, store
-from .domain import Level, Perimeter, Stage
-from .handlers import guard_facts, to_incoming
+from . import views
+from .commands import (
+    ChangeLevel,
+    ChangeStage,
+    MergeIncident,
+    PurgeExercise,
+    RecordFact,
+    ReportAlarms,
+    SetPerimeter,
+    SplitAlarms,
+    Verify,
+)
+from .correlation import IngestResult
+from .domain import CommanderFact, Level, Perimeter, Stage
+from .gateways import GatewayRegistry
+from .handlers import Context, handle
+from .views import (
+    AlarmPage,
+    CirclePerimeter,
+    IncidentDetail,
+    IncidentFilter,
+    IncidentPage,
+    IncidentView,
+    PerimeterShape,
+    PurgeView,
+    SplitView,
+)
 
 gateway = APIRouter(tags=["110 gateway v1"])
 operator = APIRouter(prefix="/v1", tags=["incidents"])
 
-READERS = (
-    Role.DISPATCHER,
-    Role.COMMANDER,
-    Role.AUDITOR,
-    Role.INFORMATION_OFFICER,
-    Role.DRILL_RUNNER,
-    Role.SUPPLY_OFFICER,
-    Role.SHELTER_MANAGER,
-)
-DISPATCH_ROLES = (Role.DISPATCHER, Role.COMMANDER, Role.DRILL_RUNNER)
-COMMAND_ROLES = (Role.COMMANDER, Role.DRILL_RUNNER)
+
+# --- what routes depend on -------------------------------------------------------------------
+
+
+def context(request: Request) -> Context:
+    """The handlers' context, built at start-up."""
+    return request.app.state.context
+
+
+def gateway_registry(request: Request) -> GatewayRegistry:
+    """The gateways this intake accepts."""
+    return request.app.state.gateways
+
+
+Ctx = Annotated[Context, Depends(context)]
+Gateways = Annotated[GatewayRegistry, Depends(gateway_registry)]
 
 
 # --- 110 gateway contract v1 -----------------------------------------------------------------
@@ -58,19 +87,17 @@ def _check_json(request: Request) -> None:
         raise UnsupportedMediaType("Content-Type must be application/json", field="Content-Type")
 
 
-async def _signed_body(request: Request, limit: int) -> tuple[str, bytes]:
+async def _signed_body(request: Request, registry: GatewayRegistry, limit: int) -> tuple[str, bytes]:
     _check_json(request)
     body = await request.body()
     if len(body) > limit:
         raise PayloadTooLarge(f"the body is {len(body)} bytes; at most {limit} are accepted")
     h = request.headers
-    gateway_id = request.app.state.gateways.verify(
-        h.get("x-gateway-id"), h.get("x-timestamp"), h.get("x-signature"), body, time.time()
-    )
+    gateway_id = registry.verify(h.get("x-gateway-id"), h.get("x-timestamp"), h.get("x-signature"), body, time.time())
     return gateway_id, body
 
 
-def _receipt(result: Any) -> dict[str, Any]:
+def _receipt(result: IngestResult) -> dict[str, Any]:
     return {
         "alarm_id": result.alarm_id,
         "incident_id": result.incident_id,
@@ -105,17 +132,17 @@ def _alarm_errors(exc: ValidationError, prefix: str = "") -> list[dict[str, str]
         }
     },
 )
-async def post_alarm(request: Request) -> Response:
-    gateway_id, body = await _signed_body(request, MAX_ALARM_BYTES)
+async def post_alarm(request: Request, registry: Gateways, ctx: Ctx) -> Response:
+    gateway_id, body = await _signed_body(request, registry, MAX_ALARM_BYTES)
     try:
         alarm = GatewayAlarm.model_validate_json(body)
     except ValidationError as exc:
         return _invalid_alarm(exc)
-    state = request.app.state
     try:
-        result = await state.ingestor.submit(to_incoming(gateway_id, alarm, "http", state.settings.caller_pepper))
+        (result,) = await handle(ReportAlarms([(gateway_id, alarm)], "http"), ctx)
     except Transient as exc:
         return problem(503, "Try again", str(exc), code="unavailable", retry_after_s=1)
+    # Written by hand: the receipt is the gateway path's whole answer, and this path is hot.
     return json_response(_receipt(result), status=202)
 
 
@@ -137,8 +164,8 @@ def _invalid_alarm(exc: ValidationError) -> Response:
     response_model=BatchReceipt,
     summary=f"Push up to {MAX_BATCH} alarms (signed), answered item by item",
 )
-async def post_alarm_batch(request: Request) -> Response:
-    gateway_id, body = await _signed_body(request, MAX_BATCH * 8 * 1024)
+async def post_alarm_batch(request: Request, registry: Gateways, ctx: Ctx) -> Response:
+    gateway_id, body = await _signed_body(request, registry, MAX_BATCH * 8 * 1024)
     try:
         raw = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -160,9 +187,8 @@ async def post_alarm_batch(request: Request) -> Response:
             code="invalid_input",
             field="alarms",
         )
-    state = request.app.state
     results: list[dict[str, Any] | None] = [None] * len(items)
-    valid: list[tuple[int, Any]] = []
+    valid: list[tuple[int, GatewayAlarm]] = []
     for i, item in enumerate(items):
         alarm_id = item.get("alarm_id") if isinstance(item, dict) else None
         try:
@@ -192,10 +218,10 @@ async def post_alarm_batch(request: Request) -> Response:
                 error=BatchItemError(index=i, status=413, title="Alarm too large", detail=exc.detail),
             ).model_dump(mode="json")
             continue
-        valid.append((i, to_incoming(gateway_id, alarm, "http", state.settings.caller_pepper)))
+        valid.append((i, alarm))
     if valid:
         try:
-            receipts = await state.ingestor.submit_many([v for _, v in valid])
+            receipts = await handle(ReportAlarms([(gateway_id, a) for _, a in valid], "http"), ctx)
         except Transient as exc:
             return problem(503, "Try again", str(exc), code="unavailable", retry_after_s=1)
         for (i, _), r in zip(valid, receipts, strict=True):
@@ -225,24 +251,12 @@ class LevelChange(Versioned):
     reason: str = Field(min_length=1, max_length=2000)
 
 
-class CirclePerimeter(_Body):
-    kind: Literal["circle"]
-    lat: float = Field(ge=-90, le=90, allow_inf_nan=False)
-    lon: float = Field(ge=-180, le=180, allow_inf_nan=False)
-    radius_m: float = Field(gt=0, le=domain.MAX_RADIUS_M, allow_inf_nan=False)
-
-
-class PolygonPerimeter(_Body):
-    kind: Literal["polygon"]
-    points: list[tuple[float, float]] = Field(min_length=3, max_length=500, description="[lat, lon] pairs")
-
-
 class PerimeterChange(Versioned):
-    perimeter: Annotated[CirclePerimeter | PolygonPerimeter, Field(discriminator="kind")]
+    perimeter: PerimeterShape
 
 
 class FactChange(Versioned):
-    fact: Literal["hazard_under_control", "after_action_report"]
+    fact: CommanderFact
     note: str = Field(default="", max_length=20000)
 
 
@@ -264,105 +278,22 @@ class Cancel(Versioned):
     reason: str = Field(min_length=1, max_length=2000)
 
 
-def incident_view(row: Any, settings: Any) -> dict[str, Any]:
-    level = Level(row.level)
-    stage = Stage(row.stage)
-    facts = guard_facts(row)
-    next_steps = []
-    for (source, trigger), target in domain.TRANSITIONS.items():
-        if source != stage:
-            continue
-        missing = domain.check_guard(
-            stage, trigger, facts, settings.required_participants, domain.DISPATCH in settings.required_participants
-        )
-        next_steps.append({"stage": str(target), "allowed": not missing, "missing": missing})
-    return {
-        "id": row.id,
-        "category": row.category,
-        "stage": row.stage,
-        "level": int(level),
-        "level_name": level.name,
-        "level_colour": level.colour,
-        "exercise": row.exercise,
-        "location": {"lat": row.lat, "lon": row.lon},
-        "first_alarm_at": row.first_alarm_at,
-        "last_alarm_at": row.last_alarm_at,
-        "alarm_count": row.alarm_count,
-        "caller_count": row.caller_count,
-        "casualties": row.casualties,
-        "verified": row.verified,
-        "perimeter": row.perimeter,
-        "facts": row.facts or {},
-        "merged_into": row.merged_into,
-        "split_from": row.split_from,
-        "version": row.version,
-        "created_at": row.created_at,
-        "updated_at": row.updated_at,
-        "next": next_steps,
-    }
+async def _in_scope(principal: Principal, roles: tuple[Role, ...], incident_id: str, ctx: Context) -> None:
+    """A drill runner acts like a dispatcher or commander, but on exercise incidents only
+    (DESIGN §8): for a caller who holds nothing else of ``roles``, the incident is read first."""
+    # For anyone else the incident's flag does not matter, so it is not read.
+    drill_only = principal.is_drill_only(roles)
+    exercise = (await views.incident_row(ctx.db, incident_id)).exercise if drill_only else False
+    principal.require_scope(roles, exercise, "incidents")
 
 
-def alarm_view(r: Any) -> dict[str, Any]:
-    return {
-        "gateway_id": r.gateway_id,
-        "alarm_id": r.alarm_id,
-        "incident_id": r.incident_id,
-        "original_incident_id": r.original_incident_id,
-        "category": r.category,
-        "location": {
-            "lat": r.lat,
-            "lon": r.lon,
-            "reported_lat": r.reported_lat,
-            "reported_lon": r.reported_lon,
-            "crs": r.crs,
-            "accuracy_m": r.accuracy_m,
-            "address": r.address,
-        },
-        "received_at": r.received_at,
-        "ingested_at": r.ingested_at,
-        "caller": {"number": r.caller_number, "name": r.caller_name} if r.caller_number else None,
-        "description": r.description,
-        "casualties": r.casualties,
-        "exercise": r.exercise,
-        "via": r.via,
-    }
-
-
-def _cursor_encode(*parts: Any) -> str:
-    return base64.urlsafe_b64encode(orjson.dumps(parts)).decode()
-
-
-def _cursor_decode(cursor: str, *types: type) -> list[Any]:
-    """The parts of a cursor this API gave out, each of the expected type, else 422."""
-    try:
-        parts = orjson.loads(base64.urlsafe_b64decode(cursor.encode()))
-    except Exception:
-        parts = None
-    if (
-        not isinstance(parts, list)
-        or len(parts) != len(types)
-        or not all(isinstance(p, t) for p, t in zip(parts, types, strict=True))
-    ):
-        raise InvalidInput("cursor is not one this API gave out", field="cursor")
-    return parts
-
-
-async def _authorize(request: Request, principal: Principal, incident_id: str, roles: tuple[Role, ...]) -> None:
-    """A drill runner may act like a dispatcher or commander, but on exercise incidents only."""
-    strict = tuple(r for r in roles if r is not Role.DRILL_RUNNER)
-    if principal.roles.intersection(strict):
-        return
-    if Role.DRILL_RUNNER in principal.roles:
-        row = await request.app.state.commands.get(incident_id)
-        if row.exercise:
-            return
-        raise Forbidden("a drill runner acts on exercise incidents only")
-    principal.require(*strict)
+def _view(row: Any, ctx: Context) -> IncidentView:
+    return views.incident_view(row, ctx.settings.required_participants)
 
 
 @operator.get("/incidents", summary="List incidents")
 async def list_incidents(
-    request: Request,
+    ctx: Ctx,
     principal: Principal = requires(*READERS),
     stage: Annotated[list[StageName] | None, Query()] = None,
     level: Annotated[list[Annotated[int, Field(ge=1, le=4)]] | None, Query(description="1 (I) .. 4 (IV)")] = None,
@@ -374,19 +305,8 @@ async def list_incidents(
     include_merged: bool = False,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: str | None = None,
-) -> Response:
-    t = store.incidents
-    q = select(t)
-    if stage:
-        q = q.where(t.c.stage.in_(stage))
-    if level:
-        q = q.where(t.c.level.in_(level))
-    if category:
-        q = q.where(t.c.category.in_(category))
-    if exercise is not None:
-        q = q.where(t.c.exercise == exercise)
-    if not include_merged:
-        q = q.where(t.c.merged_into.is_(None))
+) -> IncidentPage:
+    box = None
     if bbox:
         try:
             min_lat, min_lon, max_lat, max_lon = (float(v) for v in bbox.split(","))
@@ -394,96 +314,57 @@ async def list_incidents(
             raise InvalidInput("bbox must be min_lat,min_lon,max_lat,max_lon", field="bbox") from None
         if not (-90 <= min_lat <= max_lat <= 90 and -180 <= min_lon <= max_lon <= 180):
             raise InvalidInput("bbox is out of range or inverted", field="bbox")
-        q = q.where(t.c.lat.between(min_lat, max_lat), t.c.lon.between(min_lon, max_lon))
+        box = (min_lat, min_lon, max_lat, max_lon)
     for name, value in (("since", since), ("until", until)):
         if value is not None and value.tzinfo is None:
             raise InvalidInput(f"{name} needs a timezone offset", field=name)
-    if since:
-        q = q.where(t.c.first_alarm_at >= since)
-    if until:
-        q = q.where(t.c.first_alarm_at < until)
-    if cursor:
-        created, last_id = _cursor_decode(cursor, str, str)
-        try:
-            created_at = datetime.fromisoformat(created)
-        except ValueError:
-            raise InvalidInput("cursor is not one this API gave out", field="cursor") from None
-        if created_at.tzinfo is None:
-            raise InvalidInput("cursor is not one this API gave out", field="cursor")
-        q = q.where(or_(t.c.created_at < created_at, and_(t.c.created_at == created_at, t.c.id < last_id)))
-    q = q.order_by(t.c.created_at.desc(), t.c.id.desc()).limit(limit + 1)
-    async with request.app.state.db.engine.connect() as conn:
-        rows = (await conn.execute(q)).all()
-    page = rows[:limit]
-    nxt = _cursor_encode(page[-1].created_at.isoformat(), page[-1].id) if len(rows) > limit else None
-    settings = request.app.state.settings
-    return json_response({"items": [incident_view(r, settings) for r in page], "next_cursor": nxt})
+    where = IncidentFilter(
+        stages=stage or (),
+        levels=level or (),
+        categories=category or (),
+        exercise=exercise,
+        bbox=box,
+        since=since,
+        until=until,
+        include_merged=include_merged,
+    )
+    return await views.incident_page(ctx.db, where, limit, cursor, ctx.settings.required_participants)
 
 
 @operator.get("/incidents/{incident_id}", summary="One incident with its latest alarms and its timeline")
 async def get_incident(
-    request: Request,
     incident_id: str,
+    ctx: Ctx,
     principal: Principal = requires(*READERS),
     alarms_limit: Annotated[int, Query(ge=0, le=1000)] = 100,
-) -> Response:
-    row = await request.app.state.commands.get(incident_id)
-    a, tl = store.alarms, store.timeline
-    async with request.app.state.db.engine.connect() as conn:
-        alarm_rows = (
-            await conn.execute(
-                select(a).where(a.c.incident_id == incident_id).order_by(a.c.seq.desc()).limit(alarms_limit)
-            )
-        ).all()
-        events = (await conn.execute(select(tl).where(tl.c.incident_id == incident_id).order_by(tl.c.seq))).all()
-    view = incident_view(row, request.app.state.settings)
-    view["alarms"] = [alarm_view(r) for r in alarm_rows]
-    view["timeline"] = [{"at": e.at, "actor": e.actor, "kind": e.kind, "detail": e.detail} for e in events]
-    return json_response(view)
+) -> IncidentDetail:
+    return await views.incident_detail(ctx.db, incident_id, alarms_limit, ctx.settings.required_participants)
 
 
 @operator.get("/incidents/{incident_id}/alarms", summary="The incident's alarms, oldest first, paginated")
 async def list_alarms(
-    request: Request,
     incident_id: str,
+    ctx: Ctx,
     principal: Principal = requires(*READERS),
     limit: Annotated[int, Query(ge=1, le=1000)] = 200,
     cursor: str | None = None,
-) -> Response:
-    await request.app.state.commands.get(incident_id)
-    a = store.alarms
-    q = select(a).where(a.c.incident_id == incident_id)
-    if cursor:
-        (after,) = _cursor_decode(cursor, int)
-        q = q.where(a.c.seq > after)
-    async with request.app.state.db.engine.connect() as conn:
-        rows = (await conn.execute(q.order_by(a.c.seq).limit(limit + 1))).all()
-    page = rows[:limit]
-    return json_response(
-        {
-            "items": [alarm_view(r) for r in page],
-            "next_cursor": _cursor_encode(page[-1].seq) if len(rows) > limit else None,
-        }
-    )
-
-
-def _view(request: Request, row: Any) -> Response:
-    return json_response(incident_view(row, request.app.state.settings))
+) -> AlarmPage:
+    return await views.alarm_page(ctx.db, incident_id, limit, cursor)
 
 
 @operator.post("/incidents/{incident_id}/verify", summary="Verify the incident (dispatcher)")
 async def verify(
-    request: Request, incident_id: str, body: Versioned, principal: Principal = requires(*DISPATCH_ROLES)
-) -> Response:
-    await _authorize(request, principal, incident_id, DISPATCH_ROLES)
-    return _view(request, await request.app.state.commands.verify(incident_id, body.version, principal.subject))
+    incident_id: str, body: Versioned, ctx: Ctx, principal: Principal = requires(*OPERATORS)
+) -> IncidentView:
+    await _in_scope(principal, OPERATORS, incident_id, ctx)
+    return _view(await handle(Verify(incident_id, body.version, principal.subject), ctx), ctx)
 
 
 @operator.put("/incidents/{incident_id}/perimeter", summary="Set the perimeter: a circle or a polygon")
 async def set_perimeter(
-    request: Request, incident_id: str, body: PerimeterChange, principal: Principal = requires(*DISPATCH_ROLES)
-) -> Response:
-    await _authorize(request, principal, incident_id, DISPATCH_ROLES)
+    incident_id: str, body: PerimeterChange, ctx: Ctx, principal: Principal = requires(*OPERATORS)
+) -> IncidentView:
+    await _in_scope(principal, OPERATORS, incident_id, ctx)
     p = body.perimeter
     try:
         shape = (
@@ -493,90 +374,61 @@ async def set_perimeter(
         )
     except ValueError as exc:
         raise InvalidInput(str(exc), field="perimeter") from None
-    return _view(
-        request, await request.app.state.commands.set_perimeter(incident_id, body.version, shape, principal.subject)
-    )
+    return _view(await handle(SetPerimeter(incident_id, body.version, shape, principal.subject), ctx), ctx)
 
 
 @operator.post("/incidents/{incident_id}/stage", summary="Move the incident to another stage (guarded)")
 async def change_stage(
-    request: Request, incident_id: str, body: StageChange, principal: Principal = requires(*DISPATCH_ROLES)
-) -> Response:
+    incident_id: str, body: StageChange, ctx: Ctx, principal: Principal = requires(*OPERATORS)
+) -> IncidentView:
     target = Stage(body.stage)
     # Dispatchers start isolation and cancel false alarms; every later step is a commander's call.
-    roles = DISPATCH_ROLES if target in (Stage.isolation, Stage.cancelled) else COMMAND_ROLES
-    await _authorize(request, principal, incident_id, roles)
-    return _view(
-        request,
-        await request.app.state.commands.change_stage(
-            incident_id, body.version, target, principal.subject, body.reason
-        ),
-    )
+    roles = OPERATORS if target in (Stage.isolation, Stage.cancelled) else COMMANDERS
+    await _in_scope(principal, roles, incident_id, ctx)
+    command = ChangeStage(incident_id, body.version, target, principal.subject, body.reason)
+    return _view(await handle(command, ctx), ctx)
 
 
 @operator.post("/incidents/{incident_id}/cancel", summary="Cancel a false alarm (from reported or isolation)")
-async def cancel(
-    request: Request, incident_id: str, body: Cancel, principal: Principal = requires(*DISPATCH_ROLES)
-) -> Response:
-    await _authorize(request, principal, incident_id, DISPATCH_ROLES)
-    return _view(
-        request,
-        await request.app.state.commands.change_stage(
-            incident_id, body.version, Stage.cancelled, principal.subject, body.reason
-        ),
-    )
+async def cancel(incident_id: str, body: Cancel, ctx: Ctx, principal: Principal = requires(*OPERATORS)) -> IncidentView:
+    await _in_scope(principal, OPERATORS, incident_id, ctx)
+    command = ChangeStage(incident_id, body.version, Stage.cancelled, principal.subject, body.reason)
+    return _view(await handle(command, ctx), ctx)
 
 
 @operator.post("/incidents/{incident_id}/level", summary="Raise or lower the level (commander)")
 async def change_level(
-    request: Request, incident_id: str, body: LevelChange, principal: Principal = requires(*COMMAND_ROLES)
-) -> Response:
-    await _authorize(request, principal, incident_id, COMMAND_ROLES)
-    return _view(
-        request,
-        await request.app.state.commands.change_level(
-            incident_id, body.version, Level(body.level), principal.subject, body.reason
-        ),
-    )
+    incident_id: str, body: LevelChange, ctx: Ctx, principal: Principal = requires(*COMMANDERS)
+) -> IncidentView:
+    await _in_scope(principal, COMMANDERS, incident_id, ctx)
+    command = ChangeLevel(incident_id, body.version, Level(body.level), principal.subject, body.reason)
+    return _view(await handle(command, ctx), ctx)
 
 
 @operator.post(
     "/incidents/{incident_id}/facts", summary="Record a commander's fact: hazard under control, after-action report"
 )
 async def record_fact(
-    request: Request, incident_id: str, body: FactChange, principal: Principal = requires(*COMMAND_ROLES)
-) -> Response:
-    await _authorize(request, principal, incident_id, COMMAND_ROLES)
-    return _view(
-        request,
-        await request.app.state.commands.record_fact(
-            incident_id, body.version, body.fact, principal.subject, body.note
-        ),
-    )
+    incident_id: str, body: FactChange, ctx: Ctx, principal: Principal = requires(*COMMANDERS)
+) -> IncidentView:
+    await _in_scope(principal, COMMANDERS, incident_id, ctx)
+    command = RecordFact(incident_id, body.version, body.fact, principal.subject, body.note)
+    return _view(await handle(command, ctx), ctx)
 
 
 @operator.post("/incidents/{incident_id}/merge", summary="Merge another incident into this one")
-async def merge(
-    request: Request, incident_id: str, body: Merge, principal: Principal = requires(*DISPATCH_ROLES)
-) -> Response:
-    await _authorize(request, principal, incident_id, DISPATCH_ROLES)
-    row = await request.app.state.commands.merge(
-        incident_id, body.version, body.source_incident_id, body.source_version, principal.subject
-    )
-    return _view(request, row)
+async def merge(incident_id: str, body: Merge, ctx: Ctx, principal: Principal = requires(*OPERATORS)) -> IncidentView:
+    await _in_scope(principal, OPERATORS, incident_id, ctx)
+    command = MergeIncident(incident_id, body.version, body.source_incident_id, body.source_version, principal.subject)
+    return _view(await handle(command, ctx), ctx)
 
 
-@operator.post("/incidents/{incident_id}/split", summary="Split alarms out into a new incident")
-async def split(
-    request: Request, incident_id: str, body: Split, principal: Principal = requires(*DISPATCH_ROLES)
-) -> Response:
-    await _authorize(request, principal, incident_id, DISPATCH_ROLES)
+@operator.post("/incidents/{incident_id}/split", status_code=201, summary="Split alarms out into a new incident")
+async def split(incident_id: str, body: Split, ctx: Ctx, principal: Principal = requires(*OPERATORS)) -> SplitView:
+    await _in_scope(principal, OPERATORS, incident_id, ctx)
     refs = [(r.gateway_id, r.alarm_id) for r in body.alarms]
-    old, new = await request.app.state.commands.split(incident_id, body.version, refs, principal.subject)
-    settings = request.app.state.settings
-    return json_response(
-        {"incident": incident_view(old, settings), "new_incident": incident_view(new, settings)}, status=201
-    )
+    old, new = await handle(SplitAlarms(incident_id, body.version, refs, principal.subject), ctx)
+    return SplitView(incident=_view(old, ctx), new_incident=_view(new, ctx))
 
 
 @operator.delete(
@@ -584,14 +436,6 @@ async def split(
     summary="Purge every exercise incident and its alarms (live data untouched)",
     tags=["exercise"],
 )
-async def purge_exercise(request: Request, principal: Principal = requires(Role.DRILL_RUNNER)) -> Response:
-    t, a, c, tl = store.incidents, store.alarms, store.incident_callers, store.timeline
-    async with request.app.state.db.uow() as uow:
-        await store.tick(uow.conn, new_epoch=True)  # every replica drops its cache of open incidents
-        ids = select(t.c.id).where(t.c.exercise.is_(True)).scalar_subquery()
-        await uow.conn.execute(delete(c).where(c.c.incident_id.in_(ids)))
-        await uow.conn.execute(delete(tl).where(tl.c.incident_id.in_(ids)))
-        alarms_gone = (await uow.conn.execute(delete(a).where(a.c.exercise.is_(True)))).rowcount
-        incidents_gone = (await uow.conn.execute(delete(t).where(t.c.exercise.is_(True)))).rowcount
-        await uow.commit()
-    return json_response({"incidents_purged": incidents_gone, "alarms_purged": alarms_gone})
+async def purge_exercise(ctx: Ctx, principal: Principal = requires(Role.DRILL_RUNNER)) -> PurgeView:
+    incidents, alarms = await handle(PurgeExercise(), ctx)
+    return PurgeView(incidents_purged=incidents, alarms_purged=alarms)

@@ -1,37 +1,45 @@
-"""The rules of incident-intake: categories, correlation, severity, the lifecycle and its guards.
+"""The rules of incident-intake: which alarms join which incident, severity, the lifecycle and its
+guards, and the ``Incident`` whose methods decide each operator command.
 
-Pure: no I/O, no framework. Handlers load state, call these functions, and save what they return.
-Coordinates are WGS-84 decimal degrees; times are timezone-aware datetimes.
+Pure: no I/O, no framework. Handlers load an ``Incident``, call one of its methods, and save the
+``Change`` it returns (the values to write, the timeline entry, the event). Coordinates are WGS-84
+decimal degrees, distances metres, durations seconds, times timezone-aware datetimes.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime
-from enum import IntEnum, StrEnum
+from enum import StrEnum
 from typing import Any, Literal
 
 from ecs import errors
+from ecs.contracts import (
+    AlarmLinked,
+    FactRecorded,
+    IncidentCreated,
+    IncidentMerged,
+    IncidentSplit,
+    IncidentVerified,
+    LevelChanged,
+    PerimeterSet,
+    StageChanged,
+)
 from ecs.geo import haversine_m, point_in_polygon, polygon_area_deg2
+from ecs.vocabulary import OPEN_STAGES, TERMINAL_STAGES, Category, Level, Participant, Stage
 
-# --- Categories and which alarms join which incidents ---------------------------------
+__all__ = [
+    "OPEN_STAGES",
+    "TERMINAL_STAGES",
+    "Category",
+    "Level",
+    "Participant",
+    "Stage",
+]
 
-
-class Category(StrEnum):
-    fire = "fire"
-    explosion = "explosion"
-    hazmat = "hazmat"
-    building_collapse = "building_collapse"
-    crowd_crush = "crowd_crush"
-    traffic_accident = "traffic_accident"
-    flood = "flood"
-    gas_leak = "gas_leak"
-    public_security = "public_security"
-    medical = "medical"
-    other = "other"
-
+# --- Which alarms join which incidents -------------------------------------------------
 
 _FIRE_FAMILY = {Category.fire, Category.explosion, Category.gas_leak, Category.hazmat}
 
@@ -60,11 +68,15 @@ ABSORBS: dict[Category, frozenset[Category]] = {
 
 
 def can_join(incident_category: Category, alarm_category: Category) -> bool:
+    """Whether an alarm of ``alarm_category`` may join an incident of ``incident_category``."""
     return incident_category == alarm_category or alarm_category in ABSORBS[incident_category]
 
 
 @dataclass(frozen=True)
 class CorrelationWindow:
+    """How near (metres) and how soon (seconds, either side of its latest alarm) an alarm must be
+    to join an incident of one category. Raises ValueError unless both are positive."""
+
     distance_m: float
     window_s: float
 
@@ -92,28 +104,25 @@ DEFAULT_WINDOWS: dict[Category, CorrelationWindow] = {
     Category.other: CorrelationWindow(100, 30 * _MIN),
 }
 
+
+def windows_from(overrides: Mapping[str, Mapping[str, float]]) -> dict[Category, CorrelationWindow]:
+    """The default windows with some categories' replaced, e.g.
+    ``{"fire": {"distance_m": 800, "window_s": 3600}}``. Raises ValueError naming an unknown
+    category or a window that is not positive."""
+    windows = dict(DEFAULT_WINDOWS)
+    for name, w in overrides.items():
+        try:
+            category = Category(name)
+        except ValueError:
+            raise ValueError(f"correlation_windows: unknown category {name!r}") from None
+        windows[category] = CorrelationWindow(float(w["distance_m"]), float(w["window_s"]))
+    return windows
+
+
 # --- Severity level -------------------------------------------------------------------
 
-
-class Level(IntEnum):
-    """National response levels. A lower number is MORE severe, so the worse of two is min().
-
-    I 特别重大 red, II 重大 orange, III 较大 yellow, IV 一般 blue.
-    """
-
-    I = 1  # noqa: E741
-    II = 2
-    III = 3
-    IV = 4
-
-    @property
-    def colour(self) -> str:
-        return _COLOURS[self]
-
-
-_COLOURS = {Level.I: "red", Level.II: "orange", Level.III: "yellow", Level.IV: "blue"}
-
-# Each table gives floors; the estimate is the most severe floor that applies.
+# Each table gives floors; the estimate is the most severe floor that applies. A lower level
+# number is more severe (ecs.vocabulary.Level), so the worse of two is min().
 CASUALTY_LEVELS: list[tuple[int, Level]] = [
     (30, Level.I),
     (10, Level.II),
@@ -133,6 +142,7 @@ def estimate_level(category: Category, casualties: int, callers: int) -> Level:
 
     Many independent callers stand in for casualties nobody has counted yet: a crowd crush
     reported by 150 phones is big even when every caller says "casualties: unknown".
+    Raises ValueError for a negative count.
     """
     if casualties < 0 or callers < 0:
         raise ValueError("casualties and callers cannot be negative")
@@ -151,21 +161,9 @@ def estimate_level(category: Category, casualties: int, callers: int) -> Level:
 # --- Lifecycle ------------------------------------------------------------------------
 
 
-class Stage(StrEnum):
-    reported = "reported"
-    isolation = "isolation"  # 快速隔离
-    handling = "handling"  # 科学处置
-    opinion_control = "opinion_control"  # 舆情管控
-    aftermath = "aftermath"  # 平稳善后
-    closed = "closed"
-    cancelled = "cancelled"  # false alarm
-
-
-TERMINAL_STAGES = frozenset({Stage.closed, Stage.cancelled})
-OPEN_STAGES = frozenset(Stage) - TERMINAL_STAGES
-
-
 class Trigger(StrEnum):
+    """What an operator asks for to move an incident on (DESIGN §3)."""
+
     isolate = "isolate"
     handle = "handle"
     control_opinion = "control_opinion"
@@ -189,6 +187,7 @@ TRIGGER_FOR_TARGET: dict[Stage, Trigger] = {target: trig for (_, trig), target i
 
 
 def allowed_triggers(stage: Stage) -> list[Trigger]:
+    """The triggers the lifecycle has from ``stage``, in table order."""
     return [trig for (source, trig) in TRANSITIONS if source == stage]
 
 
@@ -210,16 +209,24 @@ class IllegalTransition(errors.IllegalTransition):
 
 
 def next_stage(stage: Stage, trigger: Trigger) -> Stage:
+    """The stage ``trigger`` leads to from ``stage``; raises IllegalTransition naming the allowed
+    triggers when the lifecycle has no such step."""
     try:
         return TRANSITIONS[(stage, trigger)]
     except KeyError:
         raise IllegalTransition(stage, trigger) from None
 
 
-# --- Guards ---------------------------------------------------------------------------
+def trigger_for(target: Stage) -> Trigger:
+    """The one trigger that leads to ``target``; raises InvalidInput (422) for ``reported``, which
+    no step leads to."""
+    trigger = TRIGGER_FOR_TARGET.get(target)
+    if trigger is None:
+        raise errors.InvalidInput(f"no transition leads to stage {target!s}", field="stage")
+    return trigger
 
-DISPATCH = "dispatch"
-PUBLIC_NOTIFICATION = "public-notification"
+
+# --- Guards ---------------------------------------------------------------------------
 
 
 @dataclass
@@ -232,13 +239,13 @@ class GuardFacts:
     hazard_under_control: bool = False
     statement_published: bool = False
     after_action_report: bool = False
-    settled: dict[str, bool] = field(default_factory=dict)  # participant -> settled; absent: silent
+    settled: dict[Participant, bool] = field(default_factory=dict)  # absent: the participant is silent
 
 
 @dataclass(frozen=True)
 class _GuardContext:
     facts: GuardFacts
-    required_participants: Sequence[str]
+    required_participants: Sequence[Participant]
     dispatch_participates: bool
 
 
@@ -264,7 +271,7 @@ def _guard_control_opinion(ctx: _GuardContext) -> list[str]:
 
 def _guard_begin_aftermath(ctx: _GuardContext) -> list[str]:
     # Same reasoning as dispatch: only a participating notification service can publish.
-    if PUBLIC_NOTIFICATION in ctx.required_participants and not ctx.facts.statement_published:
+    if Participant.notification in ctx.required_participants and not ctx.facts.statement_published:
         return ["no official statement published"]
     return []
 
@@ -275,9 +282,9 @@ def _guard_close(ctx: _GuardContext) -> list[str]:
         settled = ctx.facts.settled.get(participant)
         if settled is None:
             # Silence is not consent: a participant that never reported may still hold units.
-            missing.append(f"participant '{participant}' has not reported")
+            missing.append(f"participant '{participant.service}' has not reported")
         elif not settled:
-            missing.append(f"participant '{participant}' not settled")
+            missing.append(f"participant '{participant.service}' not settled")
     if not ctx.facts.after_action_report:
         missing.append("after-action report missing")
     return missing
@@ -301,20 +308,24 @@ def check_guard(
     stage: Stage,
     trigger: Trigger,
     facts: GuardFacts,
-    required_participants: Sequence[str],
-    dispatch_participates: bool,
+    required_participants: Sequence[Participant],
+    dispatch_participates: bool | None = None,
 ) -> list[str]:
     """What still blocks this step, in words an operator can act on; empty means go.
 
+    ``dispatch_participates`` defaults to whether dispatch is among ``required_participants``.
     Raises IllegalTransition for a step the lifecycle does not have, so an empty list can
     never be mistaken for permission to do something impossible.
     """
     next_stage(stage, trigger)
+    if dispatch_participates is None:
+        dispatch_participates = Participant.dispatch in required_participants
     return GUARDS[trigger](_GuardContext(facts, required_participants, dispatch_participates))
 
 
 def auto_verified(callers: int, sensor_confirmed: bool, threshold: int = 3) -> bool:
-    """Enough independent callers, or a sensor, count as a dispatcher's verification."""
+    """Enough independent callers, or a sensor, count as a dispatcher's verification.
+    Raises ValueError for a threshold below 1."""
     if threshold < 1:
         raise ValueError("auto-verification threshold must be at least 1")
     return sensor_confirmed or callers >= threshold
@@ -364,10 +375,12 @@ class Perimeter:
 
     @classmethod
     def circle(cls, lat: float, lon: float, radius_m: float) -> Perimeter:
+        """A circle of ``radius_m`` metres (at most 50 km) around (lat, lon); raises ValueError."""
         return cls("circle", center=(lat, lon), radius_m=radius_m)
 
     @classmethod
     def polygon(cls, points: Iterable[Sequence[float]]) -> Perimeter:
+        """A polygon of 3 to 500 [lat, lon] points, closed or open; raises ValueError."""
         try:
             ring = tuple(tuple(p) for p in points)
         except TypeError:
@@ -375,12 +388,15 @@ class Perimeter:
         return cls("polygon", ring=ring)  # type: ignore[arg-type]
 
     def contains(self, lat: float, lon: float) -> bool:
+        """Whether (lat, lon) is inside the cordon (on its edge counts as inside)."""
         if self.kind == "circle":
             assert self.center is not None and self.radius_m is not None
             return haversine_m(*self.center, lat, lon) <= self.radius_m
         return point_in_polygon(lat, lon, self.ring)
 
     def to_dict(self) -> dict[str, Any]:
+        """As stored and published: ``{"kind": "circle", "lat", "lon", "radius_m"}`` or
+        ``{"kind": "polygon", "points": [[lat, lon], ...]}``."""
         if self.kind == "circle":
             assert self.center is not None
             lat, lon = self.center
@@ -389,6 +405,7 @@ class Perimeter:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Perimeter:
+        """The inverse of ``to_dict``; raises ValueError naming what is missing or wrong."""
         kind = data.get("kind")
         try:
             if kind == "circle":
@@ -419,12 +436,120 @@ def _coordinate(*pair: Any, where: str) -> tuple[float, float]:
     return lat, lon
 
 
-# --- Correlation ----------------------------------------------------------------------
+# --- What a decision returns ----------------------------------------------------------
+
+IntakeEvent = (
+    IncidentCreated
+    | AlarmLinked
+    | LevelChanged
+    | IncidentVerified
+    | PerimeterSet
+    | StageChanged
+    | IncidentMerged
+    | IncidentSplit
+    | FactRecorded
+)
+"""The contract models of the events incident-intake publishes."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One line of an incident's timeline: who (an operator, ``correlation`` or the service that
+    reported a fact), what kind of change, and its detail (JSON)."""
+
+    incident_id: str
+    actor: str
+    kind: str
+    detail: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Event:
+    """An event to publish about an incident: its contract model and whether it is a drill's.
+
+    ``cause`` is the alarm (``<gateway_id>:<alarm_id>``) behind it, if one is; ``id`` a stable
+    message id where a replay must map to the same message (JetStream then drops the copy).
+    """
+
+    data: IntakeEvent
+    exercise: bool
+    cause: str | None = None
+    id: str | None = None
+
+
+@dataclass(frozen=True)
+class Change:
+    """What a decision changes on one incident: the columns to write, the timeline entry and the
+    event to publish (if any).
+
+    A ``versioned`` change lands only on the version the decision was made on, and bumps it: an
+    operator who saw the old version is refused (409). A fact from another service is not
+    versioned: it changes what may happen next, not what the operator decided on.
+    """
+
+    incident_id: str
+    values: dict[str, Any]
+    entry: Entry
+    event: Event | None = None
+    versioned: bool = True
+
+
+@dataclass(frozen=True)
+class LevelChange:
+    """Correlation raised an incident's level by itself; ``reason`` says from what."""
+
+    from_level: Level
+    to_level: Level
+    reason: str
+
+
+@dataclass(frozen=True)
+class Counts:
+    """An incident's aggregates as its alarms give them (recomputed after a merge or a split)."""
+
+    alarm_count: int
+    first_alarm_at: datetime
+    last_alarm_at: datetime
+    casualties: int
+    caller_count: int
+
+    def values(self) -> dict[str, Any]:
+        """The columns these counts are stored in."""
+        return {
+            "alarm_count": self.alarm_count,
+            "first_alarm_at": self.first_alarm_at,
+            "last_alarm_at": self.last_alarm_at,
+            "casualties": self.casualties,
+            "caller_count": self.caller_count,
+        }
+
+
+@dataclass(frozen=True)
+class NextStep:
+    """A step the lifecycle has from the incident's stage: whether its guard lets it through now,
+    and if not, what is missing."""
+
+    stage: Stage
+    allowed: bool
+    missing: list[str]
+
+
+AlarmKey = tuple[str, str]
+"""An alarm as gateways name it: (gateway_id, alarm_id)."""
+
+CommanderFact = Literal["hazard_under_control", "after_action_report"]
+"""The facts a commander records by hand."""
+
+COMMANDER_FACTS: tuple[CommanderFact, ...] = ("hazard_under_control", "after_action_report")
+
+
+# --- Alarms and incidents -------------------------------------------------------------
 
 
 @dataclass
 class AlarmFacts:
-    """What correlation needs of one alarm. caller_key is a hash of the number, never the number."""
+    """What correlation needs of one alarm. caller_key is a hash of the number, never the number.
+    Raises ValueError for a ``received_at`` without a timezone offset."""
 
     category: Category
     lat: float
@@ -439,9 +564,24 @@ class AlarmFacts:
             raise ValueError("received_at must carry a timezone offset")
 
 
+def refuse_self_merge(target_id: str, source_id: str) -> None:
+    """Raises InvalidInput (422, naming ``source_incident_id``) when both are one incident."""
+    if target_id == source_id:
+        raise errors.InvalidInput("an incident cannot be merged into itself", field="source_incident_id")
+
+
 @dataclass
-class IncidentState:
-    """What correlation needs of one incident. lat/lon stay at the first alarm's location."""
+class Incident:
+    """An incident: what correlation matches alarms against, and what operators decide on.
+
+    lat/lon stay at the first alarm's location. ``caller_count`` counts distinct identified
+    callers (anonymous alarms cannot prove independence); ``casualties`` is the most any alarm
+    reported. ``version`` is what an operator saw; ``facts`` holds the lifecycle facts as stored
+    (on scene, under control, statement, report, ``settled`` by participant).
+
+    Each command method checks the rules and returns the ``Change`` to save; it never changes the
+    incident itself. They raise the shared errors (``ecs.errors``), which the API maps to problems.
+    """
 
     id: str
     category: Category
@@ -450,20 +590,288 @@ class IncidentState:
     first_alarm_at: datetime
     last_alarm_at: datetime
     alarm_count: int
-    caller_count: int  # distinct identified callers; anonymous alarms cannot prove independence
-    casualties: int  # the most any alarm has reported
+    caller_count: int
+    casualties: int
     level: Level
     exercise: bool
     stage: Stage = Stage.reported
+    verified: bool = False
+    version: int = 1
+    perimeter: Perimeter | None = None
+    facts: dict[str, Any] = field(default_factory=dict)
+    merged_into: str | None = None
+    split_from: str | None = None
+
+    # -- what is known, and what may happen next
+
+    def guard_facts(self) -> GuardFacts:
+        """The lifecycle guards' view of this incident. A participant this version does not know
+        is left out: no setting can require it, so it guards nothing."""
+        facts = self.facts
+        settled: dict[Participant, bool] = {}
+        for name, value in (facts.get("settled") or {}).items():
+            try:
+                settled[Participant.parse(name)] = bool(value)
+            except ValueError:
+                continue
+        return GuardFacts(
+            verified=self.verified,
+            perimeter=self.perimeter,
+            perimeter_units_on_scene=bool(facts.get("perimeter_units_on_scene")),
+            hazard_under_control=bool(facts.get("hazard_under_control")),
+            statement_published=bool(facts.get("statement_published")),
+            after_action_report=bool(facts.get("after_action_report")),
+            settled=settled,
+        )
+
+    def next_steps(self, participants: Sequence[Participant]) -> list[NextStep]:
+        """Every step the lifecycle has from here, each with what still blocks it."""
+        facts = self.guard_facts()
+        steps = []
+        for (source, trigger), target in TRANSITIONS.items():
+            if source == self.stage:
+                missing = check_guard(self.stage, trigger, facts, participants)
+                steps.append(NextStep(target, not missing, missing))
+        return steps
+
+    def expect(self, version: int | None) -> None:
+        """Raises Conflict (409) if the incident was merged away, StaleVersion (409, with the
+        current version) if it is no longer at ``version``; None skips the version check."""
+        if self.merged_into:
+            raise errors.Conflict(
+                f"incident {self.id} was merged into {self.merged_into}", merged_into=self.merged_into
+            )
+        self.expect_version(version)
+
+    def expect_version(self, version: int | None) -> None:
+        """Raises StaleVersion (409, with the current version) unless at ``version``."""
+        if version is not None and self.version != version:
+            raise errors.StaleVersion(
+                f"incident {self.id} is at version {self.version}, not {version}: reload and decide again",
+                current_version=self.version,
+            )
+
+    def _require_open(self, action: str) -> None:
+        if not self.stage.is_open:
+            raise errors.Conflict(f"cannot {action}: incident {self.id} is {self.stage}", stage=str(self.stage))
+
+    def _change(self, actor: str, kind: str, detail: dict[str, Any], values: dict[str, Any], event: Any) -> Change:
+        return Change(self.id, values, Entry(self.id, actor, kind, detail), Event(event, self.exercise))
+
+    # -- operator commands
+
+    def verify(self, actor: str) -> Change:
+        """A dispatcher confirms the incident is real. Refused (409) when it is finished or
+        already verified."""
+        self._require_open("verify")
+        if self.verified:
+            raise errors.Conflict(f"incident {self.id} is already verified")
+        event = IncidentVerified(incident_id=self.id, actor=actor, automatic=False, version=self.version + 1)
+        return self._change(actor, "verified", {"automatic": False}, {"verified": True}, event)
+
+    def set_perimeter(self, perimeter: Perimeter, actor: str) -> Change:
+        """Set (or replace) the cordon. Refused (409) when the incident is finished."""
+        self._require_open("set a perimeter")
+        shape = perimeter.to_dict()
+        event = PerimeterSet(incident_id=self.id, perimeter=shape, actor=actor, version=self.version + 1)
+        return self._change(actor, "perimeter.set", {"perimeter": shape}, {"perimeter": shape}, event)
+
+    def change_stage(
+        self, target: Stage, actor: str, reason: str | None, participants: Sequence[Participant]
+    ) -> Change:
+        """Move to ``target`` through the lifecycle's one step there, if its guard lets it.
+
+        Raises InvalidInput (422) for a target no step leads to, IllegalTransition (409, naming
+        the allowed triggers) for a step the lifecycle does not have from here, and the shared
+        IllegalTransition (409, with ``missing``) while the guard still blocks it.
+        """
+        trigger = trigger_for(target)
+        next_stage(self.stage, trigger)
+        missing = check_guard(self.stage, trigger, self.guard_facts(), participants)
+        if missing:
+            raise errors.IllegalTransition(
+                f"cannot move incident {self.id} from {self.stage} to {target}: " + "; ".join(missing),
+                missing=missing,
+                stage=str(self.stage),
+            )
+        event = StageChanged(
+            incident_id=self.id,
+            from_stage=self.stage,
+            to_stage=target,
+            actor=actor,
+            version=self.version + 1,
+            category=self.category,
+            level=self.level,
+            lat=self.lat,
+            lon=self.lon,
+            perimeter=self.perimeter.to_dict() if self.perimeter else None,
+            reason=reason,
+        )
+        detail = {"from": str(self.stage), "to": str(target), "reason": reason}
+        return self._change(actor, "stage.changed", detail, {"stage": target.value}, event)
+
+    def change_level(self, level: Level, actor: str, reason: str) -> Change:
+        """Raise or lower the level (a commander's judgement). Refused (409) when the incident is
+        finished or already at ``level``."""
+        self._require_open("change the level")
+        if self.level == level:
+            raise errors.Conflict(f"incident {self.id} is already level {level.name}")
+        event = LevelChanged(
+            incident_id=self.id,
+            from_level=self.level,
+            to_level=level,
+            reason=reason,
+            actor=actor,
+            version=self.version + 1,
+        )
+        detail = {"from": int(self.level), "to": int(level), "reason": reason}
+        return self._change(actor, "level.changed", detail, {"level": int(level)}, event)
+
+    def record_fact(self, fact: CommanderFact, actor: str, note: str = "") -> Change:
+        """A commander declares the hazard under control or files the after-action report.
+        Refused (409) when the incident is finished."""
+        self._require_open(f"record {fact}")
+        facts = dict(self.facts)
+        facts[fact] = True
+        if note:
+            facts[f"{fact}_note"] = note
+        event = FactRecorded(incident_id=self.id, fact=fact, actor=actor, version=self.version + 1)
+        return self._change(actor, f"fact.{fact}", {"note": note}, {"facts": facts}, event)
+
+    def apply_fact(
+        self, fact: str, value: Any, source: str, message_id: str, participant: Participant | None = None
+    ) -> Change:
+        """Record what another service (``source``) reported in message ``message_id``: a fact's
+        value, or with ``participant`` whether that participant is settled. Applies in any stage:
+        a late report about a finished incident still belongs on its timeline."""
+        facts = dict(self.facts)
+        if participant is not None:
+            settled = dict(facts.get("settled") or {})
+            settled[participant.value] = bool(value)
+            facts["settled"] = settled
+        else:
+            facts[fact] = value
+        detail = {
+            "fact": fact,
+            "value": value,
+            "participant": participant.value if participant is not None else None,
+            "message_id": message_id,
+        }
+        entry = Entry(self.id, source, f"fact.{fact}", detail)
+        return Change(self.id, {"facts": facts}, entry, None, versioned=False)
+
+    def check_merge(self, source: Incident) -> None:
+        """Whether ``source`` may be merged into this incident. Raises InvalidInput (422) for a
+        self-merge, Conflict (409) when either is finished, the source was already merged, or one
+        is a drill's and the other live (DESIGN §8)."""
+        refuse_self_merge(self.id, source.id)
+        self._require_open("merge")
+        source._require_open("merge")
+        if source.merged_into:
+            raise errors.Conflict(f"incident {source.id} was already merged into {source.merged_into}")
+        if source.exercise != self.exercise:
+            raise errors.Conflict("an exercise incident and a live incident cannot be merged")
+
+    def merge(self, source: Incident, actor: str, moved: int, counts: Counts) -> tuple[Change, Change]:
+        """Take in ``source``, whose ``moved`` alarms now belong here, giving these ``counts``.
+
+        Returns the change to the source (merged away, its counts emptied) and to this incident
+        (the new counts, the worse level of the two, verified if either was). Raises as
+        ``check_merge``.
+        """
+        self.check_merge(source)
+        gone = Change(
+            source.id,
+            {"merged_into": self.id, "alarm_count": 0, "caller_count": 0},
+            Entry(source.id, actor, "merged.into", {"incident_id": self.id, "alarms_moved": moved}),
+        )
+        values = {
+            **counts.values(),
+            "level": int(min(self.level, source.level)),
+            "verified": self.verified or source.verified,
+        }
+        event = IncidentMerged(incident_id=self.id, merged_incident_id=source.id, alarms_moved=moved, actor=actor)
+        detail = {"merged_incident_id": source.id, "alarms_moved": moved}
+        return gone, self._change(actor, "merged", detail, values, event)
+
+    def plan_split(self, alarms: Sequence[AlarmKey], wanted: Collection[AlarmKey]) -> list[AlarmKey]:
+        """Which of the incident's ``alarms`` (oldest first) leave for a new incident.
+
+        Raises InvalidInput (422, naming ``alarms``) when none is named or one named is not this
+        incident's, Conflict (409) when the incident is finished or every alarm would leave.
+        """
+        if not wanted:
+            raise errors.InvalidInput("name at least one alarm to split out", field="alarms")
+        self._require_open("split")
+        wanted = set(wanted)
+        moving = [key for key in alarms if key in wanted]
+        unknown = wanted - set(moving)
+        if unknown:
+            gateway_id, alarm_id = sorted(unknown)[0]
+            raise errors.InvalidInput(
+                f"alarm {gateway_id}:{alarm_id} does not belong to incident {self.id}", field="alarms"
+            )
+        if len(moving) == len(alarms):
+            raise errors.Conflict("splitting out every alarm would leave the incident empty: cancel or merge instead")
+        return moving
+
+    def split(
+        self,
+        new_id: str,
+        first: AlarmFacts,
+        moved: Sequence[AlarmKey],
+        new_counts: Counts,
+        counts: Counts,
+        actor: str,
+    ) -> Split:
+        """Open incident ``new_id`` for the ``moved`` alarms (``first`` is the oldest of them,
+        ``new_counts`` their aggregates); ``counts`` are what this incident keeps.
+
+        The new incident starts where its first alarm was, unverified, with a level estimated from
+        its own alarms; it remembers it was split from this one. This incident keeps its level.
+        """
+        new = replace(
+            open_incident(new_id, first),
+            **new_counts.values(),
+            level=estimate_level(first.category, new_counts.casualties, new_counts.caller_count),
+            split_from=self.id,
+        )
+        refs = [f"{gateway_id}:{alarm_id}" for gateway_id, alarm_id in moved]
+        first_gateway, first_alarm = moved[0]
+        created = IncidentCreated(
+            incident_id=new.id,
+            category=new.category,
+            level=new.level,
+            lat=new.lat,
+            lon=new.lon,
+            first_alarm_at=new.first_alarm_at,
+            alarm_id=first_alarm,
+            gateway_id=first_gateway,
+            exercise=new.exercise,
+        )
+        born = Entry(new.id, actor, "split.from", {"incident_id": self.id, "alarms": len(moved)})
+        event = IncidentSplit(incident_id=self.id, new_incident_id=new.id, alarm_ids=refs, actor=actor)
+        left = self._change(actor, "split", {"new_incident_id": new.id, "alarms": refs}, counts.values(), event)
+        return Split(new, born, Event(created, new.exercise), left)
 
 
-Event = tuple[str, dict[str, Any]]
+@dataclass(frozen=True)
+class Split:
+    """A split decided: the new incident (to insert) with its timeline entry and creation event,
+    and the change to the incident the alarms left."""
+
+    new: Incident
+    entry: Entry
+    created: Event
+    left: Change
 
 
-def open_incident(id: str, alarm: AlarmFacts) -> IncidentState:
+def open_incident(id: str, alarm: AlarmFacts) -> Incident:
+    """A new incident opened by its first alarm: reported, unverified, version 1, at the alarm's
+    place, with the level its first alarm gives."""
     casualties = alarm.casualties or 0
     callers = 1 if alarm.caller_key else 0
-    return IncidentState(
+    return Incident(
         id=id,
         category=alarm.category,
         lat=alarm.lat,
@@ -481,9 +889,9 @@ def open_incident(id: str, alarm: AlarmFacts) -> IncidentState:
 
 def find_incident(
     alarm: AlarmFacts,
-    candidates: Iterable[IncidentState],
+    candidates: Iterable[Incident],
     windows: Mapping[Category, CorrelationWindow] = DEFAULT_WINDOWS,
-) -> IncidentState | None:
+) -> Incident | None:
     """The open incident this alarm belongs to, or None to open a new one.
 
     Nearest wins, then the oldest, then the smallest id, so that two replicas looking at the
@@ -509,8 +917,8 @@ def find_incident(
     return chosen
 
 
-def absorb(incident: IncidentState, alarm: AlarmFacts, new_caller: bool) -> list[Event]:
-    """Fold one more alarm into an incident, in place; return the events that caused.
+def absorb(incident: Incident, alarm: AlarmFacts, new_caller: bool) -> LevelChange | None:
+    """Fold one more alarm into an incident, in place; return the level change it caused, if any.
 
     The location stays at the first alarm's: a stable anchor keeps the correlation radius from
     drifting down a street alarm by alarm until it joins scenes that have nothing in common.
@@ -518,6 +926,7 @@ def absorb(incident: IncidentState, alarm: AlarmFacts, new_caller: bool) -> list
     Automatic re-estimation only raises the level. Lowering it is a human judgement: a quiet
     minute on the phones does not mean the scene got smaller, and an operator's raise must stick.
     The alarm's own category counts too: an explosion reported at a fire is at least level III.
+    Raises ValueError for a finished incident or a drill alarm at a live incident (or the reverse).
     """
     if incident.stage in TERMINAL_STAGES:
         raise ValueError(f"incident {incident.id} is {incident.stage}; it takes no more alarms")
@@ -537,12 +946,11 @@ def absorb(incident: IncidentState, alarm: AlarmFacts, new_caller: bool) -> list
         CATEGORY_FLOORS.get(alarm.category, Level.IV),
     )
     if estimate >= incident.level:
-        return []
-    events: list[Event] = [
-        (
-            "incident.level.changed",
-            {"from": int(incident.level), "to": int(estimate), "reason": "auto"},
-        )
-    ]
+        return None
+    change = LevelChange(
+        incident.level,
+        estimate,
+        f"{incident.casualties} casualties reported, {incident.caller_count} callers, category {incident.category}",
+    )
     incident.level = estimate
-    return events
+    return change

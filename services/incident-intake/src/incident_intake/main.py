@@ -12,7 +12,8 @@ from ecs.service import Platform, ServiceSpec, create_service_app, serve
 
 from . import api, consumers
 from .gateways import GatewayRegistry
-from .handlers import AlarmIngestor, Correlator, IncidentCommands
+from .handlers import Context
+from .handlers.alarms import Correlator, alarm_batcher
 from .settings import IntakeSettings
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
@@ -30,27 +31,27 @@ SPEC = ServiceSpec(
 
 
 def build_app(settings: IntakeSettings | None = None) -> FastAPI:
+    """The intake app: its routes, and at start-up its correlator, batcher and consumers."""
     settings = settings or IntakeSettings()
 
     async def wire(app: FastAPI, p: Platform) -> dict[str, Any]:
         gateways = GatewayRegistry.from_settings(settings)
-        ingestor = AlarmIngestor(Correlator(p.db, settings), settings.ingest_batch)
-        commands = IncidentCommands(p.db, settings)
+        batcher = alarm_batcher(Correlator(p.db, settings), settings.ingest_batch)
+        ctx = Context(p.db, settings, batcher)
         app.state.gateways = gateways
-        app.state.ingestor = ingestor
-        app.state.commands = commands
+        app.state.context = ctx
         await p.run(
-            ingestor,
+            batcher,
             ConsumerRunner(
                 p.bus,
                 consumers.ALARM_CONSUMER,
-                consumers.alarms_handler(ingestor, gateways, settings.caller_pepper),
+                consumers.alarms_handler(ctx, gateways),
                 settings.consumer_batch,
                 settings.max_deliver,
                 fetchers=settings.alarm_fetchers,
             ),
             *(
-                ConsumerRunner(p.bus, spec, consumers.facts_handler(commands, spec.durable), 100, settings.max_deliver)
+                ConsumerRunner(p.bus, spec, consumers.facts_handler(ctx, spec.durable), 100, settings.max_deliver)
                 for spec in consumers.FACT_CONSUMERS
             ),
         )
@@ -60,4 +61,5 @@ def build_app(settings: IntakeSettings | None = None) -> FastAPI:
 
 
 def run() -> None:
+    """The ``incident-intake`` command: serve until SIGTERM or SIGINT."""
     serve(build_app, IntakeSettings())

@@ -1,14 +1,20 @@
+"""incident-intake's settings: one pydantic-settings class, every variable prefixed ``INTAKE_``."""
+
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from ecs.settings import ServiceSettings
+from ecs.vocabulary import Participant
 
 
 class IntakeSettings(ServiceSettings):
+    """What an intake process needs besides the shared service settings."""
+
     model_config = SettingsConfigDict(env_prefix="INTAKE_", extra="ignore")
 
     service_name: str = "incident-intake"
@@ -26,9 +32,23 @@ class IntakeSettings(ServiceSettings):
     # Independent callers that verify an incident without a dispatcher.
     auto_verify_callers: int = Field(default=3, ge=1)
     # Services whose facts the lifecycle waits for before closing; one that never reported blocks.
-    required_participants: list[str] = Field(default_factory=list)
+    # Either spelling: the subject prefix ("notification") or the service ("public-notification").
+    required_participants: list[Participant] = Field(default_factory=list)
     # Hashing key for caller numbers, so distinct callers are counted without comparing numbers.
     caller_pepper: str = "local-caller-pepper"
     ingest_batch: int = Field(default=500, ge=1, le=5000)
     # Batches fetched from the alarm stream at once: the next is fetched while one is correlated.
     alarm_fetchers: int = Field(default=2, ge=1, le=8)
+
+    @field_validator("required_participants", mode="before")
+    @classmethod
+    def _participants(cls, value: Any) -> Any:
+        if not isinstance(value, list | tuple):
+            return value
+        parsed = []
+        for name in value:
+            try:
+                parsed.append(name if isinstance(name, Participant) else Participant.parse(str(name)))
+            except ValueError as exc:
+                raise ValueError(f"INTAKE_REQUIRED_PARTICIPANTS: {exc}") from None
+        return list(dict.fromkeys(parsed))
