@@ -16,12 +16,12 @@ from dispatch.domain import (
     UnitType,
     UnitView,
     check_status_change,
-    load_shipped_plans,
     parse_plan,
     recommend,
     units_to_add,
     units_to_release,
 )
+from dispatch.plans import load_shipped_plans
 from ecs.vocabulary import Category, Stage
 
 S = UnitStatus

@@ -1,26 +1,30 @@
 """NATS in: incident-intake's events (the automation) and the vehicle location feed; and the
-plan request/reply. Each message goes to a handler; the runner acks only after it committed."""
+plan request/reply. Each message goes to its handlers (handlers.EVENTS, handlers.COMMANDS); the
+runner acks only after they committed."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import defaultdict
 from typing import Any
 
 import orjson
 from nats.aio.msg import Msg
-from pydantic import BaseModel, ValidationError
+from prometheus_client import Histogram
+from pydantic import BaseModel
 
 from ecs import streams
 from ecs.bus import ConsumerSpec, decode_envelope
 from ecs.contracts import CATEGORIES, IncidentCreated, IncidentMerged, LevelChanged, StageChanged, VehicleLocation
-from ecs.envelope import Envelope
+from ecs.envelope import Envelope, parse_payload
 from ecs.errors import AppError, Poison, Transient
 from ecs.feed import FeedSpec
-from ecs.web import field_path
 
-from .handlers import Dispatcher
-from .plans import PlanBook
+from . import commands, views
+from .context import Context
+from .domain import Position
+from .handlers import EVENTS, handle
 
 INCIDENT_EVENTS: dict[str, type[BaseModel]] = {
     "incident.created": IncidentCreated,
@@ -28,47 +32,63 @@ INCIDENT_EVENTS: dict[str, type[BaseModel]] = {
     "incident.level.changed": LevelChanged,
     "incident.merged": IncidentMerged,
 }
+"""The payload model of each incident event dispatch handles (its handlers: handlers.EVENTS)."""
 # Each event is one short transaction and a batch is small, so a batch a killed replica held
 # comes back after seconds, not minutes; a redelivery of finished work is a no-op (inbox).
 INCIDENT_CONSUMER = ConsumerSpec("INCIDENTS", "dispatch-incidents", tuple(INCIDENT_EVENTS), ack_wait_s=10)
 # Thousands of position reports a second: pushed and batched (ecs.feed), not fetched one by one.
 LOCATION_FEED = FeedSpec("VEHICLES", "dispatch-locations", "vehicle.location.*", ack_wait_s=30)
 LOCATION_PREFIX = "vehicle.location."
+MAX_POSITION_BYTES = 4096
 # Requests live outside every stream: a subject a stream captures would be answered by JetStream.
 PLAN_REQUEST = "rpc.dispatch.plan.get"
 
 STREAMS = (streams.INCIDENTS, streams.DISPATCH, streams.VEHICLES)
 CONSUMERS = (INCIDENT_CONSUMER,)
 
+AUTOMATION_SECONDS = Histogram(
+    "dispatch_automation_seconds",
+    "One incident event, from the lock to the commit",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1, 2.5),
+)
 
-def incidents_handler(dispatcher: Dispatcher, concurrency: int) -> Any:
+_Item = tuple[int, str, Envelope, BaseModel]  # index in the batch, subject, envelope, payload
+
+
+def incidents_handler(ctx: Context, concurrency: int) -> Any:
     """Events of different incidents are worked on side by side; one incident's in order."""
     consumer = INCIDENT_CONSUMER.durable
 
-    async def handle(msgs: list[Msg]) -> dict[int, str]:
+    async def handle_batch(msgs: list[Msg]) -> dict[int, str]:
         rejected: dict[int, str] = {}
-        lanes: dict[str, list[tuple[int, Envelope, BaseModel]]] = defaultdict(list)
+        lanes: dict[str, list[_Item]] = defaultdict(list)
         for i, msg in enumerate(msgs):
             try:
                 env, data = _incident_event(msg)
             except Poison as exc:
                 rejected[i] = exc.reason
                 continue
-            lanes[env.incident_id or ""].append((i, env, data))
+            lanes[env.incident_id or ""].append((i, msg.subject, env, data))
 
         gate = asyncio.Semaphore(concurrency)
         failures: list[BaseException] = []
 
-        async def lane(items: list[tuple[int, Envelope, BaseModel]]) -> None:
+        async def lane(items: list[_Item]) -> None:
             async with gate:
-                for i, env, data in items:
+                for i, subject, env, data in items:
+                    started = time.perf_counter()
                     try:
-                        await dispatcher.on_incident_event(env, data, consumer)
+                        for n, handler in enumerate(EVENTS[subject]):
+                            # The first handler keeps the consumer's inbox name; any other, its own.
+                            inbox = consumer if n == 0 else f"{consumer}:{handler.__name__}"
+                            await handler(ctx, env, data, inbox)
                     except AppError as exc:  # e.g. an incident of a category without a plan
                         rejected[i] = f"{exc.title}: {exc.detail}"
+                        continue
                     except Exception as exc:
                         failures.append(exc)
                         return  # the rest of this incident's events wait for the redelivery
+                    AUTOMATION_SECONDS.observe(time.perf_counter() - started)
 
         await asyncio.gather(*(lane(items) for items in lanes.values()))
         if failures:
@@ -76,7 +96,7 @@ def incidents_handler(dispatcher: Dispatcher, concurrency: int) -> Any:
             raise transient[0] if transient else failures[0]
         return rejected
 
-    return handle
+    return handle_batch
 
 
 def _incident_event(msg: Msg) -> tuple[Envelope, BaseModel]:
@@ -84,11 +104,7 @@ def _incident_event(msg: Msg) -> tuple[Envelope, BaseModel]:
     model = INCIDENT_EVENTS.get(msg.subject)
     if model is None:
         raise Poison(f"no handler for subject {msg.subject}")
-    try:
-        data = model.model_validate(env.data)
-    except ValidationError as exc:
-        reasons = "; ".join(f"data.{field_path(e['loc'])}: {e['msg']}" for e in exc.errors()[:5])
-        raise Poison(f"invalid {msg.subject}: {reasons}") from None
+    data = parse_payload(model, env.data, msg.subject)
     incident_id = getattr(data, "incident_id", None)
     if env.incident_id and incident_id != env.incident_id:
         raise Poison(f"the envelope names incident {env.incident_id}, the data {incident_id}")
@@ -96,10 +112,12 @@ def _incident_event(msg: Msg) -> tuple[Envelope, BaseModel]:
     return env, data
 
 
-def locations_handler(dispatcher: Dispatcher) -> Any:
-    async def handle(msgs: list[Msg]) -> dict[int, str]:
+def locations_handler(ctx: Context) -> Any:
+    """A batch of position reports written at once; a report of an unknown unit is refused."""
+
+    async def handle_batch(msgs: list[Msg]) -> dict[int, str]:
         rejected: dict[int, str] = {}
-        reports: list[tuple[str, float, float, Any]] = []
+        reports: list[Position] = []
         where: dict[str, list[int]] = defaultdict(list)
         for i, msg in enumerate(msgs):
             try:
@@ -110,30 +128,26 @@ def locations_handler(dispatcher: Dispatcher) -> Any:
             reports.append(report)
             where[report[0]].append(i)
         if reports:
-            unknown = await dispatcher.absorb_positions(reports)  # Transient: the batch is retried
+            unknown = await handle(ctx, commands.RecordPositions(reports))  # Transient: the batch is retried
             for unit_id in unknown:
                 for i in where[unit_id]:
                     rejected[i] = f"unknown unit {unit_id!r}"
         return rejected
 
-    return handle
+    return handle_batch
 
 
-def _position(msg: Msg) -> tuple[str, float, float, Any]:
+def _position(msg: Msg) -> Position:
     unit_id = msg.subject.removeprefix(LOCATION_PREFIX)
     if not unit_id or "." in unit_id:
         raise Poison(f"subject {msg.subject} does not name one unit")
-    if len(msg.data) > 4096:
-        raise Poison(f"position report is {len(msg.data)} bytes; at most 4096 are accepted")
-    try:
-        report = VehicleLocation.model_validate_json(msg.data)
-    except ValidationError as exc:
-        reasons = "; ".join(f"{field_path(e['loc'])}: {e['msg']}" for e in exc.errors()[:5])
-        raise Poison(f"invalid position report: {reasons}") from None
+    if len(msg.data) > MAX_POSITION_BYTES:
+        raise Poison(f"position report is {len(msg.data)} bytes; at most {MAX_POSITION_BYTES} are accepted")
+    report = parse_payload(VehicleLocation, msg.data, "position report", prefix="")
     return unit_id, report.lat, report.lon, report.at
 
 
-def plan_responder(plans: PlanBook) -> Any:
+def plan_responder(ctx: Context) -> Any:
     """``rpc.dispatch.plan.get`` with ``{"category": "fire"}`` (optionally ``"version": n``)."""
 
     async def answer(request: dict[str, Any]) -> dict[str, Any]:
@@ -144,8 +158,9 @@ def plan_responder(plans: PlanBook) -> Any:
         if version is not None and not isinstance(version, int):
             return {"error": "version must be an integer"}
         try:
-            return orjson.loads(orjson.dumps(await plans.document(category, version)))
+            plan = await views.plan(ctx.db, category, version)
         except AppError as exc:
             return {"error": exc.detail}
+        return orjson.loads(orjson.dumps(plan.model_dump()))  # type: ignore[no-any-return]
 
     return answer

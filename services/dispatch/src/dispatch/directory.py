@@ -10,16 +10,18 @@ import asyncio
 import dataclasses
 import time
 from collections.abc import Iterable, Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from prometheus_client import Gauge
 
 from ecs.db import Database
+from ecs.envelope import utcnow
 
 from . import store
 from .domain import (
     Agency,
+    CoverPolicy,
     RecommendationResult,
     StraightLineEstimator,
     UnitIndex,
@@ -32,11 +34,8 @@ from .settings import DispatchSettings
 INDEXED_UNITS = Gauge("dispatch_indexed_units", "Units in this replica's recommendation index")
 
 
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
 def unit_view(row: Any) -> UnitView:
+    """What recommendation needs of a unit (a domain Unit, or a row of store.units)."""
     return UnitView(
         id=row.id,
         agency=Agency(row.agency),
@@ -49,35 +48,6 @@ def unit_view(row: Any) -> UnitView:
         exercise=row.exercise,
         borrowed_for=row.lent_to_drill,
     )
-
-
-class CoverPolicy(Mapping[str, Mapping[UnitType, int]]):
-    """Minimum available units per district and type: a default with per-district overrides."""
-
-    def __init__(self, default: int, overrides: Mapping[str, Mapping[str, int]]) -> None:
-        self.default = default
-        self.overrides = {d: {UnitType(t): int(n) for t, n in by_type.items()} for d, by_type in overrides.items()}
-
-    def get(self, district: str, default: Any = None) -> Mapping[UnitType, int]:  # type: ignore[override]
-        return _DistrictCover(self.default, self.overrides.get(district, {}))
-
-    def __getitem__(self, district: str) -> Mapping[UnitType, int]:
-        return self.get(district)
-
-    def __iter__(self) -> Any:
-        return iter(self.overrides)
-
-    def __len__(self) -> int:
-        return len(self.overrides)
-
-
-class _DistrictCover(dict[UnitType, int]):
-    def __init__(self, default: int, overrides: Mapping[UnitType, int]) -> None:
-        super().__init__(overrides)
-        self.default = default
-
-    def get(self, unit_type: UnitType, default: Any = None) -> int:  # type: ignore[override]
-        return super().get(unit_type, self.default)
 
 
 OVERLAP = timedelta(seconds=5)  # re-read a little of the past: commits land out of timestamp order
@@ -114,11 +84,10 @@ class UnitDirectory:
     async def reload(self) -> None:
         """Rebuild the index from every unit, a thousand rows at a time so that the event loop
         keeps serving; what changed meanwhile is re-read right after the swap."""
-        started = _now()
+        started = utcnow()
         index, lent, fixed = UnitIndex(), set(), {}
         async with self.db.engine.connect() as conn:
-            result = await conn.stream(store.units.select())
-            async for rows in result.partitions(1000):
+            async for rows in store.stream_units(conn, 1000):
                 for row in rows:
                     index.upsert(unit_view(row))
                     fixed[row.id] = row.location_at
@@ -136,7 +105,7 @@ class UnitDirectory:
             return
         if time.monotonic() - self._last_full >= self.settings.full_reload_s:
             await self.reload()  # then catch up below with what changed while it ran
-        started = _now()
+        started = utcnow()
         async with self.db.engine.connect() as conn:
             rows = await store.units_changed_since(conn, self._changes_since)
             sweep = time.monotonic() - self._last_sweep >= self.settings.location_sweep_s
@@ -144,7 +113,7 @@ class UnitDirectory:
         self.apply(rows)
         self._changes_since = started - OVERLAP
         if sweep:
-            self.move((r.id, r.lat, r.lon, r.location_at) for r in positions)
+            self.move(positions)
             self._positions_since = started - OVERLAP
             self._last_sweep = time.monotonic()
 
@@ -202,6 +171,8 @@ class UnitDirectory:
                 self.index.upsert(dataclasses.replace(view, lat=lat, lon=lon))
 
     def recommend(self, requirement: Mapping[UnitType, int], incident: Any) -> RecommendationResult:
+        """Units for ``requirement`` near ``incident``, by this process's cover and estimator; an
+        exercise incident may also take the live units lent to drills."""
         return self.index.recommend(
             requirement,
             incident.lat,
@@ -214,4 +185,5 @@ class UnitDirectory:
         )
 
     def eta_s(self, unit: Any, incident: Any) -> float:
+        """Estimated seconds for ``unit`` to reach ``incident`` from where it is now."""
         return self.estimator.eta_s(unit.lat, unit.lon, incident.lat, incident.lon, UnitType(unit.unit_type))

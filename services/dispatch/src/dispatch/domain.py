@@ -1,6 +1,8 @@
-"""Dispatch rules: units and their status, response plans, and recommendation.
+"""Dispatch rules: units and their status, response plans, recommendation, and what a stage or
+level change, a status report or an operator's choice does to the units an incident holds.
 
-Pure domain: no I/O beyond reading the plan files shipped inside this package, no framework.
+Pure domain: no I/O, no framework. Functions take what the handlers loaded and return their
+decision (and the events it publishes, as contract models); refusals raise ecs.errors.
 """
 
 from __future__ import annotations
@@ -8,11 +10,12 @@ from __future__ import annotations
 import heapq
 import math
 import string
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from enum import StrEnum
 from functools import cached_property
-from importlib import resources
 from typing import Annotated, Any, Final, Protocol
 
 import yaml
@@ -27,9 +30,21 @@ from pydantic import (
     field_validator,
 )
 
-from ecs.errors import IllegalTransition, InvalidInput
+from ecs.contracts import (
+    ParticipantSettled,
+    PerimeterSecured,
+    PlanPublished,
+    UnitAssigned,
+    UnitRegistered,
+    UnitReleased,
+    UnitStatusChanged,
+)
+from ecs.errors import Conflict, IllegalTransition, InvalidInput, NotFound, StaleVersion
 from ecs.geo import haversine_m
-from ecs.vocabulary import Category, Level, Stage
+from ecs.vocabulary import Category, Level, Participant, Stage
+
+SERVICE: Final = Participant.dispatch.service
+"""The service's name: the source of its events."""
 
 # --------------------------------------------------------------------------------------------
 # Errors
@@ -54,6 +69,47 @@ class IllegalStatusChange(IllegalTransition):
 
 class InvalidLocation(InvalidInput):
     code, title = "invalid_location", "Location out of range"
+
+
+class UnknownUnit(NotFound):
+    """No unit with this id is on the roster (404)."""
+
+    def __init__(self, unit_id: str) -> None:
+        super().__init__(f"unit {unit_id} not found", unit_id=unit_id)
+
+
+class UnknownIncident(NotFound):
+    """No event about this incident has reached dispatch (404)."""
+
+    def __init__(self, incident_id: str) -> None:
+        super().__init__(
+            f"incident {incident_id} is unknown to dispatch (no event about it has arrived)",
+            incident_id=incident_id,
+        )
+
+
+class UnknownAssignment(NotFound):
+    """No assignment with this id (404)."""
+
+    def __init__(self, assignment_id: int) -> None:
+        super().__init__(f"assignment {assignment_id} not found", assignment_id=assignment_id)
+
+
+class NoPlan(NotFound):
+    """The category has no active response plan (404)."""
+
+    def __init__(self, category: str) -> None:
+        super().__init__(f"no response plan for category {str(category)!r}", category=str(category))
+
+
+class StaleUnit(StaleVersion):
+    """The unit is not at the version the operator saw (409)."""
+
+    def __init__(self, unit_id: str, current: int, seen: int) -> None:
+        super().__init__(
+            f"unit {unit_id} is at version {current}, not {seen}: reload it and decide again",
+            current_version=current,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,6 +239,205 @@ def check_status_change(from_status: UnitStatus, to_status: UnitStatus) -> None:
     from_status, to_status = UnitStatus(from_status), UnitStatus(to_status)
     if (from_status, to_status) not in STATUS_TRANSITIONS:
         raise IllegalStatusChange(from_status, to_status)
+
+
+# --------------------------------------------------------------------------------------------
+# The roster: units as dispatch stores them, and what may be done to them
+
+
+@dataclass(frozen=True, slots=True)
+class Unit:
+    """A unit on the roster. ``incident_id`` is set exactly while the unit is busy (assigned, en
+    route, on scene); ``lent_to_drill`` names the drill a live unit is lent to; ``version`` grows by
+    one with every change but a position report. Position in WGS-84 degrees, fixed at
+    ``location_at`` (UTC)."""
+
+    id: str
+    callsign: str
+    agency: Agency
+    unit_type: UnitType
+    capabilities: tuple[str, ...]
+    home_station: str
+    district: str
+    lat: float
+    lon: float
+    location_at: datetime
+    status: UnitStatus
+    incident_id: str | None
+    exercise: bool
+    lent_to_drill: str | None
+    version: int
+
+
+@dataclass(frozen=True, slots=True)
+class UnitSpec:
+    """A unit to register: where it is based and where it is now (WGS-84 degrees)."""
+
+    id: str
+    unit_type: UnitType
+    district: str
+    home_station: str
+    lat: float
+    lon: float
+    callsign: str = ""
+    capabilities: tuple[str, ...] = ()
+    exercise: bool = False
+    status: UnitStatus = UnitStatus.AVAILABLE
+
+
+BUSY: Final[frozenset[UnitStatus]] = frozenset({UnitStatus.ASSIGNED, UnitStatus.EN_ROUTE, UnitStatus.ON_SCENE})
+"""Statuses in which a unit serves an incident (and only then has ``incident_id`` set)."""
+REMOVABLE: Final[frozenset[UnitStatus]] = frozenset({UnitStatus.AVAILABLE, UnitStatus.OUT_OF_SERVICE})
+"""Statuses in which a unit may leave the roster: it serves no incident."""
+EDITABLE: Final[frozenset[str]] = frozenset({"callsign", "capabilities", "home_station", "district"})
+"""Roster fields an operator may change (``PATCH /v1/units/{id}``)."""
+LEAVING: Final[frozenset[UnitStatus]] = frozenset({UnitStatus.RETURNING, UnitStatus.OUT_OF_SERVICE})
+"""Reported statuses that end the unit's assignment."""
+
+
+def check_unique_units(unit_ids: Sequence[str]) -> None:
+    """Raises InvalidInput (field ``units``) naming the first id listed twice."""
+    repeated = sorted(i for i, n in Counter(unit_ids).items() if n > 1)
+    if repeated:
+        raise InvalidInput(f"unit {repeated[0]} is listed twice", field="units")
+
+
+def check_not_registered(existing: Iterable[str]) -> None:
+    """Raises Conflict (409) naming the units of a registration that are on the roster already."""
+    taken = sorted(existing)
+    if taken:
+        raise Conflict(f"unit {taken[0]} is already registered", unit_id=taken[0], existing=taken)
+
+
+def new_unit(spec: UnitSpec, now: datetime) -> Unit:
+    """The roster entry of a unit registered at ``now``: its agency from its type, capabilities
+    once each and sorted, its id as callsign unless it has one, version 1."""
+    unit_type = UnitType(spec.unit_type)
+    return Unit(
+        id=spec.id,
+        callsign=spec.callsign or spec.id,
+        agency=unit_type.agency,
+        unit_type=unit_type,
+        capabilities=tuple(sorted(set(spec.capabilities))),
+        home_station=spec.home_station,
+        district=spec.district,
+        lat=spec.lat,
+        lon=spec.lon,
+        location_at=now,
+        status=UnitStatus(spec.status),
+        incident_id=None,
+        exercise=spec.exercise,
+        lent_to_drill=None,
+        version=1,
+    )
+
+
+def roster_entry(unit: Unit, actor: str) -> UnitRegistered:
+    """The roster event of ``unit`` (``dispatch.unit.registered``, ``.updated`` or ``.removed``)."""
+    return UnitRegistered(
+        unit_id=unit.id,
+        callsign=unit.callsign,
+        agency=unit.agency,
+        unit_type=unit.unit_type,
+        capabilities=list(unit.capabilities),
+        home_station=unit.home_station,
+        district=unit.district,
+        exercise=unit.exercise,
+        lent_to_drill=unit.lent_to_drill,
+        actor=actor,
+    )
+
+
+def unit_changes(changes: Mapping[str, Any]) -> dict[str, Any]:
+    """The editable fields of ``changes`` (others are dropped), capabilities once each and sorted."""
+    values = {k: v for k, v in changes.items() if k in EDITABLE}
+    if "capabilities" in values:
+        values["capabilities"] = sorted(set(values["capabilities"]))
+    return values
+
+
+def check_version(unit: Unit, seen: int | None) -> None:
+    """Raises StaleUnit (409) when the operator saw another version of the unit (None: any)."""
+    if seen is not None and unit.version != seen:
+        raise StaleUnit(unit.id, unit.version, seen)
+
+
+def busy(unit: Unit) -> Conflict:
+    """The refusal for a unit that is not available: names the incident it serves, if any."""
+    if unit.incident_id:
+        return Conflict(
+            f"unit {unit.id} is already assigned to incident {unit.incident_id} ({unit.status})",
+            unit_id=unit.id,
+            incident_id=unit.incident_id,
+            unit_status=unit.status,
+        )
+    return Conflict(f"unit {unit.id} is {unit.status}", unit_id=unit.id, unit_status=unit.status)
+
+
+@dataclass(frozen=True, slots=True)
+class StatusReport:
+    """What a unit's reported status does: the unit's status and incident afterwards, whether its
+    assignment ends (and why) or records the arrival, and the event."""
+
+    from_status: UnitStatus
+    to_status: UnitStatus
+    incident_id: str | None
+    leaves: bool
+    arrives: bool
+    event: UnitStatusChanged
+
+    @property
+    def release_reason(self) -> str:
+        return f"unit reported {self.to_status}"
+
+
+def report_status(unit: Unit, to: UnitStatus, actor: str, seen_version: int | None = None) -> StatusReport:
+    """A unit reports ``to``. Returning or out of service ends its assignment; on scene records the
+    arrival.
+
+    Raises StaleUnit when ``seen_version`` is given and differs, IllegalStatusChange for a change
+    not in STATUS_TRANSITIONS, and Conflict for ``assigned`` (units are assigned to an incident,
+    not by status) and for ``available`` while the unit serves an incident (release it instead).
+    """
+    to = UnitStatus(to)
+    check_version(unit, seen_version)
+    check_status_change(unit.status, to)
+    if to is UnitStatus.ASSIGNED:
+        raise Conflict("a unit is assigned through POST /v1/incidents/{incident_id}/assignments, not by status")
+    if to is UnitStatus.AVAILABLE and unit.incident_id is not None:
+        raise Conflict(
+            f"unit {unit.id} serves incident {unit.incident_id}: release its assignment instead",
+            incident_id=unit.incident_id,
+        )
+    leaves = unit.incident_id is not None and to in LEAVING
+    event = UnitStatusChanged(
+        unit_id=unit.id,
+        unit_type=unit.unit_type,
+        from_status=unit.status,
+        to_status=to,
+        incident_id=unit.incident_id,
+        actor=actor,
+    )
+    return StatusReport(
+        from_status=unit.status,
+        to_status=to,
+        incident_id=None if leaves else unit.incident_id,
+        leaves=leaves,
+        arrives=to is UnitStatus.ON_SCENE,
+        event=event,
+    )
+
+
+def check_lendable(unit: Unit) -> None:
+    """Only live units are lent to drills (and taken back): raises Conflict for an exercise unit."""
+    if unit.exercise:
+        raise Conflict(f"unit {unit.id} is an exercise unit: only live units are lent to drills")
+
+
+def reclaim_releases(incident: Incident | None) -> bool:
+    """Taking a lent unit back ends its assignment when the incident it serves is an exercise; a
+    live incident keeps it."""
+    return incident is not None and incident.exercise
 
 
 # --------------------------------------------------------------------------------------------
@@ -400,24 +655,64 @@ def parse_plan(text: str, source: str) -> ResponsePlan:
         raise PlanError(source, problems) from None
 
 
-def load_shipped_plans() -> dict[Category, ResponsePlan]:
-    """The plan files shipped with the service, one per incident category, by category."""
+def plan_catalogue(files: Mapping[str, str]) -> dict[Category, ResponsePlan]:
+    """The plans of a folder (``{file name: YAML text}``, other files ignored), by category.
+
+    Raises PlanError when a plan is malformed, when a file is not named after its plan's category
+    (``fire.yaml``), or when a category has no plan.
+    """
     plans: dict[Category, ResponsePlan] = {}
-    folder = resources.files("dispatch").joinpath("plans")
-    for entry in sorted(folder.iterdir(), key=lambda e: e.name):
-        if not entry.name.endswith(".yaml"):
+    for name in sorted(files):
+        if not name.endswith(".yaml"):
             continue
-        source = f"plans/{entry.name}"
-        plan = parse_plan(entry.read_text(encoding="utf-8"), source)
-        if plan.category != entry.name.removesuffix(".yaml"):
-            raise PlanError(
-                source, [PlanProblem("category", 1, f"is {plan.category}, but the file is named {entry.name}")]
-            )
+        source = f"plans/{name}"
+        plan = parse_plan(files[name], source)
+        if plan.category != name.removesuffix(".yaml"):
+            raise PlanError(source, [PlanProblem("category", 1, f"is {plan.category}, but the file is named {name}")])
         plans[plan.category] = plan
     missing = sorted(set(Category) - set(plans))
     if missing:
         raise PlanError("plans/", [PlanProblem("(folder)", 1, f"no plan for {', '.join(missing)}")])
     return plans
+
+
+def read_new_plan(category: str, body: str) -> ResponsePlan:
+    """An operator's new version of ``category``'s plan, read from its YAML ``body``.
+
+    Raises NotFound for an unknown category, and PlanError (422, each bad field with its line)
+    for a malformed plan or one that names another category.
+    """
+    source = f"plans/{category}.yaml"
+    if category not in {c.value for c in Category}:
+        raise NotFound(f"no incident category {category!r}", category=category)
+    plan = parse_plan(body, source)
+    if plan.category != category:
+        line = next((n for n, text in enumerate(body.splitlines(), 1) if text.startswith("category:")), 1)
+        raise PlanError(
+            source, [PlanProblem("category", line, f"is {plan.category}, but this is the plan of {category}")]
+        )
+    return plan
+
+
+def check_next_version(plan: ResponsePlan, active_version: int | None) -> None:
+    """A new version is the active one + 1 (1 for a category without a plan): raises StaleVersion
+    (409) otherwise, so that two commanders editing the same version do not overwrite each other."""
+    current = active_version or 0
+    if plan.version != current + 1:
+        raise StaleVersion(
+            f"plan {plan.category} is at version {current}: a new version must say version: {current + 1}",
+            current_version=current,
+        )
+
+
+def plan_document(plan: ResponsePlan) -> dict[str, Any]:
+    """The plan as stored and published to other services (the body of ecs.contracts.PlanPublished)."""
+    return plan.model_dump(mode="json")
+
+
+def plan_published(plan: ResponsePlan, actor: str, now: datetime) -> PlanPublished:
+    """The ``dispatch.plan.published`` event of a plan version that became active at ``now``."""
+    return PlanPublished.model_validate({**plan_document(plan), "actor": actor, "published_at": now})
 
 
 def units_to_add(assigned: Mapping[UnitType, int], required: Mapping[UnitType, int]) -> dict[UnitType, int]:
@@ -522,6 +817,37 @@ class RecommendationResult:
 
 
 MinCover = int | Mapping[str, Mapping[UnitType, int]]
+
+
+class CoverPolicy(Mapping[str, Mapping[UnitType, int]]):
+    """Minimum available units per district and type: a default with per-district overrides
+    (``{"<district>": {"<unit type>": n}}``)."""
+
+    def __init__(self, default: int, overrides: Mapping[str, Mapping[str, int]]) -> None:
+        self.default = default
+        self.overrides = {d: {UnitType(t): int(n) for t, n in by_type.items()} for d, by_type in overrides.items()}
+
+    def get(self, district: str, default: Any = None) -> Mapping[UnitType, int]:  # type: ignore[override]
+        return _DistrictCover(self.default, self.overrides.get(district, {}))
+
+    def __getitem__(self, district: str) -> Mapping[UnitType, int]:
+        return self.get(district)
+
+    def __iter__(self) -> Any:
+        return iter(self.overrides)
+
+    def __len__(self) -> int:
+        return len(self.overrides)
+
+
+class _DistrictCover(dict[UnitType, int]):
+    def __init__(self, default: int, overrides: Mapping[UnitType, int]) -> None:
+        super().__init__(overrides)
+        self.default = default
+
+    def get(self, unit_type: UnitType, default: Any = None) -> int:  # type: ignore[override]
+        return super().get(unit_type, self.default)
+
 
 _M_PER_DEG: Final = 111_195.0  # metres per degree of latitude (mean Earth radius)
 _Candidate = tuple[float, str, UnitView]  # (approximate squared distance in m², unit id, unit)
@@ -843,3 +1169,424 @@ def recommend(
         estimator,
         borrowed_ids,
     )
+
+
+# --------------------------------------------------------------------------------------------
+# Incidents and the units they hold
+
+
+class AssignmentSource(StrEnum):
+    """How a unit came to serve an incident."""
+
+    AUTOMATIC = "automatic"  # the stage automation, by the plan
+    RECOMMENDED = "recommended"  # an operator accepted the recommendation
+    OVERRIDE = "override"  # an operator chose a unit that was not recommended, with a reason
+    REASSIGNED = "reassigned"  # moved from another incident (a reassignment or a merge)
+
+
+@dataclass(frozen=True, slots=True)
+class Incident:
+    """Dispatch's copy of an incident, kept from incident-intake's events (location in WGS-84
+    degrees), and what dispatch last published about it (None: nothing yet)."""
+
+    id: str
+    category: Category
+    level: Level
+    stage: Stage
+    lat: float
+    lon: float
+    exercise: bool
+    merged_into: str | None = None
+    perimeter_secured: bool | None = None
+    settled: bool | None = None
+    shortfalls: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    """An active assignment, with the status its unit reports now."""
+
+    id: int
+    incident_id: str
+    unit_id: str
+    unit_type: UnitType
+    stage: Stage  # what the unit was sent for: isolation (the perimeter) or handling
+    source: AssignmentSource
+    status: UnitStatus
+
+
+@dataclass(frozen=True, slots=True)
+class Assignment:
+    """A unit sent to an incident, from its assignment to its release (times in UTC; arrival
+    estimate in seconds, straight-line distance in metres, both to 0.1). ``id`` is None until
+    stored."""
+
+    incident_id: str
+    unit_id: str
+    unit_type: UnitType
+    agency: Agency
+    stage: Stage
+    source: AssignmentSource
+    actor: str
+    reason: str
+    eta_s: float | None
+    distance_m: float | None
+    exercise: bool
+    assigned_at: datetime
+    arrived_at: datetime | None = None
+    released_at: datetime | None = None
+    released_by: str | None = None
+    release_reason: str | None = None
+    id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What an assignment command did: the assignments made and the units it could not find."""
+
+    assignments: list[Assignment]
+    shortfalls: list[str]
+
+
+def assignment_stage(stage: Stage) -> Stage:
+    """What a unit sent during ``stage`` is for: the perimeter (isolation) until handling begins,
+    handling from then on."""
+    return Stage.isolation if stage in (Stage.reported, Stage.isolation) else Stage.handling
+
+
+def plan_stage(stage: Stage, release_on_aftermath: bool) -> Stage | None:
+    """Whose units the plan wants an incident to hold at ``stage``: isolation's until handling
+    begins; handling's (isolation's included) through opinion control, and through aftermath
+    unless units go home when it begins; None (no units) once closed or cancelled."""
+    if stage in (Stage.reported, Stage.isolation):
+        return Stage.isolation
+    if stage in (Stage.handling, Stage.opinion_control) or (stage == Stage.aftermath and not release_on_aftermath):
+        return Stage.handling
+    return None
+
+
+def required_units(level_plan: LevelPlan, stage: Stage, release_on_aftermath: bool) -> dict[UnitType, int]:
+    """The units, by type, the plan's part for the incident's level wants it to hold at ``stage``."""
+    wanted = plan_stage(stage, release_on_aftermath)
+    return level_plan.units_for(wanted) if wanted is not None else {}
+
+
+def held_by_type(held: Iterable[Held]) -> Counter[UnitType]:
+    """How many units of each type the incident holds."""
+    return Counter(UnitType(a.unit_type) for a in held)
+
+
+def top_up(held: Sequence[Held], required: Mapping[UnitType, int]) -> dict[UnitType, int]:
+    """The units, by type, missing from ``held`` to meet ``required``."""
+    return units_to_add(held_by_type(held), required)
+
+
+def check_open(incident: Incident) -> None:
+    """Units are sent to an open incident only: raises Conflict for a merged, closed or cancelled one."""
+    if incident.merged_into:
+        raise Conflict(
+            f"incident {incident.id} was merged into {incident.merged_into}", merged_into=incident.merged_into
+        )
+    if not Stage(incident.stage).is_open:
+        raise Conflict(f"incident {incident.id} is {incident.stage}", stage=incident.stage)
+
+
+def may_serve(unit: Unit, incident: Incident) -> bool:
+    """Whether the unit may serve the incident (DESIGN §8): a live incident takes live units only;
+    an exercise incident takes exercise units and live units lent to a drill. The same rule guards
+    the claim in the database (store.claim_units)."""
+    if incident.exercise:
+        return unit.exercise or unit.lent_to_drill is not None
+    return not unit.exercise
+
+
+def check_eligible(unit: Unit, incident: Incident) -> None:
+    """Raises Conflict when the unit may not serve the incident (see may_serve), saying why."""
+    if incident.exercise and not unit.exercise and not unit.lent_to_drill:
+        raise Conflict(
+            f"unit {unit.id} is a live unit not lent to a drill: exercise incident {incident.id} cannot take it",
+            unit_id=unit.id,
+        )
+    if not incident.exercise and unit.exercise:
+        raise Conflict(
+            f"unit {unit.id} is an exercise unit: live incident {incident.id} cannot take it", unit_id=unit.id
+        )
+
+
+def check_assignable(unit: Unit, incident: Incident) -> None:
+    """An operator may assign the unit to the incident: it may serve it and it is available.
+    Raises Conflict otherwise, naming the incident a busy unit serves."""
+    check_eligible(unit, incident)
+    if unit.status is not UnitStatus.AVAILABLE:
+        raise busy(unit)
+
+
+def check_unit_list(unit_ids: Sequence[str]) -> None:
+    """An operator's choice names at least one unit, each once: raises InvalidInput otherwise."""
+    if not unit_ids:
+        raise InvalidInput("name at least one unit", field="unit_ids")
+    if len(set(unit_ids)) != len(unit_ids):
+        raise InvalidInput("a unit is listed twice", field="unit_ids")
+
+
+def choose_units(
+    unit_ids: Sequence[str], recommended: Mapping[str, Recommendation], reason: str | None
+) -> list[tuple[str, AssignmentSource, str]]:
+    """An operator's choice as (unit id, source, reason) per unit: a recommended unit keeps the
+    recommendation's reason (and the operator's, if given); any other is an override and needs the
+    operator's reason, else InvalidInput (422) names the units not recommended."""
+    overrides = [uid for uid in unit_ids if uid not in recommended]
+    if overrides and not (reason and reason.strip()):
+        raise InvalidInput(
+            f"unit {overrides[0]} is not among the recommended units: give a reason to override",
+            field="reason",
+            not_recommended=overrides,
+        )
+    chosen = []
+    for uid in unit_ids:
+        rec = recommended.get(uid)
+        if rec is None:
+            chosen.append((uid, AssignmentSource.OVERRIDE, f"override: {reason}"))
+        else:
+            chosen.append((uid, AssignmentSource.RECOMMENDED, f"{rec.reason} ({reason})" if reason else rec.reason))
+    return chosen
+
+
+def new_assignment(
+    incident: Incident,
+    unit: Unit,
+    stage: Stage,
+    source: AssignmentSource,
+    actor: str,
+    reason: str,
+    estimator: TravelEstimator,
+    now: datetime,
+) -> Assignment:
+    """The assignment of ``unit`` to ``incident`` at ``now``, with the estimated arrival (s) and the
+    straight-line distance (m) from where the unit is."""
+    eta = estimator.eta_s(unit.lat, unit.lon, incident.lat, incident.lon, unit.unit_type)
+    return Assignment(
+        incident_id=incident.id,
+        unit_id=unit.id,
+        unit_type=unit.unit_type,
+        agency=unit.agency,
+        stage=stage,
+        source=source,
+        actor=actor,
+        reason=reason,
+        eta_s=round(eta, 1),
+        distance_m=round(haversine_m(unit.lat, unit.lon, incident.lat, incident.lon), 1),
+        exercise=incident.exercise,
+        assigned_at=now,
+    )
+
+
+def assigned_event(assignment: Assignment) -> UnitAssigned:
+    """The ``dispatch.unit.assigned`` event of a stored assignment."""
+    if assignment.id is None:
+        raise ValueError("an assignment is announced once stored")
+    return UnitAssigned(
+        incident_id=assignment.incident_id,
+        assignment_id=assignment.id,
+        unit_id=assignment.unit_id,
+        unit_type=assignment.unit_type,
+        agency=assignment.agency,
+        stage=assignment.stage,
+        source=assignment.source,
+        actor=assignment.actor,
+        eta_s=assignment.eta_s,
+        distance_m=assignment.distance_m,
+        reason=assignment.reason,
+    )
+
+
+def released_status(status: UnitStatus) -> UnitStatus:
+    """Where a released unit goes: available again if it had not left yet, else returning."""
+    return UnitStatus.AVAILABLE if status is UnitStatus.ASSIGNED else UnitStatus.RETURNING
+
+
+def release_event(held: Held, status: UnitStatus, actor: str, reason: str) -> UnitReleased:
+    """The ``dispatch.unit.released`` event: the unit no longer serves the incident; ``status`` is
+    the unit's status afterwards."""
+    return UnitReleased(
+        incident_id=held.incident_id,
+        assignment_id=held.id,
+        unit_id=held.unit_id,
+        unit_type=held.unit_type,
+        status=status,
+        reason=reason,
+        actor=actor,
+    )
+
+
+def check_release(assignment: Assignment, held: Held | None) -> Held:
+    """The active assignment to release; raises Conflict when it was released already."""
+    if held is None:
+        raise Conflict(
+            f"assignment {assignment.id} was already released at {assignment.released_at}",
+            assignment_id=assignment.id,
+        )
+    return held
+
+
+def check_other_incident(assignment: Assignment, to_incident_id: str) -> None:
+    """A reassignment goes to another incident: raises Conflict for the one the unit serves."""
+    if assignment.incident_id == to_incident_id:
+        raise Conflict(f"unit {assignment.unit_id} already serves incident {to_incident_id}")
+
+
+def check_reassignable(assignment: Assignment, held: Held | None) -> Held:
+    """Only a unit not yet on scene (assigned or en route) is sent elsewhere; raises Conflict when
+    the assignment ended or the unit must be released first."""
+    if held is None:
+        raise Conflict(f"assignment {assignment.id} was already released", assignment_id=assignment.id)
+    if held.status not in (UnitStatus.ASSIGNED, UnitStatus.EN_ROUTE):
+        raise Conflict(
+            f"unit {held.unit_id} is {held.status} at incident {held.incident_id}: release it first",
+            incident_id=held.incident_id,
+        )
+    return held
+
+
+def merge_reason(target: Incident) -> str:
+    return f"incident merged into {target.id}"
+
+
+def takes_over(target: Incident) -> bool:
+    """Whether the incident a merge absorbed another into takes over its units (it is open) or
+    they are released."""
+    return Stage(target.stage).is_open
+
+
+@dataclass(frozen=True, slots=True)
+class Reconciliation:
+    """What a stage or level change asks of the units an incident holds: assignments to release
+    (and why), and the units to add by type for ``stage`` (isolation or handling)."""
+
+    release: tuple[Held, ...] = ()
+    release_reason: str = ""
+    add: dict[UnitType, int] = field(default_factory=dict)
+    stage: Stage = Stage.isolation
+
+
+def reconcile(
+    incident: Incident, held: Sequence[Held], level_plan: LevelPlan | None, release_on_aftermath: bool
+) -> Reconciliation:
+    """Bring the units ``incident`` holds to what its plan wants at its stage and level.
+
+    A merged, closed or cancelled incident (or one in aftermath when units go home then) releases
+    everything. A reported one waits: the plan's units go out when isolation begins. Otherwise the
+    automatic assignments beyond the plan go (a lowered level), and what is missing is added.
+    Raises NoPlan when the plan is needed and ``level_plan`` is None.
+    """
+    stage = Stage(incident.stage)
+    if incident.merged_into or plan_stage(stage, release_on_aftermath) is None:
+        reason = f"incident merged into {incident.merged_into}" if incident.merged_into else f"incident {stage}"
+        return Reconciliation(release=tuple(held), release_reason=reason)
+    if stage is Stage.reported:
+        return Reconciliation()
+    if level_plan is None:
+        raise NoPlan(incident.category)
+    required = required_units(level_plan, stage, release_on_aftermath)
+    holding = held_by_type(held)
+    excess = units_to_release(holding, required)
+    return Reconciliation(
+        release=tuple(surplus(held, excess)),
+        release_reason=f"incident lowered to level {incident.level}: more units than the plan wants",
+        add=units_to_add(holding, required),
+        stage=assignment_stage(stage),
+    )
+
+
+_GIVE_BACK_ORDER: Final = {UnitStatus.ASSIGNED: 0, UnitStatus.EN_ROUTE: 1, UnitStatus.ON_SCENE: 2}
+
+
+def surplus(held: Sequence[Held], excess: Mapping[UnitType, int]) -> list[Held]:
+    """The assignments to give back, ``excess`` of each type: automatic ones only (an operator's
+    choice stays), those not yet on scene first, the most recent first."""
+    picked: list[Held] = []
+    for unit_type, n in excess.items():
+        pool = [a for a in held if a.unit_type == unit_type and a.source == AssignmentSource.AUTOMATIC]
+        pool.sort(key=lambda a: (_GIVE_BACK_ORDER.get(UnitStatus(a.status), 3), -a.id))
+        picked.extend(pool[:n])
+    return picked
+
+
+def perimeter_secured(held: Sequence[Held], plan_wants: int) -> bool:
+    """The perimeter counts as secured when every isolation unit the incident holds is on scene and
+    it holds at least one, or when its plan wants none (``plan_wants`` isolation units)."""
+    perimeter = [a for a in held if a.stage == Stage.isolation]
+    on_scene = sum(1 for a in perimeter if a.status == UnitStatus.ON_SCENE)
+    return on_scene == len(perimeter) and (bool(perimeter) or plan_wants == 0)
+
+
+def is_settled(held: Sequence[Held]) -> bool:
+    """Dispatch is settled with an incident when it holds no units for it."""
+    return not held
+
+
+@dataclass(frozen=True, slots=True)
+class Facts:
+    """What dispatch tells the lifecycle about an incident when it changed: the new values (None:
+    unchanged) and their events."""
+
+    perimeter_secured: bool | None = None
+    settled: bool | None = None
+    events: tuple[PerimeterSecured | ParticipantSettled, ...] = ()
+
+    def values(self) -> dict[str, bool]:
+        """The changed values, by column of dispatch's copy of the incident."""
+        changed = {"perimeter_secured": self.perimeter_secured, "settled": self.settled}
+        return {k: v for k, v in changed.items() if v is not None}
+
+
+def incident_facts(incident: Incident, held: Sequence[Held], level_plan: LevelPlan | None) -> Facts:
+    """The lifecycle's guards wait for these facts (DESIGN §3): the perimeter units on scene, and
+    dispatch settled. Published when they change, and ``settled`` the first time in any case."""
+    plan_wants = sum(level_plan.isolation_units.values()) if level_plan is not None else 0
+    secured = perimeter_secured(held, plan_wants)
+    settled = is_settled(held)
+    new_secured: bool | None = None
+    new_settled: bool | None = None
+    events: list[PerimeterSecured | ParticipantSettled] = []
+    if bool(incident.perimeter_secured) != secured:
+        new_secured = secured
+        perimeter = [a for a in held if a.stage == Stage.isolation]
+        on_scene = sum(1 for a in perimeter if a.status == UnitStatus.ON_SCENE)
+        detail = f"{on_scene} of {len(perimeter)} perimeter units on scene"
+        if len(perimeter) < plan_wants:
+            detail += f" (the plan wants {plan_wants})"
+        events.append(PerimeterSecured(incident_id=incident.id, on_scene=secured, detail=detail))
+    if incident.settled is None or incident.settled != settled:
+        new_settled = settled
+        detail = "no units held" if settled else f"{len(held)} units held"
+        events.append(
+            ParticipantSettled(
+                incident_id=incident.id, participant=Participant.dispatch, settled=settled, detail=detail
+            )
+        )
+    return Facts(new_secured, new_settled, tuple(events))
+
+
+def shortfall_messages(shortfalls: Sequence[Shortfall], remaining: Mapping[UnitType, int]) -> list[str]:
+    """Why units are still missing after claiming: the recommendation's shortfall of each type
+    still short, or, when it found enough, that they were taken by others meanwhile."""
+    messages = [s.message for s in shortfalls if s.unit_type in remaining]
+    for unit_type, n in remaining.items():
+        if not any(s.unit_type == unit_type for s in shortfalls):
+            messages.append(f"need {n} more {unit_type}: the units found were taken meanwhile")
+    return messages
+
+
+Position = tuple[str, float, float, datetime]
+"""A position report: unit id, latitude and longitude (WGS-84 degrees), when it was fixed (UTC)."""
+
+
+def latest_positions(reports: Iterable[Position]) -> dict[str, Position]:
+    """The newest report of each unit in a batch."""
+    latest: dict[str, Position] = {}
+    for report in reports:
+        seen = latest.get(report[0])
+        if seen is None or report[3] > seen[3]:
+            latest[report[0]] = report
+    return latest

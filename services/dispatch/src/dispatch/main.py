@@ -12,8 +12,9 @@ from ecs.feed import FeedConsumer
 from ecs.service import Platform, ServiceSpec, create_service_app, serve
 
 from . import api, consumers
+from .context import Context
 from .directory import UnitDirectory
-from .handlers import Dispatcher
+from .handlers.plans import seed_plans
 from .plans import PlanBook
 from .settings import DispatchSettings
 
@@ -35,38 +36,34 @@ def build_app(settings: DispatchSettings | None = None) -> FastAPI:
     settings = settings or DispatchSettings()
 
     async def wire(app: FastAPI, p: Platform) -> dict[str, Any]:
-        plans = PlanBook(p.db)
-        directory = UnitDirectory(p.db, settings)
-        dispatcher = Dispatcher(p.db, settings, plans, directory)
-        seeded = await plans.seed()  # the relay is running: seeded plans go out through the outbox
-        await directory.reload()
-        app.state.plans = plans
-        app.state.directory = directory
-        app.state.dispatcher = dispatcher
-        await p.bus.serve(consumers.PLAN_REQUEST, consumers.plan_responder(plans))
+        ctx = Context(p.db, settings, PlanBook(p.db), UnitDirectory(p.db, settings))
+        seeded = await seed_plans(ctx)  # the relay is running: seeded plans go out through the outbox
+        await ctx.directory.reload()
+        app.state.dispatch = ctx
+        await p.bus.serve(consumers.PLAN_REQUEST, consumers.plan_responder(ctx))
 
         async def keep_fresh() -> None:  # other replicas' changes to units and plans
-            await directory.refresh()
-            await plans.refresh()
+            await ctx.directory.refresh()
+            await ctx.plans.refresh()
 
         p.every(settings.refresh_interval_s, keep_fresh, "keep-fresh")
         await p.run(
             ConsumerRunner(
                 p.bus,
                 consumers.INCIDENT_CONSUMER,
-                consumers.incidents_handler(dispatcher, settings.automation_concurrency),
+                consumers.incidents_handler(ctx, settings.automation_concurrency),
                 settings.incident_batch,
                 settings.max_deliver,
             ),
             FeedConsumer(
                 p.bus,
                 consumers.LOCATION_FEED,
-                consumers.locations_handler(dispatcher),
+                consumers.locations_handler(ctx),
                 settings.location_batch,
                 max_deliver=settings.max_deliver,
             ),
         )
-        return {"units": len(directory.index), "plans": len(plans.categories()), "plans_seeded": seeded}
+        return {"units": len(ctx.directory.index), "plans": len(ctx.plans.categories()), "plans_seeded": seeded}
 
     return create_service_app(SPEC, settings, wire)
 

@@ -1,13 +1,16 @@
-"""dispatch's tables and the queries on them (SQLAlchemy Core).
+"""dispatch's tables and every write (and every read a handler decides on), SQLAlchemy Core.
 
-The database guards every count that must never go wrong: a unit is claimed with one conditional
-UPDATE (``... WHERE status = 'available'``) and the partial unique index on active assignments
-refuses a second one for the same unit, whatever replica or operator raced for it.
+Rows come back as the domain's objects (Unit, Incident, Held, Assignment). The database guards
+every count that must never go wrong: a unit is claimed with one conditional UPDATE
+(``... WHERE status = 'available'``) and the partial unique index on active assignments refuses a
+second one for the same unit, whatever replica or operator raced for it. The read side of the
+operator API (lists, per-incident views) is in views.py.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import dataclasses
+from collections.abc import AsyncIterator, Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -26,21 +29,37 @@ from sqlalchemy import (
     Table,
     Text,
     bindparam,
+    delete,
     func,
     select,
     text,
     update,
 )
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Row
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from ecs.db import BigId, UTCDateTime, new_metadata
+from ecs.db import BigId, UTCDateTime, chunks, new_metadata
+from ecs.vocabulary import Category, Level, Stage
+
+from .domain import (
+    BUSY,
+    Agency,
+    Assignment,
+    AssignmentSource,
+    Held,
+    Incident,
+    Position,
+    ResponsePlan,
+    Unit,
+    UnitStatus,
+    UnitType,
+    plan_document,
+)
 
 metadata = new_metadata()
-
-# Statuses in which a unit serves an incident (and only then has incident_id set).
-BUSY = ("assigned", "en_route", "on_scene")
 
 units = Table(
     "units",
@@ -64,6 +83,7 @@ units = Table(
     # Every change but a position report: replicas re-read what changed since they last looked.
     Column("changed_at", UTCDateTime, nullable=False),
     Column("created_at", UTCDateTime, nullable=False),
+    # domain.BUSY, as SQL: the constraint's text is part of the migrated schema.
     CheckConstraint(
         "(incident_id IS NOT NULL) = (status IN ('assigned', 'en_route', 'on_scene'))", name="busy_iff_incident"
     ),
@@ -147,17 +167,124 @@ plans = Table(
 # --- units ------------------------------------------------------------------------------------
 
 
-async def get_unit(conn: AsyncConnection, unit_id: str) -> Row | None:
-    return (await conn.execute(select(units).where(units.c.id == unit_id))).first()
+def to_unit(row: Any) -> Unit:
+    """A row of ``units`` as the domain's Unit."""
+    return Unit(
+        id=row.id,
+        callsign=row.callsign,
+        agency=Agency(row.agency),
+        unit_type=UnitType(row.unit_type),
+        capabilities=tuple(row.capabilities or ()),
+        home_station=row.home_station,
+        district=row.district,
+        lat=row.lat,
+        lon=row.lon,
+        location_at=row.location_at,
+        status=UnitStatus(row.status),
+        incident_id=row.incident_id,
+        exercise=row.exercise,
+        lent_to_drill=row.lent_to_drill,
+        version=row.version,
+    )
 
 
-async def get_units(conn: AsyncConnection, unit_ids: Iterable[str]) -> dict[str, Row]:
+async def get_unit(conn: AsyncConnection, unit_id: str) -> Unit | None:
+    row = (await conn.execute(select(units).where(units.c.id == unit_id))).first()
+    return to_unit(row) if row is not None else None
+
+
+async def get_units(conn: AsyncConnection, unit_ids: Iterable[str]) -> dict[str, Unit]:
+    """The units of these ids that exist, by id."""
     ids = list(dict.fromkeys(unit_ids))
-    found: dict[str, Row] = {}
-    for chunk in _chunks(ids, 500):
+    found: dict[str, Unit] = {}
+    for chunk in chunks(ids):
         for row in await conn.execute(select(units).where(units.c.id.in_(chunk))):
-            found[row.id] = row
+            found[row.id] = to_unit(row)
     return found
+
+
+async def existing_unit_ids(conn: AsyncConnection, unit_ids: Iterable[str]) -> set[str]:
+    found: set[str] = set()
+    for chunk in chunks(list(set(unit_ids))):
+        found.update(r[0] for r in await conn.execute(select(units.c.id).where(units.c.id.in_(chunk))))
+    return found
+
+
+async def insert_units(conn: AsyncConnection, new: Sequence[Unit], now: datetime) -> bool:
+    """Add units to the roster; False (and nothing added) if one of the ids is taken meanwhile."""
+    rows = [
+        {
+            "id": u.id,
+            "callsign": u.callsign,
+            "agency": u.agency.value,
+            "unit_type": u.unit_type.value,
+            "capabilities": list(u.capabilities),
+            "home_station": u.home_station,
+            "district": u.district,
+            "lat": u.lat,
+            "lon": u.lon,
+            "location_at": u.location_at,
+            "status": u.status.value,
+            "incident_id": u.incident_id,
+            "exercise": u.exercise,
+            "lent_to_drill": u.lent_to_drill,
+            "version": u.version,
+            "changed_at": now,
+            "created_at": now,
+        }
+        for u in new
+    ]
+    try:
+        await conn.execute(units.insert(), rows)
+    except IntegrityError:
+        return False
+    return True
+
+
+async def update_unit(
+    conn: AsyncConnection, unit_id: str, version: int, values: dict[str, Any], now: datetime
+) -> Unit | None:
+    """Change roster fields if the unit is still at ``version``; returns it, or None if it changed."""
+    u = units.c
+    stmt = (
+        update(units)
+        .where(u.id == unit_id, u.version == version)
+        .values(**values, version=u.version + 1, changed_at=now)
+        .returning(*units.c)
+    )
+    row = (await conn.execute(stmt)).first()
+    return to_unit(row) if row is not None else None
+
+
+async def set_lent(conn: AsyncConnection, unit_id: str, drill: str | None, now: datetime) -> Unit | None:
+    """Lend the unit to ``drill`` (None: take it back); returns it, or None if it is gone."""
+    u = units.c
+    stmt = (
+        update(units)
+        .where(u.id == unit_id)
+        .values(lent_to_drill=drill, version=u.version + 1, changed_at=now)
+        .returning(*units.c)
+    )
+    row = (await conn.execute(stmt)).first()
+    return to_unit(row) if row is not None else None
+
+
+async def delete_unit(conn: AsyncConnection, unit_id: str, statuses: Iterable[UnitStatus]) -> bool:
+    """Remove the unit if its status is one of ``statuses``; False if it is not (or is gone)."""
+    u = units.c
+    res = await conn.execute(delete(units).where(u.id == unit_id, u.status.in_([s.value for s in statuses])))
+    return res.rowcount == 1
+
+
+async def idle_exercise_unit_ids(conn: AsyncConnection) -> list[str]:
+    """Exercise units that serve no incident."""
+    u = units.c
+    return [r[0] for r in await conn.execute(select(u.id).where(u.exercise.is_(True) & u.incident_id.is_(None)))]
+
+
+async def delete_units(conn: AsyncConnection, unit_ids: Sequence[str]) -> int:
+    """Remove these units; returns how many there were."""
+    return (await conn.execute(delete(units).where(units.c.id.in_(unit_ids)))).rowcount
 
 
 async def claim_units(
@@ -167,7 +294,7 @@ async def claim_units(
 
     One conditional UPDATE: a unit another transaction took meanwhile does not match any more.
     An exercise incident takes exercise units and live units lent to a drill, a live incident
-    live units only.
+    live units only (domain.may_serve).
     """
     if not unit_ids:
         return set()
@@ -175,8 +302,8 @@ async def claim_units(
     eligible = u.exercise.is_(True) | u.lent_to_drill.is_not(None) if exercise else u.exercise.is_(False)
     stmt = (
         update(units)
-        .where(u.id.in_(sorted(unit_ids)), u.status == "available", eligible)
-        .values(status="assigned", incident_id=incident_id, version=u.version + 1, changed_at=now)
+        .where(u.id.in_(sorted(unit_ids)), u.status == UnitStatus.AVAILABLE.value, eligible)
+        .values(status=UnitStatus.ASSIGNED.value, incident_id=incident_id, version=u.version + 1, changed_at=now)
         .returning(u.id)
     )
     return {r[0] for r in await conn.execute(stmt)}
@@ -191,34 +318,38 @@ async def hand_over_units(
     u = units.c
     stmt = (
         update(units)
-        .where(u.id.in_(sorted(unit_ids)), u.incident_id == from_incident, u.status.in_(BUSY))
+        .where(u.id.in_(sorted(unit_ids)), u.incident_id == from_incident, u.status.in_(_BUSY))
         .values(incident_id=to_incident, version=u.version + 1, changed_at=now)
         .returning(u.id)
     )
     return {r[0] for r in await conn.execute(stmt)}
 
 
+_BUSY = sorted(s.value for s in BUSY)
+
+
 async def set_unit_status(
     conn: AsyncConnection,
     unit_id: str,
-    from_status: str,
-    to_status: str,
+    from_status: UnitStatus,
+    to_status: UnitStatus,
     incident_id: str | None,
     now: datetime,
     expected_version: int | None = None,
-) -> Row | None:
-    """Change the status if the unit is still as the caller saw it; returns the new row or None."""
+) -> Unit | None:
+    """Change the status if the unit is still as the caller saw it; returns the new unit or None."""
     u = units.c
-    where = [u.id == unit_id, u.status == from_status]
+    where = [u.id == unit_id, u.status == UnitStatus(from_status).value]
     if expected_version is not None:
         where.append(u.version == expected_version)
     stmt = (
         update(units)
         .where(*where)
-        .values(status=to_status, incident_id=incident_id, version=u.version + 1, changed_at=now)
+        .values(status=UnitStatus(to_status).value, incident_id=incident_id, version=u.version + 1, changed_at=now)
         .returning(*units.c)
     )
-    return (await conn.execute(stmt)).first()
+    row = (await conn.execute(stmt)).first()
+    return to_unit(row) if row is not None else None
 
 
 _LOCATION = (
@@ -244,79 +375,144 @@ _LOCATION_PG = text(
 )
 
 
-async def move_units(conn: AsyncConnection, positions: Sequence[dict[str, Any]]) -> None:
-    """Write position reports ({uid, lat, lon, at}), one per unit; an older report never
-    overwrites a newer one. Rows are taken in id order, as claims take them."""
-    if not positions:
+async def move_units(conn: AsyncConnection, positions: Iterable[Position]) -> None:
+    """Write position reports, one per unit; an older report never overwrites a newer one. Rows
+    are taken in id order, as claims take them."""
+    ordered = sorted(positions, key=lambda p: p[0])
+    if not ordered:
         return
-    ordered = sorted(positions, key=lambda p: p["uid"])
     if conn.dialect.name == "postgresql":
         await conn.execute(
             _LOCATION_PG,
             {
-                "uids": [p["uid"] for p in ordered],
-                "lats": [p["lat"] for p in ordered],
-                "lons": [p["lon"] for p in ordered],
-                "ats": [p["at"] for p in ordered],
+                "uids": [p[0] for p in ordered],
+                "lats": [p[1] for p in ordered],
+                "lons": [p[2] for p in ordered],
+                "ats": [p[3] for p in ordered],
             },
         )
     else:
-        await conn.execute(_LOCATION, ordered)
+        await conn.execute(_LOCATION, [{"uid": uid, "lat": lat, "lon": lon, "at": at} for uid, lat, lon, at in ordered])
 
 
-async def existing_unit_ids(conn: AsyncConnection, unit_ids: Iterable[str]) -> set[str]:
-    found: set[str] = set()
-    for chunk in _chunks(list(set(unit_ids)), 500):
-        found.update(r[0] for r in await conn.execute(select(units.c.id).where(units.c.id.in_(chunk))))
-    return found
+async def stream_units(conn: AsyncConnection, size: int = 1000) -> AsyncIterator[Sequence[Row]]:
+    """Every unit, ``size`` rows at a time (rows with the columns of ``units``)."""
+    result = await conn.stream(units.select())
+    async for rows in result.partitions(size):
+        yield rows
 
 
-async def units_changed_since(conn: AsyncConnection, since: datetime) -> Sequence[Row]:
-    return (await conn.execute(select(units).where(units.c.changed_at >= since))).all()
+async def units_changed_since(conn: AsyncConnection, since: datetime) -> list[Unit]:
+    return [to_unit(r) for r in await conn.execute(select(units).where(units.c.changed_at >= since))]
 
 
-async def positions_since(conn: AsyncConnection, since: datetime) -> Sequence[Row]:
+async def positions_since(conn: AsyncConnection, since: datetime) -> list[Position]:
     u = units.c
-    return (await conn.execute(select(u.id, u.lat, u.lon, u.location_at).where(u.location_at >= since))).all()
+    q = select(u.id, u.lat, u.lon, u.location_at).where(u.location_at >= since)
+    return [(r[0], r[1], r[2], r[3]) for r in await conn.execute(q)]
 
 
 # --- assignments ------------------------------------------------------------------------------
 
 
-async def add_assignments(conn: AsyncConnection, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Insert active assignments; returns the rows with their ids."""
-    if not rows:
-        return []
-    a = assignments
-    result = await conn.execute(a.insert().returning(a.c.id, a.c.unit_id, sort_by_parameter_order=True), rows)
-    return [{**row, "id": r.id} for row, r in zip(rows, result, strict=True)]
-
-
-async def active_assignments(conn: AsyncConnection, incident_id: str) -> Sequence[Row]:
-    """The incident's active assignments with each unit's current status and position."""
-    a, u = assignments, units
-    q = (
-        select(a, u.c.status, u.c.callsign, u.c.lat, u.c.lon, u.c.location_at, u.c.district)
-        .join(u, u.c.id == a.c.unit_id)
-        .where(a.c.incident_id == incident_id, a.c.released_at.is_(None))
-        .order_by(a.c.id)
+def to_assignment(row: Any) -> Assignment:
+    """A row of ``assignments`` as the domain's Assignment."""
+    return Assignment(
+        id=row.id,
+        incident_id=row.incident_id,
+        unit_id=row.unit_id,
+        unit_type=UnitType(row.unit_type),
+        agency=Agency(row.agency),
+        stage=Stage(row.stage),
+        source=AssignmentSource(row.source),
+        actor=row.actor,
+        reason=row.reason,
+        eta_s=row.eta_s,
+        distance_m=row.distance_m,
+        exercise=row.exercise,
+        assigned_at=row.assigned_at,
+        arrived_at=row.arrived_at,
+        released_at=row.released_at,
+        released_by=row.released_by,
+        release_reason=row.release_reason,
     )
-    return (await conn.execute(q)).all()
 
 
-async def get_assignment(conn: AsyncConnection, assignment_id: int) -> Row | None:
-    return (await conn.execute(select(assignments).where(assignments.c.id == assignment_id))).first()
+async def add_assignments(conn: AsyncConnection, new: Sequence[Assignment]) -> list[Assignment]:
+    """Insert active assignments; returns them with their ids. IntegrityError if a unit has one."""
+    if not new:
+        return []
+    rows = [
+        {
+            "incident_id": a.incident_id,
+            "unit_id": a.unit_id,
+            "unit_type": a.unit_type.value,
+            "agency": a.agency.value,
+            "stage": a.stage.value,
+            "source": a.source.value,
+            "actor": a.actor,
+            "reason": a.reason,
+            "eta_s": a.eta_s,
+            "distance_m": a.distance_m,
+            "exercise": a.exercise,
+            "assigned_at": a.assigned_at,
+            "arrived_at": None,
+            "released_at": None,
+            "released_by": None,
+            "release_reason": None,
+        }
+        for a in new
+    ]
+    t = assignments
+    result = await conn.execute(t.insert().returning(t.c.id, t.c.unit_id, sort_by_parameter_order=True), rows)
+    return [dataclasses.replace(a, id=r.id) for a, r in zip(new, result, strict=True)]
 
 
-async def active_assignment_of(conn: AsyncConnection, unit_id: str) -> Row | None:
+_HELD = select(
+    assignments.c.id,
+    assignments.c.incident_id,
+    assignments.c.unit_id,
+    assignments.c.unit_type,
+    assignments.c.stage,
+    assignments.c.source,
+    units.c.status,
+).join(units, units.c.id == assignments.c.unit_id)
+
+
+def _held(row: Any) -> Held:
+    return Held(
+        id=row.id,
+        incident_id=row.incident_id,
+        unit_id=row.unit_id,
+        unit_type=UnitType(row.unit_type),
+        stage=Stage(row.stage),
+        source=AssignmentSource(row.source),
+        status=UnitStatus(row.status),
+    )
+
+
+async def active_assignments(conn: AsyncConnection, incident_id: str) -> list[Held]:
+    """The incident's active assignments, oldest first, with each unit's current status."""
     a = assignments.c
-    q = select(assignments).where(a.unit_id == unit_id, a.released_at.is_(None))
-    return (await conn.execute(q)).first()
+    q = _HELD.where(a.incident_id == incident_id, a.released_at.is_(None)).order_by(a.id)
+    return [_held(r) for r in await conn.execute(q)]
+
+
+async def active_assignment_of(conn: AsyncConnection, unit_id: str) -> Held | None:
+    a = assignments.c
+    row = (await conn.execute(_HELD.where(a.unit_id == unit_id, a.released_at.is_(None)))).first()
+    return _held(row) if row is not None else None
+
+
+async def get_assignment(conn: AsyncConnection, assignment_id: int) -> Assignment | None:
+    row = (await conn.execute(select(assignments).where(assignments.c.id == assignment_id))).first()
+    return to_assignment(row) if row is not None else None
 
 
 async def close_assignments(
     conn: AsyncConnection, assignment_ids: Sequence[int], now: datetime, actor: str, reason: str
 ) -> set[int]:
+    """End these assignments (those still active); returns the ids ended."""
     if not assignment_ids:
         return set()
     a = assignments.c
@@ -330,6 +526,7 @@ async def close_assignments(
 
 
 async def mark_arrived(conn: AsyncConnection, unit_id: str, now: datetime) -> None:
+    """Record the arrival on the unit's active assignment (the first arrival counts)."""
     a = assignments.c
     await conn.execute(
         update(assignments)
@@ -338,17 +535,59 @@ async def mark_arrived(conn: AsyncConnection, unit_id: str, now: datetime) -> No
     )
 
 
-async def assignment_history(conn: AsyncConnection, incident_id: str) -> Sequence[Row]:
-    a = assignments.c
-    q = select(assignments).where(a.incident_id == incident_id).order_by(a.id)
-    return (await conn.execute(q)).all()
+async def delete_exercise_assignments(conn: AsyncConnection) -> int:
+    return (await conn.execute(delete(assignments).where(assignments.c.exercise.is_(True)))).rowcount
 
 
 # --- incidents --------------------------------------------------------------------------------
 
 
-async def get_incident(conn: AsyncConnection, incident_id: str) -> Row | None:
-    return (await conn.execute(select(incidents).where(incidents.c.id == incident_id))).first()
+def to_incident(row: Any) -> Incident:
+    """A row of ``incidents`` as the domain's Incident."""
+    return Incident(
+        id=row.id,
+        category=Category(row.category),
+        level=Level(row.level),
+        stage=Stage(row.stage),
+        lat=row.lat,
+        lon=row.lon,
+        exercise=row.exercise,
+        merged_into=row.merged_into,
+        perimeter_secured=row.perimeter_secured,
+        settled=row.settled,
+        shortfalls=tuple(row.shortfalls or ()),
+    )
+
+
+async def get_incident(conn: AsyncConnection, incident_id: str) -> Incident | None:
+    row = (await conn.execute(select(incidents).where(incidents.c.id == incident_id))).first()
+    return to_incident(row) if row is not None else None
+
+
+async def remember_incident(
+    conn: AsyncConnection, incident: Incident, perimeter: Any, version: int, now: datetime
+) -> None:
+    """Keep dispatch's copy of an incident it hears of for the first time (a copy it has stays)."""
+    await conn.execute(
+        _insert_ignore(conn, incidents).values(
+            id=incident.id,
+            category=incident.category.value,
+            level=int(incident.level),
+            stage=incident.stage.value,
+            lat=incident.lat,
+            lon=incident.lon,
+            exercise=incident.exercise,
+            perimeter=perimeter,
+            merged_into=None,
+            stage_version=version,
+            level_version=version,
+            perimeter_secured=None,
+            settled=None,
+            shortfalls=[],
+            created_at=now,
+            updated_at=now,
+        )
+    )
 
 
 async def update_incident(conn: AsyncConnection, incident_id: str, **values: Any) -> None:
@@ -356,49 +595,74 @@ async def update_incident(conn: AsyncConnection, incident_id: str, **values: Any
 
 
 async def set_stage(
-    conn: AsyncConnection, incident_id: str, version: int, stage: str, perimeter: Any, now: datetime
+    conn: AsyncConnection, incident_id: str, version: int, stage: Stage, perimeter: Any, now: datetime
 ) -> bool:
     """Apply a stage change unless a newer one was already applied."""
     i = incidents.c
-    values: dict[str, Any] = {"stage": stage, "stage_version": version, "updated_at": now}
+    values: dict[str, Any] = {"stage": Stage(stage).value, "stage_version": version, "updated_at": now}
     if perimeter is not None:
         values["perimeter"] = perimeter
     res = await conn.execute(update(incidents).where(i.id == incident_id, i.stage_version < version).values(**values))
     return res.rowcount == 1
 
 
-async def set_level(conn: AsyncConnection, incident_id: str, version: int, level: int, now: datetime) -> bool:
+async def set_level(conn: AsyncConnection, incident_id: str, version: int, level: Level, now: datetime) -> bool:
+    """Apply a level change unless a newer one was already applied."""
     i = incidents.c
     res = await conn.execute(
         update(incidents)
         .where(i.id == incident_id, i.level_version < version)
-        .values(level=level, level_version=version, updated_at=now)
+        .values(level=int(level), level_version=version, updated_at=now)
     )
     return res.rowcount == 1
+
+
+async def exercise_incident_ids(conn: AsyncConnection) -> list[str]:
+    i = incidents.c
+    return [r[0] for r in await conn.execute(select(i.id).where(i.exercise.is_(True)))]
+
+
+async def delete_exercise_incidents(conn: AsyncConnection) -> int:
+    return (await conn.execute(delete(incidents).where(incidents.c.exercise.is_(True)))).rowcount
 
 
 # --- plans ------------------------------------------------------------------------------------
 
 
 async def active_plan_versions(conn: AsyncConnection) -> dict[str, int]:
+    """The highest stored version of each category's plan."""
     p = plans.c
     rows = await conn.execute(select(p.category, func.max(p.version)).group_by(p.category))
     return {r[0]: int(r[1]) for r in rows}
 
 
 async def get_plan(conn: AsyncConnection, category: str, version: int | None = None) -> Row | None:
+    """A stored plan version (the highest when ``version`` is None): the row of ``plans``."""
     p = plans.c
     q = select(plans).where(p.category == category)
     q = q.where(p.version == version) if version is not None else q.order_by(p.version.desc()).limit(1)
     return (await conn.execute(q)).first()
 
 
-async def plan_versions(conn: AsyncConnection, category: str) -> Sequence[Row]:
-    p = plans.c
-    q = select(p.category, p.version, p.origin, p.actor, p.created_at).where(p.category == category)
-    return (await conn.execute(q.order_by(p.version.desc()))).all()
+async def insert_plan(
+    conn: AsyncConnection, plan: ResponsePlan, body: str, origin: str, actor: str, now: datetime
+) -> bool:
+    """Store a plan version; False if that version of the category is stored already."""
+    res = await conn.execute(
+        _insert_ignore(conn, plans).values(
+            category=plan.category.value,
+            version=plan.version,
+            body=body,
+            document=plan_document(plan),
+            origin=origin,
+            actor=actor,
+            created_at=now,
+        )
+    )
+    return res.rowcount == 1
 
 
-def _chunks(items: list[Any], size: int) -> Iterable[list[Any]]:
-    for i in range(0, len(items), size):
-        yield items[i : i + size]
+def _insert_ignore(conn: AsyncConnection, table: Table) -> Any:
+    # INSERT ... ON CONFLICT DO NOTHING in the connection's dialect.
+    ins = sqlite.insert(table) if conn.dialect.name == "sqlite" else postgresql.insert(table)
+    return ins.on_conflict_do_nothing()
