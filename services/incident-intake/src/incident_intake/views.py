@@ -15,12 +15,15 @@ from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
 from sqlalchemy import and_, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from ecs.contracts import CategoryName, StageName
+from ecs.contracts import CategoryName, LevelName, StageName
 from ecs.db import Database
 from ecs.errors import InvalidInput, NotFound
 
 from . import store
 from .domain import MAX_RADIUS_M, Level, Participant
+
+# Spelled from the vocabulary, so the OpenAPI lists exactly the colours Level has.
+LevelColour = Literal[tuple(level.colour for level in Level)]  # type: ignore[valid-type]
 
 Timestamp = Annotated[datetime, PlainSerializer(lambda v: v.isoformat(), return_type=str, when_used="json")]
 """An aware datetime, written as Python's ``isoformat`` (RFC 3339, ``+00:00`` for UTC)."""
@@ -74,8 +77,8 @@ class IncidentView(_View):
     category: CategoryName
     stage: StageName
     level: int = Field(description="1 = I (red) .. 4 = IV (blue)")
-    level_name: Literal["I", "II", "III", "IV"]
-    level_colour: Literal["red", "orange", "yellow", "blue"]
+    level_name: LevelName
+    level_colour: LevelColour
     exercise: bool
     location: Location
     first_alarm_at: Timestamp

@@ -1,0 +1,393 @@
+"""The Incident aggregate without a database: what it knows (guard facts, next steps) and what each
+operator command decides in every stage: the change to save, or the refusal an operator sees."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from ecs import errors
+from ecs.contracts import (
+    FactRecorded,
+    IncidentCreated,
+    IncidentMerged,
+    IncidentSplit,
+    IncidentVerified,
+    LevelChanged,
+    PerimeterSet,
+    StageChanged,
+)
+from incident_intake.domain import (
+    OPEN_STAGES,
+    TERMINAL_STAGES,
+    TRANSITIONS,
+    AlarmFacts,
+    Category,
+    Counts,
+    Incident,
+    Level,
+    Participant,
+    Perimeter,
+    Stage,
+    refuse_self_merge,
+)
+
+T0 = datetime(2025, 3, 1, 8, 0, tzinfo=UTC)
+BUND = (31.2400, 121.4900)
+CORDON = Perimeter.circle(*BUND, 300)
+EVERYONE = list(Participant)
+EVERY_FACT_MET = {
+    "perimeter_units_on_scene": True,
+    "hazard_under_control": True,
+    "statement_published": True,
+    "after_action_report": True,
+    "settled": {p.value: True for p in Participant},
+}
+
+
+def incident(stage: Stage = Stage.reported, **changes: object) -> Incident:
+    base = Incident(
+        id="inc-1",
+        category=Category.fire,
+        lat=BUND[0],
+        lon=BUND[1],
+        first_alarm_at=T0,
+        last_alarm_at=T0,
+        alarm_count=2,
+        caller_count=2,
+        casualties=1,
+        level=Level.IV,
+        exercise=False,
+        stage=stage,
+        version=5,
+    )
+    return replace(base, **changes)
+
+
+def ready(stage: Stage) -> Incident:
+    """An incident whose every guard is met."""
+    return incident(stage, verified=True, perimeter=CORDON, facts=dict(EVERY_FACT_MET))
+
+
+# --- what the incident knows ------------------------------------------------------------------
+
+
+def test_guard_facts_come_from_the_stored_facts():
+    inc = incident(
+        verified=True,
+        perimeter=CORDON,
+        facts={
+            "perimeter_units_on_scene": True,
+            "hazard_under_control": False,
+            "after_action_report": True,
+            "after_action_report_note": "filed",
+            "settled": {"dispatch": True, "public-notification": False, "retired-service": True},
+        },
+    )
+    facts = inc.guard_facts()
+    assert facts.verified and facts.perimeter == CORDON
+    assert (facts.perimeter_units_on_scene, facts.hazard_under_control, facts.statement_published) == (
+        True,
+        False,
+        False,
+    )
+    assert facts.after_action_report
+    # Either spelling of a participant counts; one this version does not know guards nothing.
+    assert facts.settled == {Participant.dispatch: True, Participant.notification: False}
+
+
+def test_an_incident_with_no_facts_has_nothing_met():
+    facts = incident().guard_facts()
+    assert not (facts.verified or facts.perimeter or facts.perimeter_units_on_scene or facts.settled)
+
+
+@pytest.mark.parametrize("stage", sorted(Stage))
+def test_next_steps_are_the_lifecycles_steps_from_the_stage(stage):
+    steps = ready(stage).next_steps(EVERYONE)
+    assert [s.stage for s in steps] == [target for (source, _), target in TRANSITIONS.items() if source == stage]
+    assert all(s.allowed and s.missing == [] for s in steps)
+    assert (steps == []) is (stage in TERMINAL_STAGES)
+
+
+def test_next_steps_name_what_is_missing():
+    steps = {s.stage: s for s in incident().next_steps([Participant.dispatch])}
+    assert steps[Stage.isolation].missing == ["incident not verified by a dispatcher", "no perimeter set"]
+    assert steps[Stage.cancelled].allowed
+    (handle,) = incident(Stage.isolation).next_steps([Participant.dispatch])[:1]
+    assert handle.missing == ["perimeter units not on scene (dispatch)"]
+    (handle,) = incident(Stage.isolation).next_steps([])[:1]
+    assert handle.allowed  # nobody will report units on scene: waiting would deadlock
+
+
+def test_expect_refuses_a_merged_away_or_changed_incident():
+    inc = incident()
+    inc.expect(5)
+    inc.expect(None)
+    with pytest.raises(errors.StaleVersion) as stale:
+        inc.expect(4)
+    assert stale.value.extra["current_version"] == 5 and stale.value.status == 409
+    with pytest.raises(errors.Conflict, match="merged into inc-9") as merged:
+        incident(merged_into="inc-9").expect(None)
+    assert merged.value.extra["merged_into"] == "inc-9"
+
+
+# --- commands in every stage --------------------------------------------------------------------
+
+OPEN = sorted(OPEN_STAGES)
+FINISHED = sorted(TERMINAL_STAGES)
+
+
+@pytest.mark.parametrize("stage", OPEN)
+def test_verify_in_an_open_stage(stage):
+    change = incident(stage, exercise=True).verify("dispatcher-7")
+    assert (change.incident_id, change.values, change.versioned) == ("inc-1", {"verified": True}, True)
+    assert (change.entry.actor, change.entry.kind, change.entry.detail) == (
+        "dispatcher-7",
+        "verified",
+        {"automatic": False},
+    )
+    assert change.event is not None and change.event.exercise is True
+    assert change.event.data == IncidentVerified(incident_id="inc-1", actor="dispatcher-7", automatic=False, version=6)
+
+
+@pytest.mark.parametrize("stage", FINISHED)
+def test_a_finished_incident_refuses_every_change_an_operator_makes(stage):
+    inc = incident(stage)
+    for attempt in (
+        lambda: inc.verify("a"),
+        lambda: inc.set_perimeter(CORDON, "a"),
+        lambda: inc.change_level(Level.II, "a", "why"),
+        lambda: inc.record_fact("hazard_under_control", "a"),
+        lambda: inc.plan_split([("gw", "1"), ("gw", "2")], [("gw", "1")]),
+    ):
+        with pytest.raises(errors.Conflict, match=f"is {stage}") as refused:
+            attempt()
+        assert refused.value.extra["stage"] == str(stage)
+
+
+def test_verify_twice_is_refused():
+    with pytest.raises(errors.Conflict, match="already verified"):
+        incident(verified=True).verify("a")
+
+
+@pytest.mark.parametrize("stage", OPEN)
+def test_set_perimeter_in_an_open_stage(stage):
+    polygon = Perimeter.polygon([(31.0, 121.0), (31.0, 121.01), (31.01, 121.01), (31.0, 121.0)])
+    change = incident(stage).set_perimeter(polygon, "alice")
+    shape = {"kind": "polygon", "points": [[31.0, 121.0], [31.0, 121.01], [31.01, 121.01]]}
+    assert change.values == {"perimeter": shape} and change.entry.detail == {"perimeter": shape}
+    assert change.event.data == PerimeterSet(incident_id="inc-1", perimeter=shape, actor="alice", version=6)
+
+
+@pytest.mark.parametrize(("stage", "level"), list(itertools.product(OPEN, [Level.I, Level.III])))
+def test_change_level_in_an_open_stage(stage, level):
+    change = incident(stage, level=Level.II).change_level(level, "cmdr", "school nearby")
+    assert change.values == {"level": int(level)}
+    assert change.entry.detail == {"from": 2, "to": int(level), "reason": "school nearby"}
+    assert change.event.data == LevelChanged(
+        incident_id="inc-1", from_level=Level.II, to_level=level, reason="school nearby", actor="cmdr", version=6
+    )
+
+
+def test_the_same_level_again_is_refused():
+    with pytest.raises(errors.Conflict, match="already level II"):
+        incident(level=Level.II).change_level(Level.II, "cmdr", "no change")
+
+
+@pytest.mark.parametrize("stage", OPEN)
+def test_record_fact_keeps_the_other_facts_and_the_note(stage):
+    inc = incident(stage, facts={"perimeter_units_on_scene": True})
+    change = inc.record_fact("after_action_report", "cmdr", "filed at 18:00")
+    assert change.values == {
+        "facts": {
+            "perimeter_units_on_scene": True,
+            "after_action_report": True,
+            "after_action_report_note": "filed at 18:00",
+        }
+    }
+    assert inc.facts == {"perimeter_units_on_scene": True}  # the decision does not change the incident
+    assert (change.entry.kind, change.entry.detail) == ("fact.after_action_report", {"note": "filed at 18:00"})
+    assert change.event.data == FactRecorded(incident_id="inc-1", fact="after_action_report", actor="cmdr", version=6)
+    assert "hazard_under_control_note" not in incident(stage).record_fact("hazard_under_control", "c").values["facts"]
+
+
+# --- the lifecycle through the Incident --------------------------------------------------------
+
+
+@pytest.mark.parametrize(("stage", "target"), list(itertools.product(sorted(Stage), sorted(Stage))))
+def test_change_stage_for_every_pair(stage, target):
+    inc = ready(stage)
+    steps = {t for (source, _), t in TRANSITIONS.items() if source == stage}
+    if target == Stage.reported:
+        with pytest.raises(errors.InvalidInput, match="no transition leads to stage reported"):
+            inc.change_stage(target, "cmdr", None, EVERYONE)
+    elif target not in steps:
+        with pytest.raises(errors.IllegalTransition) as refused:
+            inc.change_stage(target, "cmdr", None, EVERYONE)
+        assert refused.value.status == 409 and "allowed" in refused.value.extra
+    else:
+        change = inc.change_stage(target, "cmdr", "on plan", EVERYONE)
+        assert change.values == {"stage": target.value}
+        assert change.entry.detail == {"from": str(stage), "to": str(target), "reason": "on plan"}
+        event = change.event.data
+        assert isinstance(event, StageChanged)
+        assert (event.from_stage, event.to_stage, event.version, event.reason) == (stage, target, 6, "on plan")
+        assert (event.category, event.level, event.perimeter) == (Category.fire, Level.IV, CORDON.to_dict())
+
+
+def test_a_blocked_step_names_what_is_missing():
+    with pytest.raises(errors.IllegalTransition) as refused:
+        incident(Stage.aftermath, facts={"settled": {"dispatch": False}}).change_stage(
+            Stage.closed, "cmdr", None, [Participant.dispatch, Participant.shelter]
+        )
+    assert refused.value.extra["missing"] == [
+        "participant 'dispatch' not settled",
+        "participant 'shelter-registry' has not reported",
+        "after-action report missing",
+    ]
+    assert refused.value.extra["stage"] == "aftermath"
+    assert "cannot move incident inc-1 from aftermath to closed" in refused.value.detail
+
+
+def test_a_statement_is_needed_only_when_notification_takes_part():
+    inc = incident(Stage.opinion_control)
+    with pytest.raises(errors.IllegalTransition, match="no official statement"):
+        inc.change_stage(Stage.aftermath, "cmdr", None, [Participant.notification])
+    assert inc.change_stage(Stage.aftermath, "cmdr", None, [Participant.dispatch]).values == {"stage": "aftermath"}
+
+
+# --- facts from other services ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stage", sorted(Stage))
+def test_a_fact_from_another_service_applies_in_any_stage_without_a_new_version(stage):
+    inc = incident(stage, facts={"settled": {"dispatch": True}})
+    change = inc.apply_fact("settled", False, "public-notification", "msg-1", Participant.notification)
+    assert change.values == {"facts": {"settled": {"dispatch": True, "notification": False}}}
+    assert change.versioned is False and change.event is None
+    assert (change.entry.actor, change.entry.kind) == ("public-notification", "fact.settled")
+    assert change.entry.detail == {
+        "fact": "settled",
+        "value": False,
+        "participant": "notification",
+        "message_id": "msg-1",
+    }
+    on_scene = inc.apply_fact("perimeter_units_on_scene", True, "dispatch", "msg-2")
+    assert on_scene.values["facts"]["perimeter_units_on_scene"] is True
+    assert on_scene.entry.detail["participant"] is None
+
+
+# --- merge --------------------------------------------------------------------------------------
+
+COUNTS = Counts(alarm_count=3, first_alarm_at=T0, last_alarm_at=T0 + timedelta(minutes=9), casualties=4, caller_count=2)
+
+
+def test_merge_takes_the_worse_level_and_either_verification():
+    target = incident(level=Level.III, verified=False)
+    source = incident(id="inc-2", level=Level.II, verified=True, version=2)
+    gone, merged = target.merge(source, "alice", moved=1, counts=COUNTS)
+    assert gone.incident_id == "inc-2" and gone.event is None and gone.versioned
+    assert gone.values == {"merged_into": "inc-1", "alarm_count": 0, "caller_count": 0}
+    assert (gone.entry.kind, gone.entry.detail) == ("merged.into", {"incident_id": "inc-1", "alarms_moved": 1})
+    assert merged.values == {**COUNTS.values(), "level": 2, "verified": True}
+    assert (merged.entry.kind, merged.entry.detail) == ("merged", {"merged_incident_id": "inc-2", "alarms_moved": 1})
+    assert merged.event.data == IncidentMerged(
+        incident_id="inc-1", merged_incident_id="inc-2", alarms_moved=1, actor="alice"
+    )
+
+
+@pytest.mark.parametrize(
+    ("source", "error", "words"),
+    [
+        (incident(), errors.InvalidInput, "into itself"),
+        (incident(id="inc-2", exercise=True), errors.Conflict, "exercise incident and a live incident"),
+        (incident(id="inc-2", merged_into="inc-3"), errors.Conflict, "already merged into inc-3"),
+        (incident(Stage.closed, id="inc-2"), errors.Conflict, "incident inc-2 is closed"),
+    ],
+    ids=["itself", "drill-and-live", "already-merged", "finished-source"],
+)
+def test_merge_refuses_what_makes_no_sense(source, error, words):
+    with pytest.raises(error, match=words):
+        incident().check_merge(source)
+    with pytest.raises(error, match=words):
+        incident().merge(source, "alice", 1, COUNTS)
+
+
+@pytest.mark.parametrize("stage", FINISHED)
+def test_a_finished_incident_takes_no_merge(stage):
+    with pytest.raises(errors.Conflict, match="cannot merge"):
+        incident(stage).check_merge(incident(id="inc-2"))
+
+
+def test_self_merge_is_refused_by_id_before_anything_is_read():
+    with pytest.raises(errors.InvalidInput) as refused:
+        refuse_self_merge("inc-1", "inc-1")
+    assert refused.value.extra["field"] == "source_incident_id"
+    refuse_self_merge("inc-1", "inc-2")
+
+
+# --- split --------------------------------------------------------------------------------------
+
+ALARMS = [("gw", "a-1"), ("gw", "a-2"), ("gw-b", "a-1")]
+
+
+def test_plan_split_keeps_the_incidents_order():
+    assert incident().plan_split(ALARMS, {("gw-b", "a-1"), ("gw", "a-1")}) == [("gw", "a-1"), ("gw-b", "a-1")]
+
+
+@pytest.mark.parametrize(
+    ("wanted", "error", "words"),
+    [
+        (set(), errors.InvalidInput, "at least one alarm"),
+        ({("gw", "a-9"), ("gw", "a-1")}, errors.InvalidInput, "alarm gw:a-9 does not belong to incident inc-1"),
+        (set(ALARMS), errors.Conflict, "leave the incident empty"),
+    ],
+    ids=["none", "unknown", "every-alarm"],
+)
+def test_plan_split_refuses_what_makes_no_sense(wanted, error, words):
+    with pytest.raises(error, match=words):
+        incident().plan_split(ALARMS, wanted)
+
+
+def test_split_opens_a_new_incident_for_the_alarms_that_left():
+    inc = incident(Stage.isolation, level=Level.II, exercise=True, verified=True)
+    first = AlarmFacts(Category.crowd_crush, 31.3, 121.5, T0 + timedelta(minutes=3), exercise=True)
+    new_counts = Counts(2, T0 + timedelta(minutes=3), T0 + timedelta(minutes=4), casualties=0, caller_count=1)
+    split = inc.split("inc-2", first, [("gw", "a-2"), ("gw-b", "a-1")], new_counts, COUNTS, "alice")
+    new = split.new
+    assert (new.id, new.split_from, new.stage, new.verified, new.version) == (
+        "inc-2",
+        "inc-1",
+        Stage.reported,
+        False,
+        1,
+    )
+    assert (new.category, new.lat, new.lon, new.exercise) == (Category.crowd_crush, 31.3, 121.5, True)
+    assert (new.alarm_count, new.caller_count, new.casualties, new.last_alarm_at) == (2, 1, 0, new_counts.last_alarm_at)
+    assert new.level == Level.III  # a crowd crush is at least level III, whatever the old incident was
+    assert (split.entry.incident_id, split.entry.kind, split.entry.detail) == (
+        "inc-2",
+        "split.from",
+        {"incident_id": "inc-1", "alarms": 2},
+    )
+    assert split.created.exercise is True
+    assert split.created.data == IncidentCreated(
+        incident_id="inc-2",
+        category=Category.crowd_crush,
+        level=Level.III,
+        lat=31.3,
+        lon=121.5,
+        first_alarm_at=new_counts.first_alarm_at,
+        alarm_id="a-2",
+        gateway_id="gw",
+        exercise=True,
+    )
+    left = split.left
+    assert left.incident_id == "inc-1" and left.values == COUNTS.values() and left.versioned
+    assert left.entry.detail == {"new_incident_id": "inc-2", "alarms": ["gw:a-2", "gw-b:a-1"]}
+    assert left.event.data == IncidentSplit(
+        incident_id="inc-1", new_incident_id="inc-2", alarm_ids=["gw:a-2", "gw-b:a-1"], actor="alice"
+    )
