@@ -6,7 +6,6 @@ nothing; good input is stored once, whichever way (HTTP or NATS) and however oft
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
 import itertools
@@ -24,7 +23,7 @@ import pytest
 from ecs.envelope import Envelope
 from ecs.gateway_client import GatewayClient, signed_headers
 from ecs.geo import gcj02_to_wgs84, haversine_m, wgs84_to_gcj02
-from ecs.testing import NatsServer, ServiceProcess
+from ecs.testing import NatsServer, ServiceProcess, eventually
 from tests.conftest import GATEWAY_ID, GATEWAY_SECRET, start_intake
 
 PROBLEM = "application/problem+json"
@@ -151,18 +150,6 @@ async def stream_messages(js: Any, stream: str, subject: str) -> list[Any]:
             return found
         found.append(msg)
         seq = msg.seq + 1
-
-
-async def eventually(probe: Callable[[], Any], what: str, within_s: float = 15.0) -> Any:
-    """Poll ``probe`` until it returns something truthy; fail naming ``what`` after ``within_s`` seconds."""
-    deadline = asyncio.get_running_loop().time() + within_s
-    while True:
-        result = await probe()
-        if result:
-            return result
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"gave up after {within_s} s waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 async def alarms_consumed(js: Any) -> bool:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import itertools
 import json
 import time
@@ -16,12 +17,13 @@ from typing import Any
 import httpx
 import jwt
 import nats
+import nats.errors
 import nats.js.errors
 import pytest
 
 from ecs.envelope import Envelope, make_event
 from ecs.gateway_client import GatewayClient
-from ecs.testing import NatsServer, ServiceProcess
+from ecs.testing import NatsServer, ServiceProcess, eventually
 from tests import conftest
 from tests.conftest import AUTH_SECRET, GATEWAY_ID, GATEWAY_SECRET
 
@@ -160,17 +162,6 @@ async def isolated(gw: GatewayClient, ops: Operator, **fields: Any) -> dict[str,
     inc = ok(await ops.verify(inc))
     inc = ok(await ops.circle(inc))
     return ok(await ops.stage(inc, "isolation", ("dispatcher",)))
-
-
-async def eventually(probe: Callable[[], Any], what: str, within_s: float = 15.0) -> Any:
-    deadline = asyncio.get_running_loop().time() + within_s
-    while True:
-        result = await probe()
-        if result:
-            return result
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"gave up after {within_s} s waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 def step(inc: dict[str, Any], stage: str) -> dict[str, Any]:
@@ -655,14 +646,18 @@ async def test_incident_events_arrive_on_jetstream_with_their_envelope(gw, ops, 
 
         wanted = {"incident.created": 1, "incident.alarm.linked": 2, "incident.stage.changed": 1}
         seen: dict[str, list[tuple[Any, Envelope]]] = {}
-        deadline = asyncio.get_running_loop().time() + 15
-        while any(len(seen.get(t, [])) < n for t, n in wanted.items()):
-            assert asyncio.get_running_loop().time() < deadline, f"only saw {sorted(seen)}"
-            msg = await sub.next_msg(timeout=5)
-            env = Envelope.from_bytes(msg.data)
-            if env.incident_id == drill["id"]:
-                assert msg.subject == env.type
-                seen.setdefault(env.type, []).append((msg, env))
+
+        async def all_seen() -> bool:
+            with contextlib.suppress(nats.errors.TimeoutError):
+                while True:
+                    msg = await sub.next_msg(timeout=0.2)
+                    env = Envelope.from_bytes(msg.data)
+                    if env.incident_id == drill["id"]:
+                        assert msg.subject == env.type
+                        seen.setdefault(env.type, []).append((msg, env))
+            return all(len(seen.get(t, [])) >= n for t, n in wanted.items())
+
+        await eventually(all_seen, "the drill's created, linked and stage events")
     finally:
         await sub.unsubscribe()
 
