@@ -5,14 +5,13 @@ follow; the aftermath releases every unit, and only then may the incident close.
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 
+from ecs import testing
 from ecs.gateway_client import GatewayClient
 from tests.conftest import GATEWAY_ID, GATEWAY_SECRET
 
@@ -20,15 +19,9 @@ SCENE = (31.2304, 121.4737)
 KM = 1 / 111.2
 
 
-async def eventually(check: Callable[[], Any], within_s: float = 20.0) -> Any:
-    deadline = time.monotonic() + within_s
-    while True:
-        result = await check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not true after {within_s}s: {check.__name__}")
-        await asyncio.sleep(0.1)
+async def eventually(check: Callable[[], Any]) -> Any:
+    # Two services as processes, each step crossing the broker twice: a little more patience.
+    return await testing.eventually(check, within_s=20.0)
 
 
 def roster() -> list[dict[str, Any]]:

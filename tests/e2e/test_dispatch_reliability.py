@@ -4,9 +4,7 @@ is assigned twice, nothing is lost. Counted in PostgreSQL and on the DISPATCH st
 
 from __future__ import annotations
 
-import asyncio
 import random
-import time
 from collections import Counter, defaultdict
 
 import httpx
@@ -14,11 +12,13 @@ import pytest
 from sqlalchemy import func, select
 
 from dispatch import store
+from dispatch.consumers import INCIDENT_CONSUMER
 from ecs.bus import Bus, msg_id_headers
 from ecs.contracts import StageChanged
 from ecs.db import Database
 from ecs.envelope import make_event
-from tests.integration.test_dispatch_concurrency import assert_never_twice, dispatch_events
+from ecs.testing import eventually
+from tests.integration.test_dispatch_concurrency import assert_never_twice, dispatch_events, outbox_empty
 
 INCIDENTS = 500
 CENTRE = (31.2304, 121.4737)
@@ -67,6 +67,11 @@ async def counts(db: Database) -> tuple[int, int]:
     return int(active or 0), int(incidents or 0)
 
 
+async def consumer_done(bus: Bus) -> bool:
+    info = await bus.js.consumer_info(INCIDENT_CONSUMER.stream, INCIDENT_CONSUMER.durable)
+    return info.num_pending == 0 and info.num_ack_pending == 0
+
+
 @pytest.mark.slow
 async def test_dispatch_killed_mid_run_ends_with_exactly_the_plan_units(
     dispatch_factory, nats_private, pg_url, operator_headers
@@ -86,10 +91,10 @@ async def test_dispatch_killed_mid_run_ends_with_exactly_the_plan_units(
         await bus.publish_batch([(e.type, e.to_bytes(), msg_id_headers(e.id)) for e in events])
 
         # Kill it mid-run, when part of the incidents hold units.
-        deadline = time.monotonic() + 60
-        while (await counts(db))[0] < 2 * INCIDENTS // 4:
-            assert time.monotonic() < deadline, "dispatch did not start dispatching"
-            await asyncio.sleep(0.02)
+        async def dispatching():
+            return (await counts(db))[0] >= 2 * INCIDENTS // 4
+
+        await eventually(dispatching, "dispatch dispatching a quarter of the incidents", within_s=60)
         dispatch.kill(9)
         killed_at = (await counts(db))[0]
         assert killed_at < 2 * INCIDENTS, "the run finished before the kill: nothing was tested"
@@ -100,17 +105,19 @@ async def test_dispatch_killed_mid_run_ends_with_exactly_the_plan_units(
         replay = rng.sample(events, 100)
         await bus.publish_batch([(e.type, e.to_bytes(), {"Nats-Msg-Id": f"replay:{e.id}"}) for e in replay])
 
-        deadline = time.monotonic() + 120
-        while (await counts(db)) != (2 * INCIDENTS, INCIDENTS):
-            assert time.monotonic() < deadline, f"stuck at {await counts(db)}"
-            await asyncio.sleep(0.2)
-        await asyncio.sleep(2.0)  # anything still in flight would show now
+        async def every_plan_met():
+            return await counts(db) == (2 * INCIDENTS, INCIDENTS)
+
+        await eventually(every_plan_met, "every incident holding its plan's units", within_s=120)
+        # Nothing is in flight any more: every incident event (the replays too) was handled and
+        # acked after its commit, and the outbox relayed every event those commits wrote.
+        await eventually(lambda: consumer_done(bus), "dispatch acked every incident event", within_s=60)
+        await eventually(lambda: outbox_empty(pg_url), "the outbox relayed the last events", within_s=60)
 
         a, u = store.assignments.c, store.units.c
         async with db.engine.connect() as conn:
             rows = (await conn.execute(select(a.incident_id, a.unit_id, a.unit_type, a.released_at))).all()
             busy = dict((await conn.execute(select(u.id, u.incident_id).where(u.incident_id.is_not(None)))).all())
-        await asyncio.sleep(1.0)  # the outbox relay has published the last events
         stream = await dispatch_events(bus)
     finally:
         await bus.close()

@@ -15,9 +15,10 @@ from sqlalchemy import func, select
 from dispatch import store
 from ecs.bus import Bus
 from ecs.contracts import IncidentCreated
-from ecs.db import Database
+from ecs.db import OUTBOX, Database
 from ecs.envelope import make_event, utcnow
-from tests.integration.test_dispatch_service import CENTRE, Intake, eventually, new_incident, unit
+from ecs.testing import eventually
+from tests.integration.test_dispatch_service import CENTRE, Intake, new_incident, unit
 
 
 async def announce(bus: Bus, incident_id: str) -> None:
@@ -75,6 +76,16 @@ async def active_per_unit(database_url: str) -> tuple[Counter, dict[str, str]]:
         assert await conn.scalar(select(func.count()).select_from(store.units)) > 0
     await db.dispose()
     return Counter(r.unit_id for r in rows), busy
+
+
+async def outbox_empty(database_url: str) -> bool:
+    """Every event committed so far is on the stream: the relay deletes what it published."""
+    db = Database(database_url)
+    try:
+        async with db.engine.connect() as conn:
+            return await conn.scalar(select(func.count()).select_from(OUTBOX)) == 0
+    finally:
+        await db.dispose()
 
 
 async def test_dispatchers_racing_for_one_unit_one_wins_and_the_rest_learn_where_it_went(
@@ -143,7 +154,18 @@ async def test_two_replicas_automation_and_dispatchers_never_assign_a_unit_twice
             return True
 
         await eventually(known_everywhere)
-        await asyncio.sleep(1.0)  # both replicas' indexes hold the roster
+
+        async def indexed_everywhere():
+            # Each replica recommends from its own index: both must hold the whole roster.
+            for api in apis:
+                for kind in ("fire_engine", "patrol_car"):
+                    params = {"unit_type": kind, "count": 30}
+                    r = await api.get(f"/v1/incidents/{manual[0]}/recommendations", params=params)
+                    if len(r.json()["recommendations"]) != 30:
+                        return False
+            return True
+
+        await eventually(indexed_everywhere)
 
         rng = random.Random(7)
         outcomes: Counter = Counter()
@@ -173,7 +195,7 @@ async def test_two_replicas_automation_and_dispatchers_never_assign_a_unit_twice
             return True
 
         await eventually(quiet, within_s=60)
-        await asyncio.sleep(1.5)  # the outbox has relayed the last events
+        await eventually(lambda: outbox_empty(pg_url), "the outbox relayed the last events")
         counts, busy = await active_per_unit(pg_url)
         events = await dispatch_events(bus)
     finally:

@@ -4,10 +4,8 @@ driven by incident-intake's events, as a dispatcher and the lifecycle would see 
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -16,6 +14,7 @@ import pytest
 from ecs.bus import Bus
 from ecs.contracts import IncidentMerged, LevelChanged, PlanPublished, StageChanged
 from ecs.envelope import make_event
+from ecs.testing import eventually
 
 CENTRE = (31.2304, 121.4737)
 KM = 1 / 111.2
@@ -104,17 +103,6 @@ async def wired(nats_private):
     await bus.close()
 
 
-async def eventually(check: Callable[[], Any], within_s: float = 15.0) -> Any:
-    deadline = time.monotonic() + within_s
-    while True:
-        result = await check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not true after {within_s}s: {check.__name__}")
-        await asyncio.sleep(0.05)
-
-
 def new_incident() -> str:
     return uuid.uuid4().hex
 
@@ -149,14 +137,15 @@ async def test_isolation_assigns_the_plan_units_and_on_scene_secures_the_perimet
             assert r.status_code == 200
         r = await api.post("/v1/units/fe-0/status", json={"status": "on_scene"}, headers=headers)
         assert r.status_code == 200
-        await asyncio.sleep(0.3)
-        assert [e["data"]["on_scene"] for e in facts.of("dispatch.incident.perimeter_secured", incident)] == []
+        # The status change and the facts it implies commit together: not secured yet.
+        view = (await api.get(f"/v1/incidents/{incident}", headers=headers)).json()
+        assert view["perimeter_secured"] is False and view["on_scene"] == 1
         await api.post("/v1/units/pc-0/status", json={"status": "on_scene"}, headers=headers)
 
         async def secured():
             return facts.of("dispatch.incident.perimeter_secured", incident)
 
-        (secured_event,) = await eventually(secured)
+        (secured_event,) = await eventually(secured)  # one fact only: none before the second arrival
         assert secured_event["data"]["on_scene"] is True
         assert secured_event["incident_id"] == incident and secured_event["exercise"] is False
         settled = facts.of("dispatch.incident.settled", incident)
