@@ -7,17 +7,19 @@ dead-lettered, and no service restarted (their clients moved to the surviving no
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
+import nats.errors
 import pytest
 
 from ecs.testing import NatsCluster, assert_exact_delivery, create_database, drop_database, eventually
 from tests.e2e.test_intake_reliability import (
     _rows_at_least,
     alarm_rows,
-    asyncpg_dsn,
     assert_linked_exactly_once,
+    asyncpg_dsn,
     connect,
     log_of,
     make_alarms,
@@ -82,9 +84,10 @@ async def test_a_cluster_node_killed_mid_load_loses_and_doubles_nothing(
         await publish_alarms(js, alarms[2000:])
         await register_units(api, UNITS // 3, UNITS)
         victim.start()
+        await eventually(lambda: replicas_current(js), "the restarted node caught up on every stream", 120)
 
         s = await settle(dsn, js, len(alarms), log_of(intake, dispatch))
-        await assert_linked_exactly_once(js, alarms, s)
+        await through_elections(lambda: assert_linked_exactly_once(js, alarms, s))
 
         async def all_units_out() -> bool:
             return await subject_count(js, "DISPATCH", "dispatch.unit.registered") >= UNITS
@@ -95,7 +98,10 @@ async def test_a_cluster_node_killed_mid_load_loses_and_doubles_nothing(
         assert len(listed) == UNITS
         assert (intake.proc.pid, dispatch.proc.pid) == pids and intake.proc.poll() is None
         assert dispatch.proc.poll() is None
-        await eventually(lambda: _exact(nats_cluster.url), "every consumer drained exactly once", 60)
+        # Messages in flight on the killed node are delivered again (at least once); the inbox makes
+        # that harmless, as the counts above show. What must hold: nothing pending, no dead letter.
+        failures: list[str] = []
+        await eventually(lambda: _drained(nats_cluster.url, failures), f"every consumer drained: {failures}", 60)
     finally:
         await api.aclose()
         await nc.close()
@@ -105,10 +111,40 @@ async def test_a_cluster_node_killed_mid_load_loses_and_doubles_nothing(
         await drop_database(pg_server_url, dispatch_db)
 
 
-async def _exact(url: str) -> bool:
+async def through_elections(check: Callable[[], Awaitable[None]], attempts: int = 20) -> None:
+    """Run a check whose JetStream API calls may time out while the cluster moves a consumer's or
+    stream's leadership after a restart; its assertions are never retried."""
+    for attempt in range(attempts):
+        try:
+            await check()
+            return
+        except nats.errors.TimeoutError:
+            if attempt == attempts - 1:
+                raise
+            await asyncio.sleep(0.5)
+
+
+async def replicas_current(js: Any) -> bool:
+    """Every stream has all three peers, and each replica has caught up with its leader."""
+    for stream in ("ALARMS", "INCIDENTS", "DISPATCH", "DEADLETTER"):
+        try:
+            info = await js.stream_info(stream)
+        except nats.errors.Error:
+            return False
+        cluster = info.cluster
+        if cluster is None or cluster.leader is None or len(cluster.replicas or []) != 2:
+            return False
+        if not all(r.current and not r.offline for r in cluster.replicas):
+            return False
+    return True
+
+
+async def _drained(url: str, failures: list[str]) -> bool:
+    """assert_exact_delivery as a condition to wait for (consumers may still be acking); the last
+    reason it failed is kept in ``failures``."""
     try:
-        await assert_exact_delivery(url)
+        await assert_exact_delivery(url, redeliveries=True)
     except AssertionError as exc:
-        print("exact:", exc)
+        failures[:] = [str(exc)]
         return False
     return True
