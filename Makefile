@@ -4,6 +4,7 @@
 #   make down    stop them
 #   make test    run the whole test suite
 
+SHELL := /bin/bash
 PY := .venv/bin/python
 
 # Every service of the monorepo. A service whose folder has no pyproject.toml yet is skipped,
@@ -19,7 +20,7 @@ ROLE ?= dispatcher
 SUBJECT ?= $(ROLE)-1
 
 
-.PHONY: help setup up down status logs token test test-unit bench schemas \
+.PHONY: help setup postgres-for-tests up down status logs token test test-unit bench schemas \
 	compose-config lint
 
 help:
@@ -60,8 +61,18 @@ token:
 	@if [ ! -s var/auth_secret ]; then echo "var/auth_secret is missing: run 'make up' first" >&2; exit 1; fi
 	@ECS_AUTH_SECRET="$$(cat var/auth_secret)" .venv/bin/ecs token --role '$(ROLE)' --subject '$(SUBJECT)'
 
-test: setup
+test: setup postgres-for-tests
 	$(PY) -m pytest tests -q -p no:cacheprovider
+
+# The tests need a PostgreSQL: DATABASE_URL, else one on 127.0.0.1:5432, else Docker, else a private
+# cluster of their own, for which PostgreSQL's server binaries must be installed (Debian's package).
+postgres-for-tests:
+	@if [ -z "$$DATABASE_URL" ] && ! (exec 3<>/dev/tcp/127.0.0.1/5432) 2>/dev/null \
+		&& ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+		echo "installing PostgreSQL's server for the tests (Debian's postgresql)"; \
+		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+		$$SUDO apt-get update && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends postgresql; \
+	fi
 
 test-unit: setup
 	$(PY) -m pytest tests/unit -q -p no:cacheprovider

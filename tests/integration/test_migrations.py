@@ -12,6 +12,7 @@ from sqlalchemy import text
 
 from ecs.db import Database
 from ecs.migrations import upgrade
+from ecs.testing import missing
 
 SERVICES = ["incident_intake", "dispatch"]
 
@@ -21,7 +22,7 @@ def _service(name: str):
         main = importlib.import_module(f"{name}.main")
         store = importlib.import_module(f"{name}.store")
     except ImportError:
-        pytest.skip(f"{name} is not installed")
+        missing(f"{name} is not installed")
     return main.MIGRATIONS, main.VERSION_TABLE, store.metadata
 
 
