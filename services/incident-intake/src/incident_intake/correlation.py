@@ -63,9 +63,10 @@ class IncomingAlarm:
         return f"{self.gateway_id}:{self.alarm.alarm_id}"
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class IngestResult:
-    """The answer for one alarm (the gateway contract's receipt)."""
+    """The answer for one alarm (the gateway contract's receipt). A value, never changed once
+    made; not frozen, as one is made per alarm."""
 
     alarm_id: str
     incident_id: str

@@ -463,12 +463,14 @@ class Entry:
     detail: dict[str, Any]
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Event:
     """An event to publish about an incident: its contract model and whether it is a drill's.
 
     ``cause`` is the alarm (``<gateway_id>:<alarm_id>``) behind it, if one is; ``id`` a stable
     message id where a replay must map to the same message (JetStream then drops the copy).
+    A value: nothing changes it once made (not frozen only because correlation makes one per
+    alarm, and a frozen dataclass costs several times as much to build).
     """
 
     data: IntakeEvent
