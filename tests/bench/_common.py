@@ -85,10 +85,25 @@ def percentile(sorted_values: Sequence[float], p: float) -> float:
     return sorted_values[min(len(sorted_values) - 1, max(0, math.ceil(p / 100 * len(sorted_values)) - 1))]
 
 
-def verdict(ok: bool, quick: bool = False) -> str:
+UNMET: list[str] = []
+"""Every target this run did not meet; ``main`` exits non-zero when it is not empty."""
+
+
+def verdict(ok: bool, quick: bool = False, what: str = "") -> str:
+    """ "met" or "NOT MET" (recorded, so that the script and ``make bench`` fail); a smoke run
+    (``--quick``) is not judged."""
     if quick:
         return "not judged on a smoke run"
+    if not ok:
+        UNMET.append(what or "a target")
     return "met" if ok else "NOT MET"
+
+
+def exit_on_unmet() -> None:
+    """End the script with exit status 1 when any target was not met, naming them."""
+    if UNMET:
+        print(f"\nNOT MET: {len(UNMET)} target(s): " + "; ".join(UNMET))
+        raise SystemExit(1)
 
 
 # --- alarms ----------------------------------------------------------------------------------
@@ -237,7 +252,7 @@ class Stack:
         row(
             f"{self.name} max RSS (sampled every 100 ms)",
             f"{peak:,.0f} MB",
-            f"target < {RSS_TARGET_MB} MB: {verdict(max(peak, hwm) < RSS_TARGET_MB)}",
+            f"target < {RSS_TARGET_MB} MB: {verdict(max(peak, hwm) < RSS_TARGET_MB, what='resident memory')}",
         )
         row(f"{self.name} RSS high-water mark (VmHWM)", f"{hwm:,.0f} MB")
 
@@ -485,9 +500,11 @@ async def wait_linked(js: Any, expected: int, timeout_s: float) -> int:
     return seen
 
 
-def lag_rows(label: str, lags_ms: Sequence[float], target_p99_ms: float | None = None) -> None:
+def lag_rows(label: str, lags_ms: Sequence[float], target_p99_ms: float | None = None, quick: bool = False) -> None:
+    """p50, p99 and max of sorted lags (a failed sample is ``math.inf``), judged on the p99."""
     p99 = percentile(lags_ms, 99)
-    note = f"target <= {target_p99_ms:,.0f} ms: {verdict(p99 <= target_p99_ms)}" if target_p99_ms else ""
+    judged = verdict(p99 <= target_p99_ms, quick, f"{label} p99") if target_p99_ms else ""
+    note = f"target <= {target_p99_ms:,.0f} ms: {judged}" if target_p99_ms else ""
     row(f"{label} p50", f"{percentile(lags_ms, 50):,.1f} ms")
     row(f"{label} p99", f"{p99:,.1f} ms", note)
     row(f"{label} max", f"{(lags_ms[-1] if lags_ms else math.nan):,.1f} ms")
@@ -592,3 +609,4 @@ def main(run: Callable[[bool], Awaitable[None]], doc: str | None) -> None:
     args = parse_args((doc or "").splitlines()[0])
     use_uvloop()
     asyncio.run(run(args.quick))
+    exit_on_unmet()

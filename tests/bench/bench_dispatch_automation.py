@@ -52,6 +52,7 @@ from tests.bench._common import (  # noqa: E402
     row,
     scrape,
     start_stack,
+    verdict,
 )
 
 UNITS, DISTRICTS = 10_000, 50
@@ -219,13 +220,21 @@ async def run(quick: bool) -> None:
         await asyncio.sleep(0.5)
         after = await metrics(stack)
 
-        lags = sorted((max(settled[i], last_assigned.get(i, 0.0)) - sent[i]) * 1000 for i in sent if i in settled)
+        # Every incident is a sample: one that never settled within the wait counts as infinitely
+        # late, so losing half of them cannot leave a fast p99 behind.
+        lags = sorted(
+            (max(settled[i], last_assigned.get(i, 0.0)) - sent[i]) * 1000 if i in settled else math.inf for i in sent
+        )
         units = sum(assigned.values())
         row("raw ceiling: JetStream publish -> ack p50", f"{percentile(js_lat, 50):,.1f} ms", "same broker, same rate")
         row("raw ceiling: JetStream publish -> ack p99", f"{percentile(js_lat, 99):,.1f} ms")
         row("raw ceiling: PostgreSQL insert + commit p50", f"{percentile(pg_lat, 50):,.1f} ms", "one row, asyncpg")
         row("raw ceiling: PostgreSQL insert + commit p99", f"{percentile(pg_lat, 99):,.1f} ms")
-        row("incidents dispatched", f"{len(settled):,} of {n:,}", f"{units:,} units assigned")
+        row(
+            "incidents dispatched",
+            f"{len(settled):,} of {n:,}",
+            f"{units:,} units assigned; all of them: {verdict(len(settled) == n, quick, 'every incident dispatched')}",
+        )
         lag_rows("stage.changed -> assignments published", lags, None if quick else TARGET_P99_MS)
         if lags:
             row(

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import math
 import random
 import sys
 import time
@@ -143,7 +144,8 @@ async def open_loop(port: int, make: Callable[[], bytes], rate: float, seconds: 
         if conn is None:
             conn = await Connection.open(port)
         status, _ = await conn.call(make())
-        times.append((time.perf_counter() - due) * 1000)
+        # A refusal (401, 503, ...) is a failed alarm, not a fast one: it counts as never answered.
+        times.append((time.perf_counter() - due) * 1000 if status == 202 else math.inf)
         statuses[status] += 1
         idle.append((conn, time.perf_counter()))
 
@@ -222,21 +224,31 @@ async def run(quick: bool) -> None:
         row(
             "max throughput: POST /v1/alarms -> 202",
             f"{most_rate:,.0f} /s",
-            f"target >= {TARGET_RATE:,}/s: {verdict(most_rate >= TARGET_RATE, quick)}",
+            f"target >= {TARGET_RATE:,}/s: {verdict(most_rate >= TARGET_RATE, quick, 'HTTP alarms per second')}",
         )
         row("  answers", "", show(most))
         row("  / same client on /healthz", f"{most_rate / health_rate:.3f}")
         row("  / PostgreSQL insert rate", f"{most_rate / pg_rate:.3f}")
         meter.print()
-        row(f"offered {OFFERED}/s open loop for {size['paced_s']} s", "", show(paced_statuses))
-        lag_rows("  time to the 202", paced, TARGET_P99_MS)
+        refused = sum(n for status, n in paced_statuses.items() if status != 202)
+        row(
+            f"offered {OFFERED}/s open loop for {size['paced_s']} s",
+            "",
+            f"{show(paced_statuses)}; all 202: {verdict(refused == 0, quick, 'every paced alarm accepted')}",
+        )
+        lag_rows("  time to the 202", paced, TARGET_P99_MS, quick)
         row("  p99.9", f"{percentile(paced, 99.9):,.1f} ms")
         row(
             "batch endpoint: 100 alarms a request, 8 conns",
             f"{in_batches / batches_s:,.0f} /s",
             f"alarms; {show(batches)} (for comparison, no target)",
         )
-        row("alarms stored", f"{stored:,}", f"{accepted:,} accepted (202s and accepted batch items)")
+        row(
+            "alarms stored",
+            f"{stored:,}",
+            f"{accepted:,} accepted (202s and accepted batch items); "
+            f"stored = accepted: {verdict(stored == accepted, quick, 'every accepted alarm stored')}",
+        )
         await print_pipeline(stack)
         stack.print_memory()
     finally:

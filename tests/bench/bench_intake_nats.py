@@ -141,7 +141,7 @@ async def run(quick: bool) -> None:
         row(
             f"linked rate, steady (after {WARM_UP_S if not quick else 1} s)",
             f"{steady_rate:,.0f} /s",
-            f"target >= {TARGET_RATE:,}/s: {verdict(steady_rate >= 0.98 * TARGET_RATE, quick)}",
+            f"target >= {TARGET_RATE:,}/s: {verdict(steady_rate >= 0.98 * TARGET_RATE, quick, 'NATS rate')}",
         )
         if windows:
             row("linked rate, slowest 5 s window", f"{min(windows):,.0f} /s")

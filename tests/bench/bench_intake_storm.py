@@ -106,12 +106,12 @@ async def run(quick: bool) -> None:
         row(
             "incidents formed",
             f"{len(incidents):,}",
-            f"the largest holds {holding:,} alarms; one incident with all {total:,}: {verdict(one)}",
+            f"the largest holds {holding:,} alarms; one incident with all {total:,}: {verdict(one, what='storm')}",
         )
         if len(incidents) == 1:
             r = incidents[0]
             row("  its callers / level", f"{r['caller_count']:,} / {r['level']}")
-        lag_rows("received_at -> linked on stream", lags, TARGET_P99_MS)
+        lag_rows("received_at -> linked on stream", lags, TARGET_P99_MS, quick)
         row("p99 / raw JetStream p99", f"{percentile(lags, 99) / max(percentile(ceiling_lat, 99), 1e-9):,.1f}")
         meter.print()
         await print_pipeline(stack)
