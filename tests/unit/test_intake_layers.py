@@ -72,3 +72,19 @@ def test_an_unknown_participant_is_a_settings_error_naming_the_setting(monkeypat
         IntakeSettings()
     text = str(refused.value)
     assert "INTAKE_REQUIRED_PARTICIPANTS" in text and "fire-brigade" in text and "public-notification" in text
+
+
+def test_the_openapi_describes_every_answer():
+    from incident_intake.main import build_app
+
+    spec = build_app(IntakeSettings()).openapi()
+    undescribed = []
+    for path, operations in spec["paths"].items():
+        for method, operation in operations.items():
+            if not path.startswith("/v1"):
+                continue
+            answers = [operation["responses"].get(code) for code in ("200", "201", "202")]
+            schemas = [a["content"]["application/json"]["schema"] for a in answers if a and "content" in a]
+            if not any("$ref" in s for s in schemas):
+                undescribed.append(f"{method.upper()} {path}")
+    assert undescribed == []

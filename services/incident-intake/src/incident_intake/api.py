@@ -133,6 +133,8 @@ def _alarm_errors(exc: ValidationError, prefix: str = "") -> list[dict[str, str]
     },
 )
 async def post_alarm(request: Request, registry: Gateways, ctx: Ctx) -> Response:
+    """One signed alarm (contract v1, DESIGN §7): 202 with its receipt, 4xx naming what is wrong,
+    503 only when intake cannot take it now."""
     gateway_id, body = await _signed_body(request, registry, MAX_ALARM_BYTES)
     try:
         alarm = GatewayAlarm.model_validate_json(body)
@@ -165,6 +167,7 @@ def _invalid_alarm(exc: ValidationError) -> Response:
     summary=f"Push up to {MAX_BATCH} alarms (signed), answered item by item",
 )
 async def post_alarm_batch(request: Request, registry: Gateways, ctx: Ctx) -> Response:
+    """Up to 500 signed alarms, answered item by item: a bad item is refused on its own."""
     gateway_id, body = await _signed_body(request, registry, MAX_BATCH * 8 * 1024)
     try:
         raw = orjson.loads(body)
@@ -238,43 +241,61 @@ class _Body(BaseModel):
 
 
 class Versioned(_Body):
+    """A change to an incident, made on the version the operator saw."""
+
     version: int = Field(ge=1, description="the incident version you saw; a changed incident answers 409")
 
 
 class StageChange(Versioned):
+    """Move to a stage; the lifecycle's guard decides."""
+
     stage: StageName
     reason: str | None = Field(default=None, max_length=2000)
 
 
 class LevelChange(Versioned):
+    """Raise or lower the level, with the reason."""
+
     level: Literal[1, 2, 3, 4] = Field(description="1 = I (red) .. 4 = IV (blue)")
     reason: str = Field(min_length=1, max_length=2000)
 
 
 class PerimeterChange(Versioned):
+    """Set the cordon: a circle or a polygon."""
+
     perimeter: PerimeterShape
 
 
 class FactChange(Versioned):
+    """Record a commander's fact, with an optional note."""
+
     fact: CommanderFact
     note: str = Field(default="", max_length=20000)
 
 
 class Merge(Versioned):
+    """Merge the source incident, seen at ``source_version``, into this one."""
+
     source_incident_id: str = Field(min_length=1, max_length=32)
     source_version: int = Field(ge=1)
 
 
 class AlarmRef(_Body):
+    """An alarm as its gateway names it."""
+
     gateway_id: str = Field(min_length=1, max_length=64)
     alarm_id: str = Field(pattern=ALARM_ID_PATTERN)
 
 
 class Split(Versioned):
+    """Move these alarms out into a new incident."""
+
     alarms: list[AlarmRef] = Field(min_length=1, max_length=10000)
 
 
 class Cancel(Versioned):
+    """Cancel a false alarm, with the reason."""
+
     reason: str = Field(min_length=1, max_length=2000)
 
 
@@ -306,6 +327,7 @@ async def list_incidents(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: str | None = None,
 ) -> IncidentPage:
+    """Incidents, newest first, filtered by stage, level, category, drill flag, area and first alarm time."""
     box = None
     if bbox:
         try:
@@ -338,6 +360,7 @@ async def get_incident(
     principal: Principal = requires(*READERS),
     alarms_limit: Annotated[int, Query(ge=0, le=1000)] = 100,
 ) -> IncidentDetail:
+    """One incident with its latest alarms and its whole timeline."""
     return await views.incident_detail(ctx.db, incident_id, alarms_limit, ctx.settings.required_participants)
 
 
@@ -349,6 +372,7 @@ async def list_alarms(
     limit: Annotated[int, Query(ge=1, le=1000)] = 200,
     cursor: str | None = None,
 ) -> AlarmPage:
+    """The incident's alarms, oldest first, a page at a time."""
     return await views.alarm_page(ctx.db, incident_id, limit, cursor)
 
 
@@ -356,6 +380,7 @@ async def list_alarms(
 async def verify(
     incident_id: str, body: Versioned, ctx: Ctx, principal: Principal = requires(*OPERATORS)
 ) -> IncidentView:
+    """A dispatcher confirms the incident is real."""
     await _in_scope(principal, OPERATORS, incident_id, ctx)
     return _view(await handle(Verify(incident_id, body.version, principal.subject), ctx), ctx)
 
@@ -364,6 +389,7 @@ async def verify(
 async def set_perimeter(
     incident_id: str, body: PerimeterChange, ctx: Ctx, principal: Principal = requires(*OPERATORS)
 ) -> IncidentView:
+    """Set the cordon; a bad shape is 422 naming ``perimeter``."""
     await _in_scope(principal, OPERATORS, incident_id, ctx)
     p = body.perimeter
     try:
@@ -381,6 +407,7 @@ async def set_perimeter(
 async def change_stage(
     incident_id: str, body: StageChange, ctx: Ctx, principal: Principal = requires(*OPERATORS)
 ) -> IncidentView:
+    """Move through the lifecycle. Dispatchers start isolation and cancel; later steps are commanders'."""
     target = Stage(body.stage)
     # Dispatchers start isolation and cancel false alarms; every later step is a commander's call.
     roles = OPERATORS if target in (Stage.isolation, Stage.cancelled) else COMMANDERS
@@ -391,6 +418,7 @@ async def change_stage(
 
 @operator.post("/incidents/{incident_id}/cancel", summary="Cancel a false alarm (from reported or isolation)")
 async def cancel(incident_id: str, body: Cancel, ctx: Ctx, principal: Principal = requires(*OPERATORS)) -> IncidentView:
+    """Cancel a false alarm (only from reported or isolation)."""
     await _in_scope(principal, OPERATORS, incident_id, ctx)
     command = ChangeStage(incident_id, body.version, Stage.cancelled, principal.subject, body.reason)
     return _view(await handle(command, ctx), ctx)
@@ -400,6 +428,7 @@ async def cancel(incident_id: str, body: Cancel, ctx: Ctx, principal: Principal 
 async def change_level(
     incident_id: str, body: LevelChange, ctx: Ctx, principal: Principal = requires(*COMMANDERS)
 ) -> IncidentView:
+    """Raise or lower the level (a commander's judgement)."""
     await _in_scope(principal, COMMANDERS, incident_id, ctx)
     command = ChangeLevel(incident_id, body.version, Level(body.level), principal.subject, body.reason)
     return _view(await handle(command, ctx), ctx)
@@ -411,6 +440,7 @@ async def change_level(
 async def record_fact(
     incident_id: str, body: FactChange, ctx: Ctx, principal: Principal = requires(*COMMANDERS)
 ) -> IncidentView:
+    """Record that the hazard is under control, or that the after-action report exists."""
     await _in_scope(principal, COMMANDERS, incident_id, ctx)
     command = RecordFact(incident_id, body.version, body.fact, principal.subject, body.note)
     return _view(await handle(command, ctx), ctx)
@@ -418,6 +448,7 @@ async def record_fact(
 
 @operator.post("/incidents/{incident_id}/merge", summary="Merge another incident into this one")
 async def merge(incident_id: str, body: Merge, ctx: Ctx, principal: Principal = requires(*OPERATORS)) -> IncidentView:
+    """Merge another incident (and its alarms) into this one."""
     await _in_scope(principal, OPERATORS, incident_id, ctx)
     command = MergeIncident(incident_id, body.version, body.source_incident_id, body.source_version, principal.subject)
     return _view(await handle(command, ctx), ctx)
@@ -425,6 +456,7 @@ async def merge(incident_id: str, body: Merge, ctx: Ctx, principal: Principal = 
 
 @operator.post("/incidents/{incident_id}/split", status_code=201, summary="Split alarms out into a new incident")
 async def split(incident_id: str, body: Split, ctx: Ctx, principal: Principal = requires(*OPERATORS)) -> SplitView:
+    """Split alarms out into a new incident; answers both incidents."""
     await _in_scope(principal, OPERATORS, incident_id, ctx)
     refs = [(r.gateway_id, r.alarm_id) for r in body.alarms]
     old, new = await handle(SplitAlarms(incident_id, body.version, refs, principal.subject), ctx)
@@ -437,5 +469,6 @@ async def split(incident_id: str, body: Split, ctx: Ctx, principal: Principal = 
     tags=["exercise"],
 )
 async def purge_exercise(ctx: Ctx, principal: Principal = requires(Role.DRILL_RUNNER)) -> PurgeView:
+    """Delete every exercise incident with its alarms, callers and timeline; live data stays."""
     incidents, alarms = await handle(PurgeExercise(), ctx)
     return PurgeView(incidents_purged=incidents, alarms_purged=alarms)
