@@ -73,11 +73,15 @@ class _Body(BaseModel):
 
 
 class Location(_Body):
+    """A position in WGS-84 degrees."""
+
     lat: float = Field(ge=-90, le=90, allow_inf_nan=False)
     lon: float = Field(ge=-180, le=180, allow_inf_nan=False)
 
 
 class UnitIn(_Body):
+    """A unit to register."""
+
     id: str = Field(pattern=UNIT_ID, description="also the last token of the unit's location subject")
     callsign: str = Field(default="", max_length=64)
     unit_type: UnitType
@@ -89,6 +93,7 @@ class UnitIn(_Body):
     status: Literal[UnitStatus.AVAILABLE, UnitStatus.OUT_OF_SERVICE] = UnitStatus.AVAILABLE
 
     def spec(self) -> UnitSpec:
+        """The unit as the domain registers it."""
         return UnitSpec(
             id=self.id,
             unit_type=self.unit_type,
@@ -104,10 +109,14 @@ class UnitIn(_Body):
 
 
 class UnitBatch(_Body):
+    """Units to register together, all or none."""
+
     units: list[UnitIn] = Field(min_length=1, max_length=1000)
 
 
 class UnitChange(_Body):
+    """Roster fields to change; the fields left out stay."""
+
     version: int = Field(ge=1, description="the unit version you saw; a changed unit answers 409")
     callsign: str | None = Field(default=None, min_length=1, max_length=64)
     capabilities: list[Annotated[str, Field(min_length=1, max_length=64)]] | None = Field(default=None, max_length=50)
@@ -116,19 +125,27 @@ class UnitChange(_Body):
 
 
 class StatusChange(_Body):
+    """A unit's new status."""
+
     status: UnitStatus
     version: int | None = Field(default=None, ge=1, description="when given, refused (409) if the unit changed")
 
 
 class LocationChange(Location):
+    """A unit's position and when it was fixed."""
+
     at: AwareDatetime | None = Field(default=None, description="when the position was fixed (default: now)")
 
 
 class Lend(_Body):
+    """The drill a live unit is lent to."""
+
     drill: str = Field(min_length=1, max_length=128, description="the drill the live unit is lent to")
 
 
 class AssignUnits(_Body):
+    """The units an operator chose for the incident."""
+
     unit_ids: list[Annotated[str, Field(pattern=UNIT_ID)]] = Field(min_length=1, max_length=200)
     reason: str | None = Field(
         default=None, max_length=2000, description="required when a unit is not among the recommended ones"
@@ -136,16 +153,22 @@ class AssignUnits(_Body):
 
 
 class AcceptRecommendation(_Body):
+    """Whose units to top the incident up to."""
+
     stage: Literal[Stage.isolation, Stage.handling] | None = Field(
         default=None, description="whose units to top up to; default: the incident's stage"
     )
 
 
 class Release(_Body):
+    """Why the unit no longer serves the incident."""
+
     reason: str = Field(min_length=1, max_length=2000)
 
 
 class Reassign(_Body):
+    """The incident to send the unit to, and why."""
+
     incident_id: str = Field(min_length=1, max_length=32)
     reason: str = Field(min_length=1, max_length=2000)
 
@@ -155,6 +178,7 @@ class Reassign(_Body):
 
 @units_api.post("/units", status_code=201, response_model=UnitAnswer, summary="Register a unit")
 async def register_unit(ctx: Ctx, body: UnitIn, principal: Principal = requires(*OPERATORS)) -> Response:
+    """409 if the id is taken; 403 for a drill runner registering a live unit."""
     principal.require_scope(OPERATORS, body.exercise, "units")
     (unit,) = await handle(ctx, commands.RegisterUnits([body.spec()], principal.subject))
     return _answer(UnitAnswer.of(unit), status=201)
@@ -167,6 +191,7 @@ async def register_unit(ctx: Ctx, body: UnitIn, principal: Principal = requires(
     summary="Register up to 1,000 units at once (all or none)",
 )
 async def register_units(ctx: Ctx, body: UnitBatch, principal: Principal = requires(*OPERATORS)) -> Response:
+    """All or none: 409 if an id is taken, 422 if one is listed twice."""
     for u in body.units:
         principal.require_scope(OPERATORS, u.exercise, "units")
     units = await handle(ctx, commands.RegisterUnits([u.spec() for u in body.units], principal.subject))
@@ -186,6 +211,7 @@ async def list_units(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
 ) -> Response:
+    """Every filter given must match; a filter given several times matches any of its values."""
     page = await views.units_page(
         ctx.db,
         status=status or (),
@@ -202,6 +228,7 @@ async def list_units(
 
 @units_api.get("/units/{unit_id}", response_model=UnitAnswer, summary="One unit")
 async def get_unit(ctx: Ctx, unit_id: str, principal: Principal = requires(*READERS)) -> Response:
+    """404 if the unit is not on the roster."""
     return _answer(UnitAnswer.of(await views.unit(ctx.db, unit_id)))
 
 
@@ -220,6 +247,7 @@ async def _own_unit(ctx: Context, principal: Principal, unit_id: str, lent_count
 async def update_unit(
     ctx: Ctx, unit_id: str, body: UnitChange, principal: Principal = requires(*OPERATORS)
 ) -> Response:
+    """409 (with the current version) if the unit changed since the version you send."""
     await _own_unit(ctx, principal, unit_id, lent_counts=False)
     changes = body.model_dump(exclude={"version"}, exclude_none=True)
     if not changes:
@@ -230,6 +258,7 @@ async def update_unit(
 
 @units_api.delete("/units/{unit_id}", status_code=204, summary="Remove an available or out-of-service unit")
 async def remove_unit(ctx: Ctx, unit_id: str, principal: Principal = requires(*OPERATORS)) -> Response:
+    """409, naming the incident it serves, if the unit is busy."""
     await _own_unit(ctx, principal, unit_id, lent_counts=False)
     await handle(ctx, commands.RemoveUnit(unit_id, principal.subject))
     return Response(status_code=204)
@@ -244,6 +273,8 @@ async def remove_unit(ctx: Ctx, unit_id: str, principal: Principal = requires(*O
 async def change_status(
     ctx: Ctx, unit_id: str, body: StatusChange, principal: Principal = requires(*OPERATORS)
 ) -> Response:
+    """Returning or out of service ends the unit's assignment. 409 for an illegal change (with the
+    legal next statuses), or if ``version`` is given and the unit changed."""
     await _own_unit(ctx, principal, unit_id, lent_counts=True)
     unit = await handle(ctx, commands.ReportStatus(unit_id, body.status, principal.subject, body.version))
     return _answer(UnitAnswer.of(unit))
@@ -257,6 +288,7 @@ async def change_status(
 async def set_location(
     ctx: Ctx, unit_id: str, body: LocationChange, principal: Principal = requires(*OPERATORS)
 ) -> Response:
+    """A position older than the one stored is ignored."""
     await _own_unit(ctx, principal, unit_id, lent_counts=True)
     unit = await handle(ctx, commands.MoveUnit(unit_id, body.lat, body.lon, body.at))
     return _answer(UnitAnswer.of(unit))
@@ -266,6 +298,7 @@ async def set_location(
     "/units/{unit_id}/lend", response_model=UnitAnswer, summary="Lend a live unit to a drill", tags=["exercise"]
 )
 async def lend(ctx: Ctx, unit_id: str, body: Lend, principal: Principal = requires(*COMMANDERS)) -> Response:
+    """Exercise incidents may then take the unit while it is available. 409 for an exercise unit."""
     return _answer(UnitAnswer.of(await handle(ctx, commands.LendUnit(unit_id, body.drill, principal.subject))))
 
 
@@ -276,6 +309,7 @@ async def lend(ctx: Ctx, unit_id: str, body: Lend, principal: Principal = requir
     tags=["exercise"],
 )
 async def reclaim(ctx: Ctx, unit_id: str, principal: Principal = requires(*OPERATORS)) -> Response:
+    """The unit's exercise assignment, if any, ends at once."""
     return _answer(UnitAnswer.of(await handle(ctx, commands.ReclaimUnit(unit_id, principal.subject))))
 
 
@@ -284,6 +318,7 @@ async def reclaim(ctx: Ctx, unit_id: str, principal: Principal = requires(*OPERA
 
 @plans_api.get("/plans", response_model=PlanList, summary="The active response plan of each category")
 async def list_plans(ctx: Ctx, principal: Principal = requires(*READERS)) -> Response:
+    """The active version of each category's plan."""
     return _answer(views.plan_list(ctx.plans))
 
 
@@ -300,6 +335,7 @@ async def get_plan(
     version: Annotated[int | None, Query(ge=1)] = None,
     accept: Annotated[str, Header()] = "",
 ) -> Response:
+    """With ``Accept: application/yaml``, the plan as its author wrote it. 404 if there is no such version."""
     if "yaml" in accept:
         return Response(await views.plan_yaml(ctx.db, category, version), media_type="application/yaml")
     return _answer(await views.plan(ctx.db, category, version))
@@ -307,6 +343,7 @@ async def get_plan(
 
 @plans_api.get("/plans/{category}/versions", response_model=PlanVersions, summary="Every stored version of a plan")
 async def plan_history(ctx: Ctx, category: str, principal: Principal = requires(*READERS)) -> Response:
+    """Newest first: version, origin (shipped or api), who stored it and when."""
     return _answer(await views.plan_versions(ctx.db, category))
 
 
@@ -326,6 +363,8 @@ async def put_plan(
     category: str,
     principal: Principal = requires(*PLAN_ROLES),
 ) -> Response:
+    """Refused whole: 422 naming each bad field and its line; 409 unless the version is the active
+    one + 1; 415 unless sent as YAML."""
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype not in PLAN_TYPES:
         raise UnsupportedMediaType(f"send the plan as YAML ({', '.join(PLAN_TYPES[:3])})", field="Content-Type")
@@ -360,6 +399,7 @@ async def list_incidents(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
 ) -> Response:
+    """Filtered by stage (any of those given) and exercise; pages by ``next_cursor``."""
     return _answer(await views.incidents_page(ctx.db, stage=stage or (), exercise=exercise, limit=limit, cursor=cursor))
 
 
@@ -369,6 +409,8 @@ async def list_incidents(
     summary="Who is coming and when: the incident's units and their ETAs",
 )
 async def incident_view(ctx: Ctx, incident_id: str, principal: Principal = requires(*READERS)) -> Response:
+    """Each unit with its arrival estimate from where it is now; what the plan wants, what the
+    incident holds and lacks; the units released. 404 if dispatch never heard of the incident."""
     return _answer(await views.incident_view(ctx, incident_id))
 
 
@@ -385,6 +427,9 @@ async def recommendations(
     unit_type: Annotated[UnitType | None, Query(description="recommend for this type instead of the plan")] = None,
     count: Annotated[int, Query(ge=1, le=200)] = 1,
 ) -> Response:
+    """For what the plan wants at the incident's stage (or ``stage``), less what it holds; or for
+    ``count`` units of ``unit_type``. Each unit with the reason it was chosen; shortfalls name the
+    districts that kept their cover."""
     requirement = {unit_type: count} if unit_type is not None else None
     return _answer(await views.recommendations(ctx, incident_id, requirement, stage))
 
@@ -399,6 +444,8 @@ async def recommendations(
 async def assign(
     ctx: Ctx, incident_id: str, body: AssignUnits, principal: Principal = requires(*OPERATORS)
 ) -> Response:
+    """All or none. 409 if a unit is busy (naming its incident) or may not serve the incident; 422
+    if a unit not recommended has no reason."""
     await _own_incident(ctx, principal, incident_id)
     outcome = await handle(ctx, commands.AssignUnits(incident_id, body.unit_ids, principal.subject, body.reason))
     return _answer(OutcomeAnswer.of(outcome), status=201)
@@ -416,6 +463,7 @@ async def accept(
     body: AcceptRecommendation | None = None,
     principal: Principal = requires(*OPERATORS),
 ) -> Response:
+    """Claims the best available units for what the plan still lacks; what cannot be found is answered as shortfalls."""
     await _own_incident(ctx, principal, incident_id)
     stage = body.stage if body is not None else None
     outcome = await handle(ctx, commands.AcceptRecommendation(incident_id, principal.subject, stage))
@@ -424,6 +472,7 @@ async def accept(
 
 @incidents_api.get("/assignments/{assignment_id}", response_model=AssignmentAnswer, summary="One assignment")
 async def get_assignment(ctx: Ctx, assignment_id: int, principal: Principal = requires(*READERS)) -> Response:
+    """404 if there is no assignment of this id."""
     return _answer(AssignmentAnswer.of(await views.assignment(ctx.db, assignment_id)))
 
 
@@ -433,6 +482,7 @@ async def get_assignment(ctx: Ctx, assignment_id: int, principal: Principal = re
     summary="Release the unit from the incident",
 )
 async def release(ctx: Ctx, assignment_id: int, body: Release, principal: Principal = requires(*OPERATORS)) -> Response:
+    """The unit goes back to available, or returns if it had left. 409 if the assignment ended already."""
     await _own_assignment(ctx, principal, assignment_id)
     done = await handle(ctx, commands.ReleaseAssignment(assignment_id, principal.subject, body.reason))
     return _answer(AssignmentAnswer.of(done))
@@ -447,6 +497,7 @@ async def release(ctx: Ctx, assignment_id: int, body: Release, principal: Princi
 async def reassign(
     ctx: Ctx, assignment_id: int, body: Reassign, principal: Principal = requires(*OPERATORS)
 ) -> Response:
+    """Only a unit assigned or en route, to an open incident, in one transaction. 409 otherwise."""
     await _own_assignment(ctx, principal, assignment_id)
     await _own_incident(ctx, principal, body.incident_id)
     made = await handle(ctx, commands.Reassign(assignment_id, body.incident_id, principal.subject, body.reason))
@@ -460,6 +511,7 @@ async def reassign(
     "/exercise", response_model=ExerciseData, summary="What exercise data dispatch holds", tags=["exercise"]
 )
 async def exercise_data(ctx: Ctx, principal: Principal = requires(*READERS)) -> Response:
+    """Exercise incidents and units, active exercise assignments, live units lent to drills."""
     return _answer(await views.exercise_data(ctx.db))
 
 
@@ -470,5 +522,6 @@ async def exercise_data(ctx: Ctx, principal: Principal = requires(*READERS)) -> 
     tags=["exercise"],
 )
 async def purge_exercise(ctx: Ctx, principal: Principal = requires(*PURGE_ROLES), units: bool = False) -> Response:
+    """Units still serving an exercise are released first (a lent live unit goes back to work)."""
     purged: dict[str, Any] = await handle(ctx, commands.PurgeExercise(principal.subject, units))
     return _answer(Purged(**purged))

@@ -100,6 +100,8 @@ class UnitDirectory:
         INDEXED_UNITS.set(len(index))
 
     async def refresh(self) -> None:
+        """Catch up with other replicas: the units changed since the last look, positions every
+        sweep, everything every full reload."""
         if self._changes_since is None:
             await self.reload()
             return
@@ -118,6 +120,7 @@ class UnitDirectory:
             self._last_sweep = time.monotonic()
 
     async def reload_units(self, unit_ids: Iterable[str]) -> None:
+        """Read these units again from the database (gone ones are forgotten)."""
         ids = list(unit_ids)
         if not ids:
             return
@@ -130,6 +133,7 @@ class UnitDirectory:
                 self.forget(uid)
 
     def apply(self, rows: Iterable[Any]) -> None:
+        """Take units as stored; a position older than the one known here is kept out."""
         for row in rows:
             view = unit_view(row)
             known_at = self.fixed_at.get(row.id)
@@ -147,6 +151,7 @@ class UnitDirectory:
         INDEXED_UNITS.set(len(self.index))
 
     def forget(self, unit_id: str) -> None:
+        """The unit left the roster."""
         self.index.remove(unit_id)
         self.lent.discard(unit_id)
         self.fixed_at.pop(unit_id, None)
@@ -159,6 +164,7 @@ class UnitDirectory:
                 self.index.upsert(dataclasses.replace(view, status=UnitStatus.ASSIGNED))
 
     def move(self, positions: Iterable[tuple[str, float, float, datetime]]) -> None:
+        """Position reports (unit id, lat, lon, fixed at); an older one than known is ignored."""
         for uid, lat, lon, at in positions:
             view = self.index.get(uid)
             if view is None:

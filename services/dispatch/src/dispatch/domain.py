@@ -51,6 +51,8 @@ SERVICE: Final = Participant.dispatch.service
 
 
 class IllegalStatusChange(IllegalTransition):
+    """A status change not in STATUS_TRANSITIONS (409), with the legal next statuses."""
+
     code, title = "illegal_status_change", "Illegal unit status change"
 
     def __init__(self, from_status: UnitStatus, to_status: UnitStatus) -> None:
@@ -68,6 +70,8 @@ class IllegalStatusChange(IllegalTransition):
 
 
 class InvalidLocation(InvalidInput):
+    """A position outside -90..90 latitude, -180..180 longitude (422)."""
+
     code, title = "invalid_location", "Location out of range"
 
 
@@ -114,6 +118,8 @@ class StaleUnit(StaleVersion):
 
 @dataclass(frozen=True, slots=True)
 class PlanProblem:
+    """One bad field of a plan file: its dotted path, its line (1-based), what is wrong."""
+
     path: str
     line: int
     message: str
@@ -142,6 +148,8 @@ class PlanError(InvalidInput):
 
 
 class Agency(StrEnum):
+    """The service a unit belongs to."""
+
     POLICE = "police"
     FIRE = "fire"
     MEDICAL = "medical"
@@ -152,6 +160,8 @@ class Agency(StrEnum):
 
 
 class UnitType(StrEnum):
+    """Kinds of units, each of one agency and with a typical speed on city roads."""
+
     PATROL_CAR = "patrol_car"
     TRAFFIC_POLICE_CAR = "traffic_police_car"
     SPECIAL_POLICE_TEAM = "special_police_team"
@@ -169,6 +179,7 @@ class UnitType(StrEnum):
 
     @property
     def agency(self) -> Agency:
+        """The agency the unit type belongs to."""
         return _UNIT_TYPE_PROFILE[self][0]
 
     @property
@@ -196,6 +207,8 @@ _UNIT_TYPE_PROFILE: Final[dict[UnitType, tuple[Agency, float]]] = {
 
 
 class UnitStatus(StrEnum):
+    """What a unit is doing; STATUS_TRANSITIONS says what may follow what."""
+
     AVAILABLE = "available"
     ASSIGNED = "assigned"
     EN_ROUTE = "en_route"
@@ -231,6 +244,7 @@ _NEXT_STATUSES: Final[dict[UnitStatus, frozenset[UnitStatus]]] = {
 
 
 def next_statuses(from_status: UnitStatus) -> frozenset[UnitStatus]:
+    """The statuses a unit may report next from ``from_status``."""
     return _NEXT_STATUSES[UnitStatus(from_status)]
 
 
@@ -388,6 +402,7 @@ class StatusReport:
 
     @property
     def release_reason(self) -> str:
+        """Why the report ended the assignment, as the release records it."""
         return f"unit reported {self.to_status}"
 
 
@@ -497,11 +512,15 @@ class _PlanModel(BaseModel):
 
 
 class SupplyLine(_PlanModel):
+    """Supplies a level of the plan reserves: an item and how many."""
+
     item: _Name
     quantity: _Quantity
 
 
 class LevelPlan(_PlanModel):
+    """What the plan asks for at one level: radii in metres, units by stage, supplies, templates, approvals."""
+
     isolation_radius_m: _Radius
     evacuate: Annotated[bool, Field(strict=True)]
     evacuation_radius_m: _Radius = 0
@@ -543,6 +562,8 @@ class LevelPlan(_PlanModel):
 
 
 class PlanLevels(_PlanModel):
+    """A plan's four parts, one per level (the YAML keys I..IV)."""
+
     I: LevelPlan  # noqa: E741
     II: LevelPlan
     III: LevelPlan
@@ -550,6 +571,8 @@ class PlanLevels(_PlanModel):
 
 
 class ResponsePlan(_PlanModel):
+    """A category's response plan (预案), one version of it."""
+
     category: Category
     version: Annotated[int, Field(strict=True, ge=1)]
     levels: PlanLevels
@@ -730,9 +753,11 @@ def units_to_release(assigned: Mapping[UnitType, int], required: Mapping[UnitTyp
 
 
 class TravelEstimator(Protocol):
-    def eta_s(
-        self, unit_lat: float, unit_lon: float, dest_lat: float, dest_lon: float, unit_type: UnitType
-    ) -> float: ...
+    """Estimates a unit's travel time to a place."""
+
+    def eta_s(self, unit_lat: float, unit_lon: float, dest_lat: float, dest_lon: float, unit_type: UnitType) -> float:
+        """Seconds for a unit of ``unit_type`` to drive from the unit's position to the destination."""
+        ...
 
 
 class StraightLineEstimator:
@@ -744,6 +769,7 @@ class StraightLineEstimator:
         self.road_factor = road_factor
 
     def eta_s(self, unit_lat: float, unit_lon: float, dest_lat: float, dest_lon: float, unit_type: UnitType) -> float:
+        """Seconds: great-circle metres times the road factor, at the unit type's speed."""
         metres = haversine_m(unit_lat, unit_lon, dest_lat, dest_lon) * self.road_factor
         return metres / (UnitType(unit_type).speed_kmh / 3.6)
 
@@ -784,6 +810,8 @@ class UnitView:
 
 @dataclass(frozen=True, slots=True)
 class Recommendation:
+    """A unit to send, with its arrival estimate (s), distance (m) and the reason it was chosen."""
+
     unit_id: str
     unit_type: UnitType
     eta_s: float
@@ -796,6 +824,8 @@ class Recommendation:
 
 @dataclass(frozen=True, slots=True)
 class Shortfall:
+    """Units of a type the recommendation could not find, and the districts that kept theirs for cover."""
+
     unit_type: UnitType
     needed: int
     found: int
@@ -808,11 +838,14 @@ class Shortfall:
 
 @dataclass(frozen=True, slots=True)
 class RecommendationResult:
+    """What a recommendation found: units to send, and what it could not find."""
+
     recommendations: list[Recommendation] = field(default_factory=list)
     shortfalls: list[Shortfall] = field(default_factory=list)
 
     @property
     def complete(self) -> bool:
+        """True when nothing is missing."""
         return not self.shortfalls
 
 
@@ -828,6 +861,7 @@ class CoverPolicy(Mapping[str, Mapping[UnitType, int]]):
         self.overrides = {d: {UnitType(t): int(n) for t, n in by_type.items()} for d, by_type in overrides.items()}
 
     def get(self, district: str, default: Any = None) -> Mapping[UnitType, int]:  # type: ignore[override]
+        """The minimum of each unit type ``district`` keeps available."""
         return _DistrictCover(self.default, self.overrides.get(district, {}))
 
     def __getitem__(self, district: str) -> Mapping[UnitType, int]:
@@ -897,9 +931,11 @@ class UnitIndex:
         return unit_id in self._units
 
     def get(self, unit_id: str) -> UnitView | None:
+        """What the index knows of a unit, or None."""
         return self._units.get(unit_id)
 
     def available_count(self, unit_type: UnitType, district: str, exercise: bool = False) -> int:
+        """Available units of a type in a district (exercise or live)."""
         return self._district_available.get((exercise, unit_type, district), 0)
 
     def upsert(self, unit: UnitView) -> None:
@@ -914,6 +950,7 @@ class UnitIndex:
             self._list(unit)
 
     def remove(self, unit_id: str) -> UnitView | None:
+        """Forget a unit; returns what was known of it."""
         old = self._units.pop(unit_id, None)
         if old is not None and old.status is UnitStatus.AVAILABLE:
             self._unlist(old)
@@ -1449,6 +1486,7 @@ def check_reassignable(assignment: Assignment, held: Held | None) -> Held:
 
 
 def merge_reason(target: Incident) -> str:
+    """Why a merge ends the absorbed incident's assignments."""
     return f"incident merged into {target.id}"
 
 

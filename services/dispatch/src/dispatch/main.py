@@ -33,6 +33,7 @@ SPEC = ServiceSpec(
 
 
 def build_app(settings: DispatchSettings | None = None) -> FastAPI:
+    """The dispatch app for ``settings`` (default: from the environment, DISPATCH_*)."""
     settings = settings or DispatchSettings()
 
     async def wire(app: FastAPI, p: Platform) -> dict[str, Any]:
@@ -69,4 +70,5 @@ def build_app(settings: DispatchSettings | None = None) -> FastAPI:
 
 
 def run() -> None:
+    """The ``dispatch`` console script: serve the app."""
     serve(build_app, DispatchSettings())

@@ -49,6 +49,7 @@ class PlanBook:
         return found[1].for_level(level) if found is not None else None
 
     def categories(self) -> list[str]:
+        """The categories that have an active plan, sorted."""
         return sorted(self._active)
 
     def activate(self, version: int, plan: ResponsePlan) -> None:

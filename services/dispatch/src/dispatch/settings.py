@@ -7,6 +7,8 @@ from ecs.settings import ServiceSettings
 
 
 class DispatchSettings(ServiceSettings):
+    """dispatch's settings, from DISPATCH_* environment variables (times in seconds)."""
+
     model_config = SettingsConfigDict(env_prefix="DISPATCH_", extra="ignore")
 
     service_name: str = "dispatch"

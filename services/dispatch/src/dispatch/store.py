@@ -189,6 +189,7 @@ def to_unit(row: Any) -> Unit:
 
 
 async def get_unit(conn: AsyncConnection, unit_id: str) -> Unit | None:
+    """The unit of this id, or None."""
     row = (await conn.execute(select(units).where(units.c.id == unit_id))).first()
     return to_unit(row) if row is not None else None
 
@@ -204,6 +205,7 @@ async def get_units(conn: AsyncConnection, unit_ids: Iterable[str]) -> dict[str,
 
 
 async def existing_unit_ids(conn: AsyncConnection, unit_ids: Iterable[str]) -> set[str]:
+    """Which of these ids are on the roster."""
     found: set[str] = set()
     for chunk in chunks(list(set(unit_ids))):
         found.update(r[0] for r in await conn.execute(select(units.c.id).where(units.c.id.in_(chunk))))
@@ -403,10 +405,12 @@ async def stream_units(conn: AsyncConnection, size: int = 1000) -> AsyncIterator
 
 
 async def units_changed_since(conn: AsyncConnection, since: datetime) -> list[Unit]:
+    """Units whose roster entry or status changed at or after ``since`` (UTC)."""
     return [to_unit(r) for r in await conn.execute(select(units).where(units.c.changed_at >= since))]
 
 
 async def positions_since(conn: AsyncConnection, since: datetime) -> list[Position]:
+    """Positions fixed at or after ``since`` (UTC), one per unit."""
     u = units.c
     q = select(u.id, u.lat, u.lon, u.location_at).where(u.location_at >= since)
     return [(r[0], r[1], r[2], r[3]) for r in await conn.execute(q)]
@@ -499,12 +503,14 @@ async def active_assignments(conn: AsyncConnection, incident_id: str) -> list[He
 
 
 async def active_assignment_of(conn: AsyncConnection, unit_id: str) -> Held | None:
+    """The unit's active assignment, with its status, or None."""
     a = assignments.c
     row = (await conn.execute(_HELD.where(a.unit_id == unit_id, a.released_at.is_(None)))).first()
     return _held(row) if row is not None else None
 
 
 async def get_assignment(conn: AsyncConnection, assignment_id: int) -> Assignment | None:
+    """The assignment of this id (active or ended), or None."""
     row = (await conn.execute(select(assignments).where(assignments.c.id == assignment_id))).first()
     return to_assignment(row) if row is not None else None
 
@@ -536,6 +542,7 @@ async def mark_arrived(conn: AsyncConnection, unit_id: str, now: datetime) -> No
 
 
 async def delete_exercise_assignments(conn: AsyncConnection) -> int:
+    """Forget every exercise assignment; returns how many there were."""
     return (await conn.execute(delete(assignments).where(assignments.c.exercise.is_(True)))).rowcount
 
 
@@ -560,6 +567,7 @@ def to_incident(row: Any) -> Incident:
 
 
 async def get_incident(conn: AsyncConnection, incident_id: str) -> Incident | None:
+    """Dispatch's copy of the incident, or None if no event about it arrived."""
     row = (await conn.execute(select(incidents).where(incidents.c.id == incident_id))).first()
     return to_incident(row) if row is not None else None
 
@@ -591,6 +599,7 @@ async def remember_incident(
 
 
 async def update_incident(conn: AsyncConnection, incident_id: str, **values: Any) -> None:
+    """Set columns of dispatch's copy of the incident (what dispatch published, shortfalls, merge)."""
     await conn.execute(update(incidents).where(incidents.c.id == incident_id).values(**values))
 
 
@@ -618,11 +627,13 @@ async def set_level(conn: AsyncConnection, incident_id: str, version: int, level
 
 
 async def exercise_incident_ids(conn: AsyncConnection) -> list[str]:
+    """The exercise incidents dispatch knows of."""
     i = incidents.c
     return [r[0] for r in await conn.execute(select(i.id).where(i.exercise.is_(True)))]
 
 
 async def delete_exercise_incidents(conn: AsyncConnection) -> int:
+    """Forget every exercise incident; returns how many there were."""
     return (await conn.execute(delete(incidents).where(incidents.c.exercise.is_(True)))).rowcount
 
 

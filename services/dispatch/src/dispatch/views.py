@@ -48,11 +48,15 @@ UnitStage = Literal[Stage.isolation, Stage.handling]
 
 
 class Position(BaseModel):
+    """WGS-84 degrees."""
+
     lat: float
     lon: float
 
 
 class Fix(Position):
+    """A unit's position (WGS-84 degrees) and when it was fixed (UTC)."""
+
     at: datetime = Field(description="when the position was fixed")
 
 
@@ -76,6 +80,7 @@ class UnitAnswer(BaseModel):
 
     @classmethod
     def of(cls, unit: Unit) -> UnitAnswer:
+        """The answer for a unit on the roster."""
         return cls(
             id=unit.id,
             callsign=unit.callsign,
@@ -95,10 +100,14 @@ class UnitAnswer(BaseModel):
 
 
 class UnitList(BaseModel):
+    """Units, in the order registered."""
+
     items: list[UnitAnswer]
 
 
 class UnitPage(UnitList):
+    """A page of units, by id."""
+
     next_cursor: str | None = Field(description="pass it as ?cursor= for the next page; null on the last")
 
 
@@ -125,6 +134,7 @@ class AssignmentAnswer(BaseModel):
 
     @classmethod
     def of(cls, a: Assignment) -> AssignmentAnswer:
+        """The answer for an assignment."""
         return cls(
             id=a.id,
             incident_id=a.incident_id,
@@ -155,6 +165,7 @@ class OutcomeAnswer(BaseModel):
 
     @classmethod
     def of(cls, outcome: Outcome) -> OutcomeAnswer:
+        """The answer for what an assignment command did."""
         return cls(
             assignments=[AssignmentAnswer.of(a) for a in outcome.assignments],
             shortfalls=outcome.shortfalls,
@@ -180,6 +191,7 @@ class IncidentSummary(BaseModel):
 
     @classmethod
     def fields_of(cls, row: Any) -> dict[str, Any]:
+        """The summary's fields from a row of store.incidents."""
         return {
             "id": row.id,
             "category": row.category,
@@ -197,11 +209,15 @@ class IncidentSummary(BaseModel):
 
 
 class IncidentPage(BaseModel):
+    """A page of incidents, newest id first."""
+
     items: list[IncidentSummary]
     next_cursor: str | None = Field(description="pass it as ?cursor= for the next page; null on the last")
 
 
 class PlanRef(BaseModel):
+    """The plan version and level the incident's requirement comes from."""
+
     category: Category
     version: int
     level: Level
@@ -232,6 +248,8 @@ class IncidentView(IncidentSummary):
 
 
 class RecommendedUnit(BaseModel):
+    """A unit to send: arrival estimate in seconds, straight-line distance in metres."""
+
     unit_id: str
     unit_type: UnitType
     eta_s: float
@@ -243,6 +261,8 @@ class RecommendedUnit(BaseModel):
 
 
 class ShortfallAnswer(BaseModel):
+    """Units of a type the recommendation could not find."""
+
     unit_type: UnitType
     needed: int
     found: int
@@ -265,11 +285,15 @@ class RecommendationsAnswer(BaseModel):
 
 
 class PlanEntry(BaseModel):
+    """A category and its active plan version."""
+
     category: Category
     version: int
 
 
 class PlanList(BaseModel):
+    """The active plan of each category."""
+
     items: list[PlanEntry]
 
 
@@ -280,6 +304,8 @@ class PlanAnswer(PlanPublished):
 
 
 class PlanVersion(BaseModel):
+    """A stored plan version: who stored it, when, and from where (shipped or the API)."""
+
     version: int
     origin: Literal["shipped", "api"]
     actor: str
@@ -287,6 +313,8 @@ class PlanVersion(BaseModel):
 
 
 class PlanVersions(BaseModel):
+    """Every stored version of a category's plan, newest first."""
+
     items: list[PlanVersion]
 
 
@@ -300,6 +328,8 @@ class ExerciseData(BaseModel):
 
 
 class Purged(BaseModel):
+    """What the purge of exercise data removed."""
+
     incidents_purged: int
     assignments_purged: int
     units_purged: int
@@ -503,6 +533,7 @@ async def assignment(db: Database, assignment_id: int) -> Assignment:
 
 
 async def assignment_or_none(db: Database, assignment_id: int) -> Assignment | None:
+    """One assignment, or None."""
     async with db.engine.connect() as conn:
         return await store.get_assignment(conn, assignment_id)
 
