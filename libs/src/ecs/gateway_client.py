@@ -16,6 +16,9 @@ __all__ = ["GatewayClient", "signature", "signed_headers"]
 
 
 class GatewayClient:
+    """One gateway's side of contract v1: signed alarms over HTTP (``send``, ``send_batch``, each
+    answering the service's response) or over NATS (``publish``, the JetStream ack its receipt)."""
+
     def __init__(self, base_url: str, gateway_id: str, secret: str, client: httpx.AsyncClient | None = None) -> None:
         self.gateway_id = gateway_id
         self.secret = secret

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from ecs.contracts import AlarmLinked, GatewayAlarm, IncidentCreated, IncidentVerified, LevelChanged
+from ecs.contracts import AlarmLinked, GatewayAlarm, IncidentVerified, LevelChanged
 from ecs.geo import gcj02_to_wgs84
 
 from .domain import (
@@ -289,18 +289,7 @@ def correlate(
 
 
 def _created(incident: Incident, item: IncomingAlarm) -> Event:
-    data = IncidentCreated(
-        incident_id=incident.id,
-        category=incident.category,
-        level=incident.level,
-        lat=incident.lat,
-        lon=incident.lon,
-        first_alarm_at=incident.first_alarm_at,
-        alarm_id=item.alarm.alarm_id,
-        gateway_id=item.gateway_id,
-        exercise=incident.exercise,
-    )
-    return Event(data, incident.exercise, cause=item.ref)
+    return Event(incident.created(item.gateway_id, item.alarm.alarm_id), incident.exercise, cause=item.ref)
 
 
 def _level_changed(incident: Incident, from_level: int, to_level: int, reason: str) -> Event:

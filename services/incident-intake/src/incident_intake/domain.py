@@ -660,6 +660,20 @@ class Incident:
     def _change(self, actor: str, kind: str, detail: dict[str, Any], values: dict[str, Any], event: Any) -> Change:
         return Change(self.id, values, Entry(self.id, actor, kind, detail), Event(event, self.exercise))
 
+    def created(self, gateway_id: str, alarm_id: str) -> IncidentCreated:
+        """The event announcing this incident, opened by alarm (gateway_id, alarm_id)."""
+        return IncidentCreated(
+            incident_id=self.id,
+            category=self.category,
+            level=self.level,
+            lat=self.lat,
+            lon=self.lon,
+            first_alarm_at=self.first_alarm_at,
+            alarm_id=alarm_id,
+            gateway_id=gateway_id,
+            exercise=self.exercise,
+        )
+
     # -- operator commands
 
     def verify(self, actor: str) -> Change:
@@ -839,18 +853,7 @@ class Incident:
             split_from=self.id,
         )
         refs = [f"{gateway_id}:{alarm_id}" for gateway_id, alarm_id in moved]
-        first_gateway, first_alarm = moved[0]
-        created = IncidentCreated(
-            incident_id=new.id,
-            category=new.category,
-            level=new.level,
-            lat=new.lat,
-            lon=new.lon,
-            first_alarm_at=new.first_alarm_at,
-            alarm_id=first_alarm,
-            gateway_id=first_gateway,
-            exercise=new.exercise,
-        )
+        created = new.created(*moved[0])
         born = Entry(new.id, actor, "split.from", {"incident_id": self.id, "alarms": len(moved)})
         event = IncidentSplit(incident_id=self.id, new_incident_id=new.id, alarm_ids=refs, actor=actor)
         left = self._change(actor, "split", {"new_incident_id": new.id, "alarms": refs}, counts.values(), event)
