@@ -53,7 +53,7 @@ PLAN_TYPES = ("application/yaml", "application/x-yaml", "text/yaml", "text/x-yam
 
 
 def _context(request: Request) -> Context:
-    return request.app.state.dispatch  # type: ignore[no-any-return]
+    return request.app.state.dispatch
 
 
 Ctx = Annotated[Context, Depends(_context)]

@@ -161,6 +161,6 @@ def plan_responder(ctx: Context) -> Any:
             plan = await views.plan(ctx.db, category, version)
         except AppError as exc:
             return {"error": exc.detail}
-        return orjson.loads(orjson.dumps(plan.model_dump()))  # type: ignore[no-any-return]
+        return orjson.loads(orjson.dumps(plan.model_dump()))
 
     return answer
