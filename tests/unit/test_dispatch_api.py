@@ -1,4 +1,5 @@
-"""dispatch's OpenAPI describes every answer: each route declares its answer model."""
+"""dispatch's OpenAPI names the models of its answers (every service's answers are checked in
+test_layers.py)."""
 
 from __future__ import annotations
 
@@ -6,19 +7,7 @@ from dispatch.main import build_app
 from dispatch.settings import DispatchSettings
 
 
-def test_every_operator_answer_has_a_schema():
+def test_the_incident_view_lists_its_units_by_model():
     app = build_app(DispatchSettings(database_url="sqlite:///unused.db", auth_secret="s" * 40))
     spec = app.openapi()
-    undescribed = []
-    for path, operations in spec["paths"].items():
-        if not path.startswith("/v1/"):
-            continue
-        for method, operation in operations.items():
-            for status, answer in operation["responses"].items():
-                if not status.startswith("2") or status == "204":
-                    continue
-                schema = answer.get("content", {}).get("application/json", {}).get("schema", {})
-                if "$ref" not in schema:
-                    undescribed.append(f"{method.upper()} {path} {status}")
-    assert undescribed == []
     assert spec["components"]["schemas"]["IncidentView"]["properties"]["units"]["items"]["$ref"].endswith("HeldUnit")
