@@ -14,7 +14,7 @@ import httpx
 import nats.errors
 import pytest
 
-from ecs.testing import NatsCluster, assert_exact_delivery, create_database, drop_database, eventually
+from ecs.testing import NatsCluster, create_database, drop_database, eventually, settled_exact_delivery
 from tests.e2e.test_intake_reliability import (
     _rows_at_least,
     alarm_rows,
@@ -92,7 +92,10 @@ async def test_a_cluster_node_killed_mid_load_loses_and_doubles_nothing(
         async def all_units_out() -> bool:
             return await subject_count(js, "DISPATCH", "dispatch.unit.registered") >= UNITS
 
-        await wait_for("every unit registration relayed", all_units_out, 60, log_of(dispatch))
+        try:
+            await eventually(all_units_out, "every unit registration relayed", 60)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{await relay_state(js, dispatch_db)}\n{log_of(dispatch)()}") from None
         assert await subject_count(js, "DISPATCH", "dispatch.unit.registered") == UNITS
         listed = (await api.get("/v1/units", params={"limit": 500})).json()["items"]
         assert len(listed) == UNITS
@@ -100,8 +103,7 @@ async def test_a_cluster_node_killed_mid_load_loses_and_doubles_nothing(
         assert dispatch.proc.poll() is None
         # Messages in flight on the killed node are delivered again (at least once); the inbox makes
         # that harmless, as the counts above show. What must hold: nothing pending, no dead letter.
-        failures: list[str] = []
-        await eventually(lambda: _drained(nats_cluster.url, failures), f"every consumer drained: {failures}", 60)
+        await settled_exact_delivery(nats_cluster.url, redeliveries=True, within_s=60)
     finally:
         await api.aclose()
         await nc.close()
@@ -124,6 +126,20 @@ async def through_elections(check: Callable[[], Awaitable[None]], attempts: int 
             await asyncio.sleep(0.5)
 
 
+async def relay_state(js: Any, database_url: str) -> str:
+    """What dispatch still holds in its outbox, and what the DISPATCH stream holds."""
+    import asyncpg
+
+    conn = await asyncpg.connect(asyncpg_dsn(database_url))
+    try:
+        outbox = await conn.fetch("SELECT subject, count(*) AS n FROM outbox GROUP BY subject")
+        units = await conn.fetchval("SELECT count(*) FROM units")
+    finally:
+        await conn.close()
+    info = await js.stream_info("DISPATCH", subjects_filter=">")
+    return f"units stored {units}; outbox {dict(outbox)}; DISPATCH stream {info.state.subjects}; cluster {info.cluster}"
+
+
 async def replicas_current(js: Any) -> bool:
     """Every stream has all three peers, and each replica has caught up with its leader."""
     for stream in ("ALARMS", "INCIDENTS", "DISPATCH", "DEADLETTER"):
@@ -136,15 +152,4 @@ async def replicas_current(js: Any) -> bool:
             return False
         if not all(r.current and not r.offline for r in cluster.replicas):
             return False
-    return True
-
-
-async def _drained(url: str, failures: list[str]) -> bool:
-    """assert_exact_delivery as a condition to wait for (consumers may still be acking); the last
-    reason it failed is kept in ``failures``."""
-    try:
-        await assert_exact_delivery(url, redeliveries=True)
-    except AssertionError as exc:
-        failures[:] = [str(exc)]
-        return False
     return True

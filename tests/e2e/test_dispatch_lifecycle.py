@@ -57,7 +57,7 @@ def alarm(n: int, casualties: int) -> dict[str, Any]:
 
 
 async def test_an_incident_from_alarm_to_close_with_dispatch_in_the_loop(
-    intake_factory, dispatch_factory, tmp_path, operator_headers
+    intake_factory, dispatch_factory, tmp_path, operator_headers, nats_private
 ):
     intake = intake_factory(f"sqlite:///{tmp_path / 'intake.db'}", required_participants='["dispatch"]')
     dispatch = dispatch_factory(f"sqlite:///{tmp_path / 'dispatch.db'}", min_cover="0")
@@ -191,6 +191,11 @@ async def test_an_incident_from_alarm_to_close_with_dispatch_in_the_loop(
             return (await units_at_scene())["stage"] == "closed"
 
         await eventually(closed_in_dispatch)
+
+        # Each consumer was handed exactly the messages on its subjects, once, and nothing was
+        # dead-lettered: no consumer receives what it does not handle.
+        delivered = await testing.settled_exact_delivery(nats_private.url)
+        assert delivered["dispatch-incidents"] >= 5 and delivered["intake-facts-dispatch"] >= 3, delivered
     finally:
         await gw.aclose()
         await inc_api.aclose()

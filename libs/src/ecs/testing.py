@@ -244,6 +244,20 @@ async def assert_exact_delivery(url: str, redeliveries: bool = False) -> dict[st
     return delivered
 
 
+async def settled_exact_delivery(url: str, redeliveries: bool = False, within_s: float = 30.0) -> dict[str, int]:
+    """``assert_exact_delivery`` once the consumers have caught up (their last acks may still be on
+    the way); after ``within_s`` seconds its last AssertionError is raised."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within_s
+    while True:
+        try:
+            return await assert_exact_delivery(url, redeliveries)
+        except AssertionError:
+            if loop.time() > deadline:
+                raise
+            await asyncio.sleep(0.1)
+
+
 @pytest.fixture
 def nats_cluster(tmp_path: Path) -> Iterator[NatsCluster]:
     """A three-node JetStream cluster of the test's own, on loopback."""
