@@ -15,7 +15,8 @@ from typing import Any
 
 import yaml
 
-from ecs.contracts import MESSAGES, MessageSpec
+from ecs.catalogue import ALL_MESSAGES as MESSAGES
+from ecs.contracts import MessageSpec
 from ecs.envelope import Envelope
 
 HERE = Path(__file__).resolve().parent

@@ -118,6 +118,36 @@ def dispatch_factory(tmp_path: Path, nats_private: NatsServer) -> Iterator[Calla
 
 
 @pytest.fixture
+def service_factory(tmp_path: Path, nats_private: NatsServer) -> Iterator[Callable[..., ServiceProcess]]:
+    """Start any service as a real process: ``service_factory(script, prefix, database_url, **settings)``,
+    e.g. ``service_factory("resource-stockpile", "STOCKPILE_", pg_url, min_shelf_life_days="30")``.
+
+    Each call starts one more replica on its own port, on the test's own nats-server unless
+    ``nats_url`` says otherwise; settings are given without their prefix; all are stopped after
+    the test.
+    """
+    started: list[ServiceProcess] = []
+
+    def start(script: str, prefix: str, database_url: str, nats_url: str | None = None, **extra: str) -> ServiceProcess:
+        port = free_port()
+        env = {
+            f"{prefix}DATABASE_URL": database_url,
+            f"{prefix}NATS_URL": nats_url or nats_private.url,
+            f"{prefix}HTTP_PORT": str(port),
+            f"{prefix}AUTH_SECRET": AUTH_SECRET,
+            f"{prefix}LOG_LEVEL": "WARNING",
+            **{f"{prefix}{k.upper()}": v for k, v in extra.items()},
+        }
+        proc = ServiceProcess([console_script(script)], env, port, tmp_path / f"{script}-{port}.log")
+        started.append(proc.start())
+        return proc
+
+    yield start
+    for proc in started:
+        proc.stop()
+
+
+@pytest.fixture
 def dispatch_app(nats_private: NatsServer) -> Callable[..., object]:
     """Run dispatch in this process: ``async with dispatch_app(database_url, **settings) as (app, client)``.
 
