@@ -38,6 +38,7 @@ from .domain import (
     UnknownUnit,
     next_statuses,
     required_units,
+    roster_profile,
     units_to_add,
 )
 from .plans import PlanBook
@@ -83,12 +84,7 @@ class UnitAnswer(BaseModel):
         """The answer for a unit on the roster."""
         return cls(
             id=unit.id,
-            callsign=unit.callsign,
-            agency=unit.agency,
-            unit_type=unit.unit_type,
-            capabilities=list(unit.capabilities),
-            home_station=unit.home_station,
-            district=unit.district,
+            **roster_profile(unit),
             location=Fix(lat=unit.lat, lon=unit.lon, at=unit.location_at),
             status=unit.status,
             incident_id=unit.incident_id,
@@ -252,10 +248,10 @@ class RecommendedUnit(BaseModel):
 
     unit_id: str
     unit_type: UnitType
-    eta_s: float
-    distance_m: float
+    eta_s: float = Field(description="estimated travel time to the incident, seconds")
+    distance_m: float = Field(description="straight-line distance to the incident, metres")
     district: str
-    reason: str
+    reason: str = Field(description="why this unit, in words an operator reads")
     strips_cover: bool = Field(description="takes its district below its minimum cover (level I only)")
     borrowed: bool = Field(description="a live unit lent to the drill")
 

@@ -21,6 +21,46 @@ from .recommendation import Recommendation, Shortfall, TravelEstimator
 from .response_plans import LevelPlan, NoPlan, units_to_add, units_to_release
 from .roster import Agency, Unit, UnitStatus, UnitType, busy
 
+__all__ = [
+    "Assignment",
+    "AssignmentSource",
+    "Facts",
+    "Held",
+    "Incident",
+    "Outcome",
+    "Reconciliation",
+    "UnknownAssignment",
+    "UnknownIncident",
+    "assigned_event",
+    "assignment_stage",
+    "check_assignable",
+    "check_eligible",
+    "check_open",
+    "check_other_incident",
+    "check_reassignable",
+    "check_release",
+    "check_unit_list",
+    "choose_units",
+    "held_by_type",
+    "incident_facts",
+    "is_settled",
+    "may_serve",
+    "merge_reason",
+    "new_assignment",
+    "perimeter_secured",
+    "plan_stage",
+    "reclaim_releases",
+    "reconcile",
+    "release_event",
+    "released_status",
+    "required_units",
+    "shortfall_messages",
+    "surplus",
+    "takes_over",
+    "top_up",
+]
+
+
 # --------------------------------------------------------------------------------------------
 # Errors
 

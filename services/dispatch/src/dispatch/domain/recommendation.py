@@ -16,6 +16,21 @@ from ecs.vocabulary import Level
 
 from .roster import Agency, UnitStatus, UnitType
 
+__all__ = [
+    "CoverPolicy",
+    "InvalidLocation",
+    "MinCover",
+    "Recommendation",
+    "RecommendationResult",
+    "Shortfall",
+    "StraightLineEstimator",
+    "TravelEstimator",
+    "UnitIndex",
+    "UnitView",
+    "recommend",
+]
+
+
 # --------------------------------------------------------------------------------------------
 # Errors
 

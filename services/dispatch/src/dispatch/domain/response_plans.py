@@ -31,6 +31,27 @@ from ecs.vocabulary import Category, Level, Stage
 
 from .roster import UnitType
 
+__all__ = [
+    "ApprovalStep",
+    "LevelPlan",
+    "NoPlan",
+    "PlanError",
+    "PlanLevels",
+    "PlanProblem",
+    "ResponsePlan",
+    "SupplyLine",
+    "TEMPLATE_FIELDS",
+    "check_next_version",
+    "parse_plan",
+    "plan_catalogue",
+    "plan_document",
+    "plan_published",
+    "read_new_plan",
+    "units_to_add",
+    "units_to_release",
+]
+
+
 # --------------------------------------------------------------------------------------------
 # Errors
 

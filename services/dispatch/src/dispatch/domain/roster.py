@@ -14,6 +14,38 @@ from typing import Any, Final
 from ecs.contracts import UnitRegistered, UnitStatusChanged
 from ecs.errors import Conflict, IllegalTransition, InvalidInput, NotFound, StaleVersion
 
+__all__ = [
+    "roster_profile",
+    "Agency",
+    "BUSY",
+    "EDITABLE",
+    "IllegalStatusChange",
+    "LEAVING",
+    "Position",
+    "REMOVABLE",
+    "STATUS_TRANSITIONS",
+    "StaleUnit",
+    "StatusReport",
+    "Unit",
+    "UnitSpec",
+    "UnitStatus",
+    "UnitType",
+    "UnknownUnit",
+    "busy",
+    "check_lendable",
+    "check_not_registered",
+    "check_status_change",
+    "check_unique_units",
+    "check_version",
+    "latest_positions",
+    "new_unit",
+    "next_statuses",
+    "report_status",
+    "roster_entry",
+    "unit_changes",
+]
+
+
 # --------------------------------------------------------------------------------------------
 # Errors
 
@@ -257,16 +289,24 @@ def new_unit(spec: UnitSpec, now: datetime) -> Unit:
     )
 
 
+def roster_profile(unit: Unit) -> dict[str, Any]:
+    """What the roster says of a unit, by the field names the roster event and the API share:
+    callsign, agency, unit_type, capabilities, home_station, district."""
+    return {
+        "callsign": unit.callsign,
+        "agency": unit.agency,
+        "unit_type": unit.unit_type,
+        "capabilities": list(unit.capabilities),
+        "home_station": unit.home_station,
+        "district": unit.district,
+    }
+
+
 def roster_entry(unit: Unit, actor: str) -> UnitRegistered:
     """The roster event of ``unit`` (``dispatch.unit.registered``, ``.updated`` or ``.removed``)."""
     return UnitRegistered(
         unit_id=unit.id,
-        callsign=unit.callsign,
-        agency=unit.agency,
-        unit_type=unit.unit_type,
-        capabilities=list(unit.capabilities),
-        home_station=unit.home_station,
-        district=unit.district,
+        **roster_profile(unit),
         exercise=unit.exercise,
         lent_to_drill=unit.lent_to_drill,
         actor=actor,

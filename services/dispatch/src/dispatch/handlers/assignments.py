@@ -22,20 +22,16 @@ from ecs.vocabulary import Stage
 from .. import store
 from ..commands import AcceptRecommendation, AssignUnits, PurgeExercise, Reassign, ReleaseAssignment
 from ..context import Context
-from ..domain import (
+from ..domain.incidents import (
     Assignment,
     AssignmentSource,
     Held,
     Incident,
     Outcome,
-    RecommendationResult,
-    UnitType,
     UnknownAssignment,
     UnknownIncident,
-    UnknownUnit,
     assigned_event,
     assignment_stage,
-    busy,
     check_assignable,
     check_eligible,
     check_open,
@@ -51,6 +47,14 @@ from ..domain import (
     required_units,
     shortfall_messages,
     top_up,
+)
+from ..domain.recommendation import (
+    RecommendationResult,
+)
+from ..domain.roster import (
+    UnitType,
+    UnknownUnit,
+    busy,
 )
 from .tx import Tx, incident_lock, transaction
 

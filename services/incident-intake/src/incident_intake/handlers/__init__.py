@@ -13,17 +13,7 @@ from typing import Any
 
 from ecs.envelope import Envelope
 
-from ..commands import (
-    ChangeLevel,
-    ChangeStage,
-    MergeIncident,
-    PurgeExercise,
-    RecordFact,
-    ReportAlarms,
-    SetPerimeter,
-    SplitAlarms,
-    Verify,
-)
+from .. import commands as c
 from ..domain import Participant
 from . import alarms, facts, incidents
 from .context import Context
@@ -31,15 +21,15 @@ from .context import Context
 __all__ = ["COMMANDS", "EVENTS", "Context", "handle"]
 
 COMMANDS: dict[type, Callable[[Any, Context], Awaitable[Any]]] = {
-    ReportAlarms: alarms.report,
-    Verify: incidents.verify,
-    SetPerimeter: incidents.set_perimeter,
-    ChangeStage: incidents.change_stage,
-    ChangeLevel: incidents.change_level,
-    RecordFact: incidents.record_fact,
-    MergeIncident: incidents.merge,
-    SplitAlarms: incidents.split,
-    PurgeExercise: incidents.purge_exercise,
+    c.ReportAlarms: alarms.report,
+    c.Verify: incidents.verify,
+    c.SetPerimeter: incidents.set_perimeter,
+    c.ChangeStage: incidents.change_stage,
+    c.ChangeLevel: incidents.change_level,
+    c.RecordFact: incidents.record_fact,
+    c.MergeIncident: incidents.merge,
+    c.SplitAlarms: incidents.split,
+    c.PurgeExercise: incidents.purge_exercise,
 }
 
 EventHandler = Callable[[Envelope, Context, str], Awaitable[None]]
