@@ -68,6 +68,7 @@ class Service:
 SERVICES = [
     Service("incident-intake", "incident_intake", "intake", "INTAKE_", 8001),
     Service("dispatch", "dispatch", "dispatch", "DISPATCH_", 8002),
+    Service("resource-stockpile", "resource_stockpile", "stockpile", "STOCKPILE_", 8003),
 ]
 
 # The services whose settled facts incident-intake waits for before an incident may close.
