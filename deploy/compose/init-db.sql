@@ -2,3 +2,4 @@
 -- Add a line here when a service joins docker-compose.yml.
 CREATE DATABASE intake;
 CREATE DATABASE dispatch;
+CREATE DATABASE stockpile;
