@@ -235,8 +235,10 @@ def test_same_category_always_joins(category):
         (Category.crowd_crush, Category.medical, True),
         (Category.traffic_accident, Category.medical, True),
         (Category.building_collapse, Category.medical, True),
-        (Category.medical, Category.fire, False),
-        (Category.medical, Category.crowd_crush, False),
+        (Category.medical, Category.fire, True),  # a medical-only incident becomes the scene
+        (Category.medical, Category.crowd_crush, True),
+        (Category.medical, Category.flood, False),
+        (Category.medical, Category.public_security, False),
         (Category.flood, Category.building_collapse, False),
         (Category.building_collapse, Category.flood, False),
         (Category.flood, Category.medical, False),

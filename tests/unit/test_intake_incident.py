@@ -185,7 +185,9 @@ def test_set_perimeter_in_an_open_stage(stage):
 @pytest.mark.parametrize(("stage", "level"), list(itertools.product(OPEN, [Level.I, Level.III])))
 def test_change_level_in_an_open_stage(stage, level):
     change = incident(stage, level=Level.II).change_level(level, "cmdr", "school nearby")
-    assert change.values == {"level": int(level)}
+    assert change.values["level"] == int(level)
+    decided = change.values["facts"]["operator_level"]  # what was known when the operator decided
+    assert (decided["level"], decided["actor"], decided["estimate"]) == (int(level), "cmdr", 2)
     assert change.entry.detail == {"from": 2, "to": int(level), "reason": "school nearby"}
     assert change.event.data == LevelChanged(
         incident_id="inc-1", from_level=Level.II, to_level=level, reason="school nearby", actor="cmdr", version=6

@@ -26,7 +26,7 @@ from ecs.contracts import (
     StageName,
 )
 from ecs.envelope import field_path
-from ecs.errors import InvalidInput, PayloadTooLarge, Transient, UnsupportedMediaType
+from ecs.errors import AppError, InvalidInput, PayloadTooLarge, Transient, UnsupportedMediaType
 from ecs.web import json_response, problem, requires
 
 from . import views
@@ -117,6 +117,7 @@ def _alarm_errors(exc: ValidationError, prefix: str = "") -> list[dict[str, str]
     summary="Push one alarm (signed)",
     responses={
         401: {"description": "unknown gateway, bad signature or timestamp outside the window"},
+        409: {"description": "the alarm_id was already used for a different alarm"},
         413: {},
         415: {},
         422: {},
@@ -144,6 +145,8 @@ async def post_alarm(request: Request, registry: Gateways, ctx: Ctx) -> Response
         (result,) = await handle(ReportAlarms([(gateway_id, alarm)], "http"), ctx)
     except Transient as exc:
         return problem(503, "Try again", str(exc), code="unavailable", retry_after_s=1)
+    if isinstance(result, AppError):
+        raise result
     # Written by hand: the receipt is the gateway path's whole answer, and this path is hot.
     return json_response(_receipt(result), status=202)
 
@@ -227,10 +230,26 @@ async def post_alarm_batch(request: Request, registry: Gateways, ctx: Ctx) -> Re
             receipts = await handle(ReportAlarms([(gateway_id, a) for _, a in valid], "http"), ctx)
         except Transient as exc:
             return problem(503, "Try again", str(exc), code="unavailable", retry_after_s=1)
-        for (i, _), r in zip(valid, receipts, strict=True):
-            results[i] = {"index": i, "status": 202, "receipt": _receipt(r), "error": None}
-    accepted = len(valid)
+        for (i, alarm), r in zip(valid, receipts, strict=True):
+            if isinstance(r, AppError):
+                results[i] = _refused_item(i, alarm.alarm_id, r)
+            else:
+                results[i] = {"index": i, "status": 202, "receipt": _receipt(r), "error": None}
+    accepted = sum(1 for r in results if r is not None and r["status"] == 202)
     return json_response({"accepted": accepted, "rejected": len(items) - accepted, "results": results})
+
+
+def _refused_item(i: int, alarm_id: str, exc: AppError) -> dict[str, Any]:
+    field = f"alarms.{i}.{exc.extra['field']}" if exc.extra.get("field") else f"alarms.{i}"
+    error = BatchItemError(
+        index=i,
+        alarm_id=alarm_id,
+        status=exc.status,
+        title=exc.title,
+        detail=exc.detail,
+        errors=[{"field": field, "message": exc.detail}],
+    )
+    return BatchItemResult(index=i, status=exc.status, error=error).model_dump(mode="json")
 
 
 # --- operator API ----------------------------------------------------------------------------

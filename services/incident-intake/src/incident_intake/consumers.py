@@ -10,7 +10,7 @@ from ecs import streams
 from ecs.bus import BatchHandler, ConsumerSpec, decode_envelope
 from ecs.contracts import MAX_ALARM_BYTES, GatewayAlarm
 from ecs.envelope import parse_payload
-from ecs.errors import Poison
+from ecs.errors import AppError, Poison
 
 from .commands import ReportAlarms
 from .gateways import GatewayRegistry
@@ -36,18 +36,26 @@ CONSUMERS = (ALARM_CONSUMER, *FACT_CONSUMERS)
 
 def alarms_handler(ctx: Context, gateways: GatewayRegistry) -> BatchHandler:
     """Gateway alarms: each checked and parsed (poison on its own), the rest correlated as one
-    command. Transient from correlation fails the whole batch, to be redelivered later."""
+    command; an alarm correlation refuses (a reused alarm_id, input that cannot be taken) goes to
+    dead letter with the reason, alone. Transient from correlation fails the whole batch, to be
+    redelivered later."""
 
     async def handle_batch(msgs: list[Msg]) -> dict[int, str]:
         rejected: dict[int, str] = {}
         valid: list[tuple[str, GatewayAlarm]] = []
+        positions: list[int] = []
         for i, msg in enumerate(msgs):
             try:
                 valid.append(_alarm(msg, gateways))
+                positions.append(i)
             except Poison as exc:
                 rejected[i] = exc.reason
         if valid:
-            await handle(ReportAlarms(valid, "nats"), ctx)
+            outcomes = await handle(ReportAlarms(valid, "nats"), ctx)
+            for i, outcome in zip(positions, outcomes, strict=True):
+                if isinstance(outcome, AppError):
+                    field = outcome.extra.get("field")
+                    rejected[i] = f"{field}: {outcome.detail}" if field else outcome.detail
         return rejected
 
     return handle_batch

@@ -7,6 +7,7 @@ the store, calls ``correlate``, and saves and emits what it decided, in one tran
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import math
@@ -14,7 +15,10 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+import phonenumbers
+
 from ecs.contracts import AlarmLinked, GatewayAlarm, IncidentVerified, LevelChanged
+from ecs.errors import AppError, Conflict, InvalidInput
 from ecs.geo import gcj02_to_wgs84
 
 from .domain import (
@@ -29,6 +33,7 @@ from .domain import (
     auto_verified,
     find_incident,
     open_incident,
+    take_category,
 )
 
 ACTOR = "correlation"
@@ -62,6 +67,29 @@ class IncomingAlarm:
         """``<gateway_id>:<alarm_id>``, as events and messages name the alarm."""
         return f"{self.gateway_id}:{self.alarm.alarm_id}"
 
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        """What the alarm says, as parsed (not its bytes: key order, spacing, the time's offset and
+        the way the number is written do not change it), hashed: a repeat under the same
+        alarm_id is a duplicate only if this is the same."""
+        a, loc = self.alarm, self.alarm.location
+        said = (
+            a.alarm_id,
+            self.facts.received_at.isoformat(),
+            str(a.category),
+            loc.lat,
+            loc.lon,
+            loc.crs,
+            loc.accuracy_m,
+            loc.address,
+            self.facts.caller_key,
+            a.caller.name if a.caller else None,
+            a.description,
+            a.casualties,
+            a.exercise,
+        )
+        return hashlib.blake2b(repr(said).encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
+
 
 @dataclass(slots=True)
 class IngestResult:
@@ -74,16 +102,119 @@ class IngestResult:
     correlated: bool
 
 
-def caller_key(pepper: str, number: str) -> str:
-    """A keyed hash of a caller's number, so distinct callers are counted without storing the
-    comparison key in clear. Spacing, dashes and a +86 prefix do not change it."""
-    digits = "".join(ch for ch in number if ch.isdigit() or ch == "+").removeprefix("+86")
-    return hmac.new(pepper.encode(), digits.encode(), hashlib.sha256).hexdigest()[:32]
+Outcome = IngestResult | AppError
+"""One alarm's answer: its receipt, or why it was refused (an ``ecs.errors`` error: 409 for an
+alarm_id used for a different alarm, 422 for input that cannot be taken)."""
 
 
-def to_incoming(gateway_id: str, alarm: GatewayAlarm, via: str, pepper: str) -> IncomingAlarm:
+@functools.lru_cache(maxsize=65_536)
+def normalise_number(number: str, region: str = "CN") -> str:
+    """A caller's number in E.164 (``+8613900000031``), however it was written: spaces, dashes,
+    ``+86``, ``0086`` or ``86`` before it. Parsed by ``phonenumbers`` (libphonenumber's metadata),
+    a number without a country code as one of ``region``. Raises InvalidInput (422, naming
+    ``caller.number``) for what is not a possible phone number."""
+    try:
+        parsed = phonenumbers.parse(number, region)
+    except phonenumbers.NumberParseException:
+        parsed = None
+    if parsed is None or not phonenumbers.is_possible_number(parsed):
+        raise InvalidInput("caller.number is not a phone number", field="caller.number")
+    return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+
+
+def caller_key(pepper: str, number: str, region: str = "CN") -> str:
+    """A keyed hash of a caller's number in its canonical form (``normalise_number``), so distinct
+    callers are counted without storing the comparison key in clear. Raises as ``normalise_number``."""
+    canonical = normalise_number(number, region)
+    return hmac.new(pepper.encode(), canonical.encode(), hashlib.sha256).hexdigest()[:32]
+
+
+@dataclass(frozen=True)
+class AlarmPolicy:
+    """What an alarm may say and still be taken (DESIGN §7), beyond its contract's shape.
+
+    ``max_skew`` how far ahead of the intake clock a ``received_at`` may be, ``max_age`` how far
+    behind; ``area`` the service area (min_lat, min_lon, max_lat, max_lon, WGS-84 degrees): the
+    distance arithmetic is planar within it, so the antimeridian and the poles never occur.
+    """
+
+    max_skew: timedelta = timedelta(minutes=5)
+    max_age: timedelta = timedelta(days=1)
+    area: tuple[float, float, float, float] = (3.8, 73.4, 53.6, 135.1)
+    region: str = "CN"
+
+    def __post_init__(self) -> None:
+        check_service_area(self.area)
+
+
+MAX_AREA_LAT = 60.0
+"""How far from the equator a service area may reach (degrees): the index's cells hold every
+candidate up to 60° latitude, where a degree of longitude is half as long."""
+
+
+def check_service_area(area: tuple[float, float, float, float]) -> None:
+    """Raises ValueError unless ``area`` (min_lat, min_lon, max_lat, max_lon) is a box within
+    ±60° latitude that does not reach the antimeridian: there, alarms metres apart would fall
+    in cells that are not neighbours, and open two incidents."""
+    min_lat, min_lon, max_lat, max_lon = area
+    if not (-MAX_AREA_LAT <= min_lat < max_lat <= MAX_AREA_LAT and -180 < min_lon < max_lon < 180):
+        raise ValueError(
+            f"service area must be min_lat,min_lon,max_lat,max_lon with min below max, latitudes within "
+            f"±{MAX_AREA_LAT:g}° and longitudes short of ±180°; got {area}"
+        )
+
+
+def _storable(field_name: str, value: str | None) -> None:
+    # PostgreSQL's text holds neither U+0000 nor a lone surrogate; refuse them here, naming the
+    # field, rather than have the database refuse the whole batch later.
+    if not value:
+        return
+    try:
+        ok = "\x00" not in value and bool(value.encode("utf-8"))
+    except UnicodeEncodeError:
+        ok = False
+    if not ok:
+        raise InvalidInput(
+            f"{field_name} holds a character that cannot be stored (U+0000 or a lone surrogate)", field=field_name
+        )
+
+
+def admit(
+    gateway_id: str, alarm: GatewayAlarm, via: str, pepper: str, policy: AlarmPolicy, now: datetime
+) -> IncomingAlarm:
+    """``to_incoming``, once the alarm passed what its contract's shape cannot say: a time within
+    the policy's skew and age of ``now`` (UTC), a location inside the service area, a caller's
+    number that is a phone number, text the database can store. Raises InvalidInput (422)
+    naming the field."""
+    received_at = alarm.received_at
+    if received_at > now + policy.max_skew:
+        raise InvalidInput(
+            f"received_at is {(received_at - now).total_seconds():.0f} s ahead of the intake clock; "
+            f"at most {policy.max_skew.total_seconds():.0f} s are accepted (is the offset right?)",
+            field="received_at",
+        )
+    if received_at < now - policy.max_age:
+        raise InvalidInput(f"received_at is older than {policy.max_age.total_seconds():.0f} s", field="received_at")
+    _storable("description", alarm.description)
+    _storable("location.address", alarm.location.address)
+    if alarm.caller is not None:
+        _storable("caller.name", alarm.caller.name)
+        _storable("caller.number", alarm.caller.number)
+    incoming = to_incoming(gateway_id, alarm, via, pepper, policy.region)
+    min_lat, min_lon, max_lat, max_lon = policy.area
+    if not (min_lat <= incoming.lat <= max_lat and min_lon <= incoming.lon <= max_lon):
+        raise InvalidInput(
+            f"location {incoming.lat:.6f},{incoming.lon:.6f} is outside the service area "
+            f"{min_lat:g},{min_lon:g} .. {max_lat:g},{max_lon:g}",
+            field="location",
+        )
+    return incoming
+
+
+def to_incoming(gateway_id: str, alarm: GatewayAlarm, via: str, pepper: str, region: str = "CN") -> IncomingAlarm:
     """A validated gateway alarm as correlation takes it: GCJ-02 converted to WGS-84 (CGCS2000 is
-    taken as WGS-84: they differ by centimetres), the time in UTC, the caller hashed."""
+    taken as WGS-84: they differ by centimetres), the time in UTC, the caller hashed. Raises
+    InvalidInput for a caller's number that is not one (``normalise_number``)."""
     lat, lon = alarm.location.lat, alarm.location.lon
     if alarm.location.crs == "gcj02":
         lat, lon = gcj02_to_wgs84(lat, lon)
@@ -92,7 +223,7 @@ def to_incoming(gateway_id: str, alarm: GatewayAlarm, via: str, pepper: str) -> 
         lat=lat,
         lon=lon,
         received_at=alarm.received_at.astimezone(UTC),
-        caller_key=caller_key(pepper, alarm.caller.number) if alarm.caller else None,
+        caller_key=caller_key(pepper, alarm.caller.number, region) if alarm.caller else None,
         casualties=alarm.casualties,
         exercise=alarm.exercise,
     )
@@ -205,7 +336,8 @@ class Correlation:
     incident it joined, ``callers`` the (incident_id, caller_key) pairs heard for the first time.
     """
 
-    results: list[IngestResult] = field(default_factory=list)
+    results: list[Outcome] = field(default_factory=list)
+    refused: list[tuple[IncomingAlarm, str]] = field(default_factory=list)
     opened: list[Incident] = field(default_factory=list)
     changed: list[Incident] = field(default_factory=list)
     linked: list[tuple[IncomingAlarm, str]] = field(default_factory=list)
@@ -222,11 +354,14 @@ def correlate(
     windows: Mapping[Category, CorrelationWindow],
     auto_verify_callers: int,
     new_id: Callable[[], str],
+    fingerprints: Mapping[AlarmKey, str | None] | None = None,
 ) -> Correlation:
     """Decide where each alarm of a batch goes: a duplicate of one already ``taken`` (or earlier in
     the batch), into the open incident ``find_incident`` picks, or into a new incident.
 
-    ``taken`` maps the batch's alarms already stored to their incident; ``callers`` are the
+    ``taken`` maps the batch's alarms already stored to their incident, ``fingerprints`` to what
+    they said (``IncomingAlarm.fingerprint``; None: not known, taken as the same): a repeat that
+    says something else is refused (Conflict naming ``alarm_id``, in ``refused``). ``callers`` are the
     (incident_id, caller_key) pairs already known for the batch's callers. An incident the batch
     touches has its counts, level (``absorb``) and verification (``auto_verified``) updated in
     place, in ``index`` too: the index is this replica's picture of the database, so a caller
@@ -234,6 +369,7 @@ def correlate(
     """
     out = Correlation()
     known = set(callers)
+    said = dict(fingerprints or {})
     batch: dict[AlarmKey, str] = {}
     opened: set[str] = set()
     changed: dict[str, Incident] = {}
@@ -242,6 +378,15 @@ def correlate(
         key = item.key
         earlier = taken.get(key) or batch.get(key)
         if earlier is not None:
+            before = said.get(key)
+            if before is not None and before != item.fingerprint:
+                reason = (
+                    f"alarm_id {item.alarm.alarm_id} of gateway {item.gateway_id} was already used for a "
+                    "different alarm: give each alarm its own alarm_id"
+                )
+                out.results.append(Conflict(reason, field="alarm_id", incident_id=earlier))
+                out.refused.append((item, reason))
+                continue
             out.results.append(IngestResult(item.alarm.alarm_id, earlier, duplicate=True, correlated=False))
             continue
         facts = item.facts
@@ -263,6 +408,11 @@ def correlate(
             if new_caller:
                 known.add((incident.id, facts.caller_key))  # type: ignore[arg-type]
                 out.callers.append((incident.id, facts.caller_key))  # type: ignore[arg-type]
+            became = take_category(incident, facts)
+            if became is not None:
+                incident.version += 1
+                detail = {"category": str(incident.category), "alarm_id": item.alarm.alarm_id, "reason": became}
+                out.timeline.append(Entry(incident.id, ACTOR, "category.changed", detail))
             raised = absorb(incident, facts, new_caller)
             if raised is not None:
                 incident.version += 1
@@ -279,6 +429,7 @@ def correlate(
             detail = {"automatic": True, "callers": incident.caller_count}
             out.timeline.append(Entry(incident.id, ACTOR, "verified", detail))
         batch[key] = incident.id
+        said[key] = item.fingerprint
         out.linked.append((item, incident.id))
         out.events.append(_linked(incident, item, new_incident=match is None))
         out.results.append(

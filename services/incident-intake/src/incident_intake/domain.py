@@ -48,8 +48,9 @@ _FIRE_FAMILY = {Category.fire, Category.explosion, Category.gas_leak, Category.h
 # Correlation errs towards separate incidents: a wrongly merged alarm hides a scene that needs
 # its own units, while a wrongly separate one only costs an operator a manual merge. So:
 # - fire, explosion, gas leak and hazmat are one physical event seen from different phones;
-# - a medical call near a scene with casualties is one of those casualties, but a medical
-#   incident never absorbs a scene alarm: the fire opens its own incident, to be merged by hand;
+# - a medical call near a scene with casualties is one of those casualties; and when the medical
+#   call came first, the scene alarm that follows is the same event seen more clearly: the
+#   medical-only incident takes it and becomes the scene's (``SCENES_OF_MEDICAL``);
 # - flood and building_collapse stay apart: a collapse is its own rescue site, and a flood's
 #   3 km radius would swallow every collapse in a district.
 ABSORBS: dict[Category, frozenset[Category]] = {
@@ -67,9 +68,28 @@ ABSORBS: dict[Category, frozenset[Category]] = {
 }
 
 
+SCENES_OF_MEDICAL: frozenset[Category] = frozenset(
+    c for c, absorbed in ABSORBS.items() if c != Category.medical and Category.medical in absorbed
+)
+"""The scene categories whose casualties call as ``medical``: a medical-only incident near the
+first alarm of one of them becomes that scene (the most specific category wins)."""
+
+
 def can_join(incident_category: Category, alarm_category: Category) -> bool:
     """Whether an alarm of ``alarm_category`` may join an incident of ``incident_category``."""
-    return incident_category == alarm_category or alarm_category in ABSORBS[incident_category]
+    return (
+        incident_category == alarm_category
+        or alarm_category in ABSORBS[incident_category]
+        or (incident_category == Category.medical and alarm_category in SCENES_OF_MEDICAL)
+    )
+
+
+def joined_category(incident_category: Category, alarm_category: Category) -> Category:
+    """The category an incident has once an alarm it may take joined: a medical-only incident
+    becomes the scene a scene alarm reports; any other keeps its own."""
+    if incident_category == Category.medical and alarm_category in SCENES_OF_MEDICAL:
+        return alarm_category
+    return incident_category
 
 
 @dataclass(frozen=True)
@@ -741,7 +761,18 @@ class Incident:
             version=self.version + 1,
         )
         detail = {"from": int(self.level), "to": int(level), "reason": reason}
-        return self._change(actor, "level.changed", detail, {"level": int(level)}, event)
+        facts = dict(self.facts)
+        # What was known when the operator decided: correlation's estimate may override this
+        # decision only with more than that (``absorb``).
+        facts[OPERATOR_LEVEL] = {
+            "level": int(level),
+            "actor": actor,
+            "category": str(self.category),
+            "casualties": self.casualties,
+            "callers": self.caller_count,
+            "estimate": int(min(self.level, estimate_level(self.category, self.casualties, self.caller_count))),
+        }
+        return self._change(actor, "level.changed", detail, {"level": int(level), "facts": facts}, event)
 
     def record_fact(self, fact: CommanderFact, actor: str, note: str = "") -> Change:
         """A commander declares the hazard under control or files the after-action report.
@@ -899,8 +930,11 @@ def find_incident(
 ) -> Incident | None:
     """The open incident this alarm belongs to, or None to open a new one.
 
-    Nearest wins, then the oldest, then the smallest id, so that two replicas looking at the
-    same candidates always pick the same incident.
+    An alarm joins when it is within the window of time of the incident's span (an alarm inside
+    the span, or late, is measured as 0 s away) and the window of distance of the category the
+    incident would have with it (a medical-only incident near a crowd crush is judged by the
+    crowd crush's window). Nearest wins, then the oldest, then the smallest id, so that two
+    replicas looking at the same candidates always pick the same incident.
     """
     best: tuple[float, datetime, str] | None = None
     chosen = None
@@ -909,9 +943,9 @@ def find_incident(
             continue
         if not can_join(incident.category, alarm.category):
             continue
-        window = windows.get(incident.category, DEFAULT_WINDOWS[incident.category])
-        gap_s = abs((alarm.received_at - incident.last_alarm_at).total_seconds())
-        if gap_s > window.window_s:
+        category = joined_category(incident.category, alarm.category)
+        window = windows.get(category, DEFAULT_WINDOWS[category])
+        if gap_to_span(alarm.received_at, incident.first_alarm_at, incident.last_alarm_at) > window.window_s:
             continue
         distance = haversine_m(incident.lat, incident.lon, alarm.lat, alarm.lon)
         if distance > window.distance_m:
@@ -922,6 +956,33 @@ def find_incident(
     return chosen
 
 
+def gap_to_span(at: datetime, first: datetime, last: datetime) -> float:
+    """Seconds from ``at`` to the span [first, last]; 0 inside it."""
+    if at < first:
+        return (first - at).total_seconds()
+    if at > last:
+        return (at - last).total_seconds()
+    return 0.0
+
+
+def take_category(incident: Incident, alarm: AlarmFacts) -> str | None:
+    """Give a medical-only incident the scene category of ``alarm`` (in place); returns the
+    timeline's reason when it changed, else None."""
+    category = joined_category(incident.category, alarm.category)
+    if category == incident.category:
+        return None
+    reason = (
+        f"a {category} alarm arrived near this {incident.category}-only incident: "
+        f"the casualties are the {category}'s, the incident is now a {category}"
+    )
+    incident.category = category
+    return reason
+
+
+OPERATOR_LEVEL = "operator_level"
+"""The fact holding an operator's last level decision and what was known when it was made."""
+
+
 def absorb(incident: Incident, alarm: AlarmFacts, new_caller: bool) -> LevelChange | None:
     """Fold one more alarm into an incident, in place; return the level change it caused, if any.
 
@@ -930,6 +991,9 @@ def absorb(incident: Incident, alarm: AlarmFacts, new_caller: bool) -> LevelChan
 
     Automatic re-estimation only raises the level. Lowering it is a human judgement: a quiet
     minute on the phones does not mean the scene got smaller, and an operator's raise must stick.
+    An operator's lowering sticks too: after one, the estimate raises the level only when what is
+    now known gives a more severe estimate than what was known when the operator decided (more
+    casualties, callers past the next threshold, a more severe category), and the reason says so.
     The alarm's own category counts too: an explosion reported at a fire is at least level III.
     Raises ValueError for a finished incident or a drill alarm at a live incident (or the reverse).
     """
@@ -952,10 +1016,20 @@ def absorb(incident: Incident, alarm: AlarmFacts, new_caller: bool) -> LevelChan
     )
     if estimate >= incident.level:
         return None
-    change = LevelChange(
-        incident.level,
-        estimate,
-        f"{incident.casualties} casualties reported, {incident.caller_count} callers, category {incident.category}",
-    )
+    reason = f"{incident.casualties} casualties reported, {incident.caller_count} callers, category {incident.category}"
+    decided = incident.facts.get(OPERATOR_LEVEL)
+    if decided:
+        known = min(
+            estimate_level(Category(decided["category"]), int(decided["casualties"]), int(decided["callers"])),
+            Level(int(decided["estimate"])),
+        )
+        if estimate >= known:
+            return None  # nothing beyond what the operator knew when deciding
+        reason += (
+            f"; new since {decided['actor']} set level {Level(int(decided['level'])).name}: "
+            f"casualties {decided['casualties']} -> {incident.casualties}, "
+            f"callers {decided['callers']} -> {incident.caller_count}"
+        )
+    change = LevelChange(incident.level, estimate, reason)
     incident.level = estimate
     return change

@@ -11,6 +11,8 @@ from pydantic_settings import SettingsConfigDict
 from ecs.settings import ServiceSettings
 from ecs.vocabulary import Participant
 
+from .correlation import check_service_area
+
 
 class IntakeSettings(ServiceSettings):
     """What an intake process needs besides the shared service settings."""
@@ -27,6 +29,15 @@ class IntakeSettings(ServiceSettings):
     gateways: dict[str, str] = Field(default_factory=dict)
     timestamp_window_s: int = Field(default=300, ge=1)
 
+    # What an alarm may say and still be taken (DESIGN §7): a received_at at most this far ahead of
+    # the intake clock (seconds), at most this old, and a location inside the service area
+    # (min_lat, min_lon, max_lat, max_lon, WGS-84 degrees; the default is China's).
+    max_clock_skew_s: int = Field(default=300, ge=0, le=86_400)
+    max_alarm_age_s: int = Field(default=86_400, ge=60, le=366 * 86_400)
+    service_area: tuple[float, float, float, float] = (3.8, 73.4, 53.6, 135.1)
+    # Where a caller's number without a country code is from (ISO 3166-1 alpha-2).
+    caller_region: str = Field(default="CN", min_length=2, max_length=2)
+
     # Correlation windows per category, overriding the defaults: {"fire": {"distance_m": 800, "window_s": 3600}}.
     correlation_windows: dict[str, dict[str, float]] = Field(default_factory=dict)
     # Independent callers that verify an incident without a dispatcher.
@@ -39,6 +50,15 @@ class IntakeSettings(ServiceSettings):
     ingest_batch: int = Field(default=500, ge=1, le=5000)
     # Batches fetched from the alarm stream at once: the next is fetched while one is correlated.
     alarm_fetchers: int = Field(default=2, ge=1, le=8)
+
+    @field_validator("service_area")
+    @classmethod
+    def _area(cls, value: tuple[float, float, float, float]) -> tuple[float, float, float, float]:
+        try:
+            check_service_area(value)
+        except ValueError as exc:
+            raise ValueError(f"INTAKE_SERVICE_AREA: {exc}") from None
+        return value
 
     @field_validator("required_participants", mode="before")
     @classmethod

@@ -31,9 +31,11 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Row
+from sqlalchemy.exc import StatementError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ecs.db import BigId, UnitOfWork, UTCDateTime, chunks, new_metadata
+from ecs.retry import is_unavailable
 
 from .correlation import Correlation, IncomingAlarm
 from .domain import (
@@ -109,9 +111,25 @@ alarms = Table(
     Column("casualties", Integer, nullable=True),
     Column("exercise", Boolean, nullable=False),
     Column("via", String(8), nullable=False),
+    # What the alarm said, hashed (IncomingAlarm.fingerprint): a repeat must say the same.
+    Column("fingerprint", String(32), nullable=True),
     # alarm_id leads: the duplicate check looks up a batch of alarm ids, usually of one gateway.
     UniqueConstraint("alarm_id", "gateway_id"),
     Index("ix_alarms_incident", "incident_id", "seq"),
+)
+
+# Alarms refused after they were parsed (an alarm_id reused for a different alarm, input the
+# database would not store), so an operator can find them; NATS refusals also go to dead letter.
+alarm_refusals = Table(
+    "alarm_refusals",
+    metadata,
+    Column("seq", BigId, primary_key=True, autoincrement=True),
+    Column("gateway_id", String(64), nullable=False),
+    Column("alarm_id", String(64), nullable=False),
+    Column("via", String(8), nullable=False),
+    Column("at", UTCDateTime, nullable=False),
+    Column("reason", Text, nullable=False),
+    Index("ix_alarm_refusals_at", "at", "seq"),
 )
 
 incident_callers = Table(
@@ -226,6 +244,7 @@ def alarm_row(item: IncomingAlarm, incident_id: str, now: datetime) -> dict[str,
         "casualties": a.casualties,
         "exercise": a.exercise,
         "via": item.via,
+        "fingerprint": item.fingerprint,
     }
 
 
@@ -280,21 +299,30 @@ async def incidents_changed_after(conn: AsyncConnection, rev: int) -> list[Incid
     return [incident_from_row(r) for r in await conn.execute(select(incidents).where(incidents.c.rev > rev))]
 
 
-async def existing_alarms(conn: AsyncConnection, keys: Sequence[AlarmKey]) -> dict[AlarmKey, str]:
-    """Alarms already taken, by (gateway_id, alarm_id), with their incident; one indexed query per
-    gateway in the batch."""
+class Taken(NamedTuple):
+    """The alarms of a batch already stored: their incident, and what they said (fingerprint)."""
+
+    incidents: dict[AlarmKey, str]
+    fingerprints: dict[AlarmKey, str | None]
+
+
+async def existing_alarms(conn: AsyncConnection, keys: Sequence[AlarmKey]) -> Taken:
+    """Alarms already taken, by (gateway_id, alarm_id), with their incident and fingerprint; one
+    indexed query per gateway in the batch."""
     by_gateway: dict[str, set[str]] = {}
     for gateway_id, alarm_id in keys:
         by_gateway.setdefault(gateway_id, set()).add(alarm_id)
-    found: dict[AlarmKey, str] = {}
+    found = Taken({}, {})
     for gateway_id, alarm_ids in by_gateway.items():
         for chunk in chunks(sorted(alarm_ids), 900):
             rows = await conn.execute(
-                select(alarms.c.alarm_id, alarms.c.incident_id).where(
+                select(alarms.c.alarm_id, alarms.c.incident_id, alarms.c.fingerprint).where(
                     alarms.c.gateway_id == gateway_id, alarms.c.alarm_id.in_(chunk)
                 )
             )
-            found.update({(gateway_id, r.alarm_id): r.incident_id for r in rows})
+            for r in rows:
+                found.incidents[(gateway_id, r.alarm_id)] = r.incident_id
+                found.fingerprints[(gateway_id, r.alarm_id)] = r.fingerprint
     return found
 
 
@@ -322,6 +350,7 @@ async def save_correlation(uow: UnitOfWork, decision: Correlation, rev: int, now
             update(incidents)
             .where(incidents.c.id == bindparam("b_id"))
             .values(
+                category=bindparam("category"),
                 alarm_count=bindparam("alarm_count"),
                 caller_count=bindparam("caller_count"),
                 casualties=bindparam("casualties"),
@@ -336,6 +365,7 @@ async def save_correlation(uow: UnitOfWork, decision: Correlation, rev: int, now
             [
                 {
                     "b_id": i.id,
+                    "category": i.category.value,
                     "alarm_count": i.alarm_count,
                     "caller_count": i.caller_count,
                     "casualties": i.casualties,
@@ -352,6 +382,23 @@ async def save_correlation(uow: UnitOfWork, decision: Correlation, rev: int, now
     callers = [{"incident_id": i, "caller_key": k} for i, k in decision.callers]
     await db.insert_many(conn, incident_callers, callers)
     await db.insert_many(conn, timeline, timeline_rows(decision.timeline, now))
+    await add_refusals(conn, decision.refused, now)
+
+
+async def add_refusals(conn: AsyncConnection, refused: Sequence[tuple[IncomingAlarm, str]], at: datetime) -> None:
+    """Record alarms refused after parsing, each with its reason, at ``at``."""
+    if refused:
+        rows = [
+            {"gateway_id": i.gateway_id, "alarm_id": i.alarm.alarm_id, "via": i.via, "at": at, "reason": reason}
+            for i, reason in refused
+        ]
+        await conn.execute(alarm_refusals.insert(), rows)
+
+
+def refused_input(exc: BaseException) -> bool:
+    """Whether the database (or the driver, binding parameters) refused what it was given, as
+    opposed to being unreachable: the same input would be refused again."""
+    return isinstance(exc, StatementError) and not is_unavailable(exc)
 
 
 # --- operator commands ---------------------------------------------------------------------------

@@ -13,12 +13,20 @@ from prometheus_client import Counter, Histogram
 from ecs.batching import MicroBatcher
 from ecs.db import Database, UnitOfWork
 from ecs.envelope import new_id, utcnow
-from ecs.errors import Transient
-from ecs.retry import retrying
+from ecs.errors import AppError, InvalidInput
+from ecs.retry import db_error_text, retrying
 
 from .. import store
 from ..commands import ReportAlarms
-from ..correlation import IncomingAlarm, IngestResult, OpenIncidentIndex, correlate, max_window, to_incoming
+from ..correlation import (
+    AlarmPolicy,
+    IncomingAlarm,
+    OpenIncidentIndex,
+    Outcome,
+    admit,
+    correlate,
+    max_window,
+)
 from ..domain import windows_from
 from ..settings import IntakeSettings
 from .context import Context, envelope
@@ -38,22 +46,45 @@ EVICT_EVERY_S = 30.0
 EVICT_SLACK = timedelta(minutes=10)
 
 
-async def report(command: ReportAlarms, ctx: Context) -> list[IngestResult]:
-    """Correlate gateway alarms; returns one receipt each, in order. Raises Transient (503, or a
-    later redelivery) when the database is unavailable or intake is stopping."""
-    pepper = ctx.settings.caller_pepper
-    items = [to_incoming(gateway_id, alarm, command.via, pepper) for gateway_id, alarm in command.alarms]
-    return await ctx.alarms.submit_many(items)
+def policy(settings: IntakeSettings) -> AlarmPolicy:
+    """The settings' limits on what an alarm may say (``correlation.AlarmPolicy``)."""
+    return AlarmPolicy(
+        max_skew=timedelta(seconds=settings.max_clock_skew_s),
+        max_age=timedelta(seconds=settings.max_alarm_age_s),
+        area=settings.service_area,
+        region=settings.caller_region,
+    )
 
 
-def alarm_batcher(correlator: Correlator, max_batch: int) -> MicroBatcher[IncomingAlarm, IngestResult]:
-    """The micro-batcher in front of ``correlator``: whatever a batch fails with, its alarms'
-    senders get Transient, so a gateway retries (503) and a NATS alarm is redelivered."""
+async def report(command: ReportAlarms, ctx: Context) -> list[Outcome]:
+    """Correlate gateway alarms; returns one outcome each, in order: a receipt, or the error that
+    refused that alarm alone (InvalidInput 422 naming the field, Conflict 409 for a reused
+    alarm_id). Raises Transient (503, or a later redelivery) only when the database is unavailable
+    or intake is stopping."""
+    settings, now = ctx.settings, utcnow()
+    rules = policy(settings)
+    outcomes: list[Outcome | None] = []
+    admitted: list[tuple[int, IncomingAlarm]] = []
+    for i, (gateway_id, alarm) in enumerate(command.alarms):
+        try:
+            item = admit(gateway_id, alarm, command.via, settings.caller_pepper, rules, now)
+        except InvalidInput as exc:
+            outcomes.append(exc)
+            continue
+        outcomes.append(None)
+        admitted.append((i, item))
+    if admitted:
+        results = await ctx.alarms.submit_many([item for _, item in admitted])
+        for (i, _), result in zip(admitted, results, strict=True):
+            outcomes[i] = result
+    return outcomes  # type: ignore[return-value]
 
-    def failure(exc: Exception) -> BaseException:
-        return exc if isinstance(exc, Transient) else Transient(f"alarm batch failed: {type(exc).__name__}")
 
-    return MicroBatcher(correlator.ingest, max_batch, name="alarm-ingestor", failure=failure)
+def alarm_batcher(correlator: Correlator, max_batch: int) -> MicroBatcher[IncomingAlarm, Outcome]:
+    """The micro-batcher in front of ``correlator``. A batch fails whole only when the database
+    is unavailable (Transient: a gateway retries on 503, a NATS alarm is redelivered) or on a
+    defect; an alarm that fails on its own is refused on its own by the correlator."""
+    return MicroBatcher(correlator.ingest, max_batch, name="alarm-ingestor")
 
 
 class Correlator:
@@ -73,17 +104,43 @@ class Correlator:
         self.index = OpenIncidentIndex.for_windows(self.windows)
         self._last_evict = 0.0
 
-    async def ingest(self, items: Sequence[IncomingAlarm]) -> list[IngestResult]:
-        """Correlate one batch; one result per alarm, in order. A deadlock or busy database runs
-        the batch again; an unreachable one raises Transient. Any failure leaves the index empty,
-        to be reloaded: the failed transaction may have changed it half-way."""
+    async def ingest(self, items: Sequence[IncomingAlarm]) -> list[Outcome]:
+        """Correlate one batch; one outcome per alarm, in order. A deadlock or busy database runs
+        the batch again; an unreachable one raises Transient. A batch the database refuses for
+        another reason is correlated again alarm by alarm, so only the alarm it refuses fails
+        (InvalidInput, recorded among the refusals). Any failure leaves the index empty, to be
+        reloaded: the failed transaction may have changed it half-way."""
+        try:
+            return await self._ingest_retrying(items)
+        except Exception as exc:
+            if not store.refused_input(exc):
+                raise
+            log.warning("intake.batch_refused_isolating", size=len(items), error=db_error_text(exc))
+        outcomes: list[Outcome] = []
+        for item in items:
+            try:
+                outcomes += await self._ingest_retrying([item])
+            except Exception as exc:
+                if not store.refused_input(exc):
+                    raise
+                reason = f"the database refused this alarm: {db_error_text(exc)}"
+                outcomes.append(InvalidInput(reason, field="alarm"))
+                await self._record_refusal(item, reason)
+        return outcomes
+
+    async def _ingest_retrying(self, items: Sequence[IncomingAlarm]) -> list[Outcome]:
         try:
             return await retrying(lambda: self._ingest_once(items), on_retry=self.index.clear)
         except BaseException:
             self.index.clear()
             raise
 
-    async def _ingest_once(self, items: Sequence[IncomingAlarm]) -> list[IngestResult]:
+    async def _record_refusal(self, item: IncomingAlarm, reason: str) -> None:
+        async with self.db.uow() as uow:
+            await store.add_refusals(uow.conn, [(item, reason[:2000])], utcnow())
+            await uow.commit()
+
+    async def _ingest_once(self, items: Sequence[IncomingAlarm]) -> list[Outcome]:
         started = time.perf_counter()
         now = utcnow()
         async with self.db.uow() as uow:
@@ -93,14 +150,24 @@ class Correlator:
             taken = await store.existing_alarms(conn, [i.key for i in items])
             callers = await store.known_callers(conn, [i.facts.caller_key for i in items if i.facts.caller_key])
             decision = correlate(
-                items, self.index, taken, callers, self.windows, self.settings.auto_verify_callers, new_id
+                items,
+                self.index,
+                taken.incidents,
+                callers,
+                self.windows,
+                self.settings.auto_verify_callers,
+                new_id,
+                taken.fingerprints,
             )
             await store.save_correlation(uow, decision, rev, now)
             uow.emit(*(envelope(e) for e in decision.events))
             await uow.commit()
         self.index.rev = rev
         for item, result in zip(items, decision.results, strict=True):
-            outcome = "duplicate" if result.duplicate else "correlated" if result.correlated else "opened"
+            if isinstance(result, AppError):
+                outcome = "refused"
+            else:
+                outcome = "duplicate" if result.duplicate else "correlated" if result.correlated else "opened"
             ALARMS.labels(item.via, outcome).inc()
         INCIDENTS_OPENED.inc(len(decision.opened))
         INGEST_SECONDS.observe(time.perf_counter() - started)
