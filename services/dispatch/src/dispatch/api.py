@@ -20,7 +20,7 @@ from ecs.web import json_response, requires
 
 from . import commands, views
 from .context import Context
-from .domain import UnitSpec, UnitStatus, UnitType
+from .domain import UnitSpec, UnitStatus, UnitType, drill_may_drive
 from .handlers import handle
 from .views import (
     AssignmentAnswer,
@@ -234,8 +234,12 @@ async def get_unit(ctx: Ctx, unit_id: str, principal: Principal = requires(*READ
 
 async def _own_unit(ctx: Context, principal: Principal, unit_id: str, lent_counts: bool) -> None:
     unit = await views.unit(ctx.db, unit_id)
-    # A live unit lent to a drill reports its status and position in the drill too.
-    exercise = unit.exercise or (lent_counts and unit.lent_to_drill is not None)
+    # A live unit lent to a drill reports its status and position in the drill too, unless it
+    # serves a live incident: nothing a drill runner does may touch that (DESIGN §8).
+    exercise = unit.exercise
+    if lent_counts and not exercise and principal.is_drill_only(OPERATORS):
+        serves_live = unit.incident_id is not None and not (await views.incident(ctx.db, unit.incident_id)).exercise
+        exercise = drill_may_drive(unit, serves_live)
     principal.require_scope(OPERATORS, exercise, "units")
 
 
@@ -309,7 +313,9 @@ async def lend(ctx: Ctx, unit_id: str, body: Lend, principal: Principal = requir
     tags=["exercise"],
 )
 async def reclaim(ctx: Ctx, unit_id: str, principal: Principal = requires(*OPERATORS)) -> Response:
-    """The unit's exercise assignment, if any, ends at once."""
+    """The unit's exercise assignment, if any, ends at once. A drill runner may take back only a
+    unit that serves no live incident (403 otherwise)."""
+    await _own_unit(ctx, principal, unit_id, lent_counts=True)
     return _answer(UnitAnswer.of(await handle(ctx, commands.ReclaimUnit(unit_id, principal.subject))))
 
 

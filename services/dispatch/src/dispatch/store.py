@@ -259,11 +259,15 @@ async def update_unit(
 
 
 async def set_lent(conn: AsyncConnection, unit_id: str, drill: str | None, now: datetime) -> Unit | None:
-    """Lend the unit to ``drill`` (None: take it back); returns it, or None if it is gone."""
+    """Lend the unit to ``drill`` (None: take it back); returns it, or None if it is gone or, when
+    lending, no longer an available live unit (a claim took it meanwhile)."""
     u = units.c
+    where = u.id == unit_id
+    if drill is not None:
+        where = where & (u.status == UnitStatus.AVAILABLE.value) & u.incident_id.is_(None) & u.exercise.is_(False)
     stmt = (
         update(units)
-        .where(u.id == unit_id)
+        .where(where)
         .values(lent_to_drill=drill, version=u.version + 1, changed_at=now)
         .returning(*units.c)
     )

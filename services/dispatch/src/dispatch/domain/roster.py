@@ -33,6 +33,7 @@ __all__ = [
     "UnknownUnit",
     "busy",
     "check_lendable",
+    "drill_may_drive",
     "check_not_registered",
     "check_status_change",
     "check_unique_units",
@@ -394,10 +395,26 @@ def report_status(unit: Unit, to: UnitStatus, actor: str, seen_version: int | No
     )
 
 
-def check_lendable(unit: Unit) -> None:
-    """Only live units are lent to drills (and taken back): raises Conflict for an exercise unit."""
+def check_lendable(unit: Unit, lending: bool = True) -> None:
+    """Only live units are lent to drills (and taken back): raises Conflict for an exercise unit.
+    A drill borrows only an available live unit (DESIGN §8): lending (``lending``) a unit that is
+    busy (assigned, en route, on scene) or out of service raises Conflict naming its status."""
     if unit.exercise:
         raise Conflict(f"unit {unit.id} is an exercise unit: only live units are lent to drills")
+    if lending and (unit.status is not UnitStatus.AVAILABLE or unit.incident_id is not None):
+        raise Conflict(
+            f"unit {unit.id} is {unit.status}: a drill borrows only an available live unit",
+            unit_id=unit.id,
+            unit_status=str(unit.status),
+            incident_id=unit.incident_id,
+        )
+
+
+def drill_may_drive(unit: Unit, serves_live_incident: bool) -> bool:
+    """Whether a drill runner may report the unit's status or position (DESIGN §8): an exercise
+    unit, or a live unit lent to a drill while it serves no live incident. Nothing a drill runner
+    does may change a live unit serving a live incident."""
+    return unit.exercise or (unit.lent_to_drill is not None and not serves_live_incident)
 
 
 # --------------------------------------------------------------------------------------------

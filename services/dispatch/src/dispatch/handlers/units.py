@@ -198,7 +198,9 @@ async def reclaim_unit(ctx: Context, cmd: ReclaimUnit) -> Unit:
 async def _set_lent(ctx: Context, unit_id: str, drill: str | None, actor: str) -> Unit:
     async def work(tx: Tx) -> Unit:
         unit = await _unit(tx, unit_id)
-        check_lendable(unit)
+        check_lendable(unit, lending=drill is not None)
+        if drill is None and unit.lent_to_drill is None:
+            return unit  # not lent: taking it back changes nothing
         if drill is None and unit.incident_id is not None:
             await tx.uow.lock(incident_lock(unit.incident_id))
             incident = await store.get_incident(tx.conn, unit.incident_id)
@@ -207,6 +209,8 @@ async def _set_lent(ctx: Context, unit_id: str, drill: str | None, actor: str) -
                 await release_held(tx, incident, held, "taken back")
                 await publish_facts(ctx, tx, incident)
         changed = await store.set_lent(tx.conn, unit_id, drill, utcnow())
+        if changed is None:
+            raise Conflict(f"unit {unit_id} changed meanwhile: a drill borrows only an available live unit")
         tx.emit_roster(UNIT_UPDATED, changed)
         await tx.uow.commit()
         return changed
