@@ -1,0 +1,314 @@
+"""HTTP in, a command to its handler (or a query to views.py), the answer out: the catalogue,
+depots, stock city-wide and per depot, ledger documents, and reservations per incident.
+
+Roles: supply officers (and commanders) change stock and reservations; every role reads; a drill
+runner acts on exercise reservations only. Quantities are entered as a number and a unit (the
+item's base unit by default, or one of its packs) and answered in base units.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+from decimal import Decimal
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import Response
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+from ecs.auth import READERS, Principal, Role
+from ecs.web import json_response, requires
+
+from . import commands, views
+from .context import Context
+from .domain import Action, AdjustmentReason, Condition, Depot, Item
+from .handlers import handle
+from .views import DepotList, DocumentAnswer, ItemList, ReservationAnswer, ReservationList, StockPage
+
+catalogue_api = APIRouter(prefix="/v1", tags=["catalogue and depots"])
+stock_api = APIRouter(prefix="/v1", tags=["stock and documents"])
+reservations_api = APIRouter(prefix="/v1", tags=["reservations"])
+
+SUPPLY: tuple[Role, ...] = (Role.SUPPLY_OFFICER, Role.COMMANDER, Role.DRILL_RUNNER)
+"""Who changes stock and reservations (a drill runner: exercise reservations only)."""
+CATALOGUE: tuple[Role, ...] = (Role.SUPPLY_OFFICER, Role.COMMANDER)
+
+CODE = r"^[a-z0-9_]{1,64}$"
+ID = r"^[A-Za-z0-9_-]{1,64}$"
+Quantity = Annotated[Decimal, Field(gt=0, le=1_000_000_000, allow_inf_nan=False, description="in `unit`")]
+
+
+def _context(request: Request) -> Context:
+    return request.app.state.stockpile
+
+
+Ctx = Annotated[Context, Depends(_context)]
+
+
+def _answer(model: BaseModel, status: int = 200) -> Response:
+    return json_response(model.model_dump(mode="json"), status=status)
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ItemIn(_Body):
+    """A catalogue item; quantities of it are counted in whole ``base_unit``s."""
+
+    code: str = Field(pattern=CODE)
+    gb_code: str | None = Field(default=None, pattern=r"^\d{7}$", description="GB/T 38565-2020 7-digit code")
+    name_en: str = Field(min_length=1, max_length=255)
+    name_zh: str = Field(min_length=1, max_length=255)
+    base_unit: str = Field(min_length=1, max_length=32)
+    packs: dict[Annotated[str, Field(min_length=1, max_length=32)], Annotated[int, Field(ge=2, le=1_000_000)]] = Field(
+        default_factory=dict, max_length=10
+    )
+    shelf_life_days: int | None = Field(default=None, ge=1, le=36500)
+
+
+class ItemBatch(_Body):
+    items: list[ItemIn] = Field(min_length=1, max_length=1000)
+
+
+class DepotIn(_Body):
+    """A depot; position in WGS-84 degrees."""
+
+    id: str = Field(pattern=ID)
+    name: str = Field(min_length=1, max_length=255)
+    district: str = Field(min_length=1, max_length=64)
+    lat: float = Field(ge=-90, le=90, allow_inf_nan=False)
+    lon: float = Field(ge=-180, le=180, allow_inf_nan=False)
+    hours: str = Field(default="00:00-24:00", max_length=255)
+    contact: str = Field(default="", max_length=255)
+    exercise: bool = False
+
+
+class DepotBatch(_Body):
+    depots: list[DepotIn] = Field(min_length=1, max_length=1000)
+
+
+class ReceiptLineIn(_Body):
+    item: str = Field(pattern=CODE)
+    lot: str = Field(min_length=1, max_length=64)
+    quantity: Quantity
+    unit: str | None = Field(default=None, max_length=32, description="the base unit (default) or a pack")
+    expiry: date | None = None
+    condition: Condition = Condition.good
+
+
+class ReceiptIn(_Body):
+    """A receipt: stock arriving at a depot."""
+
+    depot_id: str = Field(pattern=ID)
+    lines: list[ReceiptLineIn] = Field(min_length=1, max_length=500)
+    effective_at: AwareDatetime | None = Field(default=None, description="when it arrived (default: now)")
+    note: str = Field(default="", max_length=2000)
+
+
+class AdjustmentIn(_Body):
+    """An adjustment of one lot by a signed ``delta``, with its reason."""
+
+    depot_id: str = Field(pattern=ID)
+    item: str = Field(pattern=CODE)
+    lot: str = Field(min_length=1, max_length=64)
+    condition: Condition = Condition.good
+    delta: Annotated[Decimal, Field(ge=-1_000_000_000, le=1_000_000_000, allow_inf_nan=False)]
+    unit: str | None = Field(default=None, max_length=32)
+    reason: AdjustmentReason
+    effective_at: AwareDatetime | None = None
+    note: str = Field(default="", max_length=2000)
+
+
+class TransferIn(_Body):
+    """A good lot moving from one depot to another."""
+
+    from_depot: str = Field(pattern=ID)
+    to_depot: str = Field(pattern=ID)
+    item: str = Field(pattern=CODE)
+    lot: str = Field(min_length=1, max_length=64)
+    quantity: Quantity
+    unit: str | None = Field(default=None, max_length=32)
+    effective_at: AwareDatetime | None = None
+    note: str = Field(default="", max_length=2000)
+
+
+class Near(_Body):
+    lat: float = Field(ge=-90, le=90, allow_inf_nan=False)
+    lon: float = Field(ge=-180, le=180, allow_inf_nan=False)
+
+
+class ReservationIn(_Body):
+    """ "``quantity`` of ``item`` near ``near``" (default: the incident's position)."""
+
+    item: str = Field(pattern=CODE)
+    quantity: Quantity
+    unit: str | None = Field(default=None, max_length=32)
+    near: Near | None = None
+
+
+class ActionIn(_Body):
+    """Part of a reservation (``quantity`` None: all there is) issued, returned (in ``condition``),
+    consumed or released."""
+
+    quantity: Quantity | None = None
+    unit: str | None = Field(default=None, max_length=32)
+    condition: Condition = Condition.good
+    version: int | None = Field(default=None, ge=1, description="when given, refused (409) if the reservation changed")
+
+
+# --- the catalogue and depots ---------------------------------------------------------------------
+
+
+@catalogue_api.get("/items", response_model=ItemList)
+async def list_items(ctx: Ctx, _: Principal = requires(*READERS)) -> Response:
+    """The catalogue."""
+    return _answer(await views.items(ctx.db))
+
+
+@catalogue_api.post("/items", response_model=ItemList, status_code=201)
+async def add_items(body: ItemBatch, ctx: Ctx, who: Principal = requires(*CATALOGUE)) -> Response:
+    """Add items, all or none (409 naming the codes already there)."""
+    new = [
+        Item(
+            code=i.code,
+            gb_code=i.gb_code,
+            name_en=i.name_en,
+            name_zh=i.name_zh,
+            base_unit=i.base_unit,
+            packs=dict(i.packs),
+            shelf_life_days=i.shelf_life_days,
+        )
+        for i in body.items
+    ]
+    added = await handle(ctx, commands.AddItems(new, who.subject))
+    return _answer(ItemList(items=[views.item_answer(i) for i in added]), 201)
+
+
+@catalogue_api.get("/depots", response_model=DepotList)
+async def list_depots(ctx: Ctx, _: Principal = requires(*READERS)) -> Response:
+    """Every depot."""
+    return _answer(await views.depots(ctx.db))
+
+
+@catalogue_api.post("/depots", response_model=DepotList, status_code=201)
+async def add_depots(body: DepotBatch, ctx: Ctx, who: Principal = requires(*CATALOGUE)) -> Response:
+    """Register depots, all or none (409 naming the ids already there)."""
+    new = [Depot(**d.model_dump()) for d in body.depots]
+    await handle(ctx, commands.AddDepots(new, who.subject))
+    return _answer(await views.depots(ctx.db), 201)
+
+
+# --- stock and documents -----------------------------------------------------------------------------
+
+
+@stock_api.get("/stock", response_model=StockPage)
+async def list_stock(
+    ctx: Ctx,
+    _: Principal = requires(*READERS),
+    depot_id: str | None = Query(default=None, pattern=ID),
+    item: str | None = Query(default=None, pattern=CODE),
+    district: str | None = Query(default=None, max_length=64),
+    cursor: int = Query(default=0, ge=0),
+    limit: int = Query(default=100, ge=1, le=1000),
+) -> Response:
+    """Stock lines with something on hand, per depot, item or district, or city-wide."""
+    return _answer(await views.stock(ctx.db, depot_id, item, district, cursor, limit))
+
+
+@stock_api.post("/documents/receipts", response_model=DocumentAnswer, status_code=201)
+async def post_receipt(body: ReceiptIn, ctx: Ctx, who: Principal = requires(*CATALOGUE)) -> Response:
+    """A receipt (404: unknown depot or item; 422: a unit the item does not have, a fraction)."""
+    lines = [commands.ReceiptLine(l.item, l.lot, l.quantity, l.unit, l.expiry, l.condition) for l in body.lines]
+    doc = await handle(ctx, commands.ReceiveStock(body.depot_id, lines, who.subject, body.effective_at, body.note))
+    return _answer(DocumentAnswer(document_id=doc), 201)
+
+
+@stock_api.post("/documents/adjustments", response_model=DocumentAnswer, status_code=201)
+async def post_adjustment(body: AdjustmentIn, ctx: Ctx, who: Principal = requires(*CATALOGUE)) -> Response:
+    """An adjustment (409 with the item and the date when a balance would go negative)."""
+    cmd = commands.AdjustStock(
+        body.depot_id,
+        body.item,
+        body.lot,
+        body.condition,
+        body.delta,
+        body.reason,
+        who.subject,
+        body.unit,
+        body.effective_at,
+        body.note,
+    )
+    return _answer(DocumentAnswer(document_id=await handle(ctx, cmd)), 201)
+
+
+@stock_api.post("/documents/transfers", response_model=DocumentAnswer, status_code=201)
+async def post_transfer(body: TransferIn, ctx: Ctx, who: Principal = requires(*CATALOGUE)) -> Response:
+    """A transfer between depots (409 when the source has too little available)."""
+    cmd = commands.TransferStock(
+        body.from_depot,
+        body.to_depot,
+        body.item,
+        body.lot,
+        body.quantity,
+        who.subject,
+        body.unit,
+        body.effective_at,
+        body.note,
+    )
+    return _answer(DocumentAnswer(document_id=await handle(ctx, cmd)), 201)
+
+
+# --- reservations --------------------------------------------------------------------------------------
+
+
+@reservations_api.get("/incidents/{incident_id}/reservations", response_model=ReservationList)
+async def incident_reservations(incident_id: str, ctx: Ctx, _: Principal = requires(*READERS)) -> Response:
+    """An incident's reservations, newest first, and whether it is settled."""
+    return _answer(await views.incident_reservations(ctx.db, incident_id))
+
+
+@reservations_api.post("/incidents/{incident_id}/reservations", response_model=ReservationAnswer, status_code=201)
+async def reserve(incident_id: str, body: ReservationIn, ctx: Ctx, who: Principal = requires(*SUPPLY)) -> Response:
+    """Reserve nearest first across depots; a partial reservation answers 201 with ``missing``."""
+    near = body.near
+    got = await handle(
+        ctx,
+        commands.Reserve(
+            incident_id,
+            body.item,
+            body.quantity,
+            who.subject,
+            body.unit,
+            near.lat if near else None,
+            near.lon if near else None,
+        ),
+    )
+    answer = await views.reservation(ctx.db, got.reservation_id)
+    who.require_scope(SUPPLY, answer.exercise, "incidents")
+    return _answer(answer, 201)
+
+
+@reservations_api.get("/reservations/{reservation_id}", response_model=ReservationAnswer)
+async def get_reservation(reservation_id: int, ctx: Ctx, _: Principal = requires(*READERS)) -> Response:
+    """One reservation and where its quantity is."""
+    return _answer(await views.reservation(ctx.db, reservation_id))
+
+
+@reservations_api.post("/reservations/{reservation_id}/{action}", response_model=ReservationAnswer)
+async def act(
+    reservation_id: int,
+    action: Literal["issue", "return", "consume", "release"],
+    body: ActionIn,
+    ctx: Ctx,
+    who: Principal = requires(*SUPPLY),
+) -> Response:
+    """Issue (leaves the depot), return (partly or whole, with its condition), consume or release
+    (back to stock) part of a reservation; 409 for more than there is or a stale ``version``."""
+    current = await views.reservation(ctx.db, reservation_id)
+    who.require_scope(SUPPLY, current.exercise, "reservations")
+    cmd = commands.ActOnReservation(
+        reservation_id, Action(action), who.subject, body.quantity, body.unit, body.condition, body.version
+    )
+    await handle(ctx, cmd)
+    return _answer(await views.reservation(ctx.db, reservation_id))

@@ -1,0 +1,111 @@
+"""What operators (through the API) and the automation ask resource-stockpile to do: one command,
+one handler (handlers.COMMANDS). Quantities are as entered (a number and a unit: the item's base
+unit or one of its packs); the handlers turn them into base units."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date, datetime
+from decimal import Decimal
+
+from .domain import Action, AdjustmentReason, Condition, Depot, Item
+
+
+@dataclass(frozen=True, slots=True)
+class AddItems:
+    """Put items in the catalogue, all or none."""
+
+    items: Sequence[Item]
+    actor: str
+
+
+@dataclass(frozen=True, slots=True)
+class AddDepots:
+    """Register depots, all or none."""
+
+    depots: Sequence[Depot]
+    actor: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiptLine:
+    """Stock received: ``quantity`` of ``unit`` (None: the base unit) of one lot."""
+
+    item: str
+    lot: str
+    quantity: Decimal
+    unit: str | None = None
+    expiry: date | None = None
+    condition: Condition = Condition.good
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiveStock:
+    """A receipt document: stock arrives at a depot, effective at ``effective_at`` (UTC; None: now)."""
+
+    depot_id: str
+    lines: Sequence[ReceiptLine]
+    actor: str
+    effective_at: datetime | None = None
+    note: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class AdjustStock:
+    """An adjustment document: one lot's quantity on hand changes by ``delta`` (signed, in
+    ``unit``) for ``reason``."""
+
+    depot_id: str
+    item: str
+    lot: str
+    condition: Condition
+    delta: Decimal
+    reason: AdjustmentReason
+    actor: str
+    unit: str | None = None
+    effective_at: datetime | None = None
+    note: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class TransferStock:
+    """A transfer document: ``quantity`` of one good lot moves from one depot to another."""
+
+    from_depot: str
+    to_depot: str
+    item: str
+    lot: str
+    quantity: Decimal
+    actor: str
+    unit: str | None = None
+    effective_at: datetime | None = None
+    note: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Reserve:
+    """``quantity`` of ``item`` near (lat, lon) for an incident" (default: the incident's position)."""
+
+    incident_id: str
+    item: str
+    quantity: Decimal
+    actor: str
+    unit: str | None = None
+    lat: float | None = None
+    lon: float | None = None
+    source: str = "operator"
+
+
+@dataclass(frozen=True, slots=True)
+class ActOnReservation:
+    """Issue, return (with the condition it came back in), consume or release part of a
+    reservation (``quantity`` None: all there is), if it is still at ``version`` (None: any)."""
+
+    reservation_id: int
+    action: Action
+    actor: str
+    quantity: Decimal | None = None
+    unit: str | None = None
+    condition: Condition = Condition.good
+    version: int | None = None

@@ -1,0 +1,155 @@
+"""What an incident event does: resource-stockpile keeps its copy of the incident and follows the
+response plan's supplies — on handling it reserves them for the incident's level, on a level change
+it tops up or releases, on aftermath it releases what is still held and asks for what is out back;
+and it tells the lifecycle whenever the incident's settlement changes. Each event exactly once
+(inbox).
+
+The plan's supplies are asked of dispatch (``rpc.dispatch.plan.get``) before the transaction, so no
+database connection waits on the network.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import structlog
+
+from ecs.contracts import IncidentCreated, LevelChanged, StageChanged
+from ecs.contracts_stockpile import ReturnsRequested
+from ecs.envelope import Envelope, utcnow
+from ecs.vocabulary import Level, Stage
+
+from .. import store
+from ..context import Context
+from ..domain import RESERVING_STAGES, RETURNING_STAGES, Action, reconcile
+from .reservations import apply_action, publish_settlement, reserve_for
+from .tx import AUTOMATION, Tx, incident_lock, transaction
+
+log = structlog.get_logger("resource-stockpile")
+
+
+async def remember_incident(ctx: Context, env: Envelope, data: IncidentCreated, consumer: str) -> None:
+    """``incident.created``: the incident is known (nothing held: settled)."""
+
+    async def record(tx: Tx) -> Any:
+        await store.remember_incident(
+            tx.conn,
+            data.incident_id,
+            data.category,
+            data.level,
+            Stage.reported,
+            data.lat,
+            data.lon,
+            env.exercise,
+            1,
+            utcnow(),
+        )
+        return await store.get_incident(tx.conn, data.incident_id)
+
+    await _follow(ctx, env, consumer, data.incident_id, record, {})
+
+
+async def follow_stage(ctx: Context, env: Envelope, data: StageChanged, consumer: str) -> None:
+    """``incident.stage.changed``: reserve the plan's supplies on handling, release and ask back on
+    aftermath."""
+    wanted = await _wanted(ctx, data.category, data.level) if Stage(data.to_stage) in RESERVING_STAGES else {}
+
+    async def record(tx: Tx) -> Any:
+        now = utcnow()
+        await store.remember_incident(
+            tx.conn,
+            data.incident_id,
+            data.category,
+            data.level,
+            data.to_stage,
+            data.lat,
+            data.lon,
+            env.exercise,
+            data.version,
+            now,
+        )
+        await store.set_stage(tx.conn, data.incident_id, data.version, data.to_stage, now)
+        await store.set_level(tx.conn, data.incident_id, data.version, data.level, now)
+        return await store.get_incident(tx.conn, data.incident_id)
+
+    await _follow(ctx, env, consumer, data.incident_id, record, wanted)
+
+
+async def follow_level(ctx: Context, env: Envelope, data: LevelChanged, consumer: str) -> None:
+    """``incident.level.changed``: top up to the plan's supplies for the new level, or release."""
+    async with ctx.db.uow() as uow:
+        known = await store.get_incident(uow.conn, data.incident_id)
+    wanted = await _wanted(ctx, known.category, data.to_level) if known is not None else {}
+
+    async def record(tx: Tx) -> Any:
+        await store.set_level(tx.conn, data.incident_id, data.version, data.to_level, utcnow())
+        return await store.get_incident(tx.conn, data.incident_id)
+
+    await _follow(ctx, env, consumer, data.incident_id, record, wanted)
+
+
+async def _wanted(ctx: Context, category: str, level: Level) -> dict[str, int]:
+    plan = await ctx.plan_supplies(str(category))
+    return dict(plan.get(Level(level).name, {}))
+
+
+async def _follow(
+    ctx: Context,
+    env: Envelope,
+    consumer: str,
+    incident_id: str,
+    record: Callable[[Tx], Awaitable[Any]],
+    wanted: Mapping[str, int],
+) -> None:
+    async def work(tx: Tx) -> None:
+        if not await tx.uow.first_time(consumer, env.id):
+            return
+        await tx.uow.lock(incident_lock(incident_id))
+        incident = await record(tx)
+        if incident is not None:
+            if ctx.settings.automatic:
+                await reconcile_supplies(ctx, tx, incident, wanted)
+            await publish_settlement(tx, await store.get_incident(tx.conn, incident_id))
+        await tx.uow.commit()
+
+    await transaction(ctx, work, AUTOMATION, env)
+
+
+async def reconcile_supplies(ctx: Context, tx: Tx, incident: Any, wanted: Mapping[str, int]) -> None:
+    """Bring what the incident holds to what its plan wants at its stage and level
+    (domain.reconcile); on aftermath, ask for what is out."""
+    stage = Stage(incident.stage)
+    allocs = await store.incident_allocations(tx.conn, incident.id)
+    holding: dict[str, tuple[int, int]] = {}
+    for a in allocs:
+        held, out = holding.get(a.item, (0, 0))
+        holding[a.item] = (held + a.held, out + a.out)
+    if stage not in RESERVING_STAGES:
+        wanted = {}
+    toppings = reconcile(stage, wanted, holding)
+    known = await store.get_items(tx.conn, [t.item for t in toppings])
+    by_item = await store.incident_reservation_ids(tx.conn, incident.id)
+    for t in toppings:
+        if t.item not in known:
+            log.warning("stockpile.unknown_plan_item", incident_id=incident.id, item=t.item)
+            continue
+        if t.add:
+            got = await reserve_for(ctx, tx, incident, t.item, t.add, incident.lat, incident.lon, "automatic")
+            if got.missing:
+                log.warning("stockpile.shortfall", incident_id=incident.id, item=t.item, missing=got.missing)
+        left = t.release
+        for reservation_id in reversed(by_item.get(t.item, [])):  # newest first
+            if left <= 0:
+                break
+            held = sum(a.held for a in allocs if a.reservation_id == reservation_id)
+            if held:
+                q = min(held, left)
+                row = await store.get_reservation(tx.conn, reservation_id)
+                await apply_action(tx, row, known[t.item], Action.release, q)
+                await store.bump_reservation(tx.conn, reservation_id, None)
+                left -= q
+    if stage in RETURNING_STAGES:
+        out = {item: o for item, (_, o) in holding.items() if o > 0}
+        if out:
+            tx.emit(ReturnsRequested(incident_id=incident.id, items=out), incident.id, incident.exercise)

@@ -1,0 +1,4 @@
+from ecs.migrations import run_env
+from resource_stockpile.store import metadata
+
+run_env(metadata)

@@ -1,0 +1,32 @@
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from ecs.settings import ServiceSettings
+
+
+class StockpileSettings(ServiceSettings):
+    """resource-stockpile's settings, from STOCKPILE_* environment variables (times in seconds)."""
+
+    model_config = SettingsConfigDict(env_prefix="STOCKPILE_", extra="ignore")
+
+    service_name: str = "resource-stockpile"
+    database_url: str = "sqlite:///var/data/resource-stockpile.db"
+    http_port: int = 8003
+
+    # Stock expiring within this many days of today is never reserved (nor is expired stock).
+    min_shelf_life_days: int = Field(default=30, ge=0, le=3650)
+    # Travel time from a depot is estimated as straight-line distance x road_factor / speed.
+    road_factor: float = Field(default=1.4, ge=1.0, le=5.0)
+    truck_speed_kmh: float = Field(default=30.0, gt=0, le=200)
+
+    # Stage-driven automation: reserve the plan's supplies on handling, follow the level, and
+    # ask for returns on aftermath.
+    automatic: bool = True
+    incident_batch: int = Field(default=50, ge=1, le=500)
+    # Reserve-and-claim rounds before a shortfall is reported: each round the stock others took
+    # meanwhile gives way to the next nearest.
+    reserve_rounds: int = Field(default=4, ge=1, le=20)
+    # How long to wait for dispatch's answer to rpc.dispatch.plan.get.
+    plan_request_timeout_s: float = Field(default=2.0, gt=0, le=30)

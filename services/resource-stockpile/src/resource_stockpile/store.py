@@ -1,0 +1,682 @@
+"""resource-stockpile's tables and every write (and every read a handler decides on), SQLAlchemy Core.
+
+The database guards every count: a stock line's ``on_hand`` and ``reserved`` are changed only by
+conditional UPDATEs (``... WHERE on_hand - reserved >= :q``) under CHECK constraints
+(``reserved >= 0``, ``reserved <= on_hand``), and a reservation's buckets likewise
+(``... WHERE held >= :q``), so two requests racing for the last item never both get it, whatever
+replica they run on. Every change of ``on_hand`` writes a ledger entry in the same transaction:
+replaying a line's entries gives its balance.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import date, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Column,
+    Date,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    SmallInteger,
+    String,
+    Table,
+    Text,
+    and_,
+    func,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from ecs.db import BigId, UTCDateTime, new_metadata
+from ecs.vocabulary import Category, Level, Stage
+
+from .domain import Allocation, Bucket, Condition, Depot, Item, StockLine
+
+metadata = new_metadata()
+
+items = Table(
+    "items",
+    metadata,
+    Column("code", String(64), primary_key=True),
+    Column("gb_code", String(7), nullable=True),
+    Column("name_en", String(255), nullable=False),
+    Column("name_zh", String(255), nullable=False),
+    Column("base_unit", String(32), nullable=False),
+    Column("packs", JSON, nullable=False),
+    Column("shelf_life_days", Integer, nullable=True),
+    Column("version", Integer, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+)
+
+depots = Table(
+    "depots",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("name", String(255), nullable=False),
+    Column("district", String(64), nullable=False),
+    Column("lat", Float, nullable=False),
+    Column("lon", Float, nullable=False),
+    Column("hours", String(255), nullable=False),
+    Column("contact", String(255), nullable=False),
+    Column("exercise", Boolean, nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+)
+
+stock_lines = Table(
+    "stock_lines",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("depot_id", String(64), ForeignKey("depots.id"), nullable=False),
+    Column("item", String(64), ForeignKey("items.code"), nullable=False),
+    Column("lot", String(64), nullable=False),
+    Column("expiry", Date, nullable=True),
+    Column("condition", String(16), nullable=False),
+    Column("on_hand", BigInteger, nullable=False),
+    Column("reserved", BigInteger, nullable=False),
+    Column("exercise", Boolean, nullable=False),
+    # The database refuses a negative balance or more reserved than on hand, whoever writes.
+    CheckConstraint("on_hand >= 0", name="on_hand_not_negative"),
+    CheckConstraint("reserved >= 0", name="reserved_not_negative"),
+    CheckConstraint("reserved <= on_hand", name="available_not_negative"),
+    CheckConstraint("condition = 'good' OR reserved = 0", name="only_good_reserved"),
+    Index("uq_stock_lines_key", "depot_id", "item", "lot", "condition", unique=True),
+    Index("ix_stock_lines_item", "item", "condition"),
+)
+
+documents = Table(
+    "documents",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("kind", String(16), nullable=False),
+    Column("reason", String(32), nullable=True),
+    Column("incident_id", String(32), nullable=True),
+    Column("reservation_id", BigInteger, nullable=True),
+    Column("note", Text, nullable=False),
+    Column("actor", String(255), nullable=False),
+    Column("effective_at", UTCDateTime, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+)
+
+ledger = Table(
+    "ledger",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("document_id", BigInteger, ForeignKey("documents.id"), nullable=False),
+    Column("line_id", BigInteger, ForeignKey("stock_lines.id"), nullable=False),
+    Column("delta", BigInteger, nullable=False),
+    Column("effective_at", UTCDateTime, nullable=False),
+    CheckConstraint("delta <> 0", name="delta_not_zero"),
+    Index("ix_ledger_line", "line_id", "effective_at"),
+)
+
+reservations = Table(
+    "reservations",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("incident_id", String(32), nullable=False),
+    Column("item", String(64), ForeignKey("items.code"), nullable=False),
+    Column("requested", BigInteger, nullable=False),
+    Column("missing", BigInteger, nullable=False),
+    Column("lat", Float, nullable=False),
+    Column("lon", Float, nullable=False),
+    Column("source", String(16), nullable=False),  # operator | automatic | edxl
+    Column("exercise", Boolean, nullable=False),
+    Column("actor", String(255), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    CheckConstraint("requested > 0", name="requested_positive"),
+    CheckConstraint("missing >= 0 AND missing <= requested", name="missing_in_range"),
+    Index("ix_reservations_incident", "incident_id", "id"),
+)
+
+allocations = Table(
+    "allocations",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("reservation_id", BigInteger, ForeignKey("reservations.id"), nullable=False),
+    Column("incident_id", String(32), nullable=False),
+    Column("line_id", BigInteger, ForeignKey("stock_lines.id"), nullable=False),
+    Column("depot_id", String(64), nullable=False),
+    Column("item", String(64), nullable=False),
+    Column("travel_s", Float, nullable=False),
+    Column("held", BigInteger, nullable=False),
+    Column("out", BigInteger, nullable=False),
+    Column("returned", BigInteger, nullable=False),
+    Column("consumed", BigInteger, nullable=False),
+    Column("released", BigInteger, nullable=False),
+    CheckConstraint(
+        "held >= 0 AND out >= 0 AND returned >= 0 AND consumed >= 0 AND released >= 0", name="buckets_not_negative"
+    ),
+    Index("ix_allocations_reservation", "reservation_id"),
+    Index("ix_allocations_incident", "incident_id"),
+)
+
+# resource-stockpile's copy of the incident facts it acts on, kept from incident-intake's events.
+incidents = Table(
+    "incidents",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("category", String(32), nullable=False),
+    Column("level", SmallInteger, nullable=False),
+    Column("stage", String(24), nullable=False),
+    Column("lat", Float, nullable=False),
+    Column("lon", Float, nullable=False),
+    Column("exercise", Boolean, nullable=False),
+    # The incident version of the event that last set the stage / the level: an older event
+    # (redelivered, or handled by another replica) must not undo a newer one.
+    Column("stage_version", Integer, nullable=False),
+    Column("level_version", Integer, nullable=False),
+    Column("settled", Boolean, nullable=True),  # what was last published (NULL: nothing yet)
+    Column("updated_at", UTCDateTime, nullable=False),
+)
+
+
+# --- the catalogue and depots ------------------------------------------------------------------
+
+
+def to_item(row: Any) -> Item:
+    """A row of ``items`` as the domain's Item."""
+    return Item(
+        code=row.code,
+        gb_code=row.gb_code,
+        name_en=row.name_en,
+        name_zh=row.name_zh,
+        base_unit=row.base_unit,
+        packs=dict(row.packs or {}),
+        shelf_life_days=row.shelf_life_days,
+        version=row.version,
+    )
+
+
+async def get_items(conn: AsyncConnection, codes: Iterable[str]) -> dict[str, Item]:
+    """The items of these codes that exist, by code."""
+    wanted = list(dict.fromkeys(codes))
+    if not wanted:
+        return {}
+    rows = (await conn.execute(select(items).where(items.c.code.in_(wanted)))).all()
+    return {r.code: to_item(r) for r in rows}
+
+
+async def insert_items(conn: AsyncConnection, new: Sequence[Item], now: datetime) -> set[str]:
+    """Add items; returns the codes of those that already existed (nothing is written then)."""
+    existing = set(await get_items(conn, [i.code for i in new]))
+    if existing:
+        return existing
+    await conn.execute(
+        insert(items),
+        [
+            {
+                "code": i.code,
+                "gb_code": i.gb_code,
+                "name_en": i.name_en,
+                "name_zh": i.name_zh,
+                "base_unit": i.base_unit,
+                "packs": dict(i.packs),
+                "shelf_life_days": i.shelf_life_days,
+                "version": 1,
+                "created_at": now,
+            }
+            for i in new
+        ],
+    )
+    return set()
+
+
+def to_depot(row: Any) -> Depot:
+    """A row of ``depots`` as the domain's Depot."""
+    return Depot(
+        id=row.id,
+        name=row.name,
+        district=row.district,
+        lat=row.lat,
+        lon=row.lon,
+        exercise=row.exercise,
+        hours=row.hours,
+        contact=row.contact,
+        version=row.version,
+    )
+
+
+async def get_depot(conn: AsyncConnection, depot_id: str) -> Depot | None:
+    """The depot of this id, or None."""
+    row = (await conn.execute(select(depots).where(depots.c.id == depot_id))).first()
+    return to_depot(row) if row is not None else None
+
+
+async def insert_depots(conn: AsyncConnection, new: Sequence[Depot], now: datetime) -> set[str]:
+    """Add depots; returns the ids of those that already existed (nothing is written then)."""
+    ids = [d.id for d in new]
+    existing = set((await conn.execute(select(depots.c.id).where(depots.c.id.in_(ids)))).scalars())
+    if existing:
+        return existing
+    await conn.execute(
+        insert(depots),
+        [
+            {
+                "id": d.id,
+                "name": d.name,
+                "district": d.district,
+                "lat": d.lat,
+                "lon": d.lon,
+                "hours": d.hours,
+                "contact": d.contact,
+                "exercise": d.exercise,
+                "version": 1,
+                "created_at": now,
+            }
+            for d in new
+        ],
+    )
+    return set()
+
+
+# --- stock lines and the ledger ------------------------------------------------------------------
+
+
+def to_line(row: Any) -> StockLine:
+    """A row of ``stock_lines`` as the domain's StockLine."""
+    return StockLine(
+        id=row.id,
+        depot_id=row.depot_id,
+        item=row.item,
+        lot=row.lot,
+        expiry=row.expiry,
+        condition=Condition(row.condition),
+        on_hand=row.on_hand,
+        reserved=row.reserved,
+    )
+
+
+async def get_line(conn: AsyncConnection, line_id: int) -> StockLine | None:
+    """The stock line of this id, or None."""
+    row = (await conn.execute(select(stock_lines).where(stock_lines.c.id == line_id))).first()
+    return to_line(row) if row is not None else None
+
+
+async def find_line(
+    conn: AsyncConnection, depot_id: str, item: str, lot: str, condition: Condition
+) -> StockLine | None:
+    """The stock line of this depot, item, lot and condition, or None."""
+    row = (
+        await conn.execute(
+            select(stock_lines).where(
+                stock_lines.c.depot_id == depot_id,
+                stock_lines.c.item == item,
+                stock_lines.c.lot == lot,
+                stock_lines.c.condition == condition.value,
+            )
+        )
+    ).first()
+    return to_line(row) if row is not None else None
+
+
+async def ensure_line(
+    conn: AsyncConnection,
+    depot: Depot,
+    item: str,
+    lot: str,
+    expiry: date | None,
+    condition: Condition,
+) -> StockLine:
+    """The stock line of this depot, item, lot and condition, created empty if there is none.
+    Two writers creating the same line meet at the unique index: the second inserts nothing."""
+    found = await find_line(conn, depot.id, item, lot, condition)
+    if found is not None:
+        return found
+    dialect_insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+    await conn.execute(
+        dialect_insert(stock_lines)
+        .values(
+            depot_id=depot.id,
+            item=item,
+            lot=lot,
+            expiry=expiry,
+            condition=condition.value,
+            on_hand=0,
+            reserved=0,
+            exercise=depot.exercise,
+        )
+        .on_conflict_do_nothing()
+    )
+    line = await find_line(conn, depot.id, item, lot, condition)
+    assert line is not None
+    return line
+
+
+async def new_document(
+    conn: AsyncConnection,
+    kind: str,
+    actor: str,
+    effective_at: datetime,
+    now: datetime,
+    reason: str | None = None,
+    incident_id: str | None = None,
+    reservation_id: int | None = None,
+    note: str = "",
+) -> int:
+    """Record a ledger document; returns its id."""
+    res = await conn.execute(
+        insert(documents)
+        .values(
+            kind=kind,
+            reason=reason,
+            incident_id=incident_id,
+            reservation_id=reservation_id,
+            note=note,
+            actor=actor,
+            effective_at=effective_at,
+            created_at=now,
+        )
+        .returning(documents.c.id)
+    )
+    return int(res.scalar_one())
+
+
+async def line_history(conn: AsyncConnection, line_id: int) -> list[tuple[datetime, int]]:
+    """A stock line's ledger entries as (effective at, change), in order."""
+    rows = await conn.execute(
+        select(ledger.c.effective_at, ledger.c.delta).where(ledger.c.line_id == line_id).order_by(ledger.c.effective_at)
+    )
+    return [(r.effective_at, r.delta) for r in rows]
+
+
+async def lock_line(conn: AsyncConnection, line_id: int) -> None:
+    """Hold the stock line's row until the transaction ends (PostgreSQL; SQLite's writer lock,
+    taken at BEGIN, already is one): a back-dated document checks the history it changes."""
+    if conn.dialect.name == "postgresql":
+        await conn.execute(select(stock_lines.c.id).where(stock_lines.c.id == line_id).with_for_update())
+
+
+async def change_on_hand(conn: AsyncConnection, document_id: int, line_id: int, delta: int, at: datetime) -> bool:
+    """Add ``delta`` to a line's quantity on hand, only if what is not reserved covers a decrease
+    (one conditional UPDATE), and write its ledger entry. False when refused."""
+    cond = stock_lines.c.id == line_id
+    if delta < 0:
+        cond = and_(cond, stock_lines.c.on_hand - stock_lines.c.reserved >= -delta)
+    res = await conn.execute(update(stock_lines).where(cond).values(on_hand=stock_lines.c.on_hand + delta))
+    if res.rowcount != 1:
+        return False
+    await conn.execute(insert(ledger).values(document_id=document_id, line_id=line_id, delta=delta, effective_at=at))
+    return True
+
+
+async def candidates(
+    conn: AsyncConnection, item: str, exercise: bool, not_expiring_before: date
+) -> list[tuple[StockLine, Depot]]:
+    """Every good stock line of ``item`` with something available in a depot of the same kind
+    (exercise or live), not expiring before ``not_expiring_before``, with its depot."""
+    q = (
+        select(stock_lines, depots.c.lat.label("d_lat"), depots.c.lon.label("d_lon"), depots.c.name.label("d_name"))
+        .join(depots, depots.c.id == stock_lines.c.depot_id)
+        .where(
+            stock_lines.c.item == item,
+            stock_lines.c.condition == Condition.good.value,
+            stock_lines.c.on_hand > stock_lines.c.reserved,
+            stock_lines.c.exercise == exercise,
+            (stock_lines.c.expiry.is_(None)) | (stock_lines.c.expiry >= not_expiring_before),
+        )
+    )
+    rows = (await conn.execute(q)).all()
+    return [
+        (to_line(r), Depot(id=r.depot_id, name=r.d_name, district="", lat=r.d_lat, lon=r.d_lon, exercise=exercise))
+        for r in rows
+    ]
+
+
+async def reserve_from_line(conn: AsyncConnection, line_id: int, quantity: int) -> bool:
+    """Reserve ``quantity`` of a good line if that much is still available: one conditional UPDATE
+    (the CHECK constraints back it). False when another request took it meanwhile."""
+    res = await conn.execute(
+        update(stock_lines)
+        .where(
+            stock_lines.c.id == line_id,
+            stock_lines.c.condition == Condition.good.value,
+            stock_lines.c.on_hand - stock_lines.c.reserved >= quantity,
+        )
+        .values(reserved=stock_lines.c.reserved + quantity)
+    )
+    return res.rowcount == 1
+
+
+async def unreserve(conn: AsyncConnection, line_id: int, quantity: int, issued: bool) -> bool:
+    """Give back ``quantity`` reserved on a line: to stock (a release), or out of the depot with
+    it (an issue: on hand falls too). Conditional on that much being reserved."""
+    values: dict[str, Any] = {"reserved": stock_lines.c.reserved - quantity}
+    if issued:
+        values["on_hand"] = stock_lines.c.on_hand - quantity
+    res = await conn.execute(
+        update(stock_lines).where(stock_lines.c.id == line_id, stock_lines.c.reserved >= quantity).values(**values)
+    )
+    return res.rowcount == 1
+
+
+# --- reservations ----------------------------------------------------------------------------------
+
+
+async def insert_reservation(
+    conn: AsyncConnection,
+    incident_id: str,
+    item: str,
+    requested: int,
+    lat: float,
+    lon: float,
+    source: str,
+    exercise: bool,
+    actor: str,
+    now: datetime,
+) -> int:
+    """Record a reservation request; returns its id (``missing`` starts at ``requested``)."""
+    res = await conn.execute(
+        insert(reservations)
+        .values(
+            incident_id=incident_id,
+            item=item,
+            requested=requested,
+            missing=requested,
+            lat=lat,
+            lon=lon,
+            source=source,
+            exercise=exercise,
+            actor=actor,
+            version=1,
+            created_at=now,
+        )
+        .returning(reservations.c.id)
+    )
+    return int(res.scalar_one())
+
+
+async def set_missing(conn: AsyncConnection, reservation_id: int, missing: int) -> None:
+    """What the reservation could not get."""
+    await conn.execute(
+        update(reservations)
+        .where(reservations.c.id == reservation_id)
+        .values(missing=missing, version=reservations.c.version + 1)
+    )
+
+
+async def bump_reservation(conn: AsyncConnection, reservation_id: int, version: int | None) -> bool:
+    """Move the reservation to its next version, only if it is still at ``version`` (None: any)."""
+    cond = reservations.c.id == reservation_id
+    if version is not None:
+        cond = and_(cond, reservations.c.version == version)
+    res = await conn.execute(update(reservations).where(cond).values(version=reservations.c.version + 1))
+    return res.rowcount == 1
+
+
+async def add_allocation(
+    conn: AsyncConnection, reservation_id: int, incident_id: str, line: StockLine, quantity: int, travel: float
+) -> None:
+    """Record what a reservation took from a stock line."""
+    await conn.execute(
+        insert(allocations).values(
+            reservation_id=reservation_id,
+            incident_id=incident_id,
+            line_id=line.id,
+            depot_id=line.depot_id,
+            item=line.item,
+            travel_s=travel,
+            held=quantity,
+            out=0,
+            returned=0,
+            consumed=0,
+            released=0,
+        )
+    )
+
+
+def to_allocation(row: Any) -> Allocation:
+    """A row of ``allocations`` as the domain's Allocation."""
+    return Allocation(
+        id=row.id,
+        reservation_id=row.reservation_id,
+        line_id=row.line_id,
+        depot_id=row.depot_id,
+        item=row.item,
+        travel_s=row.travel_s,
+        held=row.held,
+        out=row.out,
+        returned=row.returned,
+        consumed=row.consumed,
+        released=row.released,
+    )
+
+
+async def get_reservation(conn: AsyncConnection, reservation_id: int) -> Any:
+    """The reservation's row, or None."""
+    return (await conn.execute(select(reservations).where(reservations.c.id == reservation_id))).first()
+
+
+async def reservation_allocations(conn: AsyncConnection, reservation_id: int) -> list[Allocation]:
+    """A reservation's allocations."""
+    rows = await conn.execute(
+        select(allocations).where(allocations.c.reservation_id == reservation_id).order_by(allocations.c.id)
+    )
+    return [to_allocation(r) for r in rows]
+
+
+async def incident_allocations(conn: AsyncConnection, incident_id: str) -> list[Allocation]:
+    """Every allocation of an incident's reservations."""
+    rows = await conn.execute(
+        select(allocations).where(allocations.c.incident_id == incident_id).order_by(allocations.c.id)
+    )
+    return [to_allocation(r) for r in rows]
+
+
+async def incident_reservation_ids(conn: AsyncConnection, incident_id: str) -> dict[str, list[int]]:
+    """The incident's reservation ids by item, oldest first."""
+    rows = await conn.execute(
+        select(reservations.c.id, reservations.c.item)
+        .where(reservations.c.incident_id == incident_id)
+        .order_by(reservations.c.id)
+    )
+    found: dict[str, list[int]] = {}
+    for r in rows:
+        found.setdefault(r.item, []).append(r.id)
+    return found
+
+
+async def move_bucket(conn: AsyncConnection, allocation_id: int, source: Bucket, target: Bucket, quantity: int) -> bool:
+    """Move ``quantity`` of an allocation from ``source`` to ``target``, only if that much is in
+    ``source`` (one conditional UPDATE)."""
+    src, dst = allocations.c[source.value], allocations.c[target.value]
+    res = await conn.execute(
+        update(allocations)
+        .where(allocations.c.id == allocation_id, src >= quantity)
+        .values({source.value: src - quantity, target.value: dst + quantity})
+    )
+    return res.rowcount == 1
+
+
+# --- incidents ---------------------------------------------------------------------------------------
+
+
+async def remember_incident(
+    conn: AsyncConnection,
+    incident_id: str,
+    category: Category,
+    level: Level,
+    stage: Stage,
+    lat: float,
+    lon: float,
+    exercise: bool,
+    version: int,
+    now: datetime,
+) -> None:
+    """Keep the incident (if not known yet) as of ``version``."""
+    exists = (await conn.execute(select(incidents.c.id).where(incidents.c.id == incident_id))).first()
+    if exists is not None:
+        return
+    await conn.execute(
+        insert(incidents).values(
+            id=incident_id,
+            category=category.value,
+            level=int(level),
+            stage=stage.value,
+            lat=lat,
+            lon=lon,
+            exercise=exercise,
+            stage_version=version,
+            level_version=version,
+            settled=None,
+            updated_at=now,
+        )
+    )
+
+
+async def set_stage(conn: AsyncConnection, incident_id: str, version: int, stage: Stage, now: datetime) -> bool:
+    """Record the incident's stage as of ``version``, unless a newer one is already recorded."""
+    res = await conn.execute(
+        update(incidents)
+        .where(incidents.c.id == incident_id, incidents.c.stage_version < version)
+        .values(stage=stage.value, stage_version=version, updated_at=now)
+    )
+    return res.rowcount == 1
+
+
+async def set_level(conn: AsyncConnection, incident_id: str, version: int, level: Level, now: datetime) -> bool:
+    """Record the incident's level as of ``version``, unless a newer one is already recorded."""
+    res = await conn.execute(
+        update(incidents)
+        .where(incidents.c.id == incident_id, incidents.c.level_version < version)
+        .values(level=int(level), level_version=version, updated_at=now)
+    )
+    return res.rowcount == 1
+
+
+async def get_incident(conn: AsyncConnection, incident_id: str) -> Any:
+    """The incident's row, or None."""
+    return (await conn.execute(select(incidents).where(incidents.c.id == incident_id))).first()
+
+
+async def set_settled(conn: AsyncConnection, incident_id: str, settled: bool) -> None:
+    """What was last published about the incident's settlement."""
+    await conn.execute(update(incidents).where(incidents.c.id == incident_id).values(settled=settled))
+
+
+async def ledger_mismatches(conn: AsyncConnection) -> list[tuple[int, int, int]]:
+    """Stock lines whose ledger does not replay to their balance: (line, on hand, replayed)."""
+    replay = select(ledger.c.line_id, func.sum(ledger.c.delta).label("total")).group_by(ledger.c.line_id).subquery()
+    rows = await conn.execute(
+        select(stock_lines.c.id, stock_lines.c.on_hand, func.coalesce(replay.c.total, 0)).outerjoin(
+            replay, replay.c.line_id == stock_lines.c.id
+        )
+    )
+    return [(r[0], r[1], int(r[2])) for r in rows if r[1] != int(r[2])]
+
+
+async def add_entry(conn: AsyncConnection, document_id: int, line_id: int, delta: int, at: datetime) -> None:
+    """A ledger entry for a change of on hand made by another statement (an issue)."""
+    await conn.execute(insert(ledger).values(document_id=document_id, line_id=line_id, delta=delta, effective_at=at))

@@ -1,0 +1,267 @@
+"""The read side of the operator API: queries and the answer models the routes declare.
+Quantities are in base units, with the same in packs beside them where the item has packs."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import Any
+
+from pydantic import BaseModel, Field
+from sqlalchemy import func, select
+
+from ecs.db import Database
+from ecs.errors import NotFound
+
+from . import store
+from .domain import Allocation, Item, in_packs
+
+
+class ItemAnswer(BaseModel):
+    """A catalogue item; ``packs`` maps a pack's name to its size in base units."""
+
+    code: str
+    gb_code: str | None
+    name_en: str
+    name_zh: str
+    base_unit: str
+    packs: dict[str, int]
+    shelf_life_days: int | None
+    version: int
+
+
+class ItemList(BaseModel):
+    items: list[ItemAnswer]
+
+
+class DepotAnswer(BaseModel):
+    """A depot; position in WGS-84 degrees."""
+
+    id: str
+    name: str
+    district: str
+    lat: float
+    lon: float
+    hours: str
+    contact: str
+    exercise: bool
+    version: int
+
+
+class DepotList(BaseModel):
+    depots: list[DepotAnswer]
+
+
+class StockAnswer(BaseModel):
+    """One stock line: quantities in base units, and what is available also in packs."""
+
+    line_id: int
+    depot_id: str
+    item: str
+    lot: str
+    expiry: date | None
+    condition: str
+    on_hand: int
+    reserved: int
+    available: int
+    available_in_packs: dict[str, int]
+
+
+class StockPage(BaseModel):
+    """Stock lines by id; ``next_cursor`` asks for the next page (None: the last)."""
+
+    lines: list[StockAnswer]
+    next_cursor: int | None
+
+
+class AllocationAnswer(BaseModel):
+    depot_id: str
+    line_id: int
+    travel_s: float = Field(description="estimated travel time from the depot, seconds")
+    held: int
+    out: int
+    returned: int
+    consumed: int
+    released: int
+
+
+class ReservationAnswer(BaseModel):
+    """A reservation and where its quantity is, by depot (base units)."""
+
+    id: int
+    incident_id: str
+    item: str
+    requested: int
+    reserved: int
+    missing: int
+    source: str
+    exercise: bool
+    version: int
+    created_at: datetime
+    allocations: list[AllocationAnswer]
+
+
+class ReservationList(BaseModel):
+    """An incident's reservations, newest first, and whether it still holds anything."""
+
+    incident_id: str
+    settled: bool
+    reservations: list[ReservationAnswer]
+
+
+class DocumentAnswer(BaseModel):
+    document_id: int
+
+
+def item_answer(i: Item) -> ItemAnswer:
+    return ItemAnswer(
+        code=i.code,
+        gb_code=i.gb_code,
+        name_en=i.name_en,
+        name_zh=i.name_zh,
+        base_unit=i.base_unit,
+        packs=dict(i.packs),
+        shelf_life_days=i.shelf_life_days,
+        version=i.version,
+    )
+
+
+async def items(db: Database) -> ItemList:
+    """The catalogue, by code."""
+    async with db.engine.connect() as conn:
+        rows = await conn.execute(select(store.items).order_by(store.items.c.code))
+        return ItemList(items=[item_answer(store.to_item(r)) for r in rows])
+
+
+async def depots(db: Database) -> DepotList:
+    """Every depot, by id."""
+    async with db.engine.connect() as conn:
+        rows = await conn.execute(select(store.depots).order_by(store.depots.c.id))
+        return DepotList(
+            depots=[
+                DepotAnswer(
+                    id=r.id,
+                    name=r.name,
+                    district=r.district,
+                    lat=r.lat,
+                    lon=r.lon,
+                    hours=r.hours,
+                    contact=r.contact,
+                    exercise=r.exercise,
+                    version=r.version,
+                )
+                for r in rows
+            ]
+        )
+
+
+async def stock(
+    db: Database,
+    depot_id: str | None = None,
+    item: str | None = None,
+    district: str | None = None,
+    cursor: int = 0,
+    limit: int = 100,
+) -> StockPage:
+    """Stock lines with something on hand, by depot, item and district if given, city-wide otherwise."""
+    t, d = store.stock_lines, store.depots
+    q = select(t).join(d, d.c.id == t.c.depot_id).where(t.c.id > cursor, t.c.on_hand > 0)
+    if depot_id is not None:
+        q = q.where(t.c.depot_id == depot_id)
+    if item is not None:
+        q = q.where(t.c.item == item)
+    if district is not None:
+        q = q.where(d.c.district == district)
+    async with db.engine.connect() as conn:
+        rows = (await conn.execute(q.order_by(t.c.id).limit(limit + 1))).all()
+        catalogue = await store.get_items(conn, {r.item for r in rows})
+    lines = [
+        StockAnswer(
+            line_id=r.id,
+            depot_id=r.depot_id,
+            item=r.item,
+            lot=r.lot,
+            expiry=r.expiry,
+            condition=r.condition,
+            on_hand=r.on_hand,
+            reserved=r.reserved,
+            available=r.on_hand - r.reserved,
+            available_in_packs=in_packs(catalogue[r.item], r.on_hand - r.reserved),
+        )
+        for r in rows[:limit]
+    ]
+    return StockPage(lines=lines, next_cursor=lines[-1].line_id if len(rows) > limit else None)
+
+
+async def reservation(db: Database, reservation_id: int) -> ReservationAnswer:
+    """One reservation; NotFound if there is none."""
+    async with db.engine.connect() as conn:
+        row = await store.get_reservation(conn, reservation_id)
+        if row is None:
+            raise NotFound(f"reservation {reservation_id} not found", reservation_id=reservation_id)
+        return _reservation(row, await store.reservation_allocations(conn, reservation_id))
+
+
+async def incident_reservations(db: Database, incident_id: str) -> ReservationList:
+    """An incident's reservations, newest first; NotFound for an incident never heard of."""
+    async with db.engine.connect() as conn:
+        incident = await store.get_incident(conn, incident_id)
+        if incident is None:
+            raise NotFound(f"incident {incident_id} not found", incident_id=incident_id)
+        rows = (
+            await conn.execute(
+                select(store.reservations)
+                .where(store.reservations.c.incident_id == incident_id)
+                .order_by(store.reservations.c.id.desc())
+            )
+        ).all()
+        allocs = await store.incident_allocations(conn, incident_id)
+    answers = [_reservation(r, [a for a in allocs if a.reservation_id == r.id]) for r in rows]
+    return ReservationList(incident_id=incident_id, settled=all(a.open == 0 for a in allocs), reservations=answers)
+
+
+async def replay_mismatches(db: Database) -> list[tuple[int, int, int]]:
+    """Stock lines whose ledger does not replay to their balance (none, always)."""
+    async with db.engine.connect() as conn:
+        return await store.ledger_mismatches(conn)
+
+
+async def totals(db: Database, item: str) -> tuple[int, int]:
+    """City-wide (on hand, reserved) of an item, base units."""
+    t = store.stock_lines
+    async with db.engine.connect() as conn:
+        row = (
+            await conn.execute(
+                select(func.coalesce(func.sum(t.c.on_hand), 0), func.coalesce(func.sum(t.c.reserved), 0)).where(
+                    t.c.item == item
+                )
+            )
+        ).one()
+    return int(row[0]), int(row[1])
+
+
+def _reservation(r: Any, allocs: list[Allocation]) -> ReservationAnswer:
+    return ReservationAnswer(
+        id=r.id,
+        incident_id=r.incident_id,
+        item=r.item,
+        requested=r.requested,
+        reserved=r.requested - r.missing,
+        missing=r.missing,
+        source=r.source,
+        exercise=r.exercise,
+        version=r.version,
+        created_at=r.created_at,
+        allocations=[
+            AllocationAnswer(
+                depot_id=a.depot_id,
+                line_id=a.line_id,
+                travel_s=round(a.travel_s, 1),
+                held=a.held,
+                out=a.out,
+                returned=a.returned,
+                consumed=a.consumed,
+                released=a.released,
+            )
+            for a in allocs
+        ],
+    )

@@ -1,0 +1,243 @@
+"""resource-stockpile's rules: units and packs, which stock may be reserved, nearest first and
+FEFO, what a reservation's quantities may do (every bucket × action), the ledger's history, and
+what the plan wants at each stage."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+
+from ecs.errors import Conflict, IllegalTransition, InvalidInput
+from ecs.vocabulary import Stage
+from resource_stockpile.domain import (
+    MAX_QUANTITY,
+    TRANSITIONS,
+    Action,
+    Allocation,
+    Bucket,
+    Candidate,
+    Condition,
+    Depot,
+    Item,
+    NegativeBalance,
+    StockLine,
+    Topping,
+    allocate,
+    check_history,
+    check_item,
+    in_packs,
+    move,
+    reconcile,
+    reservable,
+    settled,
+    settled_detail,
+    spread,
+    to_base,
+    travel_s,
+)
+
+WATER = Item("drinking_water_bottle", "drinking water", "瓶装饮用水", "bottle", {"case": 24}, "3010101", 365)
+TODAY = date(2026, 12, 1)
+
+
+def line(line_id: int, depot: str, on_hand: int, reserved: int = 0, expiry: date | None = None, **kw) -> StockLine:
+    return StockLine(
+        line_id,
+        depot,
+        "stretcher",
+        kw.get("lot", f"L{line_id}"),
+        expiry,
+        kw.get("condition", Condition.good),
+        on_hand,
+        reserved,
+    )
+
+
+# --- units and packs ---------------------------------------------------------------------------
+
+
+def test_quantities_in_packs_become_base_units():
+    assert to_base(WATER, 3, "case") == 72
+    assert to_base(WATER, Decimal("0.5"), "case") == 12
+    assert to_base(WATER, 7, None) == 7
+    assert to_base(WATER, 7, "bottle") == 7
+
+
+@pytest.mark.parametrize(
+    ("quantity", "unit", "field", "words"),
+    [
+        (0, None, "quantity", "greater than 0"),
+        (-3, None, "quantity", "greater than 0"),
+        (Decimal("1.5"), None, "quantity", "whole number of bottle"),
+        (Decimal("0.3"), "case", "quantity", "whole number of bottle"),
+        (MAX_QUANTITY + 1, None, "quantity", "more than"),
+        (3, "pallet", "unit", "not a unit of drinking_water_bottle"),
+        ("nan", None, "quantity", "greater than 0"),
+    ],
+)
+def test_bad_quantities_are_refused_naming_the_field(quantity, unit, field, words):
+    with pytest.raises(InvalidInput) as err:
+        to_base(WATER, quantity, unit)
+    assert err.value.extra["field"] == field
+    assert words in err.value.detail
+
+
+def test_a_line_of_a_document_names_its_own_unit_field():
+    with pytest.raises(InvalidInput) as err:
+        to_base(WATER, 1, "crate", "lines.2.quantity")
+    assert err.value.extra["field"] == "lines.2.unit"
+
+
+def test_an_operator_sees_both_packs_and_base_units():
+    assert in_packs(WATER, 98) == {"case": 4, "bottle": 2}
+    assert in_packs(Item("stretcher", "stretcher", "担架", "piece"), 5) == {"piece": 5}
+
+
+@pytest.mark.parametrize(
+    ("item", "field"),
+    [
+        (Item("x", "x", "x", "piece", gb_code="301"), "gb_code"),
+        (Item("x", "x", "x", "piece", {"piece": 2}), "packs.piece"),
+        (Item("x", "x", "x", "piece", {"box": 1}), "packs.box"),
+    ],
+)
+def test_a_bad_catalogue_entry_is_refused(item, field):
+    with pytest.raises(InvalidInput) as err:
+        check_item(item)
+    assert err.value.extra["field"] == field
+
+
+# --- what may be reserved, and from where ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("stock", "ok"),
+    [
+        (line(1, "A", 5), True),
+        (line(1, "A", 5, expiry=TODAY + timedelta(days=30)), True),
+        (line(1, "A", 5, expiry=TODAY + timedelta(days=29)), False),
+        (line(1, "A", 5, expiry=TODAY - timedelta(days=1)), False),
+        (line(1, "A", 5, condition=Condition.damaged), False),
+        (line(1, "A", 5, condition=Condition.quarantined), False),
+        (line(1, "A", 5, reserved=5), False),
+    ],
+)
+def test_only_good_stock_that_keeps_long_enough_is_reservable(stock, ok):
+    assert reservable(stock, TODAY, 30) is ok
+
+
+def test_nearest_depot_first_then_earliest_expiry_and_split_until_met():
+    far = Candidate(line(1, "far", 100), 900.0)
+    near_late = Candidate(line(2, "near", 10, expiry=TODAY + timedelta(days=300)), 120.0)
+    near_soon = Candidate(line(3, "near", 10, expiry=TODAY + timedelta(days=60)), 120.0)
+    near_never = Candidate(line(4, "near", 10), 120.0)
+    takes, missing = allocate([far, near_late, near_never, near_soon], 35)
+    assert [(t.line_id, t.quantity) for t in takes] == [(3, 10), (2, 10), (4, 10), (1, 5)]
+    assert missing == 0
+
+
+def test_a_partial_allocation_says_what_is_missing():
+    takes, missing = allocate([Candidate(line(1, "A", 4, reserved=1), 60.0)], 10)
+    assert [(t.line_id, t.quantity) for t in takes] == [(1, 3)]
+    assert missing == 7
+
+
+def test_travel_time_grows_with_distance():
+    depot = Depot("A", "A", "huangpu", 31.2304, 121.4737)
+    assert travel_s(depot, 31.2304, 121.4737, 1.4, 30) == 0
+    one_km = travel_s(depot, 31.2304 + 1 / 111.2, 121.4737, 1.4, 30)
+    assert one_km == pytest.approx(1000 * 1.4 / (30 / 3.6), rel=0.01)
+
+
+# --- a reservation's quantities ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bucket", list(Bucket))
+@pytest.mark.parametrize("action", list(Action))
+def test_every_bucket_and_action(bucket, action):
+    if (bucket, action) in TRANSITIONS:
+        assert move(bucket, action) == TRANSITIONS[(bucket, action)]
+    else:
+        with pytest.raises(IllegalTransition):
+            move(bucket, action)
+
+
+def test_the_table_is_reserved_issued_then_returned_or_consumed_or_released():
+    assert {
+        (Bucket.held, Action.issue): Bucket.out,
+        (Bucket.held, Action.release): Bucket.released,
+        (Bucket.out, Action.return_): Bucket.returned,
+        (Bucket.out, Action.consume): Bucket.consumed,
+    } == TRANSITIONS
+
+
+def alloc(i: int, travel: float, held: int, out: int = 0, item: str = "stretcher") -> Allocation:
+    return Allocation(i, 1, i, f"D{i}", item, travel, held, out)
+
+
+def test_an_action_falls_on_the_nearest_allocations_first():
+    allocs = [alloc(1, 500.0, 10), alloc(2, 100.0, 4)]
+    assert [(a.id, q) for a, q in spread(allocs, Action.issue, 6)] == [(2, 4), (1, 2)]
+    assert [(a.id, q) for a, q in spread(allocs, Action.release, None)] == [(2, 4), (1, 10)]
+
+
+def test_more_than_there_is_is_refused_naming_what_there_is():
+    with pytest.raises(Conflict) as err:
+        spread([alloc(1, 1.0, 10, out=2)], Action.return_, 3)
+    assert err.value.extra["available"] == 2
+    with pytest.raises(Conflict):
+        spread([alloc(1, 1.0, 0, out=0)], Action.release, None)
+
+
+def test_settled_when_nothing_is_held_or_out():
+    assert settled([])
+    assert not settled([alloc(1, 1.0, 0, out=1)])
+    assert settled([Allocation(1, 1, 1, "D", "stretcher", 1.0, 0, 0, returned=3, consumed=2, released=5)])
+    assert settled_detail([alloc(1, 1.0, 4, out=1), alloc(2, 1.0, 1)]) == "stretcher: 5 held, 1 out"
+
+
+# --- the ledger's history ------------------------------------------------------------------------------
+
+
+def at(day: int) -> datetime:
+    return datetime(2026, 11, day, 12, tzinfo=UTC)
+
+
+def test_a_back_dated_issue_that_digs_a_hole_in_the_past_is_refused_with_the_date_and_item():
+    history = [(at(1), 10), (at(5), -8), (at(10), 20)]
+    check_history(history, at(20), -22, "stretcher", "A")  # 22 on hand now: fine
+    with pytest.raises(NegativeBalance) as err:
+        check_history(history, at(3), -5, "stretcher", "A")  # 10 then, but 2 left on the 5th
+    assert err.value.extra == {"item": "stretcher", "depot_id": "A", "date": "2026-11-05"}
+    assert "would fall to -3" in err.value.detail
+
+
+def test_a_receipt_never_needs_the_history():
+    check_history([], at(1), 5, "stretcher", "A")
+
+
+# --- what the plan wants at each stage ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stage", list(Stage))
+def test_reconcile_over_every_stage(stage):
+    wanted = {"stretcher": 40, "blanket": 10}
+    holding = {"stretcher": (30, 5), "crowd_barrier": (8, 0)}
+    got = reconcile(stage, wanted, holding)
+    if stage in (Stage.handling, Stage.opinion_control):
+        assert got == [
+            Topping("blanket", add=10),
+            Topping("crowd_barrier", release=8),
+            Topping("stretcher", add=5),
+        ]
+    elif stage in (Stage.aftermath, Stage.closed, Stage.cancelled):
+        assert got == [Topping("crowd_barrier", release=8), Topping("stretcher", release=30)]
+    else:
+        assert got == []
+
+
+def test_a_lower_level_releases_only_what_is_still_held():
+    assert reconcile(Stage.handling, {"stretcher": 10}, {"stretcher": (5, 20)}) == [Topping("stretcher", release=5)]
+    assert reconcile(Stage.handling, {"stretcher": 10}, {"stretcher": (0, 20)}) == []
