@@ -69,6 +69,7 @@ SERVICES = [
     Service("incident-intake", "incident_intake", "intake", "INTAKE_", 8001),
     Service("dispatch", "dispatch", "dispatch", "DISPATCH_", 8002),
     Service("resource-stockpile", "resource_stockpile", "stockpile", "STOCKPILE_", 8003),
+    Service("shelter-registry", "shelter_registry", "shelter", "SHELTER_", 8004),
 ]
 
 # The services whose settled facts incident-intake waits for before an incident may close.

@@ -1,0 +1,1 @@
+"""shelter-registry: shelters, capacity, evacuee registrations, reunification search."""

@@ -1,0 +1,98 @@
+"""Following the incident lifecycle: keep the incident's facts; on an evacuation order (the
+response plan's ``evacuate``) open the nearest standby shelters of the incident's world until the
+expected evacuees fit; in aftermath tell the lifecycle when the incident's evacuees are all out."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ecs.contracts import LevelChanged, StageChanged
+from ecs.envelope import Envelope, utcnow
+from ecs.errors import NotFound
+from ecs.vocabulary import Stage
+
+from .. import commands, store
+from ..context import Context
+from ..domain import ShelterAction, ShelterStatus, next_status, shelters_to_open
+from .settlement import settle_if_done
+from .shelters import emit_status
+from .tx import AUTOMATION, Tx, incident_lock, transaction
+
+EVACUATING: frozenset[Stage] = frozenset({Stage.isolation, Stage.handling})
+"""Stages in which an evacuation order opens shelters."""
+
+
+async def follow_stage(ctx: Context, env: Envelope, data: StageChanged, consumer: str, evacuate: bool = False) -> None:
+    """Keep the stage; open shelters when ``evacuate`` (the consumer read the plan); settle in aftermath."""
+
+    async def work(tx: Tx) -> None:
+        if not await tx.uow.first_time(consumer, env.id):
+            return
+        await tx.uow.lock(incident_lock(data.incident_id))
+        row = {
+            "id": data.incident_id,
+            "stage": Stage(data.to_stage).value,
+            "exercise": env.exercise,
+            "lat": data.lat,
+            "lon": data.lon,
+            "expected_evacuees": None,
+            "settled": None,
+            "version": data.version,
+            "closed_at": utcnow() if Stage(data.to_stage) in (Stage.closed, Stage.cancelled) else None,
+        }
+        if await store.upsert_incident(tx.conn, row):
+            if evacuate and ctx.settings.automatic and Stage(data.to_stage) in EVACUATING:
+                await _open_for(tx, ctx, data.incident_id)
+            await settle_if_done(tx, data.incident_id)
+        await tx.uow.commit()
+
+    await transaction(ctx, work, AUTOMATION, env)
+
+
+async def follow_level(ctx: Context, env: Envelope, data: LevelChanged, consumer: str) -> None:
+    """A level change alone changes nothing shelter-registry holds; recorded so it is not redelivered."""
+
+    async def work(tx: Tx) -> None:
+        await tx.uow.first_time(consumer, env.id)
+        await tx.uow.commit()
+
+    await transaction(ctx, work, AUTOMATION, env)
+
+
+async def _open_for(tx: Tx, ctx: Context, incident_id: str) -> list[str]:
+    incident = await store.incident(tx.conn, incident_id)
+    if incident is None:
+        return []
+    expected = (
+        incident.expected_evacuees if incident.expected_evacuees is not None else ctx.settings.default_expected_evacuees
+    )
+    exercise = bool(incident.exercise)
+    free_now = sum(r.free for r in await store.open_rooms(tx.conn, exercise))
+    standby = await store.standby_rooms(tx.conn, exercise)
+    opened = []
+    for shelter_id in shelters_to_open(standby, incident.lat, incident.lon, expected, free_now):
+        before = await store.shelter(tx.conn, shelter_id)
+        target = next_status(before.status, ShelterAction.open)
+        after = await store.set_status(tx.conn, shelter_id, ShelterStatus.standby, target, None, utcnow(), incident_id)
+        emit_status(tx, before, after)
+        opened.append(shelter_id)
+    return opened
+
+
+async def set_expected(ctx: Context, cmd: commands.SetExpectedEvacuees) -> dict[str, Any]:
+    """The operator's estimate of an incident's evacuees; opens more standby shelters when the
+    incident is evacuating and they do not fit. Raises NotFound for an unknown incident."""
+
+    async def work(tx: Tx) -> dict[str, Any]:
+        await tx.uow.lock(incident_lock(cmd.incident_id))
+        incident = await store.incident(tx.conn, cmd.incident_id)
+        if incident is None:
+            raise NotFound(f"no incident {cmd.incident_id!r} known to shelter-registry", field="incident_id")
+        await store.set_expected(tx.conn, cmd.incident_id, cmd.expected)
+        opened = []
+        if Stage(incident.stage) in EVACUATING:
+            opened = await _open_for(tx, ctx, cmd.incident_id)
+        await tx.uow.commit()
+        return {"incident_id": cmd.incident_id, "expected_evacuees": cmd.expected, "opened": opened}
+
+    return await transaction(ctx, work, cmd.actor)

@@ -1,0 +1,32 @@
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from ecs.settings import ServiceSettings
+
+
+class ShelterSettings(ServiceSettings):
+    """shelter-registry's settings, from SHELTER_* environment variables (times in seconds)."""
+
+    model_config = SettingsConfigDict(env_prefix="SHELTER_", extra="ignore")
+
+    service_name: str = "shelter-registry"
+    database_url: str = "sqlite:///var/data/shelter-registry.db"
+    http_port: int = 8004
+
+    # GB 21734-2008 §5.4: more than 1.5 m² of living area a person; a shelter's capacity is its
+    # effective area over this, unless an operator sets it lower.
+    m2_per_person: float = Field(default=1.5, ge=1.5, le=20.0)
+    # The key of the fingerprints ID and phone numbers are stored (and searched) as. Set your own.
+    pii_key: str = Field(default="change-me-shelter-pii-key-at-least-32-bytes", min_length=16)
+    # Reunification searches one caller may make in a window, across replicas (then 429).
+    search_limit: int = Field(default=10, ge=1, le=10000)
+    search_window_s: float = Field(default=60.0, gt=0, le=86400)
+    # Reunification records of a closed incident are kept this long, then purged.
+    retention_days: int = Field(default=90, ge=1, le=3650)
+    # Evacuation automation: open the nearest standby shelters when an incident enters isolation
+    # with evacuation in its plan; the expected evacuees, before an operator corrects them.
+    automatic: bool = True
+    default_expected_evacuees: int = Field(default=500, ge=0, le=1_000_000)
+    incident_batch: int = Field(default=50, ge=1, le=500)

@@ -1,0 +1,540 @@
+"""shelter-registry's tables and every write (and every read a handler decides on), SQLAlchemy Core.
+
+The database guards every count: a household takes its places with one conditional UPDATE
+(``... WHERE status = 'open' AND occupied + :people <= capacity AND ...``), and CHECK constraints
+(``occupied <= capacity``, accessible and pet places likewise) refuse whatever slips past, whatever
+replica or operator raced for the last places. Personal data is stored protected: ID and phone
+numbers only as keyed fingerprints (search) and masked (display).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    CheckConstraint,
+    Column,
+    Float,
+    Index,
+    Integer,
+    String,
+    Table,
+    func,
+    literal,
+    select,
+    update,
+)
+from sqlalchemy.engine import Row
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from ecs.db import BigId, UTCDateTime, new_metadata
+from ecs.errors import Conflict, NotFound, StaleVersion
+
+from .domain import (
+    HOLDS_PLACE,
+    Needs,
+    RegistrationStatus,
+    Room,
+    ShelterStatus,
+)
+
+metadata = new_metadata()
+
+shelters = Table(
+    "shelters",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("name_zh", String(200), nullable=False),
+    Column("name_en", String(200), nullable=False),
+    Column("kind", String(32), nullable=False),
+    Column("district", String(64), nullable=False),
+    Column("address", String(300), nullable=False),
+    Column("lat", Float, nullable=False),
+    Column("lon", Float, nullable=False),
+    Column("entrances", JSON, nullable=False),  # [{"lat", "lon", "name"}]
+    Column("stay_class", String(16), nullable=False),
+    Column("area_m2", Float, nullable=False),
+    Column("m2_per_person", Float, nullable=False),
+    Column("capacity", Integer, nullable=False),  # night: people who sleep there
+    Column("day_capacity", Integer, nullable=False),
+    Column("accessible_places", Integer, nullable=False),
+    Column("pet_places", Integer, nullable=False),
+    Column("facilities", JSON, nullable=False),
+    Column("hotline", String(32), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("occupied", Integer, nullable=False),
+    Column("accessible_used", Integer, nullable=False),
+    Column("pets_used", Integer, nullable=False),
+    Column("exercise", Boolean, nullable=False),
+    Column("opened_for", String(32), nullable=True),  # the incident whose evacuation opened it
+    Column("version", Integer, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("changed_at", UTCDateTime, nullable=False),
+    CheckConstraint("occupied >= 0 AND occupied <= capacity", name="occupied_within_capacity"),
+    CheckConstraint("accessible_used >= 0 AND accessible_used <= accessible_places", name="accessible_within_places"),
+    CheckConstraint("pets_used >= 0 AND pets_used <= pet_places", name="pets_within_places"),
+    CheckConstraint("capacity >= 0 AND day_capacity >= capacity", name="capacity_sane"),
+    CheckConstraint("status <> 'closed' OR occupied = 0", name="closed_is_empty"),
+    Index("ix_shelters_status", "status", "exercise"),
+)
+
+registrations = Table(
+    "registrations",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("shelter_id", String(64), nullable=False),
+    Column("incident_id", String(32), nullable=True),
+    Column("status", String(16), nullable=False),
+    Column("people", Integer, nullable=False),
+    Column("wheelchairs", Integer, nullable=False),
+    Column("pets", Integer, nullable=False),
+    Column("origin_address", String(300), nullable=False),
+    Column("exercise", Boolean, nullable=False),
+    Column("moved_to", String(32), nullable=True),
+    Column("version", Integer, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("changed_at", UTCDateTime, nullable=False),
+    # A batch names each household (the zone's list); placing it again places it once.
+    Column("household_ref", String(128), nullable=True),
+    CheckConstraint("people >= 1 AND wheelchairs >= 0 AND wheelchairs <= people AND pets >= 0", name="needs_sane"),
+    Index("ix_registrations_shelter", "shelter_id", "status"),
+    Index("ix_registrations_incident", "incident_id", "status"),
+    Index("uq_registrations_household_ref", "incident_id", "household_ref", unique=True),
+)
+
+persons = Table(
+    "persons",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("registration_id", String(32), nullable=False),
+    Column("name", String(100), nullable=False),
+    Column("name_key", String(64), nullable=False),
+    Column("id_key", String(64), nullable=True),
+    Column("id_masked", String(24), nullable=True),
+    Column("phone_key", String(64), nullable=True),
+    Column("phone_masked", String(24), nullable=True),
+    Column("wheelchair", Boolean, nullable=False),
+    Column("consent_to_share", Boolean, nullable=False),
+    Index("ix_persons_registration", "registration_id"),
+    Index("ix_persons_name_phone", "name_key", "phone_key"),
+    Index("ix_persons_name_id", "name_key", "id_key"),
+)
+
+history = Table(
+    "registration_history",
+    metadata,
+    Column("seq", BigId, primary_key=True, autoincrement=True),
+    Column("registration_id", String(32), nullable=False),
+    Column("action", String(16), nullable=False),
+    Column("from_status", String(16), nullable=True),
+    Column("to_status", String(16), nullable=False),
+    Column("from_shelter", String(64), nullable=True),
+    Column("to_shelter", String(64), nullable=True),
+    Column("actor", String(255), nullable=False),
+    Column("at", UTCDateTime, nullable=False),
+    Index("ix_history_registration", "registration_id", "seq"),
+    Index("ix_history_shelter_at", "to_shelter", "at"),
+)
+
+searches = Table(
+    "reunification_searches",
+    metadata,
+    Column("seq", BigId, primary_key=True, autoincrement=True),
+    Column("searcher", String(255), nullable=False),
+    Column("by", String(8), nullable=False),  # phone | id
+    Column("found", Boolean, nullable=False),
+    Column("registration_id", String(32), nullable=True),
+    Column("at", UTCDateTime, nullable=False),
+    Index("ix_searches_searcher_at", "searcher", "at"),
+)
+
+# shelter-registry's own copy of the incident facts it acts on, kept from incident-intake's events.
+incidents = Table(
+    "incidents",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("stage", String(24), nullable=False),
+    Column("exercise", Boolean, nullable=False),
+    Column("lat", Float, nullable=False),
+    Column("lon", Float, nullable=False),
+    Column("expected_evacuees", Integer, nullable=True),
+    Column("settled", Boolean, nullable=True),  # the last settled fact published
+    Column("version", Integer, nullable=False),
+    Column("closed_at", UTCDateTime, nullable=True),
+)
+
+_HOLDS = sorted(s.value for s in HOLDS_PLACE)
+
+
+# --- shelters -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Shelter:
+    """A shelter row: its facts, capacity and what it holds now."""
+
+    id: str
+    name_zh: str
+    name_en: str
+    kind: str
+    district: str
+    address: str
+    lat: float
+    lon: float
+    entrances: list[dict[str, Any]]
+    stay_class: str
+    area_m2: float
+    m2_per_person: float
+    capacity: int
+    day_capacity: int
+    accessible_places: int
+    pet_places: int
+    facilities: list[str]
+    hotline: str
+    status: ShelterStatus
+    occupied: int
+    accessible_used: int
+    pets_used: int
+    exercise: bool
+    opened_for: str | None
+    version: int
+    created_at: datetime
+    changed_at: datetime
+
+    def room(self) -> Room:
+        """What the shelter can still take."""
+        return Room(
+            self.id,
+            self.lat,
+            self.lon,
+            self.capacity - self.occupied,
+            self.accessible_places - self.accessible_used,
+            self.pet_places - self.pets_used,
+        )
+
+
+def to_shelter(row: Row[Any]) -> Shelter:
+    d = dict(row._mapping)
+    d["status"] = ShelterStatus(d["status"])
+    return Shelter(**d)
+
+
+async def insert_shelters(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
+    """Add shelters (all or none). Raises Conflict (409) when an id is taken."""
+    try:
+        await conn.execute(shelters.insert(), list(rows))
+    except IntegrityError:
+        raise Conflict("a shelter with one of these ids exists", field="id") from None
+
+
+async def shelter(conn: AsyncConnection, shelter_id: str, for_update: bool = False) -> Shelter:
+    """Raises NotFound (404)."""
+    q = select(shelters).where(shelters.c.id == shelter_id)
+    if for_update and conn.dialect.name == "postgresql":
+        q = q.with_for_update()
+    row = (await conn.execute(q)).first()
+    if row is None:
+        raise NotFound(f"no shelter {shelter_id!r}", field="shelter_id")
+    return to_shelter(row)
+
+
+async def set_status(
+    conn: AsyncConnection,
+    shelter_id: str,
+    expected: ShelterStatus,
+    target: ShelterStatus,
+    version: int | None,
+    now: datetime,
+    opened_for: str | None = None,
+) -> Shelter:
+    """Move a shelter from ``expected`` to ``target`` in one conditional UPDATE (and, to ``closed``,
+    only while empty). Raises StaleVersion (409) when it changed meanwhile."""
+    c = shelters.c
+    conds = [c.id == shelter_id, c.status == expected.value]
+    if version is not None:
+        conds.append(c.version == version)
+    if target is ShelterStatus.closed:
+        conds.append(c.occupied == 0)
+    values: dict[str, Any] = {"status": target.value, "version": c.version + 1, "changed_at": now}
+    if opened_for is not None:
+        values["opened_for"] = opened_for
+    row = (await conn.execute(update(shelters).where(*conds).values(**values).returning(*shelters.c))).first()
+    if row is None:
+        current = await shelter(conn, shelter_id)
+        raise StaleVersion(
+            f"shelter {shelter_id} changed meanwhile (now {current.status.value}, version {current.version},"
+            f" {current.occupied} people)",
+            version=current.version,
+        )
+    return to_shelter(row)
+
+
+async def update_shelter(
+    conn: AsyncConnection, shelter_id: str, version: int, changes: dict[str, Any], now: datetime
+) -> Shelter:
+    """Change a shelter's facts if it is still at ``version``. Raises StaleVersion (409), or
+    Conflict (409) when a lower capacity would leave fewer places than people already there."""
+    c = shelters.c
+    stmt = (
+        update(shelters)
+        .where(c.id == shelter_id, c.version == version)
+        .values(**changes, version=c.version + 1, changed_at=now)
+        .returning(*shelters.c)
+    )
+    try:
+        row = (await conn.execute(stmt)).first()
+    except IntegrityError:
+        raise Conflict("the change would leave fewer places than the people already there", field="capacity") from None
+    if row is None:
+        current = await shelter(conn, shelter_id)
+        raise StaleVersion(f"shelter {shelter_id} is at version {current.version}", version=current.version)
+    return to_shelter(row)
+
+
+async def open_rooms(conn: AsyncConnection, exercise: bool) -> list[Room]:
+    """What every open shelter of the same world (live or exercise) can still take."""
+    c = shelters.c
+    q = select(shelters).where(c.status == ShelterStatus.open.value, c.exercise.is_(exercise))
+    return [to_shelter(r).room() for r in await conn.execute(q)]
+
+
+async def standby_rooms(conn: AsyncConnection, exercise: bool) -> list[Room]:
+    """Standby shelters of the same world, as rooms (their whole capacity free)."""
+    c = shelters.c
+    q = select(shelters).where(c.status == ShelterStatus.standby.value, c.exercise.is_(exercise))
+    return [to_shelter(r).room() for r in await conn.execute(q)]
+
+
+async def take_places(conn: AsyncConnection, shelter_id: str, needs: Needs, exercise: bool, now: datetime) -> bool:
+    """Take ``needs`` places in an open shelter of the same world, if they are all still free:
+    one conditional UPDATE, so of two racing takers of the last places one gets False."""
+    c = shelters.c
+    stmt = (
+        update(shelters)
+        .where(
+            c.id == shelter_id,
+            c.status == ShelterStatus.open.value,
+            c.exercise.is_(exercise),
+            c.occupied + needs.people <= c.capacity,
+            c.accessible_used + needs.wheelchairs <= c.accessible_places,
+            c.pets_used + needs.pets <= c.pet_places,
+        )
+        .values(
+            occupied=c.occupied + needs.people,
+            accessible_used=c.accessible_used + needs.wheelchairs,
+            pets_used=c.pets_used + needs.pets,
+            changed_at=now,
+        )
+        .returning(c.id)
+    )
+    return (await conn.execute(stmt)).first() is not None
+
+
+async def give_back_places(conn: AsyncConnection, shelter_id: str, needs: Needs, now: datetime) -> None:
+    """Free ``needs`` places (a check-out, a move, a cancellation); the CHECKs refuse going below 0."""
+    c = shelters.c
+    await conn.execute(
+        update(shelters)
+        .where(c.id == shelter_id)
+        .values(
+            occupied=c.occupied - needs.people,
+            accessible_used=c.accessible_used - needs.wheelchairs,
+            pets_used=c.pets_used - needs.pets,
+            changed_at=now,
+        )
+    )
+
+
+# --- registrations ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Registration:
+    """A household's registration at one shelter."""
+
+    id: str
+    shelter_id: str
+    incident_id: str | None
+    status: RegistrationStatus
+    people: int
+    wheelchairs: int
+    pets: int
+    origin_address: str
+    exercise: bool
+    moved_to: str | None
+    version: int
+    created_at: datetime
+    changed_at: datetime
+    household_ref: str | None
+
+    @property
+    def needs(self) -> Needs:
+        """What the household holds in its shelter."""
+        return Needs(self.people, self.wheelchairs, self.pets)
+
+
+def _registration(row: Row[Any]) -> Registration:
+    d = dict(row._mapping)
+    d["status"] = RegistrationStatus(d["status"])
+    return Registration(**d)
+
+
+async def insert_registration(conn: AsyncConnection, row: dict[str, Any], people: Sequence[dict[str, Any]]) -> None:
+    """A registration and its people."""
+    await conn.execute(registrations.insert(), [row])
+    if people:
+        await conn.execute(persons.insert(), [{**p, "registration_id": row["id"]} for p in people])
+
+
+async def insert_registrations(db: Any, conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
+    """Many registrations at once (a batch), no people yet."""
+    await db.insert_many(conn, registrations, rows)
+
+
+async def placed_refs(conn: AsyncConnection, incident_id: str | None, refs: Sequence[str]) -> dict[str, str]:
+    """Of these household references of an incident, those already placed: ``{ref: shelter}``."""
+    r = registrations.c
+    out: dict[str, str] = {}
+    for i in range(0, len(refs), 1000):
+        part = refs[i : i + 1000]
+        q = select(r.household_ref, r.shelter_id).where(r.household_ref.in_(part))
+        q = q.where(r.incident_id == incident_id) if incident_id is not None else q.where(r.incident_id.is_(None))
+        out.update({ref: s for ref, s in await conn.execute(q)})
+    return out
+
+
+async def copy_people(conn: AsyncConnection, from_registration: str, to_registration: str) -> None:
+    """The people of a moved household go with it to its new registration."""
+    p = persons.c
+    cols = [c for c in persons.c if c.name not in ("id", "registration_id")]
+    src = select(*cols, literal(to_registration).label("registration_id")).where(p.registration_id == from_registration)
+    await conn.execute(persons.insert().from_select([c.name for c in cols] + ["registration_id"], src))
+
+
+async def registration(conn: AsyncConnection, registration_id: str) -> Registration:
+    """Raises NotFound (404)."""
+    row = (await conn.execute(select(registrations).where(registrations.c.id == registration_id))).first()
+    if row is None:
+        raise NotFound(f"no registration {registration_id!r}", field="registration_id")
+    return _registration(row)
+
+
+async def move_registration(
+    conn: AsyncConnection,
+    reg: Registration,
+    target: RegistrationStatus,
+    now: datetime,
+    version: int | None = None,
+    moved_to: str | None = None,
+) -> Registration:
+    """Change a registration's status if it is still what was loaded (and at ``version`` when
+    given). Raises StaleVersion (409)."""
+    r = registrations.c
+    conds = [r.id == reg.id, r.status == reg.status.value]
+    if version is not None:
+        conds.append(r.version == version)
+    stmt = (
+        update(registrations)
+        .where(*conds)
+        .values(status=target.value, version=r.version + 1, changed_at=now, moved_to=moved_to)
+        .returning(*registrations.c)
+    )
+    row = (await conn.execute(stmt)).first()
+    if row is None:
+        current = await registration(conn, reg.id)
+        raise StaleVersion(
+            f"registration {reg.id} changed meanwhile (now {current.status.value}, version {current.version})",
+            version=current.version,
+        )
+    return _registration(row)
+
+
+async def record_history(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
+    """Append to the registrations' history (never updated, never deleted)."""
+    if rows:
+        await conn.execute(history.insert(), list(rows))
+
+
+async def holding(conn: AsyncConnection, incident_id: str) -> int:
+    """People of an incident's registrations that still hold a place."""
+    r = registrations.c
+    q = select(func.coalesce(func.sum(r.people), 0)).where(r.incident_id == incident_id, r.status.in_(_HOLDS))
+    return int((await conn.execute(q)).scalar_one())
+
+
+# --- reunification ------------------------------------------------------------------------------
+
+
+async def find_person(
+    conn: AsyncConnection, name_key: str, phone_key: str | None, id_key: str | None
+) -> list[tuple[str, bool, str, str, bool]]:
+    """People matching the name and the phone or ID fingerprint, newest registration first:
+    ``(registration id, consent, shelter id, registration status, exercise)``."""
+    p, r = persons.c, registrations.c
+    q = select(p.registration_id, p.consent_to_share, r.shelter_id, r.status, r.exercise).join(
+        registrations, r.id == p.registration_id
+    )
+    q = q.where(p.name_key == name_key)
+    q = q.where(p.phone_key == phone_key) if phone_key is not None else q.where(p.id_key == id_key)
+    return [tuple(row) for row in await conn.execute(q.order_by(r.created_at.desc()))]  # type: ignore[misc]
+
+
+async def searches_since(conn: AsyncConnection, searcher: str, since: datetime) -> int:
+    """Searches a searcher made since ``since``: the rate limit counts them, across replicas."""
+    s = searches.c
+    q = select(func.count()).select_from(searches).where(s.searcher == searcher, s.at >= since)
+    return int((await conn.execute(q)).scalar_one())
+
+
+async def log_search(conn: AsyncConnection, row: dict[str, Any]) -> None:
+    """Audit one search (who, when, by what, found or not; never the facts searched with)."""
+    await conn.execute(searches.insert(), [row])
+
+
+# --- incidents ----------------------------------------------------------------------------------
+
+
+async def incident(conn: AsyncConnection, incident_id: str) -> Row[Any] | None:
+    """shelter-registry's copy of an incident, or None."""
+    return (await conn.execute(select(incidents).where(incidents.c.id == incident_id))).first()
+
+
+async def upsert_incident(conn: AsyncConnection, row: dict[str, Any]) -> bool:
+    """Keep an incident's facts; an event older than the stored version changes nothing. True
+    when the row changed."""
+    c = incidents.c
+    current = await incident(conn, row["id"])
+    if current is None:
+        await conn.execute(incidents.insert(), [row])
+        return True
+    if row["version"] < current.version:
+        return False
+    changes = {k: v for k, v in row.items() if k not in ("id", "expected_evacuees", "settled")}
+    await conn.execute(update(incidents).where(c.id == row["id"]).values(**changes))
+    return True
+
+
+async def set_expected(conn: AsyncConnection, incident_id: str, expected: int) -> None:
+    """The operator's estimate of an incident's evacuees."""
+    await conn.execute(update(incidents).where(incidents.c.id == incident_id).values(expected_evacuees=expected))
+
+
+async def mark_settled(conn: AsyncConnection, incident_id: str, settled: bool) -> bool:
+    """Record the settled fact about to be published; False when it was already the last one."""
+    c = incidents.c
+    stmt = (
+        update(incidents)
+        .where(c.id == incident_id, (c.settled.is_(None)) | (c.settled.is_not(settled)))
+        .values(settled=settled)
+        .returning(c.id)
+    )
+    return (await conn.execute(stmt)).first() is not None
+
+
+__all__ = ["Registration", "Shelter", "metadata"]
