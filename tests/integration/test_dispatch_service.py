@@ -1,6 +1,8 @@
-"""dispatch in-process against a real nats-server and a real database (SQLite here; the races are
-in test_dispatch_concurrency.py against PostgreSQL): units, plans, assignments and the automation
-driven by incident-intake's events, as a dispatcher and the lifecycle would see them."""
+"""dispatch in-process against a real nats-server and a real database, every test on both stores
+(``db_url``: SQLite and PostgreSQL; the races are in test_dispatch_concurrency.py): units, plans,
+assignments and the automation driven by incident-intake's events, as a dispatcher and the
+lifecycle would see them. The same behaviour against the service as a process is in
+tests/e2e/test_dispatch_service_e2e.py."""
 
 from __future__ import annotations
 
@@ -108,11 +110,11 @@ def new_incident() -> str:
 
 
 async def test_isolation_assigns_the_plan_units_and_on_scene_secures_the_perimeter(
-    dispatch_app, sqlite_url, wired, operator_headers
+    dispatch_app, db_url, wired, operator_headers
 ):
     intake, facts, _ = wired
     headers = operator_headers("dispatcher")
-    async with dispatch_app(sqlite_url, min_cover=0) as (_, api):
+    async with dispatch_app(db_url, min_cover=0) as (_, api):
         roster = [unit(f"fe-{i}", "fire_engine", km_east=i + 1) for i in range(3)]
         roster += [unit(f"pc-{i}", "patrol_car", km_east=i + 0.5) for i in range(3)]
         r = await api.post("/v1/units:batch", json={"units": roster}, headers=headers)
@@ -166,10 +168,10 @@ async def test_isolation_assigns_the_plan_units_and_on_scene_secures_the_perimet
         assert sorted(e["data"]["unit_id"] for e in assigned_events) == ["fe-0", "pc-0"]
 
 
-async def test_level_change_tops_up_and_releases(dispatch_app, sqlite_url, wired, operator_headers):
+async def test_level_change_tops_up_and_releases(dispatch_app, db_url, wired, operator_headers):
     intake, facts, _ = wired
     headers = operator_headers("dispatcher")
-    async with dispatch_app(sqlite_url, min_cover=0) as (_, api):
+    async with dispatch_app(db_url, min_cover=0) as (_, api):
         roster = [unit(f"fe-{i}", "fire_engine", km_east=i + 1) for i in range(4)]
         roster += [unit(f"pc-{i}", "patrol_car", km_east=i + 1) for i in range(4)]
         await api.post("/v1/units:batch", json={"units": roster}, headers=headers)
@@ -199,10 +201,10 @@ async def test_level_change_tops_up_and_releases(dispatch_app, sqlite_url, wired
         await eventually(released)
 
 
-async def test_operator_assignment_rules(dispatch_app, sqlite_url, wired, operator_headers):
+async def test_operator_assignment_rules(dispatch_app, db_url, wired, operator_headers):
     intake, _, _ = wired
     headers = operator_headers("dispatcher")
-    async with dispatch_app(sqlite_url, min_cover=0, automatic=False) as (_, api):
+    async with dispatch_app(db_url, min_cover=0, automatic=False) as (_, api):
         roster = [unit(f"fe-{i}", "fire_engine", km_east=i + 1) for i in range(3)]
         await api.post("/v1/units:batch", json={"units": roster}, headers=headers)
         first, second = new_incident(), new_incident()
@@ -278,10 +280,10 @@ async def test_operator_assignment_rules(dispatch_app, sqlite_url, wired, operat
         assert (await api.get("/v1/units")).status_code == 401
 
 
-async def test_plans_are_versioned_and_a_bad_one_changes_nothing(dispatch_app, sqlite_url, wired, operator_headers):
+async def test_plans_are_versioned_and_a_bad_one_changes_nothing(dispatch_app, db_url, wired, operator_headers):
     _, facts, bus = wired
     commander = operator_headers("commander")
-    async with dispatch_app(sqlite_url) as (_, api):
+    async with dispatch_app(db_url) as (_, api):
         listed = (await api.get("/v1/plans", headers=commander)).json()["items"]
         assert len(listed) == 11 and all(p["version"] == 1 for p in listed)
         original = (await api.get("/v1/plans/fire", headers={**commander, "Accept": "application/yaml"})).text
@@ -322,7 +324,7 @@ async def test_plans_are_versioned_and_a_bad_one_changes_nothing(dispatch_app, s
 
 
 async def test_location_feed_keeps_the_newest_position_and_dead_letters_bad_reports(
-    dispatch_app, sqlite_url, wired, operator_headers
+    dispatch_app, db_url, wired, operator_headers
 ):
     _, _, bus = wired
     headers = operator_headers("dispatcher")
@@ -332,7 +334,7 @@ async def test_location_feed_keeps_the_newest_position_and_dead_letters_bad_repo
         dead.append((msg.subject, msg.headers.get("Ecs-Reason", "")))
 
     await bus.nc.subscribe("deadletter.vehicle.>", cb=on_dead)
-    async with dispatch_app(sqlite_url) as (_, api):
+    async with dispatch_app(db_url) as (_, api):
         await api.post(
             "/v1/units:batch",
             json={"units": [unit("fe-0", "fire_engine"), unit("pc-0", "patrol_car")]},
@@ -373,14 +375,31 @@ async def test_location_feed_keeps_the_newest_position_and_dead_letters_bad_repo
         assert row["location"]["lon"] == 121.5
         assert (await api.get("/v1/units/pc-0", headers=headers)).json()["location"]["lat"] == CENTRE[0]
 
+        # An older report arriving on its own, after the newest was stored, changes nothing; the
+        # report behind it (pc-0's) shows it was consumed.
+        await bus.publish("vehicle.location.fe-0", report(30.0, 5))
+        await bus.publish("vehicle.location.pc-0", report(31.5, 5))
 
-async def test_exercise_incidents_take_exercise_units_or_lent_live_ones(
-    dispatch_app, sqlite_url, wired, operator_headers
-):
+        async def pc_moved():
+            return (await api.get("/v1/units/pc-0", headers=headers)).json()["location"]["lat"] == 31.5
+
+        await eventually(pc_moved, "the report after the older one was consumed")
+        assert (await api.get("/v1/units/fe-0", headers=headers)).json()["location"]["lat"] == row["location"]["lat"]
+
+        # The same through the API: an older position is ignored, a newer one is stored.
+        older = {"lat": 30.0, "lon": 121.0, "at": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(base))}
+        answer = await api.put("/v1/units/fe-0/location", json=older, headers=headers)
+        assert answer.status_code == 200 and answer.json()["location"] == row["location"]
+        newer = {**older, "at": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(base + 1000))}
+        answer = await api.put("/v1/units/fe-0/location", json=newer, headers=headers)
+        assert answer.status_code == 200 and answer.json()["location"]["lat"] == 30.0
+
+
+async def test_exercise_incidents_take_exercise_units_or_lent_live_ones(dispatch_app, db_url, wired, operator_headers):
     intake, facts, _ = wired
     headers = operator_headers("dispatcher")
     drill = operator_headers("drill_runner", subject="drill-bot")
-    async with dispatch_app(sqlite_url, min_cover=0) as (_, api):
+    async with dispatch_app(db_url, min_cover=0) as (_, api):
         live = [unit("live-fe", "fire_engine", km_east=0.1), unit("live-pc", "patrol_car", km_east=0.1)]
         assert (await api.post("/v1/units:batch", json={"units": live}, headers=headers)).status_code == 201
         # A drill runner registers exercise units only.
@@ -433,11 +452,11 @@ async def test_exercise_incidents_take_exercise_units_or_lent_live_ones(
 
 
 async def test_merge_moves_the_units_and_a_returning_unit_leaves_its_incident(
-    dispatch_app, sqlite_url, wired, operator_headers
+    dispatch_app, db_url, wired, operator_headers
 ):
     intake, facts, bus = wired
     headers = operator_headers("dispatcher")
-    async with dispatch_app(sqlite_url, min_cover=0) as (_, api):
+    async with dispatch_app(db_url, min_cover=0) as (_, api):
         roster = [unit(f"fe-{i}", "fire_engine", km_east=i + 1) for i in range(3)]
         roster += [unit(f"pc-{i}", "patrol_car", km_east=i + 1) for i in range(3)]
         await api.post("/v1/units:batch", json={"units": roster}, headers=headers)
@@ -485,9 +504,9 @@ async def test_merge_moves_the_units_and_a_returning_unit_leaves_its_incident(
         assert r.json()["status"] == "available" and r.json()["incident_id"] is None
 
 
-async def test_unit_edits_are_versioned_and_posts_idempotent(dispatch_app, sqlite_url, operator_headers):
+async def test_unit_edits_are_versioned_and_posts_idempotent(dispatch_app, db_url, operator_headers):
     headers = operator_headers("dispatcher")
-    async with dispatch_app(sqlite_url) as (_, api):
+    async with dispatch_app(db_url) as (_, api):
         key = {**headers, "Idempotency-Key": "register-fe-9"}
         first = await api.post("/v1/units", json=unit("fe-9", "fire_engine"), headers=key)
         again = await api.post("/v1/units", json=unit("fe-9", "fire_engine"), headers=key)
@@ -507,11 +526,11 @@ async def test_unit_edits_are_versioned_and_posts_idempotent(dispatch_app, sqlit
         assert (await api.get("/v1/units/fe-9", headers=headers)).status_code == 404
 
 
-async def test_exercise_data_is_purged_without_touching_live_data(dispatch_app, sqlite_url, wired, operator_headers):
+async def test_exercise_data_is_purged_without_touching_live_data(dispatch_app, db_url, wired, operator_headers):
     intake, facts, _ = wired
     drill = operator_headers("drill_runner", subject="drill-bot")
     headers = operator_headers("dispatcher", "commander")
-    async with dispatch_app(sqlite_url, min_cover=0) as (_, api):
+    async with dispatch_app(db_url, min_cover=0) as (_, api):
         roster = [unit("live-fe", "fire_engine"), unit("live-pc", "patrol_car")]
         roster += [unit("x-fe", "fire_engine", exercise=True), unit("x-pc", "patrol_car", exercise=True)]
         roster += [unit("lent-pc", "patrol_car", km_east=9)]
@@ -541,7 +560,7 @@ async def test_exercise_data_is_purged_without_touching_live_data(dispatch_app, 
 
 
 async def test_malformed_incident_events_go_to_the_dead_letter_subject_with_the_reason(
-    dispatch_app, sqlite_url, wired, operator_headers
+    dispatch_app, db_url, wired, operator_headers
 ):
     intake, _, bus = wired
     dead: list[tuple[str, str]] = []
@@ -550,7 +569,7 @@ async def test_malformed_incident_events_go_to_the_dead_letter_subject_with_the_
         dead.append((msg.subject, msg.headers.get("Ecs-Reason", "")))
 
     await bus.nc.subscribe("deadletter.incident.>", cb=on_dead)
-    async with dispatch_app(sqlite_url) as (_, api):
+    async with dispatch_app(db_url) as (_, api):
         bad = make_event("incident.stage.changed", {"incident_id": "x", "to_stage": "isolation"}, source="intake")
         await bus.publish_event(bad)
         await bus.publish("incident.level.changed", b"not an envelope", {"Nats-Msg-Id": "garbage-1"})
