@@ -1,0 +1,276 @@
+"""shelter-registry's pure rules: the shelter and registration machines over every pair, capacity
+from area (GB 21734-2008), placing households whole nearest first, opening standby shelters for an
+evacuation, PRC ID numbers (GB 11643-1999) and phones, fingerprints and masks."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from ecs.errors import Conflict, IllegalTransition, InvalidInput
+from shelter_registry.domain import (
+    CHECKS_IN,
+    HOLDS_PLACE,
+    REGISTRATION_TRANSITIONS,
+    TRANSITIONS,
+    Needs,
+    RegistrationAction,
+    RegistrationStatus,
+    Room,
+    ShelterAction,
+    ShelterStatus,
+    capacity_from_area,
+    choose_shelter,
+    effective_capacity,
+    id_check_character,
+    mask_id_number,
+    mask_name,
+    mask_phone,
+    nearest_first,
+    next_registration_status,
+    next_status,
+    normalise_id_number,
+    normalise_name,
+    normalise_phone,
+    place_households,
+    protect,
+    refuse_household,
+    shelters_to_open,
+    shown_status,
+    split_household,
+    walking_time_s,
+)
+
+S, A = ShelterStatus, ShelterAction
+P = (31.2304, 121.4737)  # People's Square
+KM = 1 / 111.2
+
+# The machine as the issue states it, written out independently of TRANSITIONS.
+EXPECTED = {
+    (S.planned, A.make_ready): S.standby,
+    (S.closed, A.make_ready): S.standby,
+    (S.standby, A.open): S.open,
+    (S.closing, A.open): S.open,
+    (S.out_of_service, A.open): S.open,
+    (S.open, A.begin_closing): S.closing,
+    (S.full, A.begin_closing): S.closing,
+    (S.out_of_service, A.begin_closing): S.closing,
+    (S.closing, A.close): S.closed,
+    (S.standby, A.take_out_of_service): S.out_of_service,
+    (S.open, A.take_out_of_service): S.out_of_service,
+    (S.full, A.take_out_of_service): S.out_of_service,
+    (S.closing, A.take_out_of_service): S.out_of_service,
+}
+
+
+@pytest.mark.parametrize(("status", "action"), list(itertools.product(S, A)))
+def test_every_status_and_action(status, action):
+    if (status, action) in EXPECTED:
+        assert next_status(status, action) is EXPECTED[(status, action)]
+    else:
+        with pytest.raises(IllegalTransition) as exc:
+            next_status(status, action)
+        allowed = sorted(a.value for (s, a) in EXPECTED if s is status)
+        assert exc.value.extra["allowed"] == allowed
+        assert status.value in exc.value.detail
+
+
+def test_the_table_is_the_machine():
+    assert TRANSITIONS == EXPECTED
+
+
+def test_full_behaves_as_open_for_every_action():
+    for action in A:
+        assert TRANSITIONS.get((S.full, action)) == TRANSITIONS.get((S.open, action)) or action is A.open
+
+
+@pytest.mark.parametrize("occupied", [1, 250])
+def test_a_shelter_with_people_in_it_does_not_close_and_the_refusal_counts_them(occupied):
+    with pytest.raises(IllegalTransition) as exc:
+        next_status(S.closing, A.close, occupied)
+    assert exc.value.extra["occupied"] == occupied
+    assert f"{occupied} people" in exc.value.detail
+    assert next_status(S.closing, A.close, 0) is S.closed
+
+
+def test_only_an_open_or_closing_shelter_checks_people_in():
+    assert {S.open, S.closing} == CHECKS_IN
+    assert S.out_of_service not in CHECKS_IN and S.closed not in CHECKS_IN
+
+
+def test_full_is_derived_from_the_occupancy():
+    assert shown_status(S.open, 100, 100) is S.full
+    assert shown_status(S.open, 99, 100) is S.open
+    assert shown_status(S.closing, 100, 100) is S.closing
+
+
+# --- capacity (GB 21734-2008 §5.4) ---------------------------------------------------------------
+
+
+def test_capacity_is_the_area_over_one_and_a_half_square_metres_a_person_rounded_down():
+    assert capacity_from_area(3000) == 2000
+    assert capacity_from_area(3001) == 2000
+    assert capacity_from_area(1.5) == 1
+    assert capacity_from_area(1.4) == 0
+    assert capacity_from_area(2000, 2.0) == 1000
+
+
+def test_a_hand_set_capacity_may_be_lower_but_never_higher_than_the_area_allows():
+    assert effective_capacity(3000, 1.5, None) == 2000
+    assert effective_capacity(3000, 1.5, 1200) == 1200
+    with pytest.raises(InvalidInput) as exc:
+        effective_capacity(3000, 1.5, 2001)
+    assert exc.value.extra["field"] == "capacity"
+    assert "2000" in exc.value.detail
+
+
+# --- placing households ------------------------------------------------------------------------
+
+
+def room(sid: str, km_east: float, free: int, accessible: int = 0, pets: int = 0) -> Room:
+    return Room(sid, P[0], P[1] + km_east * KM * 1.17, free, accessible, pets)
+
+
+def test_walking_time_grows_with_distance():
+    assert walking_time_s(*P, *P) == 0
+    one = walking_time_s(P[0], P[1], P[0] + KM, P[1])
+    assert 1000 < one < 1200  # 1 km × 1.3 at 1.2 m/s ≈ 1083 s
+
+
+def test_a_household_goes_whole_to_the_nearest_shelter_that_takes_all_its_needs():
+    rooms = nearest_first([room("far", 5, 100, 5, 5), room("near", 1, 100, 0, 0), room("mid", 2, 3, 5, 5)], *P)
+    assert [r.shelter_id for r in rooms] == ["near", "mid", "far"]
+    family = Needs(4, wheelchairs=1, pets=1)
+    assert choose_shelter(rooms, family).shelter_id == "far"  # near: no accessible place; mid: 3 places
+    assert choose_shelter(rooms, Needs(3)).shelter_id == "near"
+    assert choose_shelter(rooms, Needs(101)) is None
+
+
+def test_the_refusal_names_the_largest_household_one_shelter_could_take_with_the_same_needs():
+    rooms = [room("a", 1, 40, 0, 0), room("b", 2, 12, 2, 1), room("c", 3, 30, 1, 0)]
+    err = refuse_household(rooms, Needs(50, wheelchairs=1, pets=1))
+    assert isinstance(err, Conflict)
+    assert err.extra["largest_household"] == 12
+    assert refuse_household(rooms, Needs(50)).extra["largest_household"] == 40
+    assert refuse_household([], Needs(2)).extra["largest_household"] == 0
+
+
+def test_a_batch_fills_the_nearest_first_keeps_households_whole_and_sums_per_shelter():
+    rooms = [room("near", 1, 10, 1, 1), room("far", 3, 100, 10, 10)]
+    households = [Needs(4), Needs(4), Needs(4), Needs(2, 1, 1), Needs(1)]
+    plan = place_households(rooms, *P, households)
+    assert plan.placed == ["near", "near", "far", "near", "far"]
+    assert plan.taken == {"near": Needs(10, 1, 1), "far": Needs(5, 0, 0)}
+    for r in rooms:  # no shelter is given more than it has
+        t = plan.taken.get(r.shelter_id)
+        assert t is None or (t.people <= r.free and t.wheelchairs <= r.accessible_free and t.pets <= r.pet_free)
+
+
+def test_a_batch_leaves_out_a_household_nobody_takes_rather_than_split_it():
+    plan = place_households([room("a", 1, 3), room("b", 2, 3)], *P, [Needs(5), Needs(3)])
+    assert plan.placed == [None, "a"]
+
+
+def test_a_split_keeps_everyone_and_every_need():
+    parts = split_household(Needs(5, 2, 1), 2)
+    assert sum(p.people for p in parts) == 5
+    assert sum(p.wheelchairs for p in parts) == 2
+    assert sum(p.pets for p in parts) == 1
+    assert all(p.wheelchairs <= p.people for p in parts)
+    assert split_household(Needs(1), 3) == [Needs(1)]
+
+
+def test_needs_refuse_impossible_households():
+    for bad in [(0, 0, 0), (2, 3, 0), (1, 0, -1)]:
+        with pytest.raises(ValueError):
+            Needs(*bad)
+
+
+def test_standby_shelters_open_nearest_first_until_the_expected_evacuees_fit():
+    standby = [room("s3", 3, 500), room("s1", 1, 300), room("s2", 2, 400)]
+    assert shelters_to_open(standby, *P, expected=1000, free_now=0) == ["s1", "s2", "s3"]
+    assert shelters_to_open(standby, *P, expected=600, free_now=0) == ["s1", "s2"]
+    assert shelters_to_open(standby, *P, expected=600, free_now=300) == ["s1"]
+    assert shelters_to_open(standby, *P, expected=100, free_now=300) == []
+
+
+# --- registrations -----------------------------------------------------------------------------
+
+R, RA = RegistrationStatus, RegistrationAction
+EXPECTED_REG = {
+    (R.planned, RA.check_in): R.checked_in,
+    (R.planned, RA.cancel): R.cancelled,
+    (R.planned, RA.move): R.moved,
+    (R.checked_in, RA.check_out): R.checked_out,
+    (R.checked_in, RA.move): R.moved,
+}
+
+
+@pytest.mark.parametrize(("status", "action"), list(itertools.product(R, RA)))
+def test_every_registration_status_and_action(status, action):
+    if (status, action) in EXPECTED_REG:
+        assert next_registration_status(status, action) is EXPECTED_REG[(status, action)]
+    else:
+        with pytest.raises(IllegalTransition) as exc:
+            next_registration_status(status, action)
+        assert exc.value.extra["allowed"] == sorted(a.value for (s, a) in EXPECTED_REG if s is status)
+
+
+def test_the_registration_table_is_the_machine_and_only_planned_and_checked_in_hold_a_place():
+    assert REGISTRATION_TRANSITIONS == EXPECTED_REG
+    assert {R.planned, R.checked_in} == HOLDS_PLACE
+
+
+# --- personal data -----------------------------------------------------------------------------
+
+# GB 11643-1999's own example and numbers built with the check digit of the standard.
+VALID_IDS = ["11010519491231002X", "440524188001010014", "310101199003070019"]
+
+
+@pytest.mark.parametrize("number", VALID_IDS)
+def test_valid_resident_id_numbers_pass_with_their_check_character(number):
+    assert normalise_id_number(number.lower()) == number
+    assert id_check_character(number[:17]) == number[17]
+
+
+@pytest.mark.parametrize(
+    ("number", "why"),
+    [
+        ("110105194912310021", "check character"),  # the last character changed
+        ("11010519491231002", "17 digits"),
+        ("1101051949123100200", "17 digits"),
+        ("11010519491331002X", "birth date"),  # month 13
+        ("1101051949A231002X", "17 digits"),
+    ],
+)
+def test_malformed_resident_id_numbers_are_refused_naming_the_field(number, why):
+    with pytest.raises(InvalidInput) as exc:
+        normalise_id_number(number, "household.persons[0].id_number")
+    assert exc.value.extra["field"] == "household.persons[0].id_number"
+    assert why in exc.value.detail
+
+
+@pytest.mark.parametrize(
+    ("raw", "normalised"),
+    [("13812345678", "13812345678"), ("+86 138-1234-5678", "13812345678"), ("021-63211234", "02163211234")],
+)
+def test_prc_mobile_and_landline_numbers_are_accepted(raw, normalised):
+    assert normalise_phone(raw) == normalised
+
+
+@pytest.mark.parametrize("raw", ["12812345678", "1381234567", "phone", "+1 415 555 0100", "63211234"])
+def test_other_phone_numbers_are_refused_naming_the_field(raw):
+    with pytest.raises(InvalidInput) as exc:
+        normalise_phone(raw, "phone")
+    assert exc.value.extra["field"] == "phone"
+
+
+def test_fingerprints_are_keyed_and_kind_separated_and_masks_hide_the_middle():
+    assert protect("13812345678", b"k1", "phone") == protect("13812345678", b"k1", "phone")
+    assert protect("13812345678", b"k1", "phone") != protect("13812345678", b"k2", "phone")
+    assert protect("x", b"k1", "name") != protect("x", b"k1", "phone")
+    assert mask_phone("13812345678") == "138****5678"
+    assert mask_id_number("11010519491231002X") == "110105********002X"
+    assert mask_name("欧阳修") == "欧**"
+    assert normalise_name("  Wang   Fang ") == normalise_name("wang fang")
