@@ -4,7 +4,7 @@ contract v1 and the operator API. Every operator answer is a declared response m
 from __future__ import annotations
 
 import time
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 import orjson
@@ -54,6 +54,7 @@ from .views import (
     IncidentView,
     PerimeterShape,
     PurgeView,
+    RefusalPage,
     SplitView,
 )
 
@@ -327,6 +328,14 @@ async def _in_scope(principal: Principal, roles: tuple[Role, ...], incident_id: 
     principal.require_scope(roles, exercise, "incidents")
 
 
+def _in_utc_range(value: datetime) -> bool:
+    try:
+        value.astimezone(UTC)
+    except OverflowError:
+        return False
+    return True
+
+
 def _view(row: Any, ctx: Context) -> IncidentView:
     return views.incident_view(row, ctx.settings.required_participants)
 
@@ -359,6 +368,8 @@ async def list_incidents(
     for name, value in (("since", since), ("until", until)):
         if value is not None and value.tzinfo is None:
             raise InvalidInput(f"{name} needs a timezone offset", field=name)
+        if value is not None and not _in_utc_range(value):
+            raise InvalidInput(f"{name} is outside the years 1 to 9999 in UTC", field=name)
     where = IncidentFilter(
         stages=stage or (),
         levels=level or (),
@@ -480,6 +491,18 @@ async def split(incident_id: str, body: Split, ctx: Ctx, principal: Principal = 
     refs = [(r.gateway_id, r.alarm_id) for r in body.alarms]
     old, new = await handle(SplitAlarms(incident_id, body.version, refs, principal.subject), ctx)
     return SplitView(incident=_view(old, ctx), new_incident=_view(new, ctx))
+
+
+@operator.get("/alarm-refusals", summary="Alarms refused after parsing, newest first", tags=["alarms"])
+async def list_refusals(
+    ctx: Ctx,
+    principal: Principal = requires(*READERS),
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    cursor: str | None = None,
+) -> RefusalPage:
+    """Alarms refused after they were parsed (an alarm_id reused for a different alarm, input the
+    database would not store), so an operator can follow them up with the gateway."""
+    return await views.refusal_page(ctx.db, limit, cursor)
 
 
 @operator.delete(

@@ -63,7 +63,8 @@ class GatewayRegistry:
             raise Unauthorized(f"unknown gateway {gateway_id[:64]!r}", field="X-Gateway-Id")
         if not timestamp:
             raise Unauthorized("missing X-Timestamp header", field="X-Timestamp")
-        if not timestamp.isdigit() or len(timestamp) > 12:
+        # isdigit() alone also takes other scripts' digits ("١٢٣", "²"), which int() refuses.
+        if not (timestamp.isascii() and timestamp.isdigit()) or len(timestamp) > 12:
             raise Unauthorized("X-Timestamp must be unix seconds", field="X-Timestamp")
         if abs(now - int(timestamp)) > self.window_s:
             raise Unauthorized(f"X-Timestamp is more than {self.window_s} s from now", field="X-Timestamp")

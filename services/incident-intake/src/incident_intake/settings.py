@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +52,19 @@ class IntakeSettings(ServiceSettings):
     ingest_batch: int = Field(default=500, ge=1, le=5000)
     # Batches fetched from the alarm stream at once: the next is fetched while one is correlated.
     alarm_fetchers: int = Field(default=2, ge=1, le=8)
+
+    def secrets(self) -> Iterator[tuple[str, str, Any]]:
+        """The shared secrets, the caller pepper, and each gateway's HMAC secret (from
+        INTAKE_GATEWAYS and the gateways file); ecs.settings refuses defaults and short ones."""
+        yield from super().secrets()
+        table: dict[str, str] = {}
+        if self.gateways_file and Path(self.gateways_file).is_file():
+            raw = json.loads(Path(self.gateways_file).read_text())
+            for gateway_id, entry in (raw.get("gateways") or {}).items():
+                table[gateway_id] = entry["secret"] if isinstance(entry, dict) else str(entry)
+        table.update(self.gateways)
+        for gateway_id, secret in table.items():
+            yield f"the secret of gateway {gateway_id} (INTAKE_GATEWAYS or INTAKE_GATEWAYS_FILE)", secret, None
 
     @field_validator("service_area")
     @classmethod

@@ -405,7 +405,10 @@ def refused_input(exc: BaseException) -> bool:
 
 
 async def get_incident(conn: AsyncConnection, incident_id: str) -> Row | None:
-    """One ``incidents`` row, or None."""
+    """One ``incidents`` row, or None (also for an id no incident can have: PostgreSQL refuses
+    a U+0000 in a query's text)."""
+    if "\x00" in incident_id:
+        return None
     return (await conn.execute(select(incidents).where(incidents.c.id == incident_id))).first()
 
 

@@ -164,6 +164,24 @@ class AlarmPage(_View):
     next_cursor: str | None
 
 
+class RefusalView(_View):
+    """An alarm refused after it was parsed: an alarm_id reused for a different alarm, or input
+    the database would not store."""
+
+    gateway_id: str
+    alarm_id: str
+    via: str = Field(description="http or nats")
+    at: Timestamp = Field(description="when it was refused (UTC)")
+    reason: str
+
+
+class RefusalPage(_View):
+    """A page of refused alarms, newest first; ``next_cursor`` fetches the next page."""
+
+    items: list[RefusalView]
+    next_cursor: str | None
+
+
 class SplitView(_View):
     """The incident the alarms left, and the new incident they form."""
 
@@ -247,7 +265,8 @@ def _cursor_encode(*parts: Any) -> str:
 
 
 def _cursor_decode(cursor: str, *types: type) -> list[Any]:
-    """The parts of a cursor this API gave out, each of the expected type; else InvalidInput (422)."""
+    """The parts of a cursor this API gave out, each of the expected type (an int within 64
+    bits, a str the database can compare); else InvalidInput (422)."""
     try:
         parts = orjson.loads(base64.urlsafe_b64decode(cursor.encode()))
     except Exception:
@@ -255,10 +274,20 @@ def _cursor_decode(cursor: str, *types: type) -> list[Any]:
     if (
         not isinstance(parts, list)
         or len(parts) != len(types)
-        or not all(isinstance(p, t) for p, t in zip(parts, types, strict=True))
+        or not all(isinstance(p, t) and _storable(p) for p, t in zip(parts, types, strict=True))
     ):
         raise InvalidInput("cursor is not one this API gave out", field="cursor")
     return parts
+
+
+def _storable(part: Any) -> bool:
+    if isinstance(part, bool):
+        return False
+    if isinstance(part, int):
+        return -(2**63) <= part < 2**63
+    if isinstance(part, str):
+        return "\x00" not in part and len(part) <= 200
+    return True
 
 
 # --- queries -----------------------------------------------------------------------------------
@@ -364,6 +393,25 @@ async def alarm_page(db: Database, incident_id: str, limit: int, cursor: str | N
     page = rows[:limit]
     return AlarmPage(
         items=[alarm_view(r) for r in page],
+        next_cursor=_cursor_encode(page[-1].seq) if len(rows) > limit else None,
+    )
+
+
+async def refusal_page(db: Database, limit: int, cursor: str | None) -> RefusalPage:
+    """Alarms refused after parsing, newest first, ``limit`` at a time; raises InvalidInput (422)
+    for a cursor this API did not give out."""
+    r = store.alarm_refusals
+    q = select(r)
+    if cursor:
+        (before,) = _cursor_decode(cursor, int)
+        q = q.where(r.c.seq < before)
+    async with db.engine.connect() as conn:
+        rows = (await conn.execute(q.order_by(r.c.seq.desc()).limit(limit + 1))).all()
+    page = rows[:limit]
+    return RefusalPage(
+        items=[
+            RefusalView(gateway_id=x.gateway_id, alarm_id=x.alarm_id, via=x.via, at=x.at, reason=x.reason) for x in page
+        ],
         next_cursor=_cursor_encode(page[-1].seq) if len(rows) > limit else None,
     )
 
