@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import uuid
 from collections.abc import AsyncIterator, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -182,3 +182,244 @@ async def test_the_service_answers_health_readiness_and_metrics(stockpile_app, d
         metrics = await client.get("/metrics")
         assert metrics.status_code == 200
         assert "stockpile_reserved_base_units_total" in metrics.text
+
+
+async def test_stock_is_received_in_packs_and_shown_in_both(stockpile_app, db_url, headers):
+    async with stockpile_app(db_url) as (_, client, bus):
+        s = Stockpile(client, bus, headers)
+        await s.setup([depot("D1", 1.0)])
+        await s.receive("D1", {"item": "drinking_water_bottle", "lot": "W-1", "quantity": 4, "unit": "case"})
+        await s.receive("D1", {"item": "drinking_water_bottle", "lot": "W-1", "quantity": 2})
+        [line] = await s.stock(depot_id="D1")
+        assert (line["on_hand"], line["available"], line["available_in_packs"]) == (98, 98, {"case": 4, "bottle": 2})
+
+
+async def test_a_reservation_takes_the_nearest_depots_first_and_splits_across_them(stockpile_app, db_url, headers):
+    async with stockpile_app(db_url) as (_, client, bus):
+        s = Stockpile(client, bus, headers)
+        await s.setup([depot("near", 1.0), depot("middle", 4.0), depot("far", 12.0)])
+        soon = (datetime.now(UTC) + timedelta(days=90)).date().isoformat()
+        later = (datetime.now(UTC) + timedelta(days=400)).date().isoformat()
+        await s.receive(
+            "near",
+            {"item": "first_aid_kit", "lot": "late", "quantity": 30, "expiry": later},
+            {"item": "first_aid_kit", "lot": "soon", "quantity": 20, "expiry": soon},
+        )
+        await s.receive("middle", {"item": "first_aid_kit", "lot": "M", "quantity": 50, "expiry": later})
+        await s.receive("far", {"item": "first_aid_kit", "lot": "F", "quantity": 500, "expiry": later})
+        incident = await s.incident()
+
+        got = await s.ok(
+            f"/v1/incidents/{incident}/reservations", {"item": "first_aid_kit", "quantity": 8, "unit": "carton"}
+        )
+
+        assert (got["requested"], got["reserved"], got["missing"]) == (80, 80, 0)
+        taken = [(a["depot_id"], a["held"]) for a in got["allocations"]]
+        assert taken == [("near", 20), ("near", 30), ("middle", 30)]  # earliest expiry first within a depot
+        assert await s.available("near", "first_aid_kit") == 0
+        assert await s.available("middle", "first_aid_kit") == 20
+        assert await s.available("far", "first_aid_kit") == 500
+
+
+async def test_expired_short_dated_damaged_and_exercise_stock_is_never_reserved(stockpile_app, db_url, headers):
+    async with stockpile_app(db_url, min_shelf_life_days=30) as (_, client, bus):
+        s = Stockpile(client, bus, headers)
+        await s.setup([depot("A", 1.0), depot("X", 0.5, exercise=True)])
+        short = (datetime.now(UTC) + timedelta(days=10)).date().isoformat()
+        await s.receive(
+            "A",
+            {"item": "first_aid_kit", "lot": "short", "quantity": 10, "expiry": short},
+            {"item": "first_aid_kit", "lot": "bad", "quantity": 10, "condition": "damaged"},
+            {"item": "first_aid_kit", "lot": "q", "quantity": 10, "condition": "quarantined"},
+            {"item": "first_aid_kit", "lot": "ok", "quantity": 3},
+        )
+        await s.receive("X", {"item": "first_aid_kit", "lot": "drill", "quantity": 100})
+        incident = await s.incident()
+
+        got = await s.ok(f"/v1/incidents/{incident}/reservations", {"item": "first_aid_kit", "quantity": 10})
+
+        assert (got["reserved"], got["missing"]) == (3, 7)
+        assert [(a["depot_id"], a["held"]) for a in got["allocations"]] == [("A", 3)]
+        [made] = [e for e in await events(bus, "stockpile.reservation.made")]
+        assert made["data"]["missing"] == 7 and made["incident_id"] == incident
+
+
+async def test_an_exercise_incident_takes_only_exercise_stock(stockpile_app, db_url, headers):
+    async with stockpile_app(db_url) as (_, client, bus):
+        s = Stockpile(client, bus, headers)
+        await s.setup([depot("live", 0.5), depot("drill", 5.0, exercise=True)])
+        await s.receive("live", {"item": "stretcher", "lot": "L", "quantity": 10})
+        await s.receive("drill", {"item": "stretcher", "lot": "D", "quantity": 10})
+        drill = await s.incident(exercise=True)
+        got = await s.ok(f"/v1/incidents/{drill}/reservations", {"item": "stretcher", "quantity": 12})
+        assert (got["reserved"], got["exercise"]) == (10, True)
+        assert [a["depot_id"] for a in got["allocations"]] == ["drill"]
+        assert await s.available("live", "stretcher") == 10
+
+
+async def test_issue_return_consume_release_and_the_settled_fact(stockpile_app, db_url, headers):
+    async with stockpile_app(db_url) as (app, client, bus):
+        s = Stockpile(client, bus, headers)
+        await s.setup([depot("A", 1.0), depot("B", 3.0)])
+        await s.receive("A", {"item": "stretcher", "lot": "SA", "quantity": 6})
+        await s.receive("B", {"item": "stretcher", "lot": "SB", "quantity": 10})
+        incident = await s.incident()
+        r = await s.ok(f"/v1/incidents/{incident}/reservations", {"item": "stretcher", "quantity": 12})
+        rid = r["id"]
+
+        issued = await s.ok(f"/v1/reservations/{rid}/issue", {"quantity": 8}, 200)
+        assert [(a["depot_id"], a["held"], a["out"]) for a in issued["allocations"]] == [("A", 0, 6), ("B", 4, 2)]
+        stock = {line["depot_id"]: (line["on_hand"], line["reserved"]) for line in await s.stock(item="stretcher")}
+        assert stock == {"B": (8, 4)}  # A's 6 all left the depot; B gave 2 and holds 4 reserved
+
+        await s.ok(f"/v1/reservations/{rid}/release", {}, 200)  # the 4 still held go back
+        await s.ok(f"/v1/reservations/{rid}/return", {"quantity": 5}, 200)
+        await s.ok(f"/v1/reservations/{rid}/return", {"quantity": 2, "condition": "damaged"}, 200)
+        done = await s.ok(f"/v1/reservations/{rid}/consume", {}, 200)
+        assert sum(a["returned"] for a in done["allocations"]) == 7
+        assert sum(a["consumed"] for a in done["allocations"]) == 1
+        assert sum(a["held"] + a["out"] for a in done["allocations"]) == 0
+
+        stock = {(line["depot_id"], line["condition"]): line["on_hand"] for line in await s.stock(item="stretcher")}
+        assert stock == {("A", "good"): 5, ("A", "damaged"): 1, ("B", "good"): 8, ("B", "damaged"): 1}
+        listing = (await s.get(f"/v1/incidents/{incident}/reservations")).json()
+        assert listing["settled"] is True
+
+        settled_facts = [e["data"]["settled"] for e in await events(bus, "stockpile.incident.settled")]
+        assert settled_facts == [True, False, True]  # known, holding, all back
+        from resource_stockpile import views
+
+        assert await views.replay_mismatches(app.state.stockpile.db) == []
+
+
+async def test_a_stale_version_or_more_than_there_is_is_refused_and_changes_nothing(stockpile_app, db_url, headers):
+    async with stockpile_app(db_url) as (_, client, bus):
+        s = Stockpile(client, bus, headers)
+        await s.setup([depot("A", 1.0)])
+        await s.receive("A", {"item": "stretcher", "lot": "S", "quantity": 5})
+        incident = await s.incident()
+        r = await s.ok(f"/v1/incidents/{incident}/reservations", {"item": "stretcher", "quantity": 5})
+        rid, version = r["id"], r["version"]
+
+        stale = await s.post(f"/v1/reservations/{rid}/issue", {"quantity": 1, "version": version + 5})
+        assert stale.status_code == 409, stale.text
+        too_much = await s.post(f"/v1/reservations/{rid}/issue", {"quantity": 6})
+        assert too_much.status_code == 409 and too_much.json()["available"] == 5
+        nothing_out = await s.post(f"/v1/reservations/{rid}/return", {"quantity": 1})
+        assert nothing_out.status_code == 409
+        fresh = await s.ok(f"/v1/reservations/{rid}/issue", {"quantity": 1, "version": version}, 200)
+        assert fresh["version"] == version + 1
+        assert sum(a["out"] for a in fresh["allocations"]) == 1
+
+
+async def test_documents_that_would_make_a_balance_negative_are_refused_with_item_and_date(
+    stockpile_app, db_url, headers
+):
+    async with stockpile_app(db_url) as (app, client, bus):
+        s = Stockpile(client, bus, headers)
+        await s.setup([depot("A", 1.0), depot("B", 2.0)])
+        now = datetime.now(UTC)
+        await s.receive(
+            "A", {"item": "stretcher", "lot": "S", "quantity": 10}, effective_at=(now - timedelta(days=10)).isoformat()
+        )
+        adjust = {"depot_id": "A", "item": "stretcher", "lot": "S", "reason": "lost"}
+        await s.ok(
+            "/v1/documents/adjustments", {**adjust, "delta": -8, "effective_at": (now - timedelta(days=5)).isoformat()}
+        )
+
+        back_dated = await s.post(
+            "/v1/documents/adjustments", {**adjust, "delta": -5, "effective_at": (now - timedelta(days=7)).isoformat()}
+        )
+        assert back_dated.status_code == 409, back_dated.text
+        problem = back_dated.json()
+        assert problem["item"] == "stretcher"
+        assert problem["date"] == (now - timedelta(days=5)).date().isoformat()
+
+        too_much = await s.post("/v1/documents/adjustments", {**adjust, "delta": -3})
+        assert too_much.status_code == 409 and too_much.json()["item"] == "stretcher"
+        transfer = await s.post(
+            "/v1/documents/transfers",
+            {"from_depot": "A", "to_depot": "B", "item": "stretcher", "lot": "S", "quantity": 3},
+        )
+        assert transfer.status_code == 409
+
+        await s.ok(
+            "/v1/documents/transfers",
+            {"from_depot": "A", "to_depot": "B", "item": "stretcher", "lot": "S", "quantity": 2},
+        )
+        stock = {line["depot_id"]: line["on_hand"] for line in await s.stock(item="stretcher")}
+        assert stock == {"B": 2}  # A is at 0: lines with nothing on hand are not listed
+        from resource_stockpile import views
+
+        assert await views.replay_mismatches(app.state.stockpile.db) == []
+
+
+BAD_RESERVATIONS = [
+    ({"item": "stretcher", "quantity": 0}, 422, "quantity"),
+    ({"item": "stretcher", "quantity": -1}, 422, "quantity"),
+    ({"item": "stretcher", "quantity": 1.5}, 422, "quantity"),
+    ({"item": "stretcher", "quantity": 2_000_000_000}, 422, "quantity"),
+    ({"item": "stretcher", "quantity": 1, "unit": "case"}, 422, "unit"),
+    ({"item": "drinking_water_bottle", "quantity": 0.1, "unit": "case"}, 422, "quantity"),
+    ({"item": "no_such_item", "quantity": 1}, 404, None),
+    ({"item": "stretcher"}, 422, "quantity"),
+    ({"item": "stretcher", "quantity": 1, "near": {"lat": 95, "lon": 0}}, 422, "near.lat"),
+    ({"item": "stretcher", "quantity": 1, "colour": "red"}, 422, "colour"),
+]
+
+
+async def test_bad_input_answers_a_clear_problem_naming_the_field_and_changes_nothing(stockpile_app, db_url, headers):
+    async with stockpile_app(db_url) as (_, client, bus):
+        s = Stockpile(client, bus, headers)
+        await s.setup([depot("A", 1.0)])
+        await s.receive("A", {"item": "stretcher", "lot": "S", "quantity": 5})
+        incident = await s.incident()
+        for body, status, field in BAD_RESERVATIONS:
+            r = await s.post(f"/v1/incidents/{incident}/reservations", body)
+            assert r.status_code == status, (body, r.text)
+            assert r.headers["content-type"].startswith("application/problem+json")
+            if field is not None:
+                assert field in r.text, (body, r.text)
+        unknown_incident = await s.post("/v1/incidents/INOPE/reservations", {"item": "stretcher", "quantity": 1})
+        assert unknown_incident.status_code == 404
+        assert (await s.post("/v1/reservations/999999/issue", {})).status_code == 404
+        bad_receipts = [
+            ({"depot_id": "NOPE", "lines": [{"item": "stretcher", "lot": "x", "quantity": 1}]}, 404),
+            ({"depot_id": "A", "lines": [{"item": "nope", "lot": "x", "quantity": 1}]}, 404),
+            ({"depot_id": "A", "lines": [{"item": "stretcher", "lot": "x", "quantity": 1, "unit": "box"}]}, 422),
+            ({"depot_id": "A", "lines": [{"item": "stretcher", "lot": "x", "quantity": 0.5}]}, 422),
+            ({"depot_id": "A", "lines": []}, 422),
+            (
+                {
+                    "depot_id": "A",
+                    "lines": [{"item": "stretcher", "lot": "x", "quantity": 1}],
+                    "effective_at": "2999-01-01T00:00:00Z",
+                },
+                422,
+            ),
+            ({"depot_id": "A", "lines": [{"item": "stretcher", "lot": "x", "quantity": 1, "condition": "wet"}]}, 422),
+        ]
+        for body, status in bad_receipts:
+            r = await s.post("/v1/documents/receipts", body)
+            assert r.status_code == status, (body, r.text)
+        adjust = {"depot_id": "A", "item": "stretcher", "lot": "S", "delta": 0, "reason": "count"}
+        assert (await s.post("/v1/documents/adjustments", adjust)).status_code == 422
+        assert (
+            await s.post("/v1/documents/adjustments", {**adjust, "delta": -1, "reason": "stolen"})
+        ).status_code == 422
+        assert (await s.post("/v1/documents/adjustments", {**adjust, "delta": -1, "lot": "nope"})).status_code == 404
+        bad_items = [
+            {"code": "x", "name_en": "x", "name_zh": "x", "base_unit": "piece", "gb_code": "12"},
+            {"code": "x", "name_en": "x", "name_zh": "x", "base_unit": "piece", "packs": {"box": 1}},
+            {"code": "X Y", "name_en": "x", "name_zh": "x", "base_unit": "piece"},
+        ]
+        for item in bad_items:
+            assert (await s.post("/v1/items", {"items": [item]}, ("commander",))).status_code == 422, item
+        assert (await s.post("/v1/items", {"items": ITEMS[:1]}, ("commander",))).status_code == 409
+        assert (await s.post("/v1/depots", {"depots": [depot("A", 2.0)]})).status_code == 409
+        assert (
+            await s.post("/v1/documents/receipts", {"depot_id": "A", "lines": []}, ("dispatcher",))
+        ).status_code == 403
+
+        assert [(line["on_hand"], line["reserved"]) for line in await s.stock()] == [(5, 0)]
+        assert (await s.get(f"/v1/incidents/{incident}/reservations")).json()["reservations"] == []
