@@ -31,7 +31,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Row
-from sqlalchemy.exc import StatementError
+from sqlalchemy.exc import DataError, DBAPIError, StatementError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ecs.db import BigId, UnitOfWork, UTCDateTime, chunks, new_metadata
@@ -398,7 +398,18 @@ async def add_refusals(conn: AsyncConnection, refused: Sequence[tuple[IncomingAl
 def refused_input(exc: BaseException) -> bool:
     """Whether the database (or the driver, binding parameters) refused what it was given, as
     opposed to being unreachable: the same input would be refused again."""
-    return isinstance(exc, StatementError) and not is_unavailable(exc)
+    if is_unavailable(exc):
+        return False
+    if isinstance(exc, DBAPIError):
+        return isinstance(exc, DataError) or _sqlstate(exc.orig).startswith("22")
+    if isinstance(exc, StatementError):
+        return True  # binding the parameters failed: the input, not the database
+    return _sqlstate(exc).startswith("22")  # a driver's own error (bulk inserts go to it directly)
+
+
+def _sqlstate(exc: BaseException | None) -> str:
+    """The SQLSTATE of a driver error ("22...": data exception, PostgreSQL Appendix A), or ""."""
+    return str(getattr(exc, "sqlstate", None) or getattr(exc, "pgcode", None) or "")
 
 
 # --- operator commands ---------------------------------------------------------------------------
