@@ -114,7 +114,7 @@ def next_status(status: ShelterStatus, action: ShelterAction, occupied: int = 0)
         allowed = sorted(a.value for (s, a) in TRANSITIONS if s == status)
         raise IllegalTransition(
             f"a shelter that is {status.value} cannot {action.value}; allowed: {', '.join(allowed) or 'nothing'}",
-            status=status.value,
+            shelter_status=status.value,
             allowed=allowed,
         )
     if target is S.closed and occupied > 0:
@@ -322,7 +322,7 @@ def next_registration_status(status: RegistrationStatus, action: RegistrationAct
         allowed = sorted(a.value for (s, a) in REGISTRATION_TRANSITIONS if s == status)
         raise IllegalTransition(
             f"a registration that is {status.value} cannot {action.value}; allowed: {', '.join(allowed) or 'nothing'}",
-            status=status.value,
+            registration_status=status.value,
             allowed=allowed,
         )
     return target

@@ -280,7 +280,7 @@ async def change_registration(ctx: Context, cmd: commands.ChangeRegistration) ->
             if shelter.status not in CHECKS_IN:
                 raise Conflict(
                     f"shelter {shelter.id} is {shelter.status.value}: nobody checks in there",
-                    status=shelter.status.value,
+                    shelter_status=shelter.status.value,
                 )
         moved_to = None
         if cmd.action is RegistrationAction.move:
