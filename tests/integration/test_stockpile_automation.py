@@ -1,0 +1,183 @@
+"""resource-stockpile follows the incident lifecycle by itself: on handling it reserves the plan's
+supplies for the level (asked of dispatch on rpc.dispatch.plan.get), a level change tops up or
+releases, aftermath releases what is held and asks for what is out, and the settled fact follows;
+a malformed incident event goes to the dead-letter subject with its reason."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from ecs.bus import Bus
+from ecs.envelope import make_event
+from ecs.testing import eventually
+from tests.integration import test_stockpile_service as service
+from tests.integration.test_dispatch_service import Intake
+from tests.integration.test_stockpile_service import Stockpile, depot, events
+
+stockpile_app = service.stockpile_app
+headers = service.headers
+
+
+def plan_level(supplies: dict[str, int]) -> dict[str, Any]:
+    return {
+        "isolation_radius_m": 200,
+        "evacuate": False,
+        "evacuation_radius_m": 0,
+        "isolation_units": {},
+        "handling_units": {},
+        "supplies": [{"item": k, "quantity": v} for k, v in supplies.items()],
+        "notification_templates": {},
+        "approval_required": [],
+    }
+
+
+CROWD_CRUSH = {
+    "category": "crowd_crush",
+    "version": 3,
+    "levels": {
+        "I": plan_level({"stretcher": 100, "first_aid_kit": 200}),
+        "II": plan_level({"stretcher": 40, "first_aid_kit": 80}),
+        "III": plan_level({"stretcher": 10}),
+        "IV": plan_level({}),
+    },
+    "actor": "commander-1",
+    "published_at": datetime.now(UTC).isoformat(),
+}
+
+
+async def serve_plans(bus: Bus) -> list[str]:
+    """Plays dispatch's plan responder; returns the categories asked for."""
+    asked: list[str] = []
+
+    async def answer(request: dict[str, Any]) -> dict[str, Any]:
+        asked.append(request["category"])
+        return CROWD_CRUSH if request["category"] == "crowd_crush" else {"error": "no plan"}
+
+    await bus.serve("rpc.dispatch.plan.get", answer)
+    return asked
+
+
+async def holding(s: Stockpile, incident: str) -> dict[str, tuple[int, int]]:
+    """What the incident holds: {item: (held, out)}."""
+    view = (await s.get(f"/v1/incidents/{incident}/reservations")).json()
+    found: dict[str, tuple[int, int]] = {}
+    for r in view["reservations"]:
+        h, o = found.get(r["item"], (0, 0))
+        found[r["item"]] = (h + sum(a["held"] for a in r["allocations"]), o + sum(a["out"] for a in r["allocations"]))
+    return found
+
+
+async def test_the_plan_supplies_follow_stage_and_level_and_settle_after_returns(stockpile_app, db_url, headers):
+    async with stockpile_app(db_url) as (_, client, bus):
+        await serve_plans(bus)
+        s = Stockpile(client, bus, headers)
+        intake = Intake(bus)
+        await s.setup([depot("near", 1.0), depot("far", 6.0)])
+        await s.receive(
+            "near",
+            {"item": "stretcher", "lot": "n", "quantity": 30},
+            {"item": "first_aid_kit", "lot": "n", "quantity": 50},
+        )
+        await s.receive(
+            "far",
+            {"item": "stretcher", "lot": "f", "quantity": 200},
+            {"item": "first_aid_kit", "lot": "f", "quantity": 100},
+        )
+        incident = await s.incident(category="crowd_crush", level=2)
+
+        await intake.stage_to(incident, "isolation", level=2, category="crowd_crush")
+        await intake.stage_to(incident, "handling", level=2, category="crowd_crush")
+
+        async def reserved_for_level_two():
+            h = await holding(s, incident)
+            return h if h == {"stretcher": (40, 0), "first_aid_kit": (80, 0)} else None
+
+        await eventually(reserved_for_level_two, what="level II supplies reserved")
+        view = (await s.get(f"/v1/incidents/{incident}/reservations")).json()
+        stretchers = next(r for r in view["reservations"] if r["item"] == "stretcher")
+        assert [(a["depot_id"], a["held"]) for a in stretchers["allocations"]] == [("near", 30), ("far", 10)]
+        assert stretchers["source"] == "automatic"
+
+        await intake.level_to(incident, 2, 1)  # up to I: top up
+
+        async def topped_up():
+            h = await holding(s, incident)
+            return h == {"stretcher": (100, 0), "first_aid_kit": (150, 0)}  # 150 of 200 kits exist
+
+        await eventually(topped_up, what="level I top-up")
+
+        await intake.level_to(incident, 1, 3)  # down to III: release what the plan no longer wants
+
+        async def released():
+            return await holding(s, incident) == {"stretcher": (10, 0), "first_aid_kit": (0, 0)}
+
+        await eventually(released, what="level III release")
+
+        stretcher_ids = [r["id"] for r in view["reservations"] if r["item"] == "stretcher"]
+        issued = await s.post(f"/v1/reservations/{stretcher_ids[0]}/issue", {"quantity": 10})
+        assert issued.status_code == 200, issued.text
+
+        await intake.stage_to(incident, "opinion_control", level=3, category="crowd_crush")
+        await intake.stage_to(incident, "aftermath", level=3, category="crowd_crush")
+
+        async def returns_asked():
+            asked = await events(bus, "stockpile.returns.requested")
+            return [e["data"] for e in asked if e["incident_id"] == incident]
+
+        assert await eventually(returns_asked) == [{"incident_id": incident, "items": {"stretcher": 10}}]
+        back = await s.post(f"/v1/reservations/{stretcher_ids[0]}/return", {})
+        assert back.status_code == 200, back.text
+
+        async def settled_facts():
+            facts = [e for e in await events(bus, "stockpile.incident.settled") if e["incident_id"] == incident]
+            return [e["data"]["settled"] for e in facts] if facts and facts[-1]["data"]["settled"] else None
+
+        assert await eventually(settled_facts) == [True, False, True]
+        assert sum(line["on_hand"] for line in await s.stock(item="stretcher")) == 230
+        assert sum(line["reserved"] for line in await s.stock()) == 0
+
+
+async def test_an_exercise_incident_never_consumes_live_stock(stockpile_app, db_url, headers):
+    async with stockpile_app(db_url) as (_, client, bus):
+        await serve_plans(bus)
+        s = Stockpile(client, bus, headers)
+        await s.setup([depot("live", 0.5), depot("drill", 3.0, exercise=True)])
+        await s.receive("live", {"item": "stretcher", "lot": "L", "quantity": 100})
+        await s.receive("drill", {"item": "stretcher", "lot": "D", "quantity": 15})
+        drill = await s.incident(exercise=True, category="crowd_crush", level=3)
+        await Intake(bus).stage_to(drill, "handling", level=3, category="crowd_crush", exercise=True)
+
+        async def reserved():
+            return await holding(s, drill) == {"stretcher": (10, 0)}
+
+        await eventually(reserved)
+        lines = {line["depot_id"]: line["reserved"] for line in await s.stock(item="stretcher")}
+        assert lines == {"live": 0, "drill": 10}
+
+
+async def test_malformed_incident_events_go_to_the_dead_letter_subject_with_the_reason(stockpile_app, db_url, headers):
+    async with stockpile_app(db_url) as (_, client, bus):
+        dead: list[tuple[str, str]] = []
+
+        async def on_dead(msg):
+            dead.append((msg.subject, msg.headers.get("Ecs-Reason", "")))
+
+        await bus.nc.subscribe("deadletter.incident.>", cb=on_dead)
+        bad = make_event(
+            "incident.stage.changed", {"incident_id": "x", "to_stage": "handling"}, source="incident-intake"
+        )
+        await bus.publish_event(bad)
+        await bus.publish("incident.level.changed", b"not an envelope", {"Nats-Msg-Id": "garbage-" + uuid.uuid4().hex})
+        s = Stockpile(client, bus, headers)
+        good = await s.incident()  # the consumer keeps going
+
+        async def two_dead():
+            return len(dead) >= 2
+
+        await eventually(two_dead)
+        reasons = dict(dead)
+        assert "data.from_stage: Field required" in reasons["deadletter.incident.stage.changed"]
+        assert "not a valid envelope" in reasons["deadletter.incident.level.changed"]
+        assert (await s.get(f"/v1/incidents/{good}/reservations")).status_code == 200
