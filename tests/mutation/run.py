@@ -82,8 +82,8 @@ def run(name: str, spec: dict[str, object], children: int) -> tuple[int, int, li
     counts = Counter(found.values())
     tested = sum(n for status, n in counts.items() if status != "skipped")
     killed = sum(n for status, n in counts.items() if status in KILLED)
-    survivors = sorted(k for k, status in found.items() if status not in KILLED | {"skipped"})
-    (work / "survivors.txt").write_text("".join(f"{k}: {found[k]}\n" for k in survivors))
+    survivors = sorted(f"{k}: {status}" for k, status in found.items() if status not in KILLED | {"skipped"})
+    (work / "survivors.txt").write_text("".join(f"{s}\n" for s in survivors))
     return killed, tested, survivors
 
 
@@ -105,7 +105,7 @@ def main() -> int:
         scores.append((name, killed, tested, score, verdict))
         print(f"{name}: {killed}/{tested} mutants killed = {score:.1f}% (target {args.target:.0f}%: {verdict})")
         for survivor in survivors:
-            print(f"    survived: {survivor}")
+            print(f"    {survivor}")
         sys.stdout.flush()
     print("\nmutation score per module:")
     for name, killed, tested, score, verdict in scores:
