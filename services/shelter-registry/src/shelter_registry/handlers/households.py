@@ -37,6 +37,8 @@ from .settlement import settle_if_done
 from .tx import Tx, incident_lock, transaction
 
 PLACED = "placed"
+MAX_ROUNDS = 20
+"""Times a batch plans again after other transactions took the places it planned with."""
 _CARRIED = ("incident_id", "people", "wheelchairs", "pets", "origin_address", "exercise")
 
 
@@ -177,6 +179,7 @@ async def place_batch(ctx: Context, cmd: commands.PlaceBatch) -> BatchOutcome:
             groups.append((i, cmd.households[i]))
         rooms = await store.open_rooms(tx.conn, exercise)
         placed: dict[int, list[tuple[str, Needs]]] = {}
+        rounds = 0
         while groups:
             plan = place_households(rooms, cmd.lat, cmd.lon, [g for _, g in groups])
             refused: set[str] = set()
@@ -190,7 +193,11 @@ async def place_batch(ctx: Context, cmd: commands.PlaceBatch) -> BatchOutcome:
                 else:
                     placed.setdefault(i, []).append((where, g))
             if refused:
-                rooms = [r for r in await store.open_rooms(tx.conn, exercise) if r.shelter_id not in refused]
+                # Another transaction took places meanwhile: plan the rest again on what is left now
+                # (committed work is visible); after MAX_ROUNDS, leave the contended shelters alone.
+                rounds += 1
+                gone = refused if rounds >= MAX_ROUNDS else set()
+                rooms = [r for r in await store.open_rooms(tx.conn, exercise) if r.shelter_id not in gone]
                 groups = left
                 continue
             if left and cmd.allow_split:
