@@ -9,7 +9,7 @@ PY := .venv/bin/python
 
 # Every service of the monorepo. A service whose folder has no pyproject.toml yet is skipped,
 # so adding one is a one-line change here (and in deploy/local/run.py).
-SERVICES := incident-intake dispatch resource-stockpile shelter-registry
+SERVICES := incident-intake dispatch resource-stockpile shelter-registry public-notification
 PRESENT_SERVICES := $(foreach s,$(SERVICES),$(if $(wildcard services/$(s)/pyproject.toml),$(s)))
 
 # Supervisor commands that only look at processes must work before the venv exists.

@@ -4,3 +4,4 @@ CREATE DATABASE intake;
 CREATE DATABASE dispatch;
 CREATE DATABASE stockpile;
 CREATE DATABASE shelter;
+CREATE DATABASE notification;

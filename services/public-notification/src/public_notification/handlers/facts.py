@@ -1,0 +1,48 @@
+"""What every handler that changes an incident's holdings does before it commits: load the incident
+(refusing a drill runner on a live one), and tell the lifecycle when settlement changed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ecs.contracts import ParticipantSettled
+from ecs.errors import Forbidden, NotFound
+from ecs.vocabulary import Participant
+
+from .. import store
+from ..domain import SETTLING_STAGES, unsettled_reasons
+from .tx import Tx
+
+
+async def load_incident(tx: Tx, incident_id: str, drill_only: bool) -> Any:
+    """The incident as this service knows it; NotFound (404) if it never heard of it, Forbidden
+    (403) when a drill runner reaches for a live one. Takes the incident's lock."""
+    await tx.uow.lock(f"notification:incident:{incident_id}")
+    incident = await store.get_incident(tx.conn, incident_id)
+    if incident is None:
+        raise NotFound(f"no incident {incident_id!r} known to public-notification", field="incident_id")
+    if drill_only and not incident.exercise:
+        raise Forbidden("a drill runner acts on exercise incidents only")
+    return incident
+
+
+async def publish_settlement(tx: Tx, incident_id: str) -> None:
+    """Publish ``notification.incident.settled`` when the incident's settlement changed (once per
+    change: store.set_settled decides), with what still keeps it unsettled as the detail."""
+    holdings = await store.holdings(tx.conn, incident_id)
+    if holdings is None:
+        return
+    incident = await store.get_incident(tx.conn, incident_id)
+    if incident.settled is None and holdings.stage not in SETTLING_STAGES:
+        return  # nothing to say before aftermath: the lifecycle does not ask yet
+    reasons = unsettled_reasons(holdings)
+    settled = not reasons
+    if await store.set_settled(tx.conn, incident_id, settled):
+        detail = "; ".join(reasons) if reasons else "alerts ended, statements published, rumors closed"
+        tx.emit(
+            ParticipantSettled(
+                incident_id=incident_id, participant=Participant.notification, settled=settled, detail=detail
+            ),
+            incident_id,
+            incident.exercise,
+        )
