@@ -70,6 +70,7 @@ SERVICES = [
     Service("dispatch", "dispatch", "dispatch", "DISPATCH_", 8002),
     Service("resource-stockpile", "resource_stockpile", "stockpile", "STOCKPILE_", 8003),
     Service("shelter-registry", "shelter_registry", "shelter", "SHELTER_", 8004),
+    Service("public-notification", "public_notification", "notification", "NOTIFICATION_", 8005),
 ]
 
 # The services whose settled facts incident-intake waits for before an incident may close.
