@@ -6,7 +6,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import structlog
 from nats.aio.msg import Msg
+from nats.errors import NoRespondersError
 from pydantic import BaseModel
 
 from ecs import streams
@@ -28,6 +30,8 @@ INCIDENT_EVENTS: dict[str, type[BaseModel]] = {
 INCIDENT_CONSUMER = ConsumerSpec("INCIDENTS", "shelter-incidents", tuple(INCIDENT_EVENTS), ack_wait_s=10)
 PLAN_REQUEST = "rpc.dispatch.plan.get"
 
+log = structlog.get_logger("shelter.consumers")
+
 STREAMS = (streams.INCIDENTS, streams.SHELTER)
 CONSUMERS = (INCIDENT_CONSUMER,)
 
@@ -47,10 +51,15 @@ def incident_event(msg: Msg) -> tuple[Envelope, BaseModel]:
 
 
 async def evacuates(bus: Bus, data: StageChanged) -> bool:
-    """Whether the response plan of the incident's category evacuates at its level. Raises
-    Transient when dispatch does not answer (the event is retried later)."""
+    """Whether the response plan of the incident's category evacuates at its level (False when no
+    dispatch serves plans). Raises Transient when dispatch does not answer in time (the event is
+    retried later)."""
     try:
         answer = await bus.request(PLAN_REQUEST, {"category": str(data.category)})
+    except NoRespondersError:
+        # No dispatch in this deployment: no plan orders an evacuation (operators open shelters).
+        log.warning("shelter.no_plan_service", incident_id=data.incident_id)
+        return False
     except Exception as exc:
         raise Transient(f"no response plan from dispatch: {exc!r}") from exc
     if "error" in answer:
