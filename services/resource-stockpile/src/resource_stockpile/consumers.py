@@ -8,11 +8,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from nats.aio.msg import Msg
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from ecs import streams
 from ecs.bus import Bus, ConsumerSpec, decode_envelope
-from ecs.contracts import IncidentCreated, LevelChanged, PlanPublished, StageChanged
+from ecs.contracts import IncidentCreated, LevelChanged, PlanLevel, StageChanged
 from ecs.envelope import Envelope, parse_payload
 from ecs.errors import AppError, Poison, Transient
 
@@ -84,11 +84,13 @@ def plan_source(bus: Bus, timeout_s: float) -> Callable[[str], Awaitable[dict[st
             answer = await bus.request(PLAN_REQUEST, {"category": category}, timeout_s)
         except Exception as exc:
             raise Transient(f"no answer from dispatch on {PLAN_REQUEST}: {exc!r}") from exc
-        if "error" in answer:
-            found: dict[str, dict[str, int]] = {}
-        else:
-            plan = PlanPublished.model_validate(answer)
-            found = {str(level): {s.item: s.quantity for s in part.supplies} for level, part in plan.levels.items()}
+        found: dict[str, dict[str, int]] = {}
+        if "error" not in answer:  # a category without a plan wants no supplies
+            try:  # the answer is the plan as dispatch stores it; only its levels' supplies matter here
+                levels = {str(name): PlanLevel.model_validate(part) for name, part in answer["levels"].items()}
+            except (KeyError, AttributeError, ValidationError) as exc:
+                raise Transient(f"dispatch's plan for {category} has no readable levels: {exc!r}"[:300]) from exc
+            found = {name: {s.item: s.quantity for s in part.supplies} for name, part in levels.items()}
         cache[category] = (time.monotonic(), found)
         return found
 
