@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
@@ -10,7 +11,10 @@ import pytest
 
 from ecs.auth import TokenVerifier
 from ecs.gateway_client import GatewayClient
-from ecs.testing import NatsServer, ServiceProcess, console_script, free_port
+from ecs.testing import NatsServer, ServiceProcess, console_script, free_port, nats_identity
+
+# Services started in this process or as processes accept the tests' short secrets (ecs.settings).
+os.environ.setdefault("ECS_DEV_SECRETS", "true")
 
 AUTH_SECRET = "test-auth-secret-0123456789abcdef"
 GATEWAY_ID = "gw-test"
@@ -42,6 +46,7 @@ def start_intake(root: Path, nats_url: str, database_url: str | None = None, **e
         "INTAKE_AUTH_SECRET": AUTH_SECRET,
         "INTAKE_GATEWAYS_FILE": str(gateways),
         "INTAKE_LOG_LEVEL": "WARNING",
+        **nats_identity("INTAKE_", "incident-intake"),
         **extra_env,
     }
     return ServiceProcess([console_script("incident-intake")], env, port, root / f"intake-{port}.log").start()
@@ -106,6 +111,7 @@ def dispatch_factory(tmp_path: Path, nats_private: NatsServer) -> Iterator[Calla
             "DISPATCH_HTTP_PORT": str(port),
             "DISPATCH_AUTH_SECRET": AUTH_SECRET,
             "DISPATCH_LOG_LEVEL": "WARNING",
+            **nats_identity("DISPATCH_", "dispatch"),
             **{f"DISPATCH_{k.upper()}": v for k, v in extra.items()},
         }
         proc = ServiceProcess([console_script("dispatch")], env, port, tmp_path / f"dispatch-{port}.log")
@@ -136,6 +142,7 @@ def service_factory(tmp_path: Path, nats_private: NatsServer) -> Iterator[Callab
             f"{prefix}HTTP_PORT": str(port),
             f"{prefix}AUTH_SECRET": AUTH_SECRET,
             f"{prefix}LOG_LEVEL": "WARNING",
+            **nats_identity(prefix, script),
             **{f"{prefix}{k.upper()}": v for k, v in extra.items()},
         }
         proc = ServiceProcess([console_script(script)], env, port, tmp_path / f"{script}-{port}.log")
@@ -168,6 +175,8 @@ def dispatch_app(nats_private: NatsServer) -> Callable[..., object]:
             nats_url=nats_url or nats_private.url,
             auth_secret=AUTH_SECRET,
             log_level="WARNING",
+            nats_user="dispatch",
+            nats_password=nats_identity("", "dispatch")["NATS_PASSWORD"],
             **overrides,
         )
         app = build_app(settings)

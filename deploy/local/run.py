@@ -6,7 +6,9 @@ service as a local process, all state under var/.
     python deploy/local/run.py status   what is running and ready
     python deploy/local/run.py logs     the last lines of each log
 
-Layout under var/: auth_secret (signs operator tokens), gateways.json (gateway secrets), data/
+Layout under var/: auth_secret (signs operator tokens), gateways.json (gateway secrets),
+secrets.json (NATS passwords of every identity, the caller pepper and other service secrets),
+nats.conf (the broker's users and their permissions, from ecs.identities), data/
 (SQLite files), nats/ (JetStream store), log/ (one log per process), run/ (pid and port files).
 
 Environment: ECS_NATS_PORT moves NATS off 4250. A service's own <PREFIX>DATABASE_URL,
@@ -22,7 +24,6 @@ import argparse
 import json
 import os
 import secrets
-import shutil
 import signal
 import socket
 import subprocess
@@ -41,6 +42,8 @@ RUN_DIR = VAR / "run"
 NATS_STORE = VAR / "nats"
 AUTH_SECRET_FILE = VAR / "auth_secret"
 GATEWAYS_FILE = VAR / "gateways.json"
+SECRETS_FILE = VAR / "secrets.json"
+NATS_CONFIG = VAR / "nats.conf"
 DEMO_GATEWAY = "demo-gw"
 
 NATS_HOST = "127.0.0.1"
@@ -72,6 +75,10 @@ SERVICES = [
     Service("shelter-registry", "shelter_registry", "shelter", "SHELTER_", 8004),
     Service("public-notification", "public_notification", "notification", "NOTIFICATION_", 8005),
 ]
+
+# Secret settings a service needs besides its auth secret and NATS password, by settings prefix;
+# each gets a random value on the first `up` (kept in var/secrets.json).
+SERVICE_SECRETS = {"INTAKE_": ("CALLER_PEPPER",), "SHELTER_": ("PII_KEY",)}
 
 # The services whose settled facts incident-intake waits for before an incident may close.
 LIFECYCLE_PARTICIPANTS = {"dispatch", "resource-stockpile", "shelter-registry", "public-notification"}
@@ -252,6 +259,34 @@ def ensure_files() -> None:
         gateways = {"gateways": {DEMO_GATEWAY: {"secret": secrets.token_urlsafe(32)}}}
         write_private(GATEWAYS_FILE, json.dumps(gateways, indent=2) + "\n")
         print(f"  created {GATEWAYS_FILE.relative_to(ROOT)} with gateway {DEMO_GATEWAY}")
+    local_secrets()
+
+
+def local_secrets() -> dict[str, str]:
+    """var/secrets.json: a random value for every NATS identity (services, the demo gateway,
+    admin) and every SERVICE_SECRETS setting; missing ones are added, existing ones kept."""
+    known: dict[str, str] = json.loads(SECRETS_FILE.read_text()) if SECRETS_FILE.exists() else {}
+    wanted = [f"nats:{s.name}" for s in SERVICES] + [f"nats:gateway-{DEMO_GATEWAY}", "nats:admin"]
+    wanted += [prefix + name for prefix, names in SERVICE_SECRETS.items() for name in names]
+    missing = [k for k in wanted if k not in known]
+    if missing:
+        known.update({k: secrets.token_urlsafe(32) for k in missing})
+        tmp = SECRETS_FILE.with_suffix(".tmp")
+        tmp.unlink(missing_ok=True)
+        write_private(tmp, json.dumps(known, indent=2, sort_keys=True) + "\n")
+        tmp.replace(SECRETS_FILE)
+    return known
+
+
+def write_nats_config() -> None:
+    """var/nats.conf: a user per identity with its permissions (ecs.identities)."""
+    from ecs import identities
+
+    known = local_secrets()
+    passwords = {k.removeprefix("nats:"): v for k, v in known.items() if k.startswith("nats:")}
+    text = identities.server_config(passwords, passwords.pop("admin"), [identities.gateway(DEMO_GATEWAY)])
+    NATS_CONFIG.unlink(missing_ok=True)
+    write_private(NATS_CONFIG, text)
 
 
 def write_private(path: Path, text: str) -> None:
@@ -287,7 +322,8 @@ def start_nats() -> bool:
             file=sys.stderr,
         )
         return False
-    argv = [binary, "-js", "-sd", str(NATS_STORE), "-a", NATS_HOST, "-p", str(port)]
+    write_nats_config()
+    argv = [binary, "-c", str(NATS_CONFIG), "-js", "-sd", str(NATS_STORE), "-a", NATS_HOST, "-p", str(port)]
     proc = spawn("nats", argv, dict(os.environ))
     portfile("nats").write_text(f"{port}\n")
     print(f"  started nats-server (pid {proc.pid}) on {nats_url()}")
@@ -314,6 +350,11 @@ def service_env(service: Service, auth_secret: str) -> dict[str, str]:
     env[p + "HTTP_HOST"] = "127.0.0.1"
     env[p + "NATS_URL"] = nats_url()
     env[p + "AUTH_SECRET"] = auth_secret
+    known = local_secrets()
+    env[p + "NATS_USER"] = service.name
+    env[p + "NATS_PASSWORD"] = known[f"nats:{service.name}"]
+    for name in SERVICE_SECRETS.get(p, ()):
+        env[p + name] = known[p + name]
     if service.name == "incident-intake":
         env[p + "GATEWAYS_FILE"] = str(GATEWAYS_FILE)
         # The lifecycle waits for every lifecycle participant that runs here before closing.

@@ -570,7 +570,9 @@ async def test_malformed_incident_events_go_to_the_dead_letter_subject_with_the_
 
     await bus.nc.subscribe("deadletter.incident.>", cb=on_dead)
     async with dispatch_app(db_url) as (_, api):
-        bad = make_event("incident.stage.changed", {"incident_id": "x", "to_stage": "isolation"}, source="intake")
+        bad = make_event(
+            "incident.stage.changed", {"incident_id": "x", "to_stage": "isolation"}, source="incident-intake"
+        )
         await bus.publish_event(bad)
         await bus.publish("incident.level.changed", b"not an envelope", {"Nats-Msg-Id": "garbage-1"})
         good = new_incident()

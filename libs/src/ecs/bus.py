@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +23,7 @@ from prometheus_client import Counter, Histogram
 
 from .envelope import Envelope
 from .errors import Poison, Transient
+from .identities import check_source
 
 log = structlog.get_logger("ecs.bus")
 
@@ -85,10 +87,14 @@ def _hex(value: str, width: int) -> str:
 
 
 def decode_envelope(msg: Msg) -> Envelope:
+    """The message's envelope; raises Poison for one that is not valid, or whose ``source`` is not
+    the owner of the subject it came on (ecs.identities.check_source): a forged fact."""
     try:
-        return Envelope.from_bytes(msg.data)
+        env = Envelope.from_bytes(msg.data)
     except ValueError as exc:
         raise Poison(f"not a valid envelope: {_first_line(exc)}") from exc
+    check_source(msg.subject, env.source)
+    return env
 
 
 def _first_line(exc: BaseException) -> str:
@@ -107,12 +113,18 @@ def servers_of(url: str) -> list[str]:
 class Bus:
     """One NATS connection per process; JetStream context for streams and publishing.
 
-    ``url`` is one server or a comma-separated list of a cluster's members."""
+    ``url`` is one server or a comma-separated list of a cluster's members. ``user`` and
+    ``password`` are the service's NATS identity (ecs.identities); without them, the URL's own
+    ``user:password@`` (if any) is used."""
 
-    def __init__(self, url: str, service: str, stream_replicas: int = 1) -> None:
+    def __init__(
+        self, url: str, service: str, stream_replicas: int = 1, user: str | None = None, password: str | None = None
+    ) -> None:
         self.url = url
         self.service = service
         self.stream_replicas = stream_replicas
+        self.user = user
+        self.password = password
         self.nc: nats.NATS | None = None
         self.js: Any = None
 
@@ -126,9 +138,16 @@ class Bus:
         async def on_reconnect() -> None:
             log.info("nats.reconnected")
 
+        servers = servers_of(self.url)
+        credentials: dict[str, str] = {}
+        if self.user:
+            # The identity given wins over one written into the URL.
+            servers = [re.sub(r"^(\w+://)[^@/]*@", r"\1", s) for s in servers]
+            credentials = {"user": self.user, "password": self.password or ""}
         self.nc = await nats.connect(
-            servers_of(self.url),
+            servers,
             name=self.service,
+            **credentials,
             max_reconnect_attempts=-1,
             reconnect_time_wait=0.5,
             connect_timeout=5,

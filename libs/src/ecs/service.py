@@ -109,9 +109,12 @@ async def platform(app: FastAPI, settings: ServiceSettings, spec: ServiceSpec) -
     ``ecs.bus.MIN_SERVER_VERSION`` (the message names both versions).
     """
     configure_logging(settings.service_name, settings.log_level, settings.log_json)
+    settings.check_secrets()
     await upgrade(settings.database_url, spec.migrations, spec.version_table)
     db = Database(settings.database_url)
-    bus = Bus(settings.nats_url, settings.service_name, settings.stream_replicas)
+    bus = Bus(
+        settings.nats_url, settings.service_name, settings.stream_replicas, settings.nats_user, settings.nats_password
+    )
     try:
         await bus.connect()
         await bus.declare(spec.streams, spec.consumers)

@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 from sqlalchemy.engine import make_url
 
+from . import identities
 from .broker import nats_server_binary
 
 
@@ -68,8 +69,26 @@ def nats_binary() -> str:
     return nats_server_binary()
 
 
+TEST_GATEWAYS = ("gw-test", "gw-other")
+"""Gateways with a NATS identity on every test server (``gateway-<id>``)."""
+
+
+def identity_password(user: str) -> str:
+    """The password of a NATS identity on the tests' servers (ecs.identities)."""
+    return f"{user}-test-password-0123456789"
+
+
+def nats_identity(prefix: str, service: str) -> dict[str, str]:
+    """The settings that make ``service`` connect to a test server as its own NATS identity,
+    e.g. ``{"DISPATCH_NATS_USER": "dispatch", "DISPATCH_NATS_PASSWORD": ...}``."""
+    return {f"{prefix}NATS_USER": service, f"{prefix}NATS_PASSWORD": identity_password(service)}
+
+
 class NatsServer:
-    """A private nats-server with JetStream; restartable on the same port and store.
+    """A private nats-server with JetStream and the system's NATS identities (ecs.identities):
+    every service, the gateways of TEST_GATEWAYS and ``admin``, each with ``identity_password``.
+    ``url`` connects as admin, so a test may publish and inspect anything; ``url_as(user)`` as
+    one identity. Restartable on the same port and store.
 
     ``cluster`` makes it one member of a cluster: ``(name, its route port, the others' route
     ports)``; ``NatsCluster`` builds three of them."""
@@ -84,7 +103,27 @@ class NatsServer:
 
     @property
     def url(self) -> str:
+        return self.url_as(identities.ADMIN_USER)
+
+    def url_as(self, user: str) -> str:
+        """The server's URL with ``user``'s credentials (a service name, ``gateway-<id>``, admin)."""
+        return f"nats://{user}:{identity_password(user)}@127.0.0.1:{self.port}"
+
+    @property
+    def bare_url(self) -> str:
+        """The server's URL without credentials (refused by the server)."""
         return f"nats://127.0.0.1:{self.port}"
+
+    def _config(self) -> Path:
+        gateways = [identities.gateway(g) for g in TEST_GATEWAYS]
+        users = [*identities.SERVICES, *(g.user for g in gateways)]
+        path = self.store_dir.parent / f"nats-{self.port}.conf"
+        path.write_text(
+            identities.server_config(
+                {u: identity_password(u) for u in users}, identity_password(identities.ADMIN_USER), gateways
+            )
+        )
+        return path
 
     def start(self) -> NatsServer:
         self.store_dir.mkdir(parents=True, exist_ok=True)
@@ -92,6 +131,8 @@ class NatsServer:
         self.proc = subprocess.Popen(
             [
                 nats_binary(),
+                "-c",
+                str(self._config()),
                 "-a",
                 "127.0.0.1",
                 "-p",
@@ -453,7 +494,9 @@ class ServiceProcess:
 
     def start(self, timeout: float = 60.0) -> ServiceProcess:
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child keeps writing after we return
-        self.proc = subprocess.Popen(self.command, env={**os.environ, **self.env}, stdout=log, stderr=subprocess.STDOUT)
+        # Tests run on their own short secrets unless a test says otherwise (ecs.settings).
+        env = {**os.environ, "ECS_DEV_SECRETS": os.environ.get("ECS_DEV_SECRETS", "true"), **self.env}
+        self.proc = subprocess.Popen(self.command, env=env, stdout=log, stderr=subprocess.STDOUT)
         log.close()
         self.wait_ready(timeout)
         return self

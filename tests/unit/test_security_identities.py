@@ -1,0 +1,47 @@
+"""The NATS identity table (ecs.identities) and the broker configurations made from it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from ecs import identities, streams
+
+ROOT = Path(__file__).resolve().parents[2]
+GATEWAYS = [identities.gateway(g) for g in identities.COMPOSE_GATEWAYS]
+
+
+def test_compose_and_k8s_mount_the_configuration_the_identity_table_makes():
+    expected = identities.server_config_template(GATEWAYS)
+    assert (ROOT / "deploy" / "compose" / "nats.conf").read_text() == expected
+    (config_map, *_) = yaml.safe_load_all((ROOT / "deploy" / "k8s" / "nats.yaml").read_text())
+    assert expected in config_map["data"]["nats.conf"]
+
+
+def test_compose_has_no_default_secrets_and_gives_each_service_its_identity():
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    text = (ROOT / "docker-compose.yml").read_text()
+    assert "change-me" not in text and ":-compose" not in text
+    prefixes = {"INTAKE_": "incident-intake", "DISPATCH_": "dispatch", "STOCKPILE_": "resource-stockpile"}
+    prefixes |= {"SHELTER_": "shelter-registry", "NOTIFICATION_": "public-notification"}
+    for name, service in compose["services"].items():
+        env = service.get("environment", {})
+        for prefix, identity in prefixes.items():
+            if f"{prefix}NATS_URL" in env:
+                assert env[f"{prefix}NATS_USER"] == identity == name
+                assert identities.password_variable(identity) in env[f"{prefix}NATS_PASSWORD"]
+
+
+def test_each_service_publishes_its_own_domain_only():
+    for owner in identities.SERVICES.values():
+        domains = [p for p in owner.publish if not p.startswith(("$JS.", "deadletter.", "rpc."))]
+        assert len(domains) == 1
+        assert identities.owner_of(domains[0].removesuffix(".>") + ".x") == owner.user
+        assert "$JS.API.STREAM.DELETE.>" in owner.deny_publish
+
+
+def test_a_gateway_publishes_only_its_own_alarm_subject():
+    gw = identities.gateway("gw-7")
+    assert gw.publish == ("alarm.in.gw-7",)
+    assert streams.ALARMS.subjects == ("alarm.in.*",)
