@@ -13,7 +13,7 @@ from pydantic import BaseModel
 
 from ecs import streams
 from ecs.bus import Bus, ConsumerSpec, decode_envelope
-from ecs.contracts import LevelChanged, PlanPublished, StageChanged
+from ecs.contracts import LevelChanged, StageChanged
 from ecs.envelope import Envelope, parse_payload
 from ecs.errors import AppError, Poison, Transient
 from ecs.vocabulary import Level, Stage
@@ -62,11 +62,16 @@ async def evacuates(bus: Bus, data: StageChanged) -> bool:
         return False
     except Exception as exc:
         raise Transient(f"no response plan from dispatch: {exc!r}") from exc
-    if "error" in answer:
+    if "error" in answer:  # no plan for this category: nothing orders an evacuation
         return False
-    plan = PlanPublished.model_validate(answer)
-    level = plan.levels.get(Level(data.level).name)
-    return bool(level and level.evacuate)
+    # The answer is dispatch's plan view: PlanPublished's fields and more of its own. Read only
+    # the level's ``evacuate``; a plan without the level is dispatch's to fix, so retry later.
+    name = Level(data.level).name
+    levels = answer.get("levels")
+    level = levels.get(name) if isinstance(levels, dict) else None
+    if not isinstance(level, dict) or not isinstance(level.get("evacuate"), bool):
+        raise Transient(f"dispatch's {data.category} plan says nothing of evacuation at level {name}")
+    return level["evacuate"]
 
 
 def incidents_handler(ctx: Context, bus: Bus) -> Any:
