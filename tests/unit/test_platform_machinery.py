@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
+from types import SimpleNamespace
 from typing import Any
 
 import jwt
@@ -13,6 +14,7 @@ import pytest
 from pydantic import BaseModel, Field
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
+from ecs import retry as retry_module
 from ecs.auth import COMMANDERS, OPERATORS, Principal, Role, TokenVerifier
 from ecs.envelope import field_path, make_event, parse_payload
 from ecs.errors import Forbidden, Poison, Transient, Unauthorized
@@ -79,6 +81,21 @@ async def test_a_deadlock_or_serialisation_failure_runs_the_whole_transaction_ag
     assert (work.calls, retried.n) == (3, 2)
 
 
+async def test_the_pause_before_each_new_attempt_is_random_and_doubles(monkeypatch):
+    pauses: list[float] = []
+
+    async def pause(seconds: float) -> None:
+        pauses.append(seconds)
+
+    monkeypatch.setattr(retry_module, "asyncio", SimpleNamespace(sleep=pause))
+    work = Work(*[db_error(sqlstate="40001")] * 6)
+    with pytest.raises(Transient, match="^gave up after 6 attempts: "):
+        await retrying(work)  # six attempts by default
+    assert work.calls == 6 and len(pauses) == 5
+    for attempt, seconds in enumerate(pauses):
+        assert 0.01 * 2**attempt <= seconds <= 0.05 * 2**attempt
+
+
 async def test_a_busy_sqlite_is_retried_too():
     work = Work(db_error("database is locked"))
     assert await retrying(work, attempts=2) == "done"
@@ -107,7 +124,7 @@ async def test_a_lost_database_is_transient_at_once(error):
     work = Work(error, error)
     with pytest.raises(Transient) as caught:
         await retrying(work, attempts=3)
-    assert str(caught.value).startswith("database unavailable: ")
+    assert str(caught.value) == f"database unavailable: {db_error_text(error)}"
     assert work.calls == 1
 
 
