@@ -148,7 +148,7 @@ class Database:
                 import pathlib
 
                 pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
-            self.engine: AsyncEngine = create_async_engine(self.url, connect_args={"timeout": 30})
+            self.engine: AsyncEngine = create_async_engine(self.url, connect_args={"timeout": 30}, hide_parameters=True)
             _sqlite_pragmas(self.engine)
         else:
             self.engine = create_async_engine(
@@ -157,6 +157,8 @@ class Database:
                 max_overflow=pool_size,
                 pool_pre_ping=True,
                 pool_recycle=1800,
+                # SQL parameter values (callers' numbers among them) never reach an error or a log.
+                hide_parameters=True,
             )
         self.outbox_written = asyncio.Event()
 

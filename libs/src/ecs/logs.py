@@ -1,4 +1,8 @@
-"""structlog JSON logging with the service name, context ids, and caller numbers masked."""
+"""One log format for the whole process: structlog's events and the standard library's records
+(uvicorn, SQLAlchemy, asyncio, nats) alike are JSON lines with the service name and context ids,
+and every line passes the masking after its traceback is formatted, so no caller's number, ID
+number or name reaches a log, not even inside an exception's text. SQL parameter values are never
+logged (ecs.db: ``hide_parameters``); a request that fails writes one traceback."""
 
 from __future__ import annotations
 
@@ -10,9 +14,10 @@ from typing import Any
 import structlog
 
 _SENSITIVE_KEYS = frozenset({"number", "caller_number", "phone", "id_number", "name", "caller_name"})
-# Mainland mobile numbers, landlines with area code, 18-character resident ID numbers.
+# Mainland mobile numbers, landlines with area code, 18-character resident ID numbers (GB 11643).
+# A run of digits inside a longer word (a hex message id, a UUID) is not a number.
 _PHONE_OR_ID = re.compile(
-    r"(?<![\d+])(\+?86[ -]?)?(1\d{2}[ -]?\d{4}[ -]?\d{4}|0\d{2,3}[ -]?\d{7,8}|\d{17}[\dXx])(?!\d)"
+    r"(?<![0-9A-Za-z_+\-])(\+?86[ -]?)?(1\d{2}[ -]?\d{4}[ -]?\d{4}|0\d{2,3}[ -]?\d{7,8}|\d{17}[\dXx])(?![0-9A-Za-z_\-])"
 )
 
 
@@ -23,13 +28,20 @@ def mask_number(value: str) -> str:
     return value[:3] + "*" * (len(value) - 5) + value[-2:]
 
 
+def mask_text(text: str) -> str:
+    """``text`` with every phone or ID number in it masked (``mask_number``)."""
+    return _PHONE_OR_ID.sub(lambda m: mask_number(m.group(0)), text)
+
+
 def _mask_value(value: Any) -> Any:
     if isinstance(value, str):
-        return _PHONE_OR_ID.sub(lambda m: mask_number(m.group(0)), value)
+        return mask_text(value)
     if isinstance(value, dict):
         return {k: (mask_number(str(v)) if k in _SENSITIVE_KEYS and v else _mask_value(v)) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_mask_value(v) for v in value]
+    if isinstance(value, BaseException):
+        return mask_text(f"{type(value).__name__}: {value}")
     return value
 
 
@@ -42,23 +54,52 @@ def _mask_sensitive(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, An
     return event_dict
 
 
+class _OneTracebackPerRequest(logging.Filter):
+    """ecs.web logs a failed request with its traceback (``http.unhandled``); Starlette re-raises
+    it afterwards and uvicorn would write the same traceback again."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Exception in ASGI application")
+
+
 def configure_logging(service: str, level: str = "INFO", json: bool = True) -> None:
-    """Set up structlog once per process; context ids come from structlog.contextvars."""
+    """Set up structlog and the standard library's root logger once per process, both through the
+    same masking and renderer; context ids come from structlog.contextvars."""
     lvl = logging.getLevelName(level.upper())
     if not isinstance(lvl, int):
         lvl = logging.INFO
-    logging.basicConfig(stream=sys.stdout, level=lvl, format="%(message)s")
+    renderer: Any = structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=False)
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    # Tracebacks are formatted first and masked after: an exception's text is masked too.
+    tail: list[Any] = [structlog.processors.format_exc_info, _mask_sensitive, renderer]
+
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *tail],
+        )
+    )
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(lvl)
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        lg = logging.getLogger(name)
+        lg.handlers.clear()
+        lg.propagate = True
+    logging.getLogger("uvicorn.error").addFilter(_OneTracebackPerRequest())
     # Alembic narrates every start-up at INFO; only its warnings are worth a log line.
     logging.getLogger("alembic").setLevel(max(lvl, logging.WARNING))
+    # SQLAlchemy's statement log carries parameter values: never below WARNING.
+    logging.getLogger("sqlalchemy.engine").setLevel(max(lvl, logging.WARNING))
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            _mask_sensitive,
-            structlog.processors.format_exc_info,
-            structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=False),
-        ],
+        processors=[*shared, *tail],
         wrapper_class=structlog.make_filtering_bound_logger(lvl),
         logger_factory=structlog.PrintLoggerFactory(),
         cache_logger_on_first_use=True,

@@ -28,7 +28,7 @@ async def upgrade(url: str, script_location: str | Path, version_table: str) -> 
     if url.startswith("sqlite"):
         await asyncio.to_thread(command.upgrade, cfg, "head")
         return
-    engine = create_async_engine(url, poolclass=pool.NullPool)
+    engine = create_async_engine(url, poolclass=pool.NullPool, hide_parameters=True)
     try:
         async with engine.connect() as conn:
             await conn.execute(
@@ -73,7 +73,7 @@ def run_env(target_metadata: MetaData) -> None:
             context.run_migrations()
 
     async def online() -> None:
-        engine = create_async_engine(url, poolclass=pool.NullPool)
+        engine = create_async_engine(url, poolclass=pool.NullPool, hide_parameters=True)
         async with engine.connect() as conn:
             await conn.run_sync(run)
             await conn.commit()

@@ -188,6 +188,7 @@ def serve(build_app: Callable[[ServiceSettings], FastAPI], settings: ServiceSett
         host=settings.http_host,
         port=settings.http_port,
         log_level="warning",
+        log_config=None,  # uvicorn's records go through ecs.logs (masked, one format)
         access_log=False,
         loop="uvloop",
         http="httptools",
