@@ -16,23 +16,38 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, HttpUrl
 
 from ecs.auth import READERS, Principal, Role
 from ecs.envelope import utcnow
+from ecs.errors import InvalidInput
 from ecs.web import json_response, requires
 
 from . import commands, views
 from .context import Context
-from .domain import AlertAction, AlertStatus, MsgType, RumorAction, StatementAction, StatementKind
+from .domain import AlertAction, AlertStatus, ChannelKind, MsgType, RumorAction, StatementAction, StatementKind
 from .handlers import handle
-from .views import AlertAnswer, AlertPage, ClockList, IncidentView, RumorAnswer, StatementAnswer
+from .views import (
+    AlertAnswer,
+    AlertPage,
+    ChannelAnswer,
+    ChannelList,
+    ClockList,
+    DeliveryList,
+    IncidentView,
+    Queued,
+    RumorAnswer,
+    StatementAnswer,
+)
 
 alerts_api = APIRouter(prefix="/v1", tags=["alerts"])
 statements_api = APIRouter(prefix="/v1", tags=["statements and clocks"])
 rumors_api = APIRouter(prefix="/v1", tags=["rumors"])
+channels_api = APIRouter(prefix="/v1", tags=["channels and deliveries"])
 public_api = APIRouter(prefix="/cap", tags=["public CAP feed"])
 
 WRITERS = (Role.INFORMATION_OFFICER, Role.COMMANDER, Role.DRILL_RUNNER)
 """Draft, edit, submit, publish, withdraw; report and handle rumors."""
 APPROVERS = (Role.COMMANDER, Role.DRILL_RUNNER)
 """Approve or reject an alert or a statement (a drill runner: exercise ones only)."""
+CHANNEL_ROLES = (Role.COMMANDER, Role.DRILL_RUNNER)
+"""Register a channel (a drill runner: exercise channels only)."""
 
 ID = r"^[A-Za-z0-9_-]{1,64}$"
 CAP_XML = "application/cap+xml"
@@ -404,6 +419,52 @@ async def step_rumor(
     )
     await handle(ctx, cmd)
     return _answer(await views.rumor(ctx.db, rumor_id))
+
+
+# --- channels and deliveries ---------------------------------------------------------------------
+
+
+class ChannelIn(_Body):
+    """A channel to register. A webhook needs its receiver's URL and the key its messages are
+    signed with; the other kinds go through the gateway."""
+
+    kind: ChannelKind
+    name: str = Field(min_length=1, max_length=255)
+    exercise: bool = Field(description="an exercise channel: it receives exercise alerts only")
+    url: HttpUrl | None = None
+    secret: str | None = Field(default=None, min_length=16, max_length=255)
+
+
+@channels_api.post("/channels", status_code=201, response_model=ChannelAnswer, summary="Register a channel")
+async def register_channel(ctx: Ctx, body: ChannelIn, principal: Principal = requires(*CHANNEL_ROLES)) -> Response:
+    """422 for a webhook without url and secret; 403 for a drill runner registering a live channel."""
+    principal.require_scope(CHANNEL_ROLES, body.exercise, "channels")
+    if body.kind is ChannelKind.webhook and (body.url is None or body.secret is None):
+        raise InvalidInput("a webhook channel needs url and secret", field="url" if body.url is None else "secret")
+    cmd = commands.RegisterChannel(
+        body.kind, body.name, body.exercise, principal.subject, str(body.url) if body.url else None, body.secret
+    )
+    return _answer(views.channel_answer(await handle(ctx, cmd)), status=201)
+
+
+@channels_api.get("/channels", response_model=ChannelList, summary="The channels")
+async def list_channels(ctx: Ctx, principal: Principal = requires(*READERS)) -> Response:
+    """In the order they were registered."""
+    return _answer(await views.channels(ctx.db))
+
+
+@channels_api.get("/alerts/{alert_id}/deliveries", response_model=DeliveryList, summary="An alert's deliveries")
+async def list_deliveries(ctx: Ctx, alert_id: str, principal: Principal = requires(*READERS)) -> Response:
+    """Each attempt's outcome: delivered, refused (and why), or pending with its next attempt."""
+    await views.alert(ctx, alert_id)
+    return _answer(await views.deliveries(ctx.db, alert_id))
+
+
+@channels_api.post("/alerts/{alert_id}:republish", response_model=Queued, summary="Send a published alert again")
+async def republish(ctx: Ctx, alert_id: str, principal: Principal = requires(*WRITERS)) -> Response:
+    """409 unless the alert is published."""
+    queued = await handle(ctx, commands.Republish(alert_id, principal.subject, _drill_only(principal, WRITERS)))
+    return _answer(Queued(queued=queued))
 
 
 # --- the public CAP feed -----------------------------------------------------------------------

@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from .domain import AlertAction, MsgType, RumorAction, StatementAction, StatementKind
+from .domain import AlertAction, ChannelKind, MsgType, RumorAction, StatementAction, StatementKind
 
 # --- alerts ------------------------------------------------------------------------------------
 
@@ -138,3 +138,34 @@ class SweepClocks:
     """Warn of clocks due soon and record the ones missed, as of ``now`` (UTC)."""
 
     now: datetime
+
+
+# --- channels and deliveries ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RegisterChannel:
+    """A channel: its kind, a name, whether it is an exercise channel, and a webhook's URL and key."""
+
+    kind: ChannelKind
+    name: str
+    exercise: bool
+    actor: str
+    url: str | None = None
+    secret: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Republish:
+    """Send a published alert again to every channel of its kind."""
+
+    alert_id: str
+    actor: str
+    drill_only: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class DeliverDue:
+    """Send up to ``limit`` deliveries that are due."""
+
+    limit: int = 200

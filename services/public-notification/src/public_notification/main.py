@@ -12,9 +12,11 @@ from ecs.envelope import utcnow
 from ecs.service import Platform, ServiceSpec, create_service_app, serve
 
 from . import api, commands, consumers
+from .channels import default_adapters
 from .context import Context
 from .handlers import handle
 from .settings import NotificationSettings
+from .worker import DeliveryWorker
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 VERSION_TABLE = "alembic_version_notification"
@@ -27,7 +29,7 @@ SPEC = ServiceSpec(
     version_table=VERSION_TABLE,
     streams=consumers.STREAMS,
     consumers=consumers.CONSUMERS,
-    routers=[api.alerts_api, api.statements_api, api.rumors_api, api.public_api],
+    routers=[api.alerts_api, api.statements_api, api.rumors_api, api.channels_api, api.public_api],
 )
 
 
@@ -36,7 +38,8 @@ def build_app(settings: NotificationSettings | None = None) -> FastAPI:
     settings = settings or NotificationSettings()
 
     async def wire(app: FastAPI, p: Platform) -> dict[str, Any]:
-        ctx = Context(p.db, settings)
+        adapters = default_adapters(Path(settings.channel_outbox), settings.webhook_timeout_s)
+        ctx = Context(p.db, settings, adapters)
         app.state.notification = ctx
 
         async def sweep() -> None:
@@ -58,6 +61,7 @@ def build_app(settings: NotificationSettings | None = None) -> FastAPI:
                 50,
                 settings.max_deliver,
             ),
+            DeliveryWorker(ctx),
         )
         return {"clock_first_information_s": settings.first_information_s}
 

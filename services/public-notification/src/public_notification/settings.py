@@ -27,4 +27,12 @@ class NotificationSettings(ServiceSettings):
     sender_name: str = Field(default="城市应急指挥中心 City Emergency Command Centre", max_length=255)
     hotline: str = Field(default="12345", min_length=1, max_length=32)
 
+    # Channels: the embedded default's SMS / cell-broadcast / social outbox folder, and how deliveries
+    # are sent (up to delivery_batch at once, each leased for delivery_lease_s while it is tried).
+    channel_outbox: str = "var/channel-outbox"
+    delivery_batch: int = Field(default=200, ge=1, le=5000)
+    delivery_lease_s: float = Field(default=30.0, gt=0, le=600)
+    delivery_poll_s: float = Field(default=0.2, gt=0, le=60)
+    webhook_timeout_s: float = Field(default=5.0, gt=0, le=60)
+
     incident_batch: int = Field(default=50, ge=1, le=500)

@@ -11,7 +11,7 @@ incident and kind (primary key) and is met, warned or missed once (``WHERE ... I
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
@@ -28,6 +28,8 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    UniqueConstraint,
+    func,
     select,
     update,
 )
@@ -41,6 +43,7 @@ from .domain import (
     AlertStatus,
     Clock,
     ClockKind,
+    DeliveryStatus,
     Holdings,
     MsgType,
     RumorStatus,
@@ -476,3 +479,156 @@ async def link_answer(
             rumor_id=rumor_id, statement_id=statement_id, alert_id=alert_id, answered_at=now, seq=len(seq) + 1
         )
     )
+
+
+# --- channels and deliveries ---------------------------------------------------------------------
+
+channels = Table(
+    "channels",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("kind", String(24), nullable=False),
+    Column("name", String(255), nullable=False),
+    Column("exercise", Boolean, nullable=False),  # an exercise channel: receives exercise alerts only
+    Column("url", String(2048), nullable=True),  # a webhook's receiver
+    Column("secret", String(255), nullable=True),  # a webhook's HMAC key
+    Column("enabled", Boolean, nullable=False),
+    Column("created_by", String(255), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    CheckConstraint("kind IN ('webhook', 'sms', 'cell_broadcast', 'social')", name="kind"),
+    CheckConstraint("kind <> 'webhook' OR (url IS NOT NULL AND secret IS NOT NULL)", name="webhook"),
+)
+
+deliveries = Table(
+    "deliveries",
+    metadata,
+    Column("id", String(160), primary_key=True),  # <alert>.<channel>.<round>: the delivery key
+    Column("alert_id", String(64), ForeignKey("alerts.id"), nullable=False),
+    Column("channel_id", String(64), ForeignKey("channels.id"), nullable=False),
+    Column("round", Integer, nullable=False),  # 1, then one more for each re-publication
+    Column("status", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("next_attempt_at", UTCDateTime, nullable=False),
+    Column("lease_until", UTCDateTime, nullable=True),
+    Column("last_error", Text, nullable=True),
+    Column("delivered_at", UTCDateTime, nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    CheckConstraint("status IN ('pending', 'delivered', 'refused')", name="status"),
+    CheckConstraint("attempts >= 0", name="attempts"),
+    UniqueConstraint("alert_id", "channel_id", "round", name="uq_deliveries_once"),
+)
+Index(
+    "ix_deliveries_due",
+    deliveries.c.next_attempt_at,
+    sqlite_where=deliveries.c.status == "pending",
+    postgresql_where=deliveries.c.status == "pending",
+)
+Index("ix_deliveries_alert", deliveries.c.alert_id)
+
+
+async def insert_channel(conn: AsyncConnection, values: dict[str, Any]) -> None:
+    await conn.execute(channels.insert().values(**values))
+
+
+async def get_channel(conn: AsyncConnection, channel_id: str) -> Row[Any] | None:
+    return (await conn.execute(select(channels).where(channels.c.id == channel_id))).first()
+
+
+async def queue_deliveries(conn: AsyncConnection, alert_id: str, exercise: bool, round_: int, now: datetime) -> int:
+    """One pending delivery of the alert to every enabled channel of its kind (exercise channels
+    for an exercise alert, live ones for a live alert), in the caller's transaction; returns how
+    many. The unique (alert, channel, round) refuses a second one."""
+    targets = (
+        await conn.execute(select(channels.c.id).where(channels.c.enabled.is_(True), channels.c.exercise.is_(exercise)))
+    ).all()
+    rows = [
+        {
+            "id": f"{alert_id}.{channel_id}.{round_}",
+            "alert_id": alert_id,
+            "channel_id": channel_id,
+            "round": round_,
+            "status": DeliveryStatus.pending.value,
+            "attempts": 0,
+            "next_attempt_at": now,
+            "created_at": now,
+        }
+        for (channel_id,) in targets
+    ]
+    if rows:
+        await conn.execute(deliveries.insert(), rows)
+    return len(rows)
+
+
+async def last_round(conn: AsyncConnection, alert_id: str) -> int:
+    d = deliveries.c
+    row = (await conn.execute(select(func.max(d.round)).where(d.alert_id == alert_id))).first()
+    return int(row[0] or 0)
+
+
+async def claim_due(conn: AsyncConnection, now: datetime, lease_s: float, limit: int) -> list[Row[Any]]:
+    """Lease up to ``limit`` due deliveries for ``lease_s`` seconds, counting the attempt; rows
+    another worker holds are skipped (FOR UPDATE SKIP LOCKED on PostgreSQL; SQLite has one writer).
+    Returns them with their alert's and channel's fields."""
+    d = deliveries.c
+    due = (
+        select(d.id)
+        .where(
+            d.status == DeliveryStatus.pending.value,
+            d.next_attempt_at <= now,
+            (d.lease_until.is_(None)) | (d.lease_until < now),
+        )
+        .order_by(d.next_attempt_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    ids = [r[0] for r in await conn.execute(due)]
+    if not ids:
+        return []
+    await conn.execute(
+        update(deliveries)
+        .where(d.id.in_(ids))
+        .values(lease_until=now + timedelta(seconds=lease_s), attempts=d.attempts + 1)
+    )
+    stmt = (
+        select(
+            deliveries,
+            channels.c.kind,
+            channels.c.name,
+            channels.c.exercise.label("channel_exercise"),
+            channels.c.url,
+            channels.c.secret,
+        )
+        .join(channels, channels.c.id == d.channel_id)
+        .where(d.id.in_(ids))
+    )
+    return list(await conn.execute(stmt))
+
+
+async def finish_delivery(
+    conn: AsyncConnection, delivery_id: str, attempts: int, status: DeliveryStatus, now: datetime, error: str | None
+) -> bool:
+    """Record the outcome of the attempt numbered ``attempts`` (a worker whose lease ran out and
+    was overtaken changes nothing); True if recorded."""
+    d = deliveries.c
+    stmt = (
+        update(deliveries)
+        .where(d.id == delivery_id, d.status == DeliveryStatus.pending.value, d.attempts == attempts)
+        .values(
+            status=status.value,
+            last_error=error,
+            lease_until=None,
+            delivered_at=now if status is DeliveryStatus.delivered else None,
+        )
+    )
+    return (await conn.execute(stmt)).rowcount == 1
+
+
+async def retry_delivery(conn: AsyncConnection, delivery_id: str, attempts: int, next_at: datetime, error: str) -> bool:
+    """Leave the delivery pending until ``next_at`` after a failed attempt."""
+    d = deliveries.c
+    stmt = (
+        update(deliveries)
+        .where(d.id == delivery_id, d.status == DeliveryStatus.pending.value, d.attempts == attempts)
+        .values(next_attempt_at=next_at, last_error=error[:2000], lease_until=None)
+    )
+    return (await conn.execute(stmt)).rowcount == 1

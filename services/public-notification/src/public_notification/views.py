@@ -21,8 +21,10 @@ from . import store
 from .capdoc import document
 from .domain import (
     AlertStatus,
+    ChannelKind,
     ClockKind,
     ClockState,
+    DeliveryStatus,
     MsgType,
     RumorStatus,
     StatementKind,
@@ -388,3 +390,86 @@ async def public_feed(ctx: Any, base_url: str, now: datetime) -> bytes:
         sub(entry, "summary", row.infos[0]["description"] if row.infos else "")
         sub(entry, "link", href=f"{base_url}/cap/alerts/{row.id}.xml", type="application/cap+xml", rel="alternate")
     return ET.tostring(feed, encoding="utf-8", xml_declaration=True)
+
+
+class ChannelAnswer(BaseModel):
+    """A channel (a webhook's key is never shown)."""
+
+    id: str
+    kind: ChannelKind
+    name: str
+    exercise: bool = Field(description="an exercise channel receives exercise alerts only; a live one, Actual only")
+    url: str | None
+    enabled: bool
+    created_by: str
+    created_at: datetime
+
+
+class ChannelList(BaseModel):
+    channels: list[ChannelAnswer]
+
+
+class DeliveryAnswer(BaseModel):
+    """One alert's delivery to one channel, in one round (1, then one per re-publication)."""
+
+    id: str
+    alert_id: str
+    channel_id: str
+    round: int
+    status: DeliveryStatus
+    attempts: int
+    next_attempt_at: datetime
+    last_error: str | None
+    delivered_at: datetime | None
+
+
+class DeliveryList(BaseModel):
+    deliveries: list[DeliveryAnswer]
+
+
+class Queued(BaseModel):
+    queued: int = Field(description="deliveries queued")
+
+
+def channel_answer(row: Any) -> ChannelAnswer:
+    return ChannelAnswer(
+        id=row.id,
+        kind=ChannelKind(row.kind),
+        name=row.name,
+        exercise=row.exercise,
+        url=row.url,
+        enabled=row.enabled,
+        created_by=row.created_by,
+        created_at=row.created_at,
+    )
+
+
+async def channels(db: Database) -> ChannelList:
+    async with db.engine.connect() as conn:
+        rows = (await conn.execute(select(store.channels).order_by(store.channels.c.created_at))).all()
+    return ChannelList(channels=[channel_answer(r) for r in rows])
+
+
+async def deliveries(db: Database, alert_id: str) -> DeliveryList:
+    """Every delivery of the alert, by round and channel."""
+    d = store.deliveries.c
+    async with db.engine.connect() as conn:
+        rows = (
+            await conn.execute(select(store.deliveries).where(d.alert_id == alert_id).order_by(d.round, d.channel_id))
+        ).all()
+    return DeliveryList(
+        deliveries=[
+            DeliveryAnswer(
+                id=r.id,
+                alert_id=r.alert_id,
+                channel_id=r.channel_id,
+                round=r.round,
+                status=DeliveryStatus(r.status),
+                attempts=r.attempts,
+                next_attempt_at=r.next_attempt_at,
+                last_error=r.last_error,
+                delivered_at=r.delivered_at,
+            )
+            for r in rows
+        ]
+    )

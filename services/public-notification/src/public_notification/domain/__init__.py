@@ -8,6 +8,8 @@ from .alerts import *  # noqa: F403
 from .alerts import __all__ as _alerts
 from .cap import *  # noqa: F403
 from .cap import __all__ as _cap
+from .channels import *  # noqa: F403
+from .channels import __all__ as _channels
 from .rumors import *  # noqa: F403
 from .rumors import __all__ as _rumors
 from .settlement import *  # noqa: F403
@@ -17,4 +19,4 @@ from .statements import __all__ as _statements
 
 SERVICE = "public-notification"
 
-__all__ = ["SERVICE", *_alerts, *_cap, *_statements, *_rumors, *_settlement]
+__all__ = ["SERVICE", *_alerts, *_cap, *_channels, *_statements, *_rumors, *_settlement]

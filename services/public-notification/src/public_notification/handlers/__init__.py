@@ -12,7 +12,7 @@ from typing import Any
 
 from .. import commands
 from ..context import Context
-from . import alerts, automation, rumors, statements
+from . import alerts, automation, deliveries, rumors, statements
 
 Handler = Callable[[Context, Any], Awaitable[Any]]
 EventHandler = Callable[[Context, Any, Any, str], Awaitable[None]]
@@ -27,6 +27,9 @@ COMMANDS: dict[type, Handler] = {
     commands.ReportRumor: rumors.report_rumor,
     commands.StepRumor: rumors.step_rumor,
     commands.SweepClocks: automation.sweep_clocks,
+    commands.RegisterChannel: deliveries.register_channel,
+    commands.Republish: deliveries.republish,
+    commands.DeliverDue: deliveries.deliver_due,
 }
 
 EVENTS: dict[str, tuple[EventHandler, ...]] = {

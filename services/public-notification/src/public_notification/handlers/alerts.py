@@ -218,7 +218,10 @@ async def step_alert(ctx: Context, cmd: StepAlert) -> Any:
         await tx.uow.commit()
         return changed
 
-    return await transaction(ctx, work, cmd.actor)
+    changed = await transaction(ctx, work, cmd.actor)
+    if cmd.action is AlertAction.publish:
+        ctx.wake_deliveries()
+    return changed
 
 
 async def _publish(ctx: Context, tx: Tx, alert: Any, incident: Any, now: datetime) -> Any:
@@ -243,6 +246,7 @@ async def _publish(ctx: Context, tx: Tx, alert: Any, incident: Any, now: datetim
     published = await store.publish_alert(tx.conn, alert.id, now)
     if published is None:
         return None
+    await store.queue_deliveries(tx.conn, published.id, published.exercise, 1, now)
     tx.emit(
         AlertPublished(
             incident_id=incident.id,

@@ -1,0 +1,162 @@
+"""Channel adapters: how a message leaves the service. Every adapter first applies the
+isolation rule itself (a live channel refuses anything whose CAP status is not Actual: Refused,
+recorded, never sent), then sends; any other failure is retried later with backoff.
+
+- ``WebhookAdapter``: HTTP POST of the CAP XML, signed like the gateway contract
+  (``X-Signature: sha256=<hex HMAC-SHA256(secret, "<timestamp>.<body>")>``), with the delivery key
+  in ``X-Delivery-Key`` so that the receiver can drop a repeat (a send is at least once).
+- ``GatewayAdapter``: SMS, cell broadcast and WeChat/Weibo-style posts go through a ``Gateway``;
+  the embedded default ``FileGateway`` appends one JSON line per message to a local outbox file
+  per channel (``var/channel-outbox/<channel id>.jsonl``), once per delivery key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import httpx
+import orjson
+
+from .domain import ChannelKind, refusal
+
+
+class Refused(Exception):
+    """The channel refuses this message for good."""
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One message to send: the delivery key (stable across attempts of one delivery), the channel,
+    the CAP status, the CAP XML, and the short text for SMS, cell broadcast and posts."""
+
+    key: str
+    channel_id: str
+    channel_kind: ChannelKind
+    channel_exercise: bool
+    cap_status: str
+    cap_xml: bytes
+    text: str
+    url: str | None = None
+    secret: str | None = None
+
+
+class Adapter(Protocol):
+    async def send(self, message: Message) -> None: ...
+
+
+def check_isolation(message: Message) -> None:
+    """Raises Refused when a live channel is handed a message that is not Actual."""
+    reason = refusal(message.channel_exercise, message.cap_status)
+    if reason is not None:
+        raise Refused(reason)
+
+
+def sign(secret: str, timestamp: str, body: bytes) -> str:
+    """``sha256=<hex HMAC-SHA256(secret, "<timestamp>.<body>")>``."""
+    mac = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256)
+    return "sha256=" + mac.hexdigest()
+
+
+class WebhookAdapter:
+    """POSTs the CAP XML to the channel's URL; a 2xx answer is delivered, anything else retried."""
+
+    def __init__(self, timeout_s: float = 5.0, max_connections: int = 100) -> None:
+        self.client = httpx.AsyncClient(
+            timeout=timeout_s,
+            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+        )
+
+    async def send(self, message: Message) -> None:
+        check_isolation(message)
+        timestamp = str(int(time.time()))
+        headers = {
+            "Content-Type": "application/cap+xml",
+            "X-Delivery-Key": message.key,
+            "X-Timestamp": timestamp,
+            "X-Signature": sign(message.secret or "", timestamp, message.cap_xml),
+        }
+        r = await self.client.post(message.url or "", content=message.cap_xml, headers=headers)
+        if r.status_code // 100 != 2:
+            raise RuntimeError(f"webhook answered {r.status_code}")
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+
+class Gateway(Protocol):
+    """An SMS, cell-broadcast or social-media gateway."""
+
+    async def submit(self, message: Message) -> None: ...
+
+
+class FileGateway:
+    """The embedded default gateway: one JSON line per message in ``<folder>/<channel id>.jsonl``,
+    written once per delivery key (a repeat after a crash between writing and recording is
+    dropped here)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self._seen: dict[str, set[str]] = {}
+        self._lock = asyncio.Lock()
+
+    def path(self, channel_id: str) -> Path:
+        return self.folder / f"{channel_id}.jsonl"
+
+    def _keys(self, channel_id: str) -> set[str]:
+        if channel_id not in self._seen:
+            keys: set[str] = set()
+            path = self.path(channel_id)
+            if path.exists():
+                for line in path.read_bytes().splitlines():
+                    if line.strip():
+                        keys.add(orjson.loads(line)["key"])
+            self._seen[channel_id] = keys
+        return self._seen[channel_id]
+
+    async def submit(self, message: Message) -> None:
+        async with self._lock:
+            keys = self._keys(message.channel_id)
+            if message.key in keys:
+                return
+            self.folder.mkdir(parents=True, exist_ok=True)
+            line = orjson.dumps(
+                {
+                    "key": message.key,
+                    "channel": message.channel_id,
+                    "kind": message.channel_kind.value,
+                    "status": message.cap_status,
+                    "text": message.text,
+                }
+            )
+            with self.path(message.channel_id).open("ab") as f:
+                f.write(line + b"\n")
+                f.flush()
+            keys.add(message.key)
+
+
+class GatewayAdapter:
+    """SMS, cell broadcast and posts through a gateway."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+
+    async def send(self, message: Message) -> None:
+        check_isolation(message)
+        await self.gateway.submit(message)
+
+
+def default_adapters(outbox: Path, webhook_timeout_s: float) -> dict[ChannelKind, Any]:
+    """The adapters of the embedded default: webhooks over HTTP, the rest into the outbox folder."""
+    gateway = GatewayAdapter(FileGateway(outbox))
+    return {
+        ChannelKind.webhook: WebhookAdapter(webhook_timeout_s),
+        ChannelKind.sms: gateway,
+        ChannelKind.cell_broadcast: gateway,
+        ChannelKind.social: gateway,
+    }

@@ -1,0 +1,125 @@
+"""Deliveries: channels registered by a commander; on publication an alert is queued for every
+enabled channel of its kind (handlers.alerts); ``deliver_due`` leases the due deliveries, sends
+each through its channel's adapter outside any transaction (a channel failing never blocks the
+others), and records the outcome — delivered, refused for good, or tried again with backoff."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from ecs.envelope import new_id, utcnow
+from ecs.errors import Conflict, NotFound
+
+from .. import store
+from ..capdoc import document
+from ..channels import Message, Refused
+from ..commands import DeliverDue, RegisterChannel, Republish
+from ..context import Context
+from ..domain import AlertStatus, ChannelKind, DeliveryStatus, cap_reference, next_attempt
+from .facts import load_incident
+from .tx import Tx, transaction
+
+
+async def register_channel(ctx: Context, cmd: RegisterChannel) -> Any:
+    """Register a channel; returns it."""
+
+    async def work(tx: Tx) -> Any:
+        channel_id = new_id()
+        await store.insert_channel(
+            tx.conn,
+            {
+                "id": channel_id,
+                "kind": cmd.kind.value,
+                "name": cmd.name,
+                "exercise": cmd.exercise,
+                "url": cmd.url,
+                "secret": cmd.secret,
+                "enabled": True,
+                "created_by": cmd.actor,
+                "created_at": utcnow(),
+            },
+        )
+        stored = await store.get_channel(tx.conn, channel_id)
+        await tx.uow.commit()
+        return stored
+
+    return await transaction(ctx, work, cmd.actor)
+
+
+async def republish(ctx: Context, cmd: Republish) -> int:
+    """Send a published alert again to every channel of its kind (a new round); returns how many
+    deliveries were queued. Conflict (409) unless the alert is published."""
+
+    async def work(tx: Tx) -> int:
+        alert = await store.get_alert(tx.conn, cmd.alert_id)
+        if alert is None:
+            raise NotFound(f"no alert {cmd.alert_id!r}", field="alert_id")
+        await load_incident(tx, alert.incident_id, cmd.drill_only)
+        if alert.status != AlertStatus.published:
+            raise Conflict(f"only a published alert is re-published; this one is '{alert.status}'")
+        queued = await store.queue_deliveries(
+            tx.conn, alert.id, alert.exercise, await store.last_round(tx.conn, alert.id) + 1, utcnow()
+        )
+        await tx.uow.commit()
+        return queued
+
+    queued = await transaction(ctx, work, cmd.actor)
+    ctx.wake_deliveries()
+    return queued
+
+
+async def deliver_due(ctx: Context, cmd: DeliverDue) -> int:
+    """Lease and send up to ``cmd.limit`` due deliveries side by side; returns how many were tried."""
+
+    async def claim(tx: Tx) -> list[Any]:
+        rows = await store.claim_due(tx.conn, utcnow(), ctx.settings.delivery_lease_s, cmd.limit)
+        messages = []
+        for row in rows:
+            alert = await store.get_alert(tx.conn, row.alert_id)
+            referenced = await store.get_alert(tx.conn, alert.references_id) if alert.references_id else None
+            refs = None
+            if referenced is not None and referenced.sent is not None:
+                refs = cap_reference(ctx.settings.sender, referenced.identifier, referenced.sent)
+            messages.append((row, alert, document(alert, ctx, refs)))
+        await tx.uow.commit()
+        return messages
+
+    claimed = await transaction(ctx, claim)
+    if not claimed:
+        return 0
+    outcomes = await asyncio.gather(*(_send(ctx, row, alert, xml) for row, alert, xml in claimed))
+
+    async def record(tx: Tx) -> None:
+        now = utcnow()
+        for (row, _, _), (status, error) in zip(claimed, outcomes, strict=True):
+            if status is None:
+                await store.retry_delivery(tx.conn, row.id, row.attempts, next_attempt(row.attempts, now), error or "")
+            else:
+                await store.finish_delivery(tx.conn, row.id, row.attempts, status, now, error)
+        await tx.uow.commit()
+
+    await transaction(ctx, record)
+    return len(claimed)
+
+
+async def _send(ctx: Context, row: Any, alert: Any, xml: bytes) -> tuple[DeliveryStatus | None, str | None]:
+    zh = next((i for i in alert.infos if i["language"] == "zh-CN"), alert.infos[0])
+    message = Message(
+        key=row.id,
+        channel_id=row.channel_id,
+        channel_kind=ChannelKind(row.kind),
+        channel_exercise=row.channel_exercise,
+        cap_status=alert.cap_status,
+        cap_xml=xml,
+        text=f"{zh['headline']} {zh['description']}",
+        url=row.url,
+        secret=row.secret,
+    )
+    try:
+        await ctx.adapters[ChannelKind(row.kind)].send(message)
+    except Refused as exc:
+        return DeliveryStatus.refused, str(exc)
+    except Exception as exc:  # any failure of one channel: tried again later, the others go on
+        return None, (str(exc).splitlines() or [repr(exc)])[0][:500] or repr(exc)
+    return DeliveryStatus.delivered, None
