@@ -27,6 +27,7 @@ from ecs.contracts import (
 )
 from ecs.envelope import field_path
 from ecs.errors import AppError, InvalidInput, PayloadTooLarge, Transient, UnsupportedMediaType
+from ecs.privacy import disclose
 from ecs.web import json_response, problem, requires
 
 from . import views
@@ -390,8 +391,10 @@ async def get_incident(
     principal: Principal = requires(*READERS),
     alarms_limit: Annotated[int, Query(ge=0, le=1000)] = 100,
 ) -> IncidentDetail:
-    """One incident with its latest alarms and its whole timeline."""
-    return await views.incident_detail(ctx.db, incident_id, alarms_limit, ctx.settings.required_participants)
+    """One incident with its latest alarms and its whole timeline. Callers' numbers and names are
+    whole for dispatchers and commanders, masked for every other role (ecs.privacy)."""
+    detail = await views.incident_detail(ctx.db, incident_id, alarms_limit, ctx.settings.required_participants)
+    return disclose(detail, principal, views.CallerView)
 
 
 @operator.get("/incidents/{incident_id}/alarms", summary="The incident's alarms, oldest first, paginated")
@@ -402,8 +405,9 @@ async def list_alarms(
     limit: Annotated[int, Query(ge=1, le=1000)] = 200,
     cursor: str | None = None,
 ) -> AlarmPage:
-    """The incident's alarms, oldest first, a page at a time."""
-    return await views.alarm_page(ctx.db, incident_id, limit, cursor)
+    """The incident's alarms, oldest first, a page at a time; callers masked as in GET
+    /v1/incidents/{incident_id}."""
+    return disclose(await views.alarm_page(ctx.db, incident_id, limit, cursor), principal, views.CallerView)
 
 
 @operator.post("/incidents/{incident_id}/verify", summary="Verify the incident (dispatcher)")
