@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi import APIRouter, Depends, Header, Path, Query, Request
 from fastapi.responses import Response
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
@@ -396,7 +396,9 @@ async def _own_assignment(ctx: Context, principal: Principal, assignment_id: int
         principal.require_scope(OPERATORS, assignment.exercise, "incidents")
 
 
-@incidents_api.get("/incidents", response_model=IncidentPage, summary="Incidents dispatch knows of, newest first")
+@incidents_api.get(
+    "/incidents", response_model=IncidentPage, summary="Incidents dispatch knows of, most recently changed first"
+)
 async def list_incidents(
     ctx: Ctx,
     principal: Principal = requires(*READERS),
@@ -405,7 +407,8 @@ async def list_incidents(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
 ) -> Response:
-    """Filtered by stage (any of those given) and exercise; pages by ``next_cursor``."""
+    """Filtered by stage (any of those given) and exercise, most recently changed first; pages by
+    ``next_cursor`` (422 for a cursor this API did not give out)."""
     return _answer(await views.incidents_page(ctx.db, stage=stage or (), exercise=exercise, limit=limit, cursor=cursor))
 
 
@@ -476,8 +479,12 @@ async def accept(
     return _answer(OutcomeAnswer.of(outcome), status=201)
 
 
+AssignmentId = Annotated[int, Path(ge=1, le=2**63 - 1, description="an assignment's id (64-bit)")]
+"""An assignment id as the database can hold it: a larger number is 422, never a 500."""
+
+
 @incidents_api.get("/assignments/{assignment_id}", response_model=AssignmentAnswer, summary="One assignment")
-async def get_assignment(ctx: Ctx, assignment_id: int, principal: Principal = requires(*READERS)) -> Response:
+async def get_assignment(ctx: Ctx, assignment_id: AssignmentId, principal: Principal = requires(*READERS)) -> Response:
     """404 if there is no assignment of this id."""
     return _answer(AssignmentAnswer.of(await views.assignment(ctx.db, assignment_id)))
 
@@ -487,7 +494,9 @@ async def get_assignment(ctx: Ctx, assignment_id: int, principal: Principal = re
     response_model=AssignmentAnswer,
     summary="Release the unit from the incident",
 )
-async def release(ctx: Ctx, assignment_id: int, body: Release, principal: Principal = requires(*OPERATORS)) -> Response:
+async def release(
+    ctx: Ctx, assignment_id: AssignmentId, body: Release, principal: Principal = requires(*OPERATORS)
+) -> Response:
     """The unit goes back to available, or returns if it had left. 409 if the assignment ended already."""
     await _own_assignment(ctx, principal, assignment_id)
     done = await handle(ctx, commands.ReleaseAssignment(assignment_id, principal.subject, body.reason))
@@ -501,7 +510,7 @@ async def release(ctx: Ctx, assignment_id: int, body: Release, principal: Princi
     summary="Send an assigned or en-route unit to another incident",
 )
 async def reassign(
-    ctx: Ctx, assignment_id: int, body: Reassign, principal: Principal = requires(*OPERATORS)
+    ctx: Ctx, assignment_id: AssignmentId, body: Reassign, principal: Principal = requires(*OPERATORS)
 ) -> Response:
     """Only a unit assigned or en route, to an open incident, in one transaction. 409 otherwise."""
     await _own_assignment(ctx, principal, assignment_id)

@@ -189,7 +189,9 @@ def to_unit(row: Any) -> Unit:
 
 
 async def get_unit(conn: AsyncConnection, unit_id: str) -> Unit | None:
-    """The unit of this id, or None."""
+    """The unit of this id, or None (also for an id no unit can have: PostgreSQL refuses U+0000)."""
+    if "\x00" in unit_id:
+        return None
     row = (await conn.execute(select(units).where(units.c.id == unit_id))).first()
     return to_unit(row) if row is not None else None
 
@@ -571,7 +573,10 @@ def to_incident(row: Any) -> Incident:
 
 
 async def get_incident(conn: AsyncConnection, incident_id: str) -> Incident | None:
-    """Dispatch's copy of the incident, or None if no event about it arrived."""
+    """Dispatch's copy of the incident, or None if no event about it arrived (or the id holds a
+    U+0000, which no incident id has and PostgreSQL refuses)."""
+    if "\x00" in incident_id:
+        return None
     row = (await conn.execute(select(incidents).where(incidents.c.id == incident_id))).first()
     return to_incident(row) if row is not None else None
 

@@ -7,18 +7,20 @@ Times are UTC, positions WGS-84 degrees, arrival estimates seconds and distances
 
 from __future__ import annotations
 
+import base64
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
+import orjson
 from pydantic import BaseModel, Field
-from sqlalchemy import select
+from sqlalchemy import and_, or_, select
 
 from ecs.contracts import PlanPublished
 from ecs.db import Database
 from ecs.envelope import utcnow
-from ecs.errors import NotFound
+from ecs.errors import InvalidInput, NotFound
 from ecs.vocabulary import Category, Level, Stage
 
 from . import store
@@ -205,7 +207,7 @@ class IncidentSummary(BaseModel):
 
 
 class IncidentPage(BaseModel):
-    """A page of incidents, newest id first."""
+    """A page of incidents, the most recently changed first (then by id)."""
 
     items: list[IncidentSummary]
     next_cursor: str | None = Field(description="pass it as ?cursor= for the next page; null on the last")
@@ -355,7 +357,11 @@ async def units_page(
     limit: int = 100,
     cursor: str | None = None,
 ) -> UnitPage:
-    """Units matching every filter given (a list matches any of its values), by id."""
+    """Units matching every filter given (a list matches any of its values), by id. Raises
+    InvalidInput (422) for a filter or cursor holding U+0000 (the database refuses it)."""
+    for name, values in (("agency", agency), ("district", district), ("incident_id", [incident_id or ""])):
+        _refuse_nul(name, values)
+    _refuse_nul("cursor", [cursor or ""])
     u = store.units.c
     q = select(store.units)
     if status:
@@ -398,7 +404,10 @@ async def incidents_page(
     limit: int = 50,
     cursor: str | None = None,
 ) -> IncidentPage:
-    """Incidents in any of ``stage`` (all if empty), newest id first."""
+    """Incidents in any of ``stage`` (all if empty), the most recently changed first, then by id
+    (keyset paging: a page never repeats or skips an incident that did not change meanwhile).
+    Raises InvalidInput (422) for a cursor this API did not give out or a stage with U+0000."""
+    _refuse_nul("stage", stage)
     i = store.incidents.c
     q = select(store.incidents)
     if stage:
@@ -406,14 +415,38 @@ async def incidents_page(
     if exercise is not None:
         q = q.where(i.exercise.is_(exercise))
     if cursor:
-        q = q.where(i.id < cursor)
+        changed, last_id = _page_cursor(cursor)
+        q = q.where(or_(i.updated_at < changed, and_(i.updated_at == changed, i.id < last_id)))
     async with db.engine.connect() as conn:
-        rows = (await conn.execute(q.order_by(i.id.desc()).limit(limit + 1))).all()
+        rows = (await conn.execute(q.order_by(i.updated_at.desc(), i.id.desc()).limit(limit + 1))).all()
     page = rows[:limit]
+    last = page[-1] if len(rows) > limit else None
     return IncidentPage(
         items=[IncidentSummary(**IncidentSummary.fields_of(r)) for r in page],
-        next_cursor=page[-1].id if len(rows) > limit else None,
+        next_cursor=_encode_cursor(last.updated_at, last.id) if last is not None else None,
     )
+
+
+def _encode_cursor(changed: datetime, incident_id: str) -> str:
+    return base64.urlsafe_b64encode(orjson.dumps([changed.isoformat(), incident_id])).decode()
+
+
+def _page_cursor(cursor: str) -> tuple[datetime, str]:
+    """(updated_at, id) of the last incident of the previous page; InvalidInput (422) for anything
+    this API did not give out."""
+    try:
+        changed, incident_id = orjson.loads(base64.urlsafe_b64decode(cursor.encode()))
+        at = datetime.fromisoformat(changed)
+        if at.tzinfo is None or not isinstance(incident_id, str) or "\x00" in incident_id:
+            raise ValueError(cursor)
+    except Exception:
+        raise InvalidInput("cursor is not one this API gave out", field="cursor") from None
+    return at, incident_id
+
+
+def _refuse_nul(name: str, values: Sequence[str]) -> None:
+    if any("\x00" in v for v in values):
+        raise InvalidInput(f"{name} holds U+0000", field=name)
 
 
 async def incident_view(ctx: Context, incident_id: str) -> IncidentView:
@@ -421,6 +454,8 @@ async def incident_view(ctx: Context, incident_id: str) -> IncidentView:
     and the units it released; all as of one moment. NotFound if the incident or its plan is
     unknown."""
     a, u = store.assignments, store.units
+    if "\x00" in incident_id:  # no incident id has one, and PostgreSQL refuses it in a query
+        raise UnknownIncident(incident_id)
     async with ctx.db.engine.connect() as conn:
         if not ctx.db.is_sqlite:  # SQLite reads in one transaction are a snapshot already
             await conn.execution_options(isolation_level="REPEATABLE READ")
