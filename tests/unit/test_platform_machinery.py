@@ -4,6 +4,7 @@ clock, bearer tokens and roles (mutation testing showed these were not checked i
 
 from __future__ import annotations
 
+import json
 import time
 from datetime import UTC, datetime
 from types import SimpleNamespace
@@ -348,3 +349,67 @@ def test_a_drill_runner_acts_on_exercise_objects_only():
     assert not Principal("x", frozenset({Role.DISPATCHER.value})).is_drill_only(OPERATORS)
     with pytest.raises(Forbidden, match="needs one of the roles"):
         Principal("reader", frozenset({Role.AUDITOR.value})).require_scope(OPERATORS, exercise=True, what="units")
+
+
+def test_the_header_is_the_scheme_then_the_token():
+    tokens = TokenVerifier(SECRET)
+    good = tokens.issue("alice", ["dispatcher"])
+    assert refused(tokens, None) == "missing bearer token (Authorization: Bearer <token>)"
+    assert refused(tokens, f"Bearer {good} trailing").startswith("invalid token: ")
+
+
+@pytest.fixture
+def issuer():
+    """An OIDC issuer's keys (an RSA and an EC key), its JWKS document served on 127.0.0.1."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+    keys = {"rsa-1": rsa.generate_private_key(65537, 2048), "ec-1": ec.generate_private_key(ec.SECP256R1())}
+    jwks: dict[str, list[dict[str, Any]]] = {"keys": []}
+    for kid, key in keys.items():
+        algorithm = jwt.algorithms.RSAAlgorithm if kid.startswith("rsa") else jwt.algorithms.ECAlgorithm
+        jwk = algorithm.to_jwk(key.public_key(), as_dict=True)
+        jwks["keys"].append({**jwk, "kid": kid, "use": "sig"})
+    document = json.dumps(jwks).encode()
+
+    class Keys(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - the http.server spelling
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(document)))
+            self.end_headers()
+            self.wfile.write(document)
+
+        def log_message(self, *_: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Keys)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/jwks.json", keys
+    server.shutdown()
+    server.server_close()
+
+
+def oidc_token(keys, kid: str, algorithm: str, **claims: Any) -> str:
+    body = {"sub": "oidc-user", "roles": ["commander"], "iss": "https://idp", "aud": "ecs", **claims}
+    body.setdefault("exp", int(time.time()) + 60)
+    return jwt.encode(body, keys[kid], algorithm=algorithm, headers={"kid": kid})
+
+
+def test_in_production_tokens_are_checked_against_the_issuers_published_keys(issuer):
+    url, keys = issuer
+    tokens = TokenVerifier(SECRET, jwks_url=url, issuer="https://idp", audience="ecs")
+    for kid, algorithm in (("rsa-1", "RS256"), ("ec-1", "ES256")):
+        principal = tokens.verify(f"Bearer {oidc_token(keys, kid, algorithm)}")
+        assert principal == Principal("oidc-user", frozenset({"commander"}))
+    assert "invalid token" in refused(tokens, f"Bearer {oidc_token(keys, 'rsa-1', 'RS256', iss='https://other')}")
+    assert "invalid token" in refused(tokens, f"Bearer {oidc_token(keys, 'rsa-1', 'RS256', aud='other')}")
+    assert "invalid token" in refused(tokens, f"Bearer {oidc_token(keys, 'rsa-1', 'RS256', exp=1)}")
+    # A token signed with the local secret is not the issuer's.
+    local = jwt.encode({"sub": "x", "iss": "https://idp", "aud": "ecs", "exp": int(time.time()) + 60}, SECRET)
+    assert "invalid token" in refused(tokens, f"Bearer {local}")
+    with pytest.raises(RuntimeError, match="^tokens come from the OIDC issuer in this deployment$"):
+        tokens.issue("alice", ["dispatcher"])
