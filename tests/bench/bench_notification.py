@@ -1,0 +1,281 @@
+"""public-notification as a real process on PostgreSQL: approval to delivery on every channel of
+the embedded default, and webhook fan-out, beside a local webhook receiver's own ceiling.
+
+Run: python tests/bench/bench_notification.py [--quick]      (make bench runs it)
+
+Targets (issue 12): from approval to delivered on every channel of the embedded default (a
+webhook, SMS, cell broadcast and a post), p99 at most 1 s for 100 alerts approved and published
+over 10 s; webhook fan-out at least 1,000 deliveries a second to a local receiver; the service's
+resident memory under 250 MB. The raw ceiling, measured in the same run: the requests a second
+the receiver (a separate process) answers to one client sending as fast as it can, with the
+same connection limit the service uses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import shutil
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import httpx  # noqa: E402
+import orjson  # noqa: E402
+
+from ecs.auth import TokenVerifier  # noqa: E402
+from ecs.bus import Bus  # noqa: E402
+from ecs.contracts import IncidentCreated  # noqa: E402
+from ecs.envelope import make_event  # noqa: E402
+from ecs.testing import NatsServer, ServiceProcess, console_script, create_database, drop_database, free_port  # noqa: E402
+from tests.bench._common import (  # noqa: E402
+    AUTH_SECRET,
+    RSS_TARGET_MB,
+    RssSampler,
+    heading,
+    main,
+    percentile,
+    pg_server_url,
+    row,
+    verdict,
+)
+
+CENTRE = (31.2304, 121.4737)
+SECRET = "bench-receiver-secret-0123456789"
+ALERTS = 100
+OVER_S = 10.0
+P99_TARGET_S = 1.0
+FANOUT_TARGET = 1000.0
+FANOUT_CHANNELS = 50
+AREA = {"description": "黄浦区", "circle": {"lat": CENTRE[0], "lon": CENTRE[1], "radius_m": 800}}
+
+
+def _serve(port: int, counter: Any) -> None:  # the receiver, in a process of its own
+    import uvicorn
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        more = True
+        while more:
+            message = await receive()
+            more = message.get("more_body", False)
+        with counter.get_lock():
+            counter.value += 1
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False, lifespan="off")
+
+
+async def receiver_ceiling(url: str, n: int) -> float:
+    """Requests a second the receiver answers, one client, 100 connections, as fast as it can."""
+    limits = httpx.Limits(max_connections=100, max_keepalive_connections=100)
+    async with httpx.AsyncClient(limits=limits, timeout=30) as client:
+        gate = asyncio.Semaphore(100)
+
+        async def one() -> None:
+            async with gate:
+                await client.post(url, content=b"<alert/>")
+
+        await asyncio.gather(*(one() for _ in range(50)))
+        started = time.perf_counter()
+        await asyncio.gather(*(one() for _ in range(n)))
+        return n / (time.perf_counter() - started)
+
+
+async def run(quick: bool) -> None:
+    heading("public-notification: approval to delivery, webhook fan-out, on PostgreSQL", quick)
+    workdir = Path(tempfile.mkdtemp(prefix="notification-bench-"))
+    server = pg_server_url()
+    database_url = await create_database(server, prefix="ecs_bench")
+    broker = NatsServer(workdir / "nats-store").start()
+    rx_port = free_port()
+    counter = multiprocessing.Value("l", 0)
+    rx = multiprocessing.Process(target=_serve, args=(rx_port, counter), daemon=True)
+    rx.start()
+    port = free_port()
+    env = {
+        "NOTIFICATION_DATABASE_URL": database_url,
+        "NOTIFICATION_NATS_URL": broker.url,
+        "NOTIFICATION_HTTP_PORT": str(port),
+        "NOTIFICATION_AUTH_SECRET": AUTH_SECRET,
+        "NOTIFICATION_LOG_LEVEL": "WARNING",
+        "NOTIFICATION_CHANNEL_OUTBOX": str(workdir / "outbox"),
+        "NOTIFICATION_DELIVERY_POLL_S": "0.2",
+    }
+    proc = ServiceProcess([console_script("public-notification")], env, port, workdir / "notification.log")
+    await asyncio.to_thread(proc.start)
+    assert proc.proc is not None
+    rss = RssSampler(proc.proc.pid).start()
+    tokens = TokenVerifier(AUTH_SECRET)
+    officer = {"Authorization": f"Bearer {tokens.issue('officer-li', ['information_officer'])}"}
+    commander = {"Authorization": f"Bearer {tokens.issue('commander-wang', ['commander'])}"}
+    rx_url = f"http://127.0.0.1:{rx_port}"
+    bus = Bus(broker.url, "bench-intake")
+    await bus.connect()
+    try:
+        async with httpx.AsyncClient(base_url=proc.url, timeout=60) as http:
+            await _wait_up(rx_url)
+            for kind in ("sms", "cell_broadcast", "social"):
+                body = {"kind": kind, "name": kind, "exercise": False}
+                assert (await http.post("/v1/channels", json=body, headers=commander)).status_code == 201
+            body = {"kind": "webhook", "name": "hook", "exercise": False, "url": f"{rx_url}/hook", "secret": SECRET}
+            assert (await http.post("/v1/channels", json=body, headers=commander)).status_code == 201
+            created = IncidentCreated(
+                incident_id="bench-1",
+                category="fire",
+                level=2,
+                lat=CENTRE[0],
+                lon=CENTRE[1],
+                first_alarm_at=datetime.now(UTC),
+                alarm_id="a",
+                gateway_id="gw",
+                exercise=False,
+            )
+            await bus.publish_event(
+                make_event("incident.created", created, source="incident-intake", incident_id="bench-1")
+            )
+            while (await http.get("/v1/incidents/bench-1", headers=officer)).status_code != 200:  # noqa: ASYNC110
+                await asyncio.sleep(0.1)  # the service learns of the incident over NATS
+
+            # 1. Approval to delivery: alerts waiting for approval, approved and published at 10 a second.
+            n = 20 if quick else ALERTS
+            pending = [await _pending(http, officer) for _ in range(n)]
+            approved_at: dict[str, float] = {}
+
+            async def approve_and_publish(alert: dict[str, Any]) -> None:
+                approved_at[alert["id"]] = time.time()
+                r = await http.post(
+                    f"/v1/alerts/{alert['id']}:approve", json={"version": alert["version"]}, headers=commander
+                )
+                assert r.status_code == 200, r.text
+                a = r.json()
+                r = await http.post(f"/v1/alerts/{a['id']}:publish", json={"version": a["version"]}, headers=officer)
+                assert r.status_code == 200, r.text
+
+            t0 = time.perf_counter()
+            tasks = []
+            for i, alert in enumerate(pending):
+                await asyncio.sleep(max(0.0, t0 + i * OVER_S / ALERTS - time.perf_counter()))
+                tasks.append(asyncio.create_task(approve_and_publish(alert)))
+            await asyncio.gather(*tasks)
+            lags = await _delivery_lags(http, officer, approved_at, channels=4)
+            lags.sort()
+            p50, p99 = percentile(lags, 50), percentile(lags, 99)
+            print(f"  approval to delivery: {n} alerts over {n * OVER_S / ALERTS:g} s, 4 channels each")
+            row("approval to last channel delivered, p50", f"{p50:,.3f} s")
+            row(
+                "approval to last channel delivered, p99",
+                f"{p99:,.3f} s",
+                f"target <= {P99_TARGET_S:g} s: " + verdict(p99 <= P99_TARGET_S, quick, "approval to delivery p99"),
+            )
+
+            # 2. Webhook fan-out: more webhook channels, alerts published at once, the receiver counts.
+            for i in range(FANOUT_CHANNELS - 1):
+                body = {
+                    "kind": "webhook",
+                    "name": f"hook-{i}",
+                    "exercise": False,
+                    "url": f"{rx_url}/hook-{i}",
+                    "secret": SECRET,
+                }
+                assert (await http.post("/v1/channels", json=body, headers=commander)).status_code == 201
+            fan_alerts = 10 if quick else 60
+            ready = []
+            for _ in range(fan_alerts):
+                alert = await _pending(http, officer)
+                r = await http.post(
+                    f"/v1/alerts/{alert['id']}:approve", json={"version": alert["version"]}, headers=commander
+                )
+                ready.append(r.json())
+            expected_hooks = fan_alerts * FANOUT_CHANNELS
+            start_count = counter.value
+            started = time.perf_counter()
+            await asyncio.gather(
+                *(
+                    http.post(f"/v1/alerts/{a['id']}:publish", json={"version": a["version"]}, headers=officer)
+                    for a in ready
+                )
+            )
+            deadline = time.perf_counter() + 120
+            while counter.value - start_count < expected_hooks and time.perf_counter() < deadline:  # noqa: ASYNC110
+                await asyncio.sleep(0.02)  # the counter lives in the receiver's process
+            fan_s = time.perf_counter() - started
+            got = counter.value - start_count
+            rate = got / fan_s
+            ceiling = await receiver_ceiling(f"{rx_url}/ceiling", 2000 if quick else 10000)
+            print(f"  fan-out: {fan_alerts} alerts x {FANOUT_CHANNELS} webhook channels = {expected_hooks:,} posts")
+            row(
+                "webhook deliveries a second",
+                f"{rate:,.0f} /s",
+                f"target >= {FANOUT_TARGET:,.0f}/s: "
+                + verdict(rate >= FANOUT_TARGET and got >= expected_hooks, quick, "webhook fan-out"),
+            )
+            row("ceiling: the receiver's own rate", f"{ceiling:,.0f} req/s", f"fan-out at {rate / ceiling:.0%} of it")
+        peak, hwm = rss.stop()
+        row(
+            "public-notification max RSS (sampled every 100 ms)",
+            f"{peak:,.0f} MB",
+            f"target < {RSS_TARGET_MB} MB: {verdict(max(peak, hwm) < RSS_TARGET_MB, quick, 'resident memory')}",
+        )
+        row("public-notification RSS high-water mark (VmHWM)", f"{hwm:,.0f} MB")
+    finally:
+        await bus.close()
+        proc.kill(9)
+        rx.kill()
+        broker.stop()
+        await drop_database(server, database_url)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+async def _wait_up(url: str) -> None:
+    async with httpx.AsyncClient(timeout=2) as client:
+        for _ in range(100):
+            try:
+                await client.post(f"{url}/ping", content=b"")
+                return
+            except httpx.TransportError:
+                await asyncio.sleep(0.1)
+    raise RuntimeError("the webhook receiver did not start")
+
+
+async def _pending(http: httpx.AsyncClient, officer: dict[str, str]) -> dict[str, Any]:
+    body = {"description_zh": "请立即撤离", "description_en": "Evacuate now", "area": AREA}
+    r = await http.post("/v1/incidents/bench-1/alerts", json=body, headers=officer)
+    assert r.status_code == 201, r.text
+    alert = r.json()
+    r = await http.post(f"/v1/alerts/{alert['id']}:submit", json={"version": alert["version"]}, headers=officer)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+async def _delivery_lags(
+    http: httpx.AsyncClient, headers: dict[str, str], approved_at: dict[str, float], channels: int
+) -> list[float]:
+    """Seconds from each approval to its last channel delivered (an alert never delivered on
+    every channel within a minute counts as infinitely late)."""
+    deadline = time.monotonic() + 60
+    lags: dict[str, float] = {}
+    while len(lags) < len(approved_at) and time.monotonic() < deadline:
+        for alert_id, t in approved_at.items():
+            if alert_id in lags:
+                continue
+            d = orjson.loads((await http.get(f"/v1/alerts/{alert_id}/deliveries", headers=headers)).content)
+            done = [x for x in d["deliveries"] if x["status"] == "delivered"]
+            if len(done) == channels:
+                last = max(datetime.fromisoformat(x["delivered_at"]).timestamp() for x in done)
+                lags[alert_id] = last - t
+        await asyncio.sleep(0.2)
+    return [lags.get(a, float("inf")) for a in approved_at]
+
+
+if __name__ == "__main__":
+    main(run, __doc__)
