@@ -101,8 +101,15 @@ async def prepare(proc: ServiceProcess, bus: Bus, headers: dict[str, str]) -> li
         for d in depots:
             body = {"depot_id": d["id"], "lines": [{"item": "stretcher", "lot": f"{d['id']}-1", "quantity": PER_DEPOT}]}
             assert (await client.post("/v1/documents/receipts", json=body, headers=headers)).status_code == 201
+        return await announce(proc, bus, headers)
+
+
+async def announce(proc: ServiceProcess, bus: Bus, headers: dict[str, str], count: int = 20) -> list[str]:
+    """``count`` live incidents, as incident-intake announces them; returns their ids once the
+    service knows them all."""
+    async with httpx.AsyncClient(base_url=proc.url, timeout=30) as client:
         incidents = []
-        for _ in range(20):
+        for _ in range(count):
             incident_id = "R" + uuid.uuid4().hex[:12]
             data = IncidentCreated(
                 incident_id=incident_id,
