@@ -134,6 +134,13 @@ class StepRumor:
 
 
 @dataclass(frozen=True, slots=True)
+class ExpireAlerts:
+    """Published alerts whose ``expires`` passed as of ``now`` (UTC) become expired."""
+
+    now: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class SweepClocks:
     """Warn of clocks due soon and record the ones missed, as of ``now`` (UTC)."""
 

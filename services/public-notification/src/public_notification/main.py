@@ -42,8 +42,10 @@ def build_app(settings: NotificationSettings | None = None) -> FastAPI:
         ctx = Context(p.db, settings, adapters)
         app.state.notification = ctx
 
-        async def sweep() -> None:
-            await handle(ctx, commands.SweepClocks(utcnow()))
+        async def sweep() -> None:  # every replica sweeps; the database lets each change happen once
+            now = utcnow()
+            await handle(ctx, commands.SweepClocks(now))
+            await handle(ctx, commands.ExpireAlerts(now))
 
         p.every(settings.clock_sweep_s, sweep, "clock-sweep")
         await p.run(

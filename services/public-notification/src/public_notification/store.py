@@ -632,3 +632,21 @@ async def retry_delivery(conn: AsyncConnection, delivery_id: str, attempts: int,
         .values(next_attempt_at=next_at, last_error=error[:2000], lease_until=None)
     )
     return (await conn.execute(stmt)).rowcount == 1
+
+
+async def expire_alerts(conn: AsyncConnection, now: datetime) -> list[Row[Any]]:
+    """Published alerts whose ``expires`` passed become expired, once (a Cancel is final and
+    stays); returns them."""
+    a = alerts.c
+    stmt = (
+        update(alerts)
+        .where(
+            a.status == AlertStatus.published.value,
+            a.msg_type != MsgType.Cancel.value,
+            a.expires.is_not(None),
+            a.expires <= now,
+        )
+        .values(status=AlertStatus.expired.value, version=a.version + 1, updated_at=now)
+        .returning(*alerts.c)
+    )
+    return list(await conn.execute(stmt))

@@ -22,6 +22,7 @@ COMMANDS: dict[type, Handler] = {
     commands.DraftAlert: alerts.draft_alert,
     commands.EditAlert: alerts.edit_alert,
     commands.StepAlert: alerts.step_alert,
+    commands.ExpireAlerts: alerts.expire_alerts,
     commands.DraftStatement: statements.draft_statement,
     commands.StepStatement: statements.step_statement,
     commands.ReportRumor: rumors.report_rumor,

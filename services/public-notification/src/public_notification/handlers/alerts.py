@@ -15,7 +15,7 @@ from ecs.vocabulary import Category, Level
 
 from .. import store
 from ..capdoc import area_json, check_cap, document
-from ..commands import AreaSpec, DraftAlert, EditAlert, StepAlert
+from ..commands import AreaSpec, DraftAlert, EditAlert, ExpireAlerts, StepAlert
 from ..context import Context
 from ..domain import (
     AlertAction,
@@ -281,3 +281,25 @@ def _reference_text(ctx: Context, referenced: Any) -> str | None:
     if referenced is None or referenced.sent is None:
         return None
     return cap_reference(ctx.settings.sender, referenced.identifier, referenced.sent)
+
+
+async def expire_alerts(ctx: Context, cmd: ExpireAlerts) -> int:
+    """Expire the published alerts whose ``expires`` passed (``notification.alert.ended``, and
+    settlement where it changed); returns how many. Each once, whatever replica sweeps."""
+
+    async def work(tx: Tx) -> int:
+        expired = await store.expire_alerts(tx.conn, cmd.now)
+        for alert in expired:
+            tx.emit(
+                AlertEnded(
+                    incident_id=alert.incident_id, alert_id=alert.id, identifier=alert.identifier, status="expired"
+                ),
+                alert.incident_id,
+                alert.exercise,
+            )
+        for incident_id in sorted({a.incident_id for a in expired}):
+            await publish_settlement(tx, incident_id)
+        await tx.uow.commit()
+        return len(expired)
+
+    return await transaction(ctx, work)
