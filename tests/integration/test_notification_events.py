@@ -75,3 +75,39 @@ async def test_an_expired_alert_ends_once_and_leaves_the_feed(notification_app, 
 
         (event,) = await eventually(ended, "alert.ended")
         assert event["data"]["status"] == "expired"
+
+
+async def test_an_alert_area_reaches_the_targets_inside_it(notification_app, db_url, wired, as_):
+    intake, _ = wired
+    officer, commander = as_("information_officer", "officer-li"), as_("commander", "commander-wang")
+    lat, lon = CIRCLE["circle"]["lat"], CIRCLE["circle"]["lon"]
+    async with notification_app(db_url) as api:
+        incident = new_incident()
+        await ready_incident(api, intake, incident, officer)
+        near = [{"id": f"cell-{i}", "kind": "cell", "lat": lat + 0.0005 * i, "lon": lon} for i in range(5)]
+        far = [{"id": "cell-far", "kind": "cell", "lat": lat + 0.1, "lon": lon}]
+        district = [{"id": "huangpu", "kind": "district", "name": "黄浦区", "lat": lat, "lon": lon + 0.001}]
+        r = await api.post("/v1/targets:batch", json={"targets": near + far + district}, headers=commander)
+        assert r.status_code == 201 and r.json() == {"registered": 7}
+        r = await api.post("/v1/targets:batch", json={"targets": far}, headers=commander)
+        assert r.json() == {"registered": 0}  # known ids stay as they are
+        bad = {"targets": [{"id": "x", "kind": "cell", "lat": 91, "lon": 0}]}
+        r = await api.post("/v1/targets:batch", json=bad, headers=commander)
+        assert r.status_code == 422 and "targets.0.lat" in r.text
+        assert (await api.post("/v1/targets:batch", json={"targets": far}, headers=officer)).status_code == 403
+
+        a = (await draft(api, incident, officer, description_zh="z", description_en="e", area=CIRCLE)).json()
+        r = await api.get(f"/v1/alerts/{a['id']}/targets", headers=officer)
+        assert r.status_code == 200, r.text
+        reached = r.json()
+        assert reached["by_kind"] == {"cell": 5, "district": 1} and "cell-far" not in reached["ids"]
+        ring = [
+            [lat - 0.001, lon - 0.001],
+            [lat - 0.001, lon + 0.002],
+            [lat + 0.0012, lon + 0.002],
+            [lat + 0.0012, lon - 0.001],
+        ]
+        square = {"polygon": [*ring, ring[0]]}
+        b = (await draft(api, incident, officer, description_zh="z", description_en="e", area=square)).json()
+        reached = (await api.get(f"/v1/alerts/{b['id']}/targets", headers=officer)).json()
+        assert sorted(reached["ids"]) == ["cell-0", "cell-1", "cell-2", "huangpu"]

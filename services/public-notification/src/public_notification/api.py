@@ -8,7 +8,7 @@ every role reads; a drill runner acts on exercise incidents only (DESIGN §8).
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
@@ -32,8 +32,10 @@ from .views import (
     DeliveryList,
     IncidentView,
     Queued,
+    Registered,
     RumorAnswer,
     StatementAnswer,
+    TargetsAnswer,
 )
 
 alerts_api = APIRouter(prefix="/v1", tags=["alerts"])
@@ -465,6 +467,39 @@ async def republish(ctx: Ctx, alert_id: str, principal: Principal = requires(*WR
     """409 unless the alert is published."""
     queued = await handle(ctx, commands.Republish(alert_id, principal.subject, _drill_only(principal, WRITERS)))
     return _answer(Queued(queued=queued))
+
+
+class TargetIn(_Body):
+    """A cell (a cell-broadcast site), a district or a subscriber group at its position."""
+
+    id: str = Field(pattern=ID)
+    kind: Literal["cell", "district", "subscribers"]
+    name: str = Field(default="", max_length=255)
+    lat: float = Field(ge=-90, le=90, allow_inf_nan=False)
+    lon: float = Field(ge=-180, le=180, allow_inf_nan=False)
+    district: str | None = Field(default=None, max_length=64)
+
+
+class TargetBatch(_Body):
+    targets: list[TargetIn] = Field(min_length=1, max_length=10_000)
+
+
+@channels_api.post("/targets:batch", status_code=201, response_model=Registered, summary="Register targets")
+async def register_targets(ctx: Ctx, body: TargetBatch, principal: Principal = requires(Role.COMMANDER)) -> Response:
+    """Up to 10,000 cells, districts or subscriber groups at once; an id already known stays as it is."""
+    cmd = commands.RegisterTargets([t.model_dump() for t in body.targets], principal.subject)
+    return _answer(Registered(registered=await handle(ctx, cmd)), status=201)
+
+
+@channels_api.get("/alerts/{alert_id}/targets", response_model=TargetsAnswer, summary="What an alert's area reaches")
+async def alert_targets(
+    ctx: Ctx,
+    alert_id: str,
+    principal: Principal = requires(*READERS),
+    limit: Annotated[int, Query(ge=0, le=10_000)] = 1000,
+) -> Response:
+    """The cells, districts and subscriber groups inside the alert's polygon or circle."""
+    return _answer(await views.alert_targets(ctx, alert_id, limit))
 
 
 # --- the public CAP feed -----------------------------------------------------------------------

@@ -176,3 +176,11 @@ class DeliverDue:
     """Send up to ``limit`` deliveries that are due."""
 
     limit: int = 200
+
+
+@dataclass(frozen=True, slots=True)
+class RegisterTargets:
+    """Cells, districts or subscriber groups at their positions (WGS-84 degrees), all at once."""
+
+    targets: Sequence[Mapping[str, object]]
+    actor: str

@@ -11,6 +11,7 @@ from ecs.db import Database
 
 from .domain import ChannelKind
 from .settings import NotificationSettings
+from .targets import TargetDirectory
 
 
 @dataclass(frozen=True)
@@ -21,6 +22,7 @@ class Context:
     db: Database
     settings: NotificationSettings
     adapters: Mapping[ChannelKind, Any] = field(default_factory=dict)
+    targets: TargetDirectory | None = None
     deliveries_due: asyncio.Event = field(default_factory=asyncio.Event)
 
     def wake_deliveries(self) -> None:

@@ -16,6 +16,7 @@ from .channels import default_adapters
 from .context import Context
 from .handlers import handle
 from .settings import NotificationSettings
+from .targets import TargetDirectory
 from .worker import DeliveryWorker
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
@@ -39,7 +40,9 @@ def build_app(settings: NotificationSettings | None = None) -> FastAPI:
 
     async def wire(app: FastAPI, p: Platform) -> dict[str, Any]:
         adapters = default_adapters(Path(settings.channel_outbox), settings.webhook_timeout_s)
-        ctx = Context(p.db, settings, adapters)
+        directory = TargetDirectory(p.db)
+        indexed = await directory.refresh()
+        ctx = Context(p.db, settings, adapters, directory)
         app.state.notification = ctx
 
         async def sweep() -> None:  # every replica sweeps; the database lets each change happen once
@@ -48,6 +51,7 @@ def build_app(settings: NotificationSettings | None = None) -> FastAPI:
             await handle(ctx, commands.ExpireAlerts(now))
 
         p.every(settings.clock_sweep_s, sweep, "clock-sweep")
+        p.every(settings.targets_refresh_s, directory.refresh, "targets-refresh")
         await p.run(
             ConsumerRunner(
                 p.bus,
@@ -65,7 +69,7 @@ def build_app(settings: NotificationSettings | None = None) -> FastAPI:
             ),
             DeliveryWorker(ctx),
         )
-        return {"clock_first_information_s": settings.first_information_s}
+        return {"targets": indexed}
 
     return create_service_app(SPEC, settings, wire)
 

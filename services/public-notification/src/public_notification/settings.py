@@ -35,4 +35,7 @@ class NotificationSettings(ServiceSettings):
     delivery_poll_s: float = Field(default=0.2, gt=0, le=60)
     webhook_timeout_s: float = Field(default=5.0, gt=0, le=60)
 
+    # How often this replica indexes the cells, districts and subscriber groups others registered.
+    targets_refresh_s: float = Field(default=5.0, gt=0, le=3600)
+
     incident_batch: int = Field(default=50, ge=1, le=500)

@@ -650,3 +650,38 @@ async def expire_alerts(conn: AsyncConnection, now: datetime) -> list[Row[Any]]:
         .returning(*alerts.c)
     )
     return list(await conn.execute(stmt))
+
+
+# --- targets (cells, districts, subscriber groups) ----------------------------------------------
+
+targets = Table(
+    "targets",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("kind", String(24), nullable=False),
+    Column("name", String(255), nullable=False),
+    Column("lat", Float, nullable=False),
+    Column("lon", Float, nullable=False),
+    Column("district", String(64), nullable=True),
+    Column("seq", Integer, nullable=False),  # grows with each registration: replicas reload what is new
+    CheckConstraint("kind IN ('cell', 'district', 'subscribers')", name="kind"),
+    CheckConstraint("lat BETWEEN -90 AND 90 AND lon BETWEEN -180 AND 180", name="position"),
+)
+Index("ix_targets_seq", targets.c.seq)
+
+
+async def insert_targets(conn: AsyncConnection, rows: Sequence[dict[str, Any]], db: Any) -> int:
+    """Register targets (an id already registered is left as it is) in one statement; the caller
+    holds the targets lock, so the count before and after says how many are new."""
+    before = (await conn.execute(select(func.count()).select_from(targets))).scalar() or 0
+    top = (await conn.execute(select(func.max(targets.c.seq)))).scalar() or 0
+    numbered = [{**row, "seq": top + 1 + i} for i, row in enumerate(rows)]
+    if numbered:
+        await conn.execute(db.insert_ignore(targets), numbered)
+    return ((await conn.execute(select(func.count()).select_from(targets))).scalar() or 0) - before
+
+
+async def targets_after(conn: AsyncConnection, seq: int) -> list[Row[Any]]:
+    """Targets registered after ``seq``, in order."""
+    t = targets.c
+    return list(await conn.execute(select(t.id, t.kind, t.lat, t.lon, t.seq).where(t.seq > seq).order_by(t.seq)))

@@ -473,3 +473,52 @@ async def deliveries(db: Database, alert_id: str) -> DeliveryList:
             for r in rows
         ]
     )
+
+
+class TargetsAnswer(BaseModel):
+    """What an alert's area reaches: how many targets of each kind, and their ids (the first
+    ``limit``, by id)."""
+
+    alert_id: str
+    total: int
+    by_kind: dict[str, int]
+    ids: list[str]
+    truncated: bool
+    seconds: float = Field(description="time the index took to answer")
+
+
+class Registered(BaseModel):
+    registered: int = Field(description="targets new to the service")
+
+
+async def alert_targets(ctx: Any, alert_id: str, limit: int) -> TargetsAnswer:
+    """The targets inside the alert's polygon or circle (domain.TargetIndex); NotFound if no alert."""
+    import time
+
+    async with ctx.db.engine.connect() as conn:
+        row = await store.get_alert(conn, alert_id)
+    if row is None:
+        raise NotFound(f"no alert {alert_id!r}", field="alert_id")
+    started = time.perf_counter()
+    area = row.area
+    index = ctx.targets.index
+    if area.get("polygon"):
+        found = index.in_polygon([(p[0], p[1]) for p in area["polygon"]])
+    elif area.get("circle"):
+        lat, lon, radius = area["circle"]
+        found = index.in_circle(lat, lon, radius)
+    else:
+        found = []
+    seconds = time.perf_counter() - started
+    by_kind: dict[str, int] = {}
+    for t in found:
+        by_kind[t.kind] = by_kind.get(t.kind, 0) + 1
+    ids = sorted(t.id for t in found)
+    return TargetsAnswer(
+        alert_id=alert_id,
+        total=len(found),
+        by_kind=by_kind,
+        ids=ids[:limit],
+        truncated=len(ids) > limit,
+        seconds=seconds,
+    )

@@ -16,7 +16,9 @@ from .settlement import *  # noqa: F403
 from .settlement import __all__ as _settlement
 from .statements import *  # noqa: F403
 from .statements import __all__ as _statements
+from .targeting import *  # noqa: F403
+from .targeting import __all__ as _targeting
 
 SERVICE = "public-notification"
 
-__all__ = ["SERVICE", *_alerts, *_cap, *_channels, *_statements, *_rumors, *_settlement]
+__all__ = ["SERVICE", *_alerts, *_cap, *_channels, *_statements, *_rumors, *_settlement, *_targeting]

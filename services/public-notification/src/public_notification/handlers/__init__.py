@@ -31,6 +31,7 @@ COMMANDS: dict[type, Handler] = {
     commands.RegisterChannel: deliveries.register_channel,
     commands.Republish: deliveries.republish,
     commands.DeliverDue: deliveries.deliver_due,
+    commands.RegisterTargets: deliveries.register_targets,
 }
 
 EVENTS: dict[str, tuple[EventHandler, ...]] = {

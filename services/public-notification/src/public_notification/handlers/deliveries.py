@@ -14,7 +14,7 @@ from ecs.errors import Conflict, NotFound
 from .. import store
 from ..capdoc import document
 from ..channels import Message, Refused
-from ..commands import DeliverDue, RegisterChannel, Republish
+from ..commands import DeliverDue, RegisterChannel, RegisterTargets, Republish
 from ..context import Context
 from ..domain import AlertStatus, ChannelKind, DeliveryStatus, cap_reference, next_attempt
 from .facts import load_incident
@@ -123,3 +123,19 @@ async def _send(ctx: Context, row: Any, alert: Any, xml: bytes) -> tuple[Deliver
     except Exception as exc:  # any failure of one channel: tried again later, the others go on
         return None, (str(exc).splitlines() or [repr(exc)])[0][:500] or repr(exc)
     return DeliveryStatus.delivered, None
+
+
+async def register_targets(ctx: Context, cmd: RegisterTargets) -> int:
+    """Register targets (ids already known are left as they are); this replica indexes them at
+    once, the others on their next refresh. Returns how many were new."""
+
+    async def work(tx: Tx) -> int:
+        await tx.uow.lock("notification:targets")  # one registration at a time numbers them in order
+        new = await store.insert_targets(tx.conn, [dict(t) for t in cmd.targets], ctx.db)
+        await tx.uow.commit()
+        return new
+
+    new = await transaction(ctx, work, cmd.actor)
+    if ctx.targets is not None:
+        await ctx.targets.refresh()
+    return new
