@@ -10,7 +10,10 @@ import math
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import phonenumbers
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ecs import errors
 from ecs.contracts import GatewayAlarm
@@ -283,3 +286,22 @@ def test_the_service_area_is_the_deployments():
 def test_a_service_area_where_correlation_would_split_a_scene_is_refused(area):
     with pytest.raises(ValueError, match="service area"):
         AlarmPolicy(area=area)
+
+
+@settings(max_examples=300, deadline=None)
+@given(digits=st.from_regex(r"\A1[0-9]{10}\Z") | st.from_regex(r"\A[0-9+ ()-]{3,20}\Z"))
+def test_the_canonical_number_is_the_phone_libraries_whatever_the_path(digits):
+    try:
+        parsed = phonenumbers.parse(digits, "CN")
+        expected = (
+            phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+            if phonenumbers.is_possible_number(parsed)
+            else None
+        )
+    except phonenumbers.NumberParseException:
+        expected = None
+    try:
+        ours = normalise_number(digits)
+    except errors.InvalidInput:
+        ours = None
+    assert ours == expected

@@ -11,6 +11,7 @@ import functools
 import hashlib
 import hmac
 import math
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -107,12 +108,19 @@ Outcome = IngestResult | AppError
 alarm_id used for a different alarm, 422 for input that cannot be taken)."""
 
 
+_CN_MOBILE = re.compile(r"1(?:[3-689][0-9]|7[0-8])[0-9]{8}")  # not 179xx: carrier prefixes
+
+
 @functools.lru_cache(maxsize=65_536)
 def normalise_number(number: str, region: str = "CN") -> str:
     """A caller's number in E.164 (``+8613900000031``), however it was written: spaces, dashes,
     ``+86``, ``0086`` or ``86`` before it. Parsed by ``phonenumbers`` (libphonenumber's metadata),
     a number without a country code as one of ``region``. Raises InvalidInput (422, naming
     ``caller.number``) for what is not a possible phone number."""
+    if region == "CN" and _CN_MOBILE.fullmatch(number):
+        # The form nearly every call arrives in; the library gives this same answer for it, at
+        # a tenth of an alarm's whole correlation cost.
+        return "+86" + number
     try:
         parsed = phonenumbers.parse(number, region)
     except phonenumbers.NumberParseException:
