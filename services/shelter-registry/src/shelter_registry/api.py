@@ -397,7 +397,7 @@ async def allocate(ctx: Ctx, body: AllocationIn, principal: Principal = requires
             shelter_id=body.shelter_id,
         ),
     )
-    return _answer(await views.registration(ctx.db, reg.id, full=True), status=201)
+    return _answer(views.placed(reg, people), status=201)
 
 
 @registrations_api.post(

@@ -297,11 +297,31 @@ async def update_shelter(
     return to_shelter(row)
 
 
-async def open_rooms(conn: AsyncConnection, exercise: bool) -> list[Room]:
-    """What every open shelter of the same world (live or exercise) can still take."""
+async def open_rooms(conn: AsyncConnection, exercise: bool, needs: Needs | None = None) -> list[Room]:
+    """What every open shelter of the same world (live or exercise) can still take; with ``needs``,
+    only the shelters that could take them now."""
     c = shelters.c
-    q = select(shelters).where(c.status == ShelterStatus.open.value, c.exercise.is_(exercise))
-    return [to_shelter(r).room() for r in await conn.execute(q)]
+    free = c.capacity - c.occupied
+    accessible, pets = c.accessible_places - c.accessible_used, c.pet_places - c.pets_used
+    q = select(c.id, c.lat, c.lon, free, accessible, pets).where(
+        c.status == ShelterStatus.open.value, c.exercise.is_(exercise), c.occupied < c.capacity
+    )
+    if needs is not None:
+        q = q.where(free >= needs.people, accessible >= needs.wheelchairs, pets >= needs.pets)
+    return [Room(*r) for r in await conn.execute(q)]
+
+
+async def largest_room(conn: AsyncConnection, exercise: bool, needs: Needs) -> int:
+    """The most people one open shelter of the same world could take with ``needs``' wheelchairs
+    and pets (for the refusal of a household none takes)."""
+    c = shelters.c
+    q = select(func.max(c.capacity - c.occupied)).where(
+        c.status == ShelterStatus.open.value,
+        c.exercise.is_(exercise),
+        c.accessible_places - c.accessible_used >= needs.wheelchairs,
+        c.pet_places - c.pets_used >= needs.pets,
+    )
+    return int((await conn.execute(q)).scalar_one() or 0)
 
 
 async def standby_rooms(conn: AsyncConnection, exercise: bool) -> list[Room]:

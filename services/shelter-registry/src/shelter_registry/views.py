@@ -25,7 +25,9 @@ from .domain import (
     ShelterKind,
     ShelterStatus,
     StayClass,
+    mask_id_number,
     mask_name,
+    mask_phone,
     shown_status,
 )
 from .store import Registration, Shelter
@@ -320,6 +322,22 @@ async def registration(db: Database, registration_id: str, full: bool) -> Regist
         for r in rows
     ]
     return RegistrationAnswer.of(reg, persons, full)
+
+
+def placed(reg: Registration, people: list[Any]) -> RegistrationAnswer:
+    """The answer to a placement, from what was just written (``people``: commands.Person), for a
+    role that acts on it: names in full, numbers masked."""
+    persons = [
+        PersonAnswer(
+            name=p.name,
+            id_number=mask_id_number(p.id_number) if p.id_number else None,
+            phone=mask_phone(p.phone) if p.phone else None,
+            wheelchair=p.wheelchair,
+            consent_to_share=p.consent_to_share,
+        )
+        for p in people
+    ]
+    return RegistrationAnswer.of(reg, persons, full=True)
 
 
 async def registration_row(db: Database, registration_id: str) -> Registration:

@@ -17,6 +17,7 @@ from ..context import Context
 from ..domain import (
     CHECKS_IN,
     HOLDS_PLACE,
+    TAKES_PEOPLE,
     Needs,
     RegistrationAction,
     RegistrationStatus,
@@ -26,10 +27,10 @@ from ..domain import (
     mask_phone,
     nearest_first,
     next_registration_status,
+    no_shelter_takes,
     normalise_name,
     place_households,
     protect,
-    refuse_household,
     split_household,
 )
 from ..store import Registration
@@ -111,17 +112,18 @@ async def place_household(ctx: Context, cmd: commands.PlaceHousehold) -> Registr
     async def work(tx: Tx) -> Registration:
         now = utcnow()
         exercise = await _exercise_of(tx, cmd.incident_id, cmd.exercise)
-        rooms = await store.open_rooms(tx.conn, exercise)
         if cmd.shelter_id is not None:
             chosen = await store.shelter(tx.conn, cmd.shelter_id)
-            rooms = [r for r in rooms if r.shelter_id == chosen.id]
-            if not rooms:
+            if chosen.status not in TAKES_PEOPLE or chosen.exercise is not exercise:
                 raise Conflict(f"shelter {chosen.id} is {chosen.status.value}: it takes no one", field="shelter_id")
-        rooms = nearest_first(rooms, cmd.lat, cmd.lon)
+        rooms = nearest_first(await store.open_rooms(tx.conn, exercise, cmd.needs), cmd.lat, cmd.lon)
+        if cmd.shelter_id is not None:
+            rooms = [r for r in rooms if r.shelter_id == cmd.shelter_id]
         while True:
             room = choose_shelter(rooms, cmd.needs)
             if room is None:
-                raise refuse_household(rooms, cmd.needs)
+                largest = await store.largest_room(tx.conn, exercise, cmd.needs)
+                raise no_shelter_takes(cmd.needs, largest)
             if await store.take_places(tx.conn, room.shelter_id, cmd.needs, exercise, now):
                 break
             rooms = [r for r in rooms if r.shelter_id != room.shelter_id]  # taken meanwhile
@@ -142,7 +144,7 @@ async def place_household(ctx: Context, cmd: commands.PlaceHousehold) -> Registr
             "household_ref": None,
         }
         await store.insert_registration(tx.conn, row, [_person_row(ctx, p) for p in cmd.people])
-        reg = await store.registration(tx.conn, row["id"])
+        reg = Registration(**{**row, "status": RegistrationStatus.planned})
         await store.record_history(tx.conn, [_history(reg, PLACED, None, tx.actor)])
         tx.emit(_changed(reg, PLACED, None, tx.actor), reg.incident_id, reg.exercise)
         if reg.incident_id is not None:
