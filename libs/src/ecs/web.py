@@ -63,6 +63,99 @@ def validation_problem(errors: Sequence[dict[str, Any]], prefix: str = "") -> JS
     return problem(422, "Invalid input", detail, code="invalid_input", errors=items)
 
 
+PROBLEM_SCHEMA: dict[str, Any] = {
+    "title": "Problem",
+    "description": "An error, as RFC 9457 problem details: what went wrong and, where it can, which field.",
+    "type": "object",
+    "required": ["type", "title", "status", "detail"],
+    "properties": {
+        "type": {"type": "string", "description": "urn:ecs:problem:<code>"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string"},
+        "field": {"type": "string", "description": "the field, header or parameter at fault"},
+        "errors": {
+            "type": "array",
+            "description": "every invalid field (422)",
+            "items": {
+                "type": "object",
+                "properties": {"field": {"type": "string"}, "message": {"type": "string"}},
+            },
+        },
+    },
+    "additionalProperties": True,
+}
+
+_STATUS_TEXT = {
+    400: "malformed request (not JSON, not UTF-8)",
+    401: "missing, expired or invalid credentials",
+    403: "the caller's roles do not allow this (or a drill runner on a live object)",
+    404: "no such object",
+    409: "conflict with the object's state or version (the current version is included)",
+    413: "the body is larger than the limit",
+    415: "the body is not in a media type this operation reads",
+    422: "invalid input, naming each field",
+    503: "not ready or temporarily unable to take the request: retry",
+}
+
+
+def _operation_statuses(path: str, method: str, op: dict[str, Any]) -> set[int]:
+    """The error statuses an operation can answer, from its shape: every route may refuse
+    credentials and input; a path with an id may not find it; a write may conflict; a body
+    may be too large, of the wrong type or malformed."""
+    # 404 too without an id in the path: a body may name an object that does not exist.
+    statuses = {401, 403, 404, 422, 503}
+    if method in ("post", "put", "patch", "delete"):
+        statuses.add(409)
+    if method in ("post", "put", "patch"):
+        statuses |= {400, 413, 415}
+    return statuses
+
+
+def _hoist_defs(schema: Any, schemas: dict[str, Any]) -> None:
+    if isinstance(schema, dict):
+        for name, sub in schema.pop("$defs", {}).items():
+            _hoist_defs(sub, schemas)
+            schemas.setdefault(name, sub)
+        for value in schema.values():
+            _hoist_defs(value, schemas)
+    elif isinstance(schema, list):
+        for value in schema:
+            _hoist_defs(value, schemas)
+
+
+def finish_openapi(spec: dict[str, Any]) -> dict[str, Any]:
+    """Make a FastAPI-generated OpenAPI document say what the service does: schemas nested in
+    request bodies (``$defs``) moved into ``components``; every error answered as
+    ``application/problem+json`` with the Problem schema; and the error statuses each operation
+    can answer (``_operation_statuses``) documented. Returns ``spec``, changed in place."""
+    schemas = spec.setdefault("components", {}).setdefault("schemas", {})
+    for name in ("HTTPValidationError", "ValidationError"):
+        schemas.pop(name, None)
+    schemas["Problem"] = PROBLEM_SCHEMA
+    problem_content = {PROBLEM: {"schema": {"$ref": "#/components/schemas/Problem"}}}
+    for path, item in spec.get("paths", {}).items():
+        for method, op in item.items():
+            if not isinstance(op, dict) or "responses" not in op:
+                continue
+            body = op.get("requestBody", {})
+            for media in body.get("content", {}).values():
+                _hoist_defs(media.get("schema", {}), schemas)
+            responses = op["responses"]
+            public = path in ("/healthz", "/readyz", "/metrics") or path.startswith("/docs")
+            wanted = set() if public else _operation_statuses(path, method, op)
+            if path == "/readyz":
+                wanted.add(503)
+            for status in wanted:
+                responses.setdefault(str(status), {})
+            for status, answer in list(responses.items()):
+                if status.isdigit() and int(status) >= 400 and not public:
+                    answer["content"] = problem_content
+                    if not answer.get("description") or answer["description"] in ("Validation Error",):
+                        answer["description"] = _STATUS_TEXT.get(int(status), "error")
+    return spec
+
+
 def requires(*roles: Role) -> Any:
     """FastAPI dependency: a valid bearer token holding one of ``roles``."""
 
@@ -114,7 +207,27 @@ def create_app(
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["ops"], summary="NATS and the database are reachable")
+    readiness_answer = {
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "status": {"type": "string", "enum": ["ready", "not ready"]},
+                        "checks": {"type": "object", "additionalProperties": {"type": "boolean"}},
+                    },
+                }
+            }
+        }
+    }
+
+    @app.get(
+        "/readyz",
+        tags=["ops"],
+        summary="NATS and the database are reachable",
+        response_class=JSONResponse,
+        responses={200: readiness_answer, 503: {"description": "not ready", **readiness_answer}},
+    )
     async def readyz(request: Request) -> JSONResponse:
         checks = await request.app.state.readiness()
         ok = all(checks.values())
@@ -123,13 +236,27 @@ def create_app(
             status_code=200 if ok else 503,
         )
 
-    @app.get("/metrics", tags=["ops"], summary="Prometheus metrics")
+    @app.get(
+        "/metrics",
+        tags=["ops"],
+        summary="Prometheus metrics",
+        response_class=Response,
+        responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+    )
     async def metrics() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     for router in routers:
         app.include_router(router)
 
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = finish_openapi(FastAPI.openapi(app))
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+    app.add_middleware(NulRefusalMiddleware)
     app.add_middleware(IdempotencyMiddleware)
     app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes)
     app.add_middleware(MetricsMiddleware)
@@ -159,6 +286,80 @@ class MetricsMiddleware:
             route = getattr(scope.get("route"), "path", "unmatched")
             HTTP_REQUESTS.labels(scope["method"], route, str(status)).inc()
             HTTP_SECONDS.labels(scope["method"], route).observe(time.perf_counter() - start)
+
+
+def _nul_path(value: Any, path: str) -> str | None:
+    if isinstance(value, str):
+        return path if "\x00" in value else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found = _nul_path(key, path) or _nul_path(item, f"{path}.{key}" if path else str(key))
+            if found is not None:
+                return found
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            found = _nul_path(item, f"{path}[{i}]")
+            if found is not None:
+                return found
+    return None
+
+
+class NulRefusalMiddleware:
+    """Refuses an operator's request (bearer token) with U+0000 in a query parameter or in a JSON
+    body's text with 422 naming the field: no database stores it (PostgreSQL refuses it in text),
+    so it is bad input, never a 500. Signed gateway requests keep their own handling."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not dict(scope["headers"]).get(b"authorization", b"").lower().startswith(
+            b"bearer"
+        ):
+            await self.app(scope, receive, send)
+            return
+        if b"%00" in (scope.get("raw_path") or scope["path"].encode()) or "\x00" in scope["path"]:
+            await _nul_problem("path")(scope, receive, send)
+            return
+        query = scope.get("query_string", b"")
+        if b"%00" in query or b"\x00" in query:
+            from urllib.parse import parse_qsl
+
+            names = [k for k, v in parse_qsl(query.decode("latin-1"), keep_blank_values=True) if "\x00" in k + v]
+            await _nul_problem(names[0] if names else "query")(scope, receive, send)
+            return
+        if scope["method"] not in ("POST", "PUT", "PATCH"):
+            await self.app(scope, receive, send)
+            return
+        body = await _read_body(receive)
+        if b"\\u0000" in body:
+            try:
+                field = _nul_path(orjson.loads(body), "") or "body"
+            except orjson.JSONDecodeError:
+                field = "body"
+            await _nul_problem(field)(scope, receive, send)
+            return
+        sent = False
+
+        async def replay() -> Message:
+            nonlocal sent
+            if sent:
+                return await receive()
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
+
+
+def _nul_problem(field: str) -> JSONResponse:
+    return problem(
+        422,
+        "Invalid input",
+        f"{field}: text must not contain the character U+0000",
+        code="invalid_input",
+        field=field,
+        errors=[{"field": field, "message": "text must not contain the character U+0000"}],
+    )
 
 
 class BodyLimitMiddleware:
@@ -360,6 +561,7 @@ def json_response(data: Any, status: int = 200) -> Response:
 
 __all__ = [
     "create_app",
+    "finish_openapi",
     "requires",
     "problem",
     "validation_problem",

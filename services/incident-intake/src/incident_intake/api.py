@@ -170,6 +170,28 @@ def _invalid_alarm(exc: ValidationError) -> Response:
     "/v1/alarms:batch",
     response_model=BatchReceipt,
     summary=f"Push up to {MAX_BATCH} alarms (signed), answered item by item",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["alarms"],
+                        "additionalProperties": False,
+                        "properties": {
+                            "alarms": {
+                                "type": "array",
+                                "minItems": 1,
+                                "maxItems": MAX_BATCH,
+                                "items": GatewayAlarm.model_json_schema(ref_template="#/components/schemas/{model}"),
+                            }
+                        },
+                    }
+                }
+            },
+        }
+    },
 )
 async def post_alarm_batch(request: Request, registry: Gateways, ctx: Ctx) -> Response:
     """Up to 500 signed alarms, answered item by item: a bad item is refused on its own."""
