@@ -134,3 +134,36 @@ async def test_an_operators_lower_level_survives_routine_alarms(db, correlator, 
     assert inc.level == int(Level.I)
     raised = [e for e in await rows(db, store.timeline) if e.kind == "level.changed" and e.actor == "correlation"]
     assert "new since cmdr" in raised[-1].detail["reason"]
+
+
+async def test_merge_then_split_keeps_the_scene_and_tells_dispatch(db, correlator, settings):
+    from ecs.db import OUTBOX
+    from incident_intake.commands import ChangeStage, MergeIncident, SetPerimeter, SplitAlarms, Verify
+    from incident_intake.domain import Perimeter, Stage
+
+    xs = await correlator.ingest([incoming(casualties=4), incoming(near(BUND, 30, 0))])
+    (y,) = await correlator.ingest([incoming(near(BUND, 2200, 90), category="medical")])
+    x_id = xs[0].incident_id
+    ctx = Context(db, settings, None)  # type: ignore[arg-type]
+    row = await handle(Verify(x_id, 1, "alice"), ctx)
+    row = await handle(SetPerimeter(x_id, row.version, Perimeter.circle(*BUND, 100), "alice"), ctx)
+    row = await handle(ChangeStage(x_id, row.version, Stage.isolation, "alice"), ctx)
+    merged = await handle(MergeIncident(y.incident_id, 1, x_id, row.version, "bob"), ctx)
+    assert (merged.stage, merged.verified, merged.perimeter["radius_m"]) == ("isolation", True, 100)
+    split_from_y, new = await handle(
+        SplitAlarms(y.incident_id, merged.version, [("gw-a", r.alarm_id) for r in xs], "bob"), ctx
+    )
+    assert (new.stage, new.verified, new.perimeter["radius_m"], new.split_from) == (
+        "isolation",
+        True,
+        100,
+        y.incident_id,
+    )
+    async with db.engine.connect() as conn:
+        stage_events = [
+            r.payload for r in (await conn.execute(select(OUTBOX).where(OUTBOX.c.subject == "incident.stage.changed")))
+        ]
+    carried = [e for e in stage_events if b"merged with" in e or b"split from" in e]
+    assert len(carried) == 2  # y reached isolation by the merge, the new incident by the split
+    kinds = [e.kind for e in await rows(db, store.timeline) if e.incident_id == new.id]
+    assert "split.from" in kinds

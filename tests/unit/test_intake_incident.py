@@ -294,8 +294,19 @@ def test_merge_takes_the_worse_level_and_either_verification():
     assert gone.incident_id == "inc-2" and gone.event is None and gone.versioned
     assert gone.values == {"merged_into": "inc-1", "alarm_count": 0, "caller_count": 0}
     assert (gone.entry.kind, gone.entry.detail) == ("merged.into", {"incident_id": "inc-1", "alarms_moved": 1})
-    assert merged.values == {**COUNTS.values(), "level": 2, "verified": True}
-    assert (merged.entry.kind, merged.entry.detail) == ("merged", {"merged_incident_id": "inc-2", "alarms_moved": 1})
+    assert merged.values == {
+        **COUNTS.values(),
+        "level": 2,
+        "verified": True,
+        "stage": "reported",
+        "perimeter": None,
+        "facts": {},
+    }
+    kept = {"stage": "inc-1", "perimeter": None, "level": "inc-2", "verified": "inc-2"}
+    assert (merged.entry.kind, merged.entry.detail) == (
+        "merged",
+        {"merged_incident_id": "inc-2", "alarms_moved": 1, "kept_from": kept},
+    )
     assert merged.event.data == IncidentMerged(
         incident_id="inc-1", merged_incident_id="inc-2", alarms_moved=1, actor="alice"
     )
@@ -373,7 +384,7 @@ def test_split_opens_a_new_incident_for_the_alarms_that_left():
     assert (split.entry.incident_id, split.entry.kind, split.entry.detail) == (
         "inc-2",
         "split.from",
-        {"incident_id": "inc-1", "alarms": 2},
+        {"incident_id": "inc-1", "alarms": 2, "state_of": None},
     )
     assert split.created.exercise is True
     assert split.created.data == IncidentCreated(

@@ -305,3 +305,55 @@ def test_the_canonical_number_is_the_phone_libraries_whatever_the_path(digits):
     except errors.InvalidInput:
         ours = None
     assert ours == expected
+
+
+# --- 7. merge then split keeps the scene ------------------------------------------------------
+
+
+def _scene(**changes: Any):
+    from incident_intake.domain import Perimeter, Stage
+
+    r = Replica()
+    (first,) = r.ingest(item(**changes))
+    incident = r.index.incidents[first.incident_id]
+    incident.stage, incident.verified = Stage.isolation, True
+    incident.perimeter = Perimeter.circle(incident.lat, incident.lon, 100)
+    incident.facts = {"perimeter_units_on_scene": True}
+    return incident
+
+
+def test_a_merge_keeps_the_most_advanced_state_of_the_two():
+    from incident_intake.domain import Counts, Stage
+
+    x = _scene(casualties=4)
+    fresh = Replica()
+    fresh._n = itertools.count(100)  # ids apart from x's replica
+    (y_id,) = fresh.ingest(item(moved(BUND, 2200, 90)))
+    y = fresh.index.incidents[y_id.incident_id]
+    counts = Counts(2, NOW, NOW, 4, 0)
+    gone, merged = y.merge(x, "alice", 1, counts)
+    assert merged.values["stage"] == Stage.isolation and merged.values["verified"] is True
+    assert merged.values["perimeter"] == x.perimeter.to_dict()
+    assert merged.values["facts"]["perimeter_units_on_scene"] is True
+    assert merged.values["level"] == int(min(x.level, y.level))
+    assert merged.entry.detail["kept_from"] == {"stage": x.id, "perimeter": x.id, "level": x.id, "verified": x.id}
+    assert gone.values == {"merged_into": y.id, "alarm_count": 0, "caller_count": 0}  # x's own state stays
+
+
+def test_splitting_a_merged_incidents_alarms_back_out_gives_them_its_state():
+    from incident_intake.domain import AlarmFacts, Counts, Stage
+
+    x = _scene(casualties=4)
+    fresh = Replica()
+    fresh._n = itertools.count(100)  # ids apart from x's replica
+    (y_id,) = fresh.ingest(item(moved(BUND, 2200, 90)))
+    y = fresh.index.incidents[y_id.incident_id]
+    x.merged_into = y.id
+    first = AlarmFacts(Category.fire, x.lat, x.lon, NOW)
+    split = y.split("inc-new", first, [("gw-a", "a-1")], Counts(1, NOW, NOW, 4, 0), Counts(1, NOW, NOW, 0, 0), "al", x)
+    new = split.new
+    assert (new.stage, new.verified, new.perimeter, new.level) == (Stage.isolation, True, x.perimeter, x.level)
+    assert new.facts["perimeter_units_on_scene"] is True and new.split_from == y.id
+    assert split.entry.detail["state_of"] == x.id
+    moved_stage = new.carried_stage(Stage.reported, "al", "split")
+    assert moved_stage is not None and moved_stage.data.to_stage == Stage.isolation

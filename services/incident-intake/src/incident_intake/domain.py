@@ -822,8 +822,11 @@ class Incident:
     def merge(self, source: Incident, actor: str, moved: int, counts: Counts) -> tuple[Change, Change]:
         """Take in ``source``, whose ``moved`` alarms now belong here, giving these ``counts``.
 
-        Returns the change to the source (merged away, its counts emptied) and to this incident
-        (the new counts, the worse level of the two, verified if either was). Raises as
+        Returns the change to the source (merged away, its counts emptied; the rest of its state
+        stays on its row, for a split to give back) and to this incident, which keeps the most
+        advanced state of the two: the later stage, verified if either was, a perimeter (its
+        own, else the source's), every fact either had (a participant settled only if settled
+        for both), the more severe level. The timeline says which came from where. Raises as
         ``check_merge``.
         """
         self.check_merge(source)
@@ -832,14 +835,46 @@ class Incident:
             {"merged_into": self.id, "alarm_count": 0, "caller_count": 0},
             Entry(source.id, actor, "merged.into", {"incident_id": self.id, "alarms_moved": moved}),
         )
+        stage = max(self.stage, source.stage, key=STAGE_ORDER.index)
+        perimeter = self.perimeter or source.perimeter
         values = {
             **counts.values(),
             "level": int(min(self.level, source.level)),
             "verified": self.verified or source.verified,
+            "stage": stage.value,
+            "perimeter": perimeter.to_dict() if perimeter else None,
+            "facts": merged_facts(self.facts, source.facts),
+        }
+        kept = {
+            "stage": self.id if stage == self.stage else source.id,
+            "perimeter": None if perimeter is None else self.id if self.perimeter else source.id,
+            "level": self.id if self.level <= source.level else source.id,
+            "verified": self.id if self.verified else source.id if source.verified else None,
         }
         event = IncidentMerged(incident_id=self.id, merged_incident_id=source.id, alarms_moved=moved, actor=actor)
-        detail = {"merged_incident_id": source.id, "alarms_moved": moved}
+        detail = {"merged_incident_id": source.id, "alarms_moved": moved, "kept_from": kept}
         return gone, self._change(actor, "merged", detail, values, event)
+
+    def carried_stage(self, before: Stage, actor: str, reason: str) -> Event | None:
+        """The StageChanged event from ``before`` to this incident's stage when a merge or a split
+        carried it there without a step of the lifecycle, so that other services act on it;
+        None if the stage is still ``before``."""
+        if before == self.stage:
+            return None
+        event = StageChanged(
+            incident_id=self.id,
+            from_stage=before,
+            to_stage=self.stage,
+            actor=actor,
+            version=self.version,
+            category=self.category,
+            level=self.level,
+            lat=self.lat,
+            lon=self.lon,
+            perimeter=self.perimeter.to_dict() if self.perimeter else None,
+            reason=reason,
+        )
+        return Event(event, self.exercise)
 
     def plan_split(self, alarms: Sequence[AlarmKey], wanted: Collection[AlarmKey]) -> list[AlarmKey]:
         """Which of the incident's ``alarms`` (oldest first) leave for a new incident.
@@ -870,12 +905,16 @@ class Incident:
         new_counts: Counts,
         counts: Counts,
         actor: str,
+        origin: Incident | None = None,
     ) -> Split:
         """Open incident ``new_id`` for the ``moved`` alarms (``first`` is the oldest of them,
         ``new_counts`` their aggregates); ``counts`` are what this incident keeps.
 
-        The new incident starts where its first alarm was, unverified, with a level estimated from
-        its own alarms; it remembers it was split from this one. This incident keeps its level.
+        When the alarms are exactly those of ``origin``, an incident merged into this one, the
+        new incident gets the state that was origin's: its place, category, stage, verification,
+        perimeter, facts and level. Otherwise it starts where its first alarm was, unverified,
+        with a level estimated from its own alarms. Either way it remembers it was split from this
+        one, and this incident keeps its level.
         """
         new = replace(
             open_incident(new_id, first),
@@ -883,12 +922,56 @@ class Incident:
             level=estimate_level(first.category, new_counts.casualties, new_counts.caller_count),
             split_from=self.id,
         )
+        if origin is not None:
+            new = replace(
+                new,
+                category=origin.category,
+                lat=origin.lat,
+                lon=origin.lon,
+                stage=origin.stage,
+                verified=origin.verified,
+                perimeter=origin.perimeter,
+                facts=dict(origin.facts),
+                level=origin.level,
+            )
         refs = [f"{gateway_id}:{alarm_id}" for gateway_id, alarm_id in moved]
         created = new.created(*moved[0])
-        born = Entry(new.id, actor, "split.from", {"incident_id": self.id, "alarms": len(moved)})
+        born = Entry(
+            new.id,
+            actor,
+            "split.from",
+            {"incident_id": self.id, "alarms": len(moved), "state_of": origin.id if origin is not None else None},
+        )
         event = IncidentSplit(incident_id=self.id, new_incident_id=new.id, alarm_ids=refs, actor=actor)
         left = self._change(actor, "split", {"new_incident_id": new.id, "alarms": refs}, counts.values(), event)
         return Split(new, born, Event(created, new.exercise), left)
+
+
+STAGE_ORDER: list[Stage] = [
+    Stage.reported,
+    Stage.isolation,
+    Stage.handling,
+    Stage.opinion_control,
+    Stage.aftermath,
+    Stage.closed,
+    Stage.cancelled,
+]
+"""Stages from the least to the most advanced (a merge keeps the later of two open stages)."""
+
+
+def merged_facts(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
+    """Two incidents' facts as one: a fact true for either is true; a participant is settled
+    only if it is settled for both (one that reported for only one incident counts as that)."""
+    facts = {**b, **a}
+    for name in set(a) | set(b):
+        if isinstance(a.get(name), bool) or isinstance(b.get(name), bool):
+            facts[name] = bool(a.get(name)) or bool(b.get(name))
+    settled_a, settled_b = dict(a.get("settled") or {}), dict(b.get("settled") or {})
+    if settled_a or settled_b:
+        facts["settled"] = {
+            p: bool(settled_a.get(p, True)) and bool(settled_b.get(p, True)) for p in set(settled_a) | set(settled_b)
+        }
+    return facts
 
 
 @dataclass(frozen=True)

@@ -466,18 +466,30 @@ async def add_timeline(conn: AsyncConnection, entries: Sequence[Entry], at: date
 
 
 class StoredAlarm(NamedTuple):
-    """An incident's alarm as a split needs it: its key, its row, and its facts."""
+    """An incident's alarm as a split needs it: its key, its row, its facts, and the incident
+    correlation first put it in."""
 
     key: AlarmKey
     seq: int
     facts: AlarmFacts
+    original_incident_id: str = ""
 
 
 async def incident_alarms(conn: AsyncConnection, incident_id: str) -> list[StoredAlarm]:
     """The incident's alarms, oldest first (received_at, then arrival)."""
     a = alarms
     rows = await conn.execute(
-        select(a.c.seq, a.c.gateway_id, a.c.alarm_id, a.c.category, a.c.lat, a.c.lon, a.c.received_at, a.c.exercise)
+        select(
+            a.c.seq,
+            a.c.gateway_id,
+            a.c.alarm_id,
+            a.c.category,
+            a.c.lat,
+            a.c.lon,
+            a.c.received_at,
+            a.c.exercise,
+            a.c.original_incident_id,
+        )
         .where(a.c.incident_id == incident_id)
         .order_by(a.c.received_at, a.c.seq)
     )
@@ -488,6 +500,7 @@ async def incident_alarms(conn: AsyncConnection, incident_id: str) -> list[Store
             AlarmFacts(
                 category=Category(r.category), lat=r.lat, lon=r.lon, received_at=r.received_at, exercise=r.exercise
             ),
+            r.original_incident_id,
         )
         for r in rows
     ]

@@ -20,7 +20,7 @@ from ..commands import (
     SplitAlarms,
     Verify,
 )
-from ..domain import refuse_self_merge, trigger_for
+from ..domain import Stage, refuse_self_merge, trigger_for
 from .context import Context, commit, envelope, load, save
 
 
@@ -84,6 +84,10 @@ async def merge(command: MergeIncident, ctx: Context) -> Any:
         gone, merged = target.merge(source, command.actor, moved, await store.recount(conn, target.id))
         await save(uow, gone, source.version, rev)
         await save(uow, merged, target.version, rev)
+        after = await store.load_incident(conn, target.id)
+        carried = after.carried_stage(target.stage, command.actor, f"merged with {source.id}") if after else None
+        if carried is not None:
+            uow.emit(envelope(carried))
         return await commit(uow, target.id)
 
 
@@ -96,6 +100,7 @@ async def split(command: SplitAlarms, ctx: Context) -> tuple[Any, Any]:
         alarms = await store.incident_alarms(conn, incident.id)
         moving = set(incident.plan_split([a.key for a in alarms], command.alarms))
         leaving = [a for a in alarms if a.key in moving]
+        origin = await _origin(conn, incident.id, alarms, leaving)
         new_incident_id = new_id()
         await store.move_alarms(conn, [a.seq for a in leaving], new_incident_id)
         await store.rebuild_callers(conn, [incident.id, new_incident_id])
@@ -106,14 +111,31 @@ async def split(command: SplitAlarms, ctx: Context) -> tuple[Any, Any]:
             await store.recount(conn, new_incident_id),
             await store.recount(conn, incident.id),
             command.actor,
+            origin,
         )
         now = utcnow()
         await store.insert_incident(conn, decided.new, rev, now)
         await store.add_timeline(conn, [decided.entry], now)
         uow.emit(envelope(decided.created))
+        carried = decided.new.carried_stage(Stage.reported, command.actor, f"split from {incident.id}")
+        if carried is not None:
+            uow.emit(envelope(carried))
         await save(uow, decided.left, incident.version, rev)
         new = await store.get_incident(conn, new_incident_id)
         return await commit(uow, incident.id), new
+
+
+async def _origin(conn: Any, incident_id: str, alarms: list[Any], leaving: list[Any]) -> Any:
+    """The incident merged into ``incident_id`` whose alarms are exactly those ``leaving``, if
+    one is: a split of them gives back its state."""
+    origins = {a.original_incident_id for a in leaving}
+    if len(origins) != 1:
+        return None
+    (origin_id,) = origins
+    if origin_id == incident_id or sum(1 for a in alarms if a.original_incident_id == origin_id) != len(leaving):
+        return None
+    origin = await store.load_incident(conn, origin_id)
+    return origin if origin is not None and origin.merged_into == incident_id else None
 
 
 async def purge_exercise(command: PurgeExercise, ctx: Context) -> tuple[int, int]:
