@@ -272,3 +272,25 @@ async def test_a_unit_change_on_a_version_the_unit_left_is_409_stale_version_and
 
     # The same change on the version the unit has now goes through: only the version was wrong.
     await world.ok(method, path, {**fields, "version": moved["version"]})
+
+
+async def test_a_plan_published_on_a_version_another_commander_replaced_is_409_stale_version(world, operator_headers):
+    commander = operator_headers("commander")
+    yaml_headers = {**commander, "Content-Type": "application/yaml"}
+    original = (await world.api.get("/v1/plans/fire", headers={**commander, "Accept": "application/yaml"})).text
+    mine = original.replace("version: 1", "version: 2").replace("isolation_radius_m: 300", "isolation_radius_m: 350")
+    theirs = original.replace("version: 1", "version: 2").replace("isolation_radius_m: 300", "isolation_radius_m: 400")
+    assert (await world.api.put("/v1/plans/fire", content=theirs, headers=yaml_headers)).status_code == 200
+    before = (await world.api.get("/v1/plans/fire", headers=commander)).json()
+
+    problem = assert_problem(
+        await world.api.put("/v1/plans/fire", content=mine, headers=yaml_headers), 409, "stale_version"
+    )
+    assert problem["detail"]
+    assert (await world.api.get("/v1/plans/fire", headers=commander)).json() == before
+    versions = (await world.api.get("/v1/plans/fire/versions", headers=commander)).json()["items"]
+    assert [v["version"] for v in versions] == [2, 1]
+
+    # On the version active now, the same change goes through.
+    resp = await world.api.put("/v1/plans/fire", content=mine.replace("version: 2", "version: 3"), headers=yaml_headers)
+    assert resp.status_code == 200 and resp.json()["levels"]["II"]["isolation_radius_m"] == 350
