@@ -530,6 +530,10 @@ async def insert_channel(conn: AsyncConnection, values: dict[str, Any]) -> None:
     await conn.execute(channels.insert().values(**values))
 
 
+async def channel_names(conn: AsyncConnection) -> set[str]:
+    return {r[0] for r in await conn.execute(select(channels.c.name))}
+
+
 async def get_channel(conn: AsyncConnection, channel_id: str) -> Row[Any] | None:
     return (await conn.execute(select(channels).where(channels.c.id == channel_id))).first()
 
