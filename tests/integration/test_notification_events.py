@@ -111,3 +111,25 @@ async def test_an_alert_area_reaches_the_targets_inside_it(notification_app, db_
         b = (await draft(api, incident, officer, description_zh="z", description_en="e", area=square)).json()
         reached = (await api.get(f"/v1/alerts/{b['id']}/targets", headers=officer)).json()
         assert sorted(reached["ids"]) == ["cell-0", "cell-1", "cell-2", "huangpu"]
+
+
+async def test_a_repeated_post_with_its_idempotency_key_answers_the_same_and_adds_nothing(
+    notification_app, sqlite_url, wired, as_
+):
+    intake, _ = wired
+    officer = as_("information_officer", "officer-li")
+    async with notification_app(sqlite_url) as api:
+        incident = new_incident()
+        await ready_incident(api, intake, incident, officer)
+        body = {"description_zh": "z", "description_en": "e", "area": CIRCLE}
+        headers = {**officer, "Idempotency-Key": "draft-1"}
+        first = await api.post(f"/v1/incidents/{incident}/alerts", json=body, headers=headers)
+        again = await api.post(f"/v1/incidents/{incident}/alerts", json=body, headers=headers)
+        assert first.status_code == again.status_code == 201
+        assert again.json()["id"] == first.json()["id"]
+        page = (await api.get("/v1/alerts", params={"incident_id": incident}, headers=officer)).json()
+        assert len(page["alerts"]) == 1
+        other = await api.post(
+            f"/v1/incidents/{incident}/alerts", json={**body, "description_en": "x"}, headers=headers
+        )
+        assert other.status_code == 422 and "already used with a different request" in other.json()["detail"]
