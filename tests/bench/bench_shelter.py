@@ -86,7 +86,7 @@ def households(rng: random.Random) -> list[dict[str, Any]]:
     sizes = [4] * HOUSEHOLDS
     for _ in range(3 * HOUSEHOLDS):  # move people between households, keeping the sum
         a, b = rng.randrange(HOUSEHOLDS), rng.randrange(HOUSEHOLDS)
-        if sizes[a] > 1 and sizes[b] < 7:
+        if a != b and sizes[a] > 1 and sizes[b] < 7:
             sizes[a] -= 1
             sizes[b] += 1
     assert sum(sizes) == PEOPLE

@@ -5,10 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI
+import structlog
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+from sqlalchemy.exc import DBAPIError
 
 from ecs.bus import ConsumerRunner
+from ecs.errors import Transient
+from ecs.retry import db_error_text, is_unavailable
 from ecs.service import Platform, ServiceSpec, create_service_app, serve
+from ecs.web import problem
 
 from . import api, consumers
 from .context import Context
@@ -16,6 +22,8 @@ from .settings import ShelterSettings
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 VERSION_TABLE = "alembic_version_shelter"
+
+log = structlog.get_logger("shelter.main")
 
 SPEC = ServiceSpec(
     title="shelter-registry",
@@ -47,7 +55,20 @@ def build_app(settings: ShelterSettings | None = None) -> FastAPI:
         )
         return {"m2_per_person": settings.m2_per_person}
 
-    return create_service_app(SPEC, settings, wire)
+    app = create_service_app(SPEC, settings, wire)
+    app.add_exception_handler(Transient, _unavailable)
+    app.add_exception_handler(DBAPIError, _unavailable)
+    return app
+
+
+async def _unavailable(_: Request, exc: Exception) -> Response:
+    """503 while the database is out of reach (the request changed nothing: retry it); any other
+    database error stays a 500, a defect."""
+    if isinstance(exc, Transient) or is_unavailable(exc):
+        log.warning("shelter.database_unavailable", error=db_error_text(exc))
+        return problem(503, "Try again", "the database is out of reach; nothing was changed", code="unavailable")
+    log.error("http.database_error", error=db_error_text(exc))
+    return problem(500, "Internal error", "the request failed; nothing was changed unless the response said so")
 
 
 def run() -> None:
