@@ -78,8 +78,8 @@ ODD_INPUT = [
     ("/v1/assignments/99999999999999999999999999", {}, 422),
     ("/v1/assignments/0", {}, 422),
     ("/v1/assignments/9223372036854775807", {}, 404),
-    ("/v1/units/%00", {}, 404),
-    ("/v1/incidents/%00", {}, 404),
+    ("/v1/units/%00", {}, (404, 422)),  # not found, or refused before routing
+    ("/v1/incidents/%00", {}, (404, 422)),
     ("/v1/incidents", {"cursor": "bm90IGEgY3Vyc29y"}, 422),
     ("/v1/incidents", {"cursor": NUL_CURSOR}, 422),
     ("/v1/incidents", {"stage": "reported\x00"}, 422),
@@ -91,10 +91,14 @@ ODD_INPUT = [
 async def test_large_numbers_and_odd_text_are_4xx_not_500(dispatch_app, db_url, operator_headers):
     headers = operator_headers("dispatcher")
     async with dispatch_app(db_url, min_cover=0) as (_, api):
-        answers = [
-            (path, params, (await api.get(path, params=params, headers=headers))) for path, params, _ in ODD_INPUT
-        ]
-        got = [(path, params, r.status_code, r.headers["content-type"].split(";")[0]) for path, params, r in answers]
-        assert got == [(path, params, status, "application/problem+json") for path, params, status in ODD_INPUT]
+        got, wanted = [], []
+        for path, params, status in ODD_INPUT:
+            r = await api.get(path, params=params, headers=headers)
+            ok = r.status_code in (status if isinstance(status, tuple) else (status,))
+            got.append((path, params, r.status_code if not ok else status, r.headers["content-type"].split(";")[0]))
+            wanted.append((path, params, status, "application/problem+json"))
+        assert got == wanted
         r = await api.post("/v1/assignments/9223372036854775808/release", json={"reason": "done"}, headers=headers)
         assert r.status_code == 422, r.text
+        r = await api.post("/v1/assignments/1/release", json={"reason": "done\x00"}, headers=headers)
+        assert r.status_code == 422 and "reason" in r.text, r.text  # before PostgreSQL refuses it

@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request
 from fastapi.responses import Response
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
 from ecs.auth import COMMANDERS, OPERATORS, READERS, Principal, Role
 from ecs.errors import InvalidInput, UnsupportedMediaType
@@ -70,6 +70,14 @@ def _answer(model: BaseModel, status: int = 200) -> Response:
 
 class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+    @field_validator("*")
+    @classmethod
+    def _storable(cls, value: Any) -> Any:
+        # PostgreSQL's text cannot hold U+0000: refuse it here, naming the field, not as a 500.
+        if isinstance(value, str) and "\x00" in value:
+            raise ValueError("must not hold U+0000")
+        return value
 
 
 class Location(_Body):

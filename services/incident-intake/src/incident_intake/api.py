@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 import orjson
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ecs.auth import COMMANDERS, OPERATORS, READERS, Principal, Role
 from ecs.contracts import (
@@ -281,6 +281,14 @@ def _refused_item(i: int, alarm_id: str, exc: AppError) -> dict[str, Any]:
 
 class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+    @field_validator("*")
+    @classmethod
+    def _storable(cls, value: Any) -> Any:
+        # PostgreSQL's text cannot hold U+0000: refuse it here, naming the field, not as a 500.
+        if isinstance(value, str) and "\x00" in value:
+            raise ValueError("must not hold U+0000")
+        return value
 
 
 class Versioned(_Body):
