@@ -190,3 +190,48 @@ async def test_malformed_incident_events_go_to_the_dead_letter_subject_with_the_
             return (await registry.get(f"/v1/incidents/{good.id}/dashboard")).status_code == 200
 
         await eventually(known)
+
+
+async def test_reunification_records_expire_after_the_incident_closed(shelter_app, db_url):
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from shelter_registry import store
+    from shelter_registry.handlers.households import forget_expired
+
+    async with shelter_app(db_url, retention_days=30) as (app, client, bus):
+        await serve_plans(bus)
+        registry = Registry(client, bus)
+        await registry.open(shelter("S1", 1))
+        fire = Lifecycle(bus, category="fire", level=4)
+        await fire.to("isolation")
+
+        async def known() -> bool:
+            return (await registry.get(f"/v1/incidents/{fire.id}/dashboard")).status_code == 200
+
+        await eventually(known)
+        reg = await registry.ok("/v1/allocations", family(incident_id=fire.id))
+        search = {"name": "王芳", "phone": service.FAMILY_PHONE}
+        assert (await registry.ok("/v1/reunification/search", search, 200))["found"] is True
+        await registry.ok(f"/v1/registrations/{reg['id']}/cancel", {}, 200)
+        for stage in ("handling", "opinion_control", "aftermath", "closed"):
+            await fire.to(stage)
+
+        async def closed() -> bool:
+            async with app.state.db.engine.connect() as conn:
+                row = await store.incident(conn, fire.id)
+            return row is not None and row.closed_at is not None
+
+        await eventually(closed)
+        assert await forget_expired(app.state.shelter) == 0  # closed just now: kept
+        async with app.state.db.engine.begin() as conn:
+            month_ago = utcnow() - timedelta(days=31)
+            await conn.execute(
+                update(store.incidents).where(store.incidents.c.id == fire.id).values(closed_at=month_ago)
+            )
+        assert await forget_expired(app.state.shelter) == 4
+        assert (await registry.ok("/v1/reunification/search", search, 200))["found"] is False
+        kept = (await registry.get(f"/v1/registrations/{reg['id']}")).json()
+        assert kept["persons"] == [] and kept["people"] == 4  # the counts and the history stay
+        assert len((await registry.get(f"/v1/registrations/{reg['id']}/history")).json()["items"]) == 2

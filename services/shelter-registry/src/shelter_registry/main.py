@@ -18,6 +18,7 @@ from ecs.web import problem
 
 from . import api, consumers
 from .context import Context
+from .handlers import households
 from .settings import ShelterSettings
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
@@ -53,6 +54,7 @@ def build_app(settings: ShelterSettings | None = None) -> FastAPI:
                 settings.max_deliver,
             )
         )
+        p.every(settings.retention_sweep_s, lambda: households.forget_expired(ctx), "forget-expired")
         return {"m2_per_person": settings.m2_per_person}
 
     app = create_service_app(SPEC, settings, wire)

@@ -25,6 +25,7 @@ class ShelterSettings(ServiceSettings):
     search_window_s: float = Field(default=60.0, gt=0, le=86400)
     # Reunification records of a closed incident are kept this long, then purged.
     retention_days: int = Field(default=90, ge=1, le=3650)
+    retention_sweep_s: float = Field(default=3600.0, gt=0, le=86400)
     # Evacuation automation: open the nearest standby shelters when an incident enters isolation
     # with evacuation in its plan; the expected evacuees, before an operator corrects them.
     automatic: bool = True

@@ -24,6 +24,7 @@ from sqlalchemy import (
     Integer,
     String,
     Table,
+    delete,
     func,
     literal,
     select,
@@ -515,6 +516,15 @@ async def searches_since(conn: AsyncConnection, searcher: str, since: datetime) 
 async def log_search(conn: AsyncConnection, row: dict[str, Any]) -> None:
     """Audit one search (who, when, by what, found or not; never the facts searched with)."""
     await conn.execute(searches.insert(), [row])
+
+
+async def forget_people(conn: AsyncConnection, closed_before: datetime) -> int:
+    """Delete the people (names, fingerprints, masked numbers) of the registrations of incidents
+    closed before ``closed_before``; the counts, history and audit stay. Returns people deleted."""
+    r, i = registrations.c, incidents.c
+    expired = select(r.id).join(incidents, i.id == r.incident_id).where(i.closed_at < closed_before)
+    result = await conn.execute(delete(persons).where(persons.c.registration_id.in_(expired)))
+    return int(result.rowcount or 0)
 
 
 # --- incidents ----------------------------------------------------------------------------------

@@ -381,3 +381,16 @@ async def search(ctx: Context, cmd: commands.Search) -> Found:
         return Found(hit[0], hit[2], bool(hit[1]))
 
     return await transaction(ctx, work, cmd.searcher)
+
+
+async def forget_expired(ctx: Context) -> int:
+    """Reunification records expire ``retention_days`` after their incident closed: their people
+    are deleted (the places, history and search audit stay). Returns how many people went."""
+
+    async def work(tx: Tx) -> int:
+        cutoff = utcnow() - timedelta(days=ctx.settings.retention_days)
+        forgotten = await store.forget_people(tx.conn, cutoff)
+        await tx.uow.commit()
+        return forgotten
+
+    return await transaction(ctx, work, "retention")
