@@ -287,6 +287,13 @@ async def get_alert(conn: AsyncConnection, alert_id: str) -> Row[Any] | None:
     return (await conn.execute(select(alerts).where(alerts.c.id == alert_id))).first()
 
 
+async def get_alerts(conn: AsyncConnection, alert_ids: set[str]) -> dict[str, Row[Any]]:
+    """The alerts of these ids, by id (read in one statement)."""
+    if not alert_ids:
+        return {}
+    return {r.id: r for r in await conn.execute(select(alerts).where(alerts.c.id.in_(sorted(alert_ids))))}
+
+
 async def move_alert(
     conn: AsyncConnection,
     alert_id: str,
@@ -608,15 +615,20 @@ async def claim_due(conn: AsyncConnection, now: datetime, lease_s: float, limit:
     return list(await conn.execute(stmt))
 
 
-async def finish_delivery(
-    conn: AsyncConnection, delivery_id: str, attempts: int, status: DeliveryStatus, now: datetime, error: str | None
-) -> bool:
-    """Record the outcome of the attempt numbered ``attempts`` (a worker whose lease ran out and
-    was overtaken changes nothing); True if recorded."""
+async def finish_deliveries(
+    conn: AsyncConnection,
+    delivery_ids: Sequence[str],
+    attempts: int,
+    status: DeliveryStatus,
+    now: datetime,
+    error: str | None,
+) -> int:
+    """Record the outcome of the attempt numbered ``attempts`` of each delivery (one a worker
+    whose lease ran out was overtaken on changes nothing); returns how many were recorded."""
     d = deliveries.c
     stmt = (
         update(deliveries)
-        .where(d.id == delivery_id, d.status == DeliveryStatus.pending.value, d.attempts == attempts)
+        .where(d.id.in_(list(delivery_ids)), d.status == DeliveryStatus.pending.value, d.attempts == attempts)
         .values(
             status=status.value,
             last_error=error,
@@ -624,7 +636,7 @@ async def finish_delivery(
             delivered_at=now if status is DeliveryStatus.delivered else None,
         )
     )
-    return (await conn.execute(stmt)).rowcount == 1
+    return (await conn.execute(stmt)).rowcount
 
 
 async def retry_delivery(conn: AsyncConnection, delivery_id: str, attempts: int, next_at: datetime, error: str) -> bool:

@@ -6,6 +6,7 @@ others), and records the outcome — delivered, refused for good, or tried again
 from __future__ import annotations
 
 import asyncio
+from collections import defaultdict
 from typing import Any
 
 from ecs.envelope import new_id, utcnow
@@ -74,16 +75,17 @@ async def deliver_due(ctx: Context, cmd: DeliverDue) -> int:
 
     async def claim(tx: Tx) -> list[Any]:
         rows = await store.claim_due(tx.conn, utcnow(), ctx.settings.delivery_lease_s, cmd.limit)
-        messages = []
-        for row in rows:
-            alert = await store.get_alert(tx.conn, row.alert_id)
-            referenced = await store.get_alert(tx.conn, alert.references_id) if alert.references_id else None
-            refs = None
-            if referenced is not None and referenced.sent is not None:
-                refs = cap_reference(ctx.settings.sender, referenced.identifier, referenced.sent)
-            messages.append((row, alert, document(alert, ctx, refs)))
+        alerts = await store.get_alerts(tx.conn, {r.alert_id for r in rows})
+        referenced = await store.get_alerts(tx.conn, {a.references_id for a in alerts.values() if a.references_id})
         await tx.uow.commit()
-        return messages
+        documents: dict[str, bytes] = {}  # one CAP document per alert, whatever its channels
+        for alert in alerts.values():
+            ref = referenced.get(alert.references_id) if alert.references_id else None
+            refs = (
+                cap_reference(ctx.settings.sender, ref.identifier, ref.sent) if ref is not None and ref.sent else None
+            )
+            documents[alert.id] = document(alert, ctx, refs)
+        return [(row, alerts[row.alert_id], documents[row.alert_id]) for row in rows]
 
     claimed = await transaction(ctx, claim)
     if not claimed:
@@ -92,11 +94,14 @@ async def deliver_due(ctx: Context, cmd: DeliverDue) -> int:
 
     async def record(tx: Tx) -> None:
         now = utcnow()
+        finished: dict[tuple[DeliveryStatus, int, str | None], list[str]] = defaultdict(list)
         for (row, _, _), (status, error) in zip(claimed, outcomes, strict=True):
             if status is None:
                 await store.retry_delivery(tx.conn, row.id, row.attempts, next_attempt(row.attempts, now), error or "")
             else:
-                await store.finish_delivery(tx.conn, row.id, row.attempts, status, now, error)
+                finished[(status, row.attempts, error)].append(row.id)
+        for (status, attempts, error), ids in finished.items():  # one statement for the many alike
+            await store.finish_deliveries(tx.conn, ids, attempts, status, now, error)
         await tx.uow.commit()
 
     await transaction(ctx, record)
