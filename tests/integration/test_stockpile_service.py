@@ -423,3 +423,61 @@ async def test_bad_input_answers_a_clear_problem_naming_the_field_and_changes_no
 
         assert [(line["on_hand"], line["reserved"]) for line in await s.stock()] == [(5, 0)]
         assert (await s.get(f"/v1/incidents/{incident}/reservations")).json()["reservations"] == []
+
+
+async def test_several_items_at_once_all_or_none(stockpile_app, db_url, headers):
+    async with stockpile_app(db_url) as (_, client, bus):
+        s = Stockpile(client, bus, headers)
+        await s.setup([depot("A", 1.0), depot("B", 2.0)])
+        await s.receive(
+            "A", {"item": "stretcher", "lot": "S", "quantity": 5}, {"item": "first_aid_kit", "lot": "K", "quantity": 30}
+        )
+        await s.receive("B", {"item": "stretcher", "lot": "S", "quantity": 5})
+        incident = await s.incident()
+        path = f"/v1/incidents/{incident}/reservations:batch"
+        bad = await s.post(
+            path,
+            {
+                "lines": [
+                    {"item": "stretcher", "quantity": 2},
+                    {"item": "first_aid_kit", "quantity": 0.55, "unit": "carton"},
+                    {"item": "stretcher", "quantity": 1},
+                ]
+            },
+        )
+        assert bad.status_code == 422 and "lines.1.quantity" in bad.text, bad.text
+        assert sum(line["reserved"] for line in await s.stock()) == 0  # nothing partial
+
+        got = await s.ok(
+            path,
+            {
+                "lines": [
+                    {"item": "stretcher", "quantity": 8},
+                    {"item": "first_aid_kit", "quantity": 2, "unit": "carton"},
+                ]
+            },
+        )
+        answers = got["reservations"]
+        assert [(r["item"], r["reserved"], r["missing"]) for r in answers] == [
+            ("stretcher", 8, 0),
+            ("first_aid_kit", 20, 0),
+        ]
+        assert [(a["depot_id"], a["held"]) for a in answers[0]["allocations"]] == [("A", 5), ("B", 3)]
+
+
+async def test_a_drill_runner_reserves_for_exercise_incidents_only(stockpile_app, db_url, headers):
+    async with stockpile_app(db_url) as (_, client, bus):
+        s = Stockpile(client, bus, headers)
+        await s.setup([depot("A", 1.0), depot("X", 1.0, exercise=True)])
+        await s.receive("A", {"item": "stretcher", "lot": "S", "quantity": 5})
+        await s.receive("X", {"item": "stretcher", "lot": "S", "quantity": 5})
+        live, drill = await s.incident(), await s.incident(exercise=True)
+        refused = await s.post(
+            f"/v1/incidents/{live}/reservations", {"item": "stretcher", "quantity": 1}, ("drill_runner",)
+        )
+        assert refused.status_code == 403, refused.text
+        assert (await s.get(f"/v1/incidents/{live}/reservations")).json()["reservations"] == []
+        allowed = await s.post(
+            f"/v1/incidents/{drill}/reservations", {"item": "stretcher", "quantity": 1}, ("drill_runner",)
+        )
+        assert allowed.status_code == 201, allowed.text

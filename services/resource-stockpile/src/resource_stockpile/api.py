@@ -23,7 +23,15 @@ from . import commands, views
 from .context import Context
 from .domain import Action, AdjustmentReason, Condition, Depot, Item
 from .handlers import handle
-from .views import DepotList, DocumentAnswer, ItemList, ReservationAnswer, ReservationList, StockPage
+from .views import (
+    DepotList,
+    DocumentAnswer,
+    ItemList,
+    ReservationAnswer,
+    ReservationBatch,
+    ReservationList,
+    StockPage,
+)
 
 catalogue_api = APIRouter(prefix="/v1", tags=["catalogue and depots"])
 stock_api = APIRouter(prefix="/v1", tags=["stock and documents"])
@@ -144,6 +152,19 @@ class ReservationIn(_Body):
     item: str = Field(pattern=CODE)
     quantity: Quantity
     unit: str | None = Field(default=None, max_length=32)
+    near: Near | None = None
+
+
+class RequestLineIn(_Body):
+    item: str = Field(pattern=CODE)
+    quantity: Quantity
+    unit: str | None = Field(default=None, max_length=32)
+
+
+class ReservationBatchIn(_Body):
+    """Several items at once, all or none, each reserved nearest first."""
+
+    lines: list[RequestLineIn] = Field(min_length=1, max_length=100)
     near: Near | None = None
 
 
@@ -271,6 +292,7 @@ async def incident_reservations(incident_id: str, ctx: Ctx, _: Principal = requi
 @reservations_api.post("/incidents/{incident_id}/reservations", response_model=ReservationAnswer, status_code=201)
 async def reserve(incident_id: str, body: ReservationIn, ctx: Ctx, who: Principal = requires(*SUPPLY)) -> Response:
     """Reserve nearest first across depots; a partial reservation answers 201 with ``missing``."""
+    who.require_scope(SUPPLY, await views.incident_is_exercise(ctx.db, incident_id), "incidents")
     near = body.near
     got = await handle(
         ctx,
@@ -284,9 +306,20 @@ async def reserve(incident_id: str, body: ReservationIn, ctx: Ctx, who: Principa
             near.lon if near else None,
         ),
     )
-    answer = await views.reservation(ctx.db, got.reservation_id)
-    who.require_scope(SUPPLY, answer.exercise, "incidents")
-    return _answer(answer, 201)
+    return _answer(await views.reservation(ctx.db, got.reservation_id), 201)
+
+
+@reservations_api.post("/incidents/{incident_id}/reservations:batch", response_model=ReservationBatch, status_code=201)
+async def reserve_many(
+    incident_id: str, body: ReservationBatchIn, ctx: Ctx, who: Principal = requires(*SUPPLY)
+) -> Response:
+    """Reserve several items in one request, all or none; each line answers with what is missing."""
+    who.require_scope(SUPPLY, await views.incident_is_exercise(ctx.db, incident_id), "incidents")
+    near = body.near
+    lines = [commands.RequestLine(line.item, line.quantity, line.unit) for line in body.lines]
+    cmd = commands.ReserveMany(incident_id, lines, who.subject, near.lat if near else None, near.lon if near else None)
+    got = await handle(ctx, cmd)
+    return _answer(await views.reservations(ctx.db, [r.reservation_id for r in got]), 201)
 
 
 @reservations_api.get("/reservations/{reservation_id}", response_model=ReservationAnswer)

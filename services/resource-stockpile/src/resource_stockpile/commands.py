@@ -98,6 +98,28 @@ class Reserve:
 
 
 @dataclass(frozen=True, slots=True)
+class RequestLine:
+    """One item of a multi-item request: ``quantity`` of ``unit`` (None: the base unit)."""
+
+    item: str
+    quantity: Decimal
+    unit: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ReserveMany:
+    """Several items for an incident near (lat, lon) (default: the incident's position), in one
+    transaction: each a reservation of its own, all or none."""
+
+    incident_id: str
+    lines: Sequence[RequestLine]
+    actor: str
+    lat: float | None = None
+    lon: float | None = None
+    source: str = "operator"
+
+
+@dataclass(frozen=True, slots=True)
 class ActOnReservation:
     """Issue, return (with the condition it came back in), consume or release part of a
     reservation (``quantity`` None: all there is), if it is still at ``version`` (None: any)."""

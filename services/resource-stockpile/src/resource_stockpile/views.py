@@ -108,6 +108,12 @@ class ReservationList(BaseModel):
     reservations: list[ReservationAnswer]
 
 
+class ReservationBatch(BaseModel):
+    """The reservations one multi-item request made, in the order of its lines."""
+
+    reservations: list[ReservationAnswer]
+
+
 class DocumentAnswer(BaseModel):
     document_id: int
 
@@ -199,6 +205,27 @@ async def reservation(db: Database, reservation_id: int) -> ReservationAnswer:
         if row is None:
             raise NotFound(f"reservation {reservation_id} not found", reservation_id=reservation_id)
         return _reservation(row, await store.reservation_allocations(conn, reservation_id))
+
+
+async def incident_is_exercise(db: Database, incident_id: str) -> bool:
+    """Whether the incident is an exercise; NotFound for an incident never heard of."""
+    async with db.engine.connect() as conn:
+        incident = await store.get_incident(conn, incident_id)
+    if incident is None:
+        raise NotFound(f"incident {incident_id} not found", incident_id=incident_id)
+    return bool(incident.exercise)
+
+
+async def reservations(db: Database, ids: list[int]) -> ReservationBatch:
+    """These reservations, in this order."""
+    r, a = store.reservations, store.allocations
+    async with db.engine.connect() as conn:
+        rows = {row.id: row for row in await conn.execute(select(r).where(r.c.id.in_(ids)))}
+        allocs = [store.to_allocation(x) for x in await conn.execute(select(a).where(a.c.reservation_id.in_(ids)))]
+    by_reservation: dict[int, list[Allocation]] = {}
+    for x in sorted(allocs, key=lambda x: x.id):
+        by_reservation.setdefault(x.reservation_id, []).append(x)
+    return ReservationBatch(reservations=[_reservation(rows[i], by_reservation.get(i, [])) for i in ids])
 
 
 async def incident_reservations(db: Database, incident_id: str) -> ReservationList:

@@ -25,6 +25,7 @@ COMMANDS: dict[type, Handler] = {
     commands.AdjustStock: stock.adjust_stock,
     commands.TransferStock: stock.transfer_stock,
     commands.Reserve: reservations.reserve,
+    commands.ReserveMany: reservations.reserve_many,
     commands.ActOnReservation: reservations.act_on_reservation,
 }
 

@@ -21,7 +21,7 @@ from ecs.errors import Conflict, NotFound, StaleVersion
 from ecs.vocabulary import Participant, Stage
 
 from .. import store
-from ..commands import ActOnReservation, Reserve
+from ..commands import ActOnReservation, RequestLine, Reserve, ReserveMany
 from ..context import Context
 from ..domain import (
     FINISHED_STAGES,
@@ -60,19 +60,38 @@ async def reserve(ctx: Context, cmd: Reserve) -> Reserved:
     """Reserve for an incident, nearest first, split across depots; a partial reservation says what
     is missing. Raises NotFound (incident, item), InvalidInput (quantity, unit) or Conflict (the
     incident is finished)."""
+    many = ReserveMany(cmd.incident_id, [RequestLine(cmd.item, cmd.quantity, cmd.unit)], cmd.actor, cmd.lat, cmd.lon)
+    [got] = await reserve_many(ctx, many, cmd.source, "")
+    return got
 
-    async def work(tx: Tx) -> Reserved:
+
+async def reserve_many(
+    ctx: Context, cmd: ReserveMany, source: str | None = None, prefix: str = "lines."
+) -> list[Reserved]:
+    """Reserve several items for an incident in one transaction, all or none (a bad line refuses
+    the whole request, naming ``lines.<i>.quantity`` or ``.unit``); each a reservation of its own,
+    nearest first. Raises as ``reserve``."""
+
+    async def work(tx: Tx) -> list[Reserved]:
         await tx.uow.lock(incident_lock(cmd.incident_id))
         incident = await store.get_incident(tx.conn, cmd.incident_id)
         if incident is None:
             raise NotFound(f"incident {cmd.incident_id} not found", incident_id=cmd.incident_id)
         if Stage(incident.stage) in FINISHED_STAGES:
             raise Conflict(f"incident {cmd.incident_id} is {incident.stage}", incident_id=cmd.incident_id)
-        item = await _item(tx, cmd.item)
-        quantity = to_base(item, cmd.quantity, cmd.unit)
+        catalogue = await store.get_items(tx.conn, [line.item for line in cmd.lines])
+        quantities = []
+        for i, line in enumerate(cmd.lines):
+            if line.item not in catalogue:
+                raise NotFound(f"item {line.item} not found", item=line.item)
+            where = f"{prefix}{i}.quantity" if prefix else "quantity"
+            quantities.append(to_base(catalogue[line.item], line.quantity, line.unit, where))
         lat = cmd.lat if cmd.lat is not None else incident.lat
         lon = cmd.lon if cmd.lon is not None else incident.lon
-        got = await reserve_for(ctx, tx, incident, item.code, quantity, lat, lon, cmd.source)
+        got = [
+            await reserve_for(ctx, tx, incident, line.item, q, lat, lon, source or cmd.source)
+            for line, q in zip(cmd.lines, quantities, strict=True)
+        ]
         await publish_settlement(tx, incident)
         await tx.uow.commit()
         return got
@@ -237,4 +256,12 @@ async def _item(tx: Tx, code: str) -> Item:
     return found[code]
 
 
-__all__ = ["Reserved", "act_on_reservation", "apply_action", "publish_settlement", "reserve", "reserve_for"]
+__all__ = [
+    "Reserved",
+    "act_on_reservation",
+    "apply_action",
+    "publish_settlement",
+    "reserve",
+    "reserve_for",
+    "reserve_many",
+]
