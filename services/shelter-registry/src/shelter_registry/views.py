@@ -329,7 +329,7 @@ def placed(reg: Registration, people: list[Any]) -> RegistrationAnswer:
     role that acts on it: names in full, numbers masked."""
     persons = [
         PersonAnswer(
-            name=p.name,
+            name=p.name.strip(),
             id_number=mask_id_number(p.id_number) if p.id_number else None,
             phone=mask_phone(p.phone) if p.phone else None,
             wheelchair=p.wheelchair,
