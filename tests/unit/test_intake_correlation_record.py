@@ -8,7 +8,7 @@ import itertools
 from datetime import UTC, datetime
 from typing import Any
 
-from ecs.contracts import GatewayAlarm, IncidentVerified
+from ecs.contracts import GatewayAlarm, IncidentVerified, LevelChanged
 from ecs.errors import Conflict
 from incident_intake.correlation import (
     ACTOR,
@@ -92,8 +92,13 @@ def test_the_windows_given_decide_what_joins():
 
 
 def test_automatic_verification_is_on_the_timeline_and_keeps_the_drill_flag():
-    items = [incoming(number=f"1380013800{i}", exercise=True) for i in range(2)]
+    items = [
+        incoming(number="13800138000", exercise=True),
+        incoming(number="13800138001", exercise=True, casualties=12),
+    ]
     out = decide(items, threshold=2)
+    (raised,) = [e for e in out.events if isinstance(e.data, LevelChanged)]
+    assert raised.exercise is True
     (incident,) = out.opened
     assert incident.verified and incident.caller_count == 2
     assert out.callers == [("inc-1", items[0].facts.caller_key), ("inc-1", items[1].facts.caller_key)]
