@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 from fastapi import APIRouter, FastAPI
 from pydantic import BaseModel, Field
@@ -347,3 +348,43 @@ async def test_a_streamed_body_over_the_limit_is_413(tmp_path):
         streamed = await client.post("/add", content=chunks(b'{"n": 1}', b" " * 8, b" " * 8), headers=signed_in())
         assert counter.runs == 0
         assert_problem(streamed, 413, "payload_too_large")
+
+
+async def test_an_error_whose_details_name_a_problem_member_keeps_them_under_context():
+    answer = problem(409, "Conflict", "the shelter is closing", "conflict", status="closing", field="status")
+    body = orjson.loads(answer.body)
+    assert body["status"] == 409 and body["context"] == {"status": "closing"} and body["field"] == "status"
+
+
+async def test_a_lost_database_answers_503_and_a_transient_failure_too():
+    from fastapi import APIRouter
+    from sqlalchemy.exc import OperationalError
+
+    from ecs.errors import Transient
+
+    router = APIRouter()
+
+    @router.get("/v1/transient")
+    async def transient() -> None:
+        raise Transient("the broker is restarting")
+
+    @router.get("/v1/lost")
+    async def lost() -> None:
+        raise OperationalError("SELECT 1", {}, ConnectionRefusedError("connection refused"))
+
+    @router.get("/v1/bug")
+    async def bug() -> None:
+        raise ZeroDivisionError("a defect")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+
+    app = create_app(title="t", version="1", lifespan=lifespan, routers=[router])
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+        for path in ("/v1/transient", "/v1/lost"):
+            r = await c.get(path)
+            assert r.status_code == 503 and r.headers["content-type"] == "application/problem+json", (path, r.text)
+            assert "nothing was changed" in r.json()["detail"]
+        assert (await c.get("/v1/bug")).status_code == 500

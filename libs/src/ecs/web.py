@@ -24,7 +24,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from .auth import Principal, Role, TokenVerifier
 from .db import IDEMPOTENCY_KEYS, Database
 from .envelope import field_path
-from .errors import AppError
+from .errors import AppError, Transient
+from .retry import db_error_text, is_unavailable
 
 log = structlog.get_logger("ecs.web")
 
@@ -40,13 +41,23 @@ HTTP_SECONDS = Histogram(
 _bearer = HTTPBearer(auto_error=False, description="Operator token with roles")
 
 
-def problem(status: int, title: str, detail: str, code: str | None = None, **extra: Any) -> JSONResponse:
+PROBLEM_MEMBERS = frozenset({"type", "title", "status", "detail", "instance"})
+"""The members RFC 9457 §3.1 defines; an error's own details never overwrite them."""
+
+
+def problem(status: int, title: str, detail: str, /, code: str | None = None, **extra: Any) -> JSONResponse:
+    """An ``application/problem+json`` answer (RFC 9457): type, title, status, detail and the
+    error's own members (e.g. ``field``); one named like a standard member is kept under
+    ``context`` instead."""
+    own = {k: v for k, v in extra.items() if k not in PROBLEM_MEMBERS}
+    clashing = {k: v for k, v in extra.items() if k in PROBLEM_MEMBERS}
     body = {
         "type": f"urn:ecs:problem:{code or status}",
         "title": title,
         "status": status,
         "detail": detail,
-        **extra,
+        **own,
+        **({"context": clashing} if clashing else {}),
     }
     return JSONResponse(body, status_code=status, media_type=PROBLEM)
 
@@ -184,7 +195,13 @@ def create_app(
 
     @app.exception_handler(AppError)
     async def on_app_error(_: Request, exc: AppError) -> JSONResponse:
-        return problem(exc.status, exc.title, exc.detail, code=exc.code, **exc.extra)
+        return problem(exc.status, exc.title, exc.detail, exc.code, **exc.extra)
+
+    @app.exception_handler(Transient)
+    async def on_unavailable(_: Request, exc: Transient) -> JSONResponse:
+        # 503 means only "the service is unavailable": the request changed nothing, try again.
+        log.warning("http.unavailable", error=str(exc)[:300])
+        return problem(503, "Try again", f"the service is unavailable: {exc}; nothing was changed", "unavailable")
 
     @app.exception_handler(RequestValidationError)
     async def on_validation(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -196,6 +213,9 @@ def create_app(
 
     @app.exception_handler(Exception)
     async def on_crash(_: Request, exc: Exception) -> JSONResponse:
+        if is_unavailable(exc):  # the database went away under the request
+            log.warning("http.database_unavailable", error=db_error_text(exc))
+            return problem(503, "Try again", "the database is out of reach; nothing was changed", "unavailable")
         log.exception("http.unhandled", error=str(exc)[:300])
         return problem(
             500,

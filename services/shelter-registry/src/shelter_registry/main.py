@@ -6,15 +6,10 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from fastapi import FastAPI, Request
-from fastapi.responses import Response
-from sqlalchemy.exc import DBAPIError
+from fastapi import FastAPI
 
 from ecs.bus import ConsumerRunner
-from ecs.errors import Transient
-from ecs.retry import db_error_text, is_unavailable
 from ecs.service import Platform, ServiceSpec, create_service_app, serve
-from ecs.web import problem
 
 from . import api, consumers
 from .context import Context
@@ -57,20 +52,8 @@ def build_app(settings: ShelterSettings | None = None) -> FastAPI:
         p.every(settings.retention_sweep_s, lambda: households.forget_expired(ctx), "forget-expired")
         return {"m2_per_person": settings.m2_per_person}
 
-    app = create_service_app(SPEC, settings, wire)
-    app.add_exception_handler(Transient, _unavailable)
-    app.add_exception_handler(DBAPIError, _unavailable)
-    return app
-
-
-async def _unavailable(_: Request, exc: Exception) -> Response:
-    """503 while the database is out of reach (the request changed nothing: retry it); any other
-    database error stays a 500, a defect."""
-    if isinstance(exc, Transient) or is_unavailable(exc):
-        log.warning("shelter.database_unavailable", error=db_error_text(exc))
-        return problem(503, "Try again", "the database is out of reach; nothing was changed", code="unavailable")
-    log.error("http.database_error", error=db_error_text(exc))
-    return problem(500, "Internal error", "the request failed; nothing was changed unless the response said so")
+    # A database out of reach answers 503 (ecs.web), any other database error 500.
+    return create_service_app(SPEC, settings, wire)
 
 
 def run() -> None:
