@@ -30,18 +30,8 @@ from ecs.testing import console_script
 SERVICES = [
     ("incident-intake", "INTAKE_", {}),
     ("dispatch", "DISPATCH_", {"min_cover": "0"}),
-    pytest.param(
-        "resource-stockpile",
-        "STOCKPILE_",
-        {},
-        marks=pytest.mark.xfail(reason="known defect: 500 on an id beyond 64 bits in the path", strict=False),
-    ),
-    pytest.param(
-        "shelter-registry",
-        "SHELTER_",
-        {},
-        marks=pytest.mark.xfail(reason="known defect: 500 on a count beyond the column's range", strict=False),
-    ),
+    ("resource-stockpile", "STOCKPILE_", {}),
+    ("shelter-registry", "SHELTER_", {}),
     ("public-notification", "NOTIFICATION_", {}),
 ]
 EXAMPLES = 15

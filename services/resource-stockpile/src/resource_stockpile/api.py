@@ -12,7 +12,7 @@ from datetime import date
 from decimal import Decimal
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import Response
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
@@ -322,15 +322,19 @@ async def reserve_many(
     return _answer(await views.reservations(ctx.db, [r.reservation_id for r in got]), 201)
 
 
+ReservationId = Annotated[int, Path(ge=1, le=2**63 - 1, description="a reservation's id (a 64-bit key)")]
+"""Beyond 64 bits no reservation can exist: 422 naming the parameter, not a database error."""
+
+
 @reservations_api.get("/reservations/{reservation_id}", response_model=ReservationAnswer)
-async def get_reservation(reservation_id: int, ctx: Ctx, _: Principal = requires(*READERS)) -> Response:
+async def get_reservation(reservation_id: ReservationId, ctx: Ctx, _: Principal = requires(*READERS)) -> Response:
     """One reservation and where its quantity is."""
     return _answer(await views.reservation(ctx.db, reservation_id))
 
 
 @reservations_api.post("/reservations/{reservation_id}/{action}", response_model=ReservationAnswer)
 async def act(
-    reservation_id: int,
+    reservation_id: ReservationId,
     action: Literal["issue", "return", "consume", "release"],
     body: ActionIn,
     ctx: Ctx,

@@ -103,10 +103,12 @@ class ShelterIn(_Body):
     entrances: list[EntranceIn] = Field(default_factory=list, max_length=50)
     stay_class: StayClass = StayClass.short_term
     area_m2: float = Field(gt=0, le=10_000_000, allow_inf_nan=False, description="effective living area, m²")
-    capacity: int | None = Field(default=None, ge=0, description="lower than the area allows, by hand")
-    day_capacity: int | None = Field(default=None, ge=0, description="people by day; at least the capacity")
-    accessible_places: int = Field(default=0, ge=0)
-    pet_places: int = Field(default=0, ge=0)
+    capacity: int | None = Field(default=None, ge=0, le=1_000_000, description="lower than the area allows, by hand")
+    day_capacity: int | None = Field(
+        default=None, ge=0, le=1_000_000, description="people by day; at least the capacity"
+    )
+    accessible_places: int = Field(default=0, ge=0, le=1_000_000)
+    pet_places: int = Field(default=0, ge=0, le=1_000_000)
     facilities: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(default_factory=list, max_length=50)
     hotline: str = Field(default="", pattern=r"^$|" + HOTLINE)
     status: ShelterStatus = Field(default=ShelterStatus.standby, description="planned or standby")
@@ -159,14 +161,14 @@ class ShelterBatch(_Body):
 class ShelterChange(_Body):
     """Facts to change; the fields left out stay. A new area or capacity re-derives the capacity."""
 
-    version: int = Field(ge=1, description="the shelter version you saw; a changed shelter answers 409")
+    version: int = Field(ge=1, le=2**31 - 1, description="the shelter version you saw; a changed shelter answers 409")
     name_zh: str | None = Field(default=None, min_length=1, max_length=200)
     name_en: str | None = Field(default=None, max_length=200)
     area_m2: float | None = Field(default=None, gt=0, le=10_000_000, allow_inf_nan=False)
-    capacity: int | None = Field(default=None, ge=0)
-    day_capacity: int | None = Field(default=None, ge=0)
-    accessible_places: int | None = Field(default=None, ge=0)
-    pet_places: int | None = Field(default=None, ge=0)
+    capacity: int | None = Field(default=None, ge=0, le=1_000_000)
+    day_capacity: int | None = Field(default=None, ge=0, le=1_000_000)
+    accessible_places: int | None = Field(default=None, ge=0, le=1_000_000)
+    pet_places: int | None = Field(default=None, ge=0, le=1_000_000)
     facilities: list[Annotated[str, Field(min_length=1, max_length=64)]] | None = Field(default=None, max_length=50)
     hotline: str | None = Field(default=None, pattern=HOTLINE)
 
@@ -175,7 +177,9 @@ class StatusChange(_Body):
     """An action on the shelter's status machine."""
 
     action: ShelterAction
-    version: int | None = Field(default=None, ge=1, description="when given, refused (409) if the shelter changed")
+    version: int | None = Field(
+        default=None, ge=1, le=2**31 - 1, description="when given, refused (409) if the shelter changed"
+    )
 
 
 class PersonIn(_Body):
@@ -239,7 +243,7 @@ class BatchIn(_Body):
 class RegistrationChange(_Body):
     """A registration's change; ``to_shelter`` for a move."""
 
-    version: int | None = Field(default=None, ge=1, description="when given, refused (409) if it changed")
+    version: int | None = Field(default=None, ge=1, le=2**31 - 1, description="when given, refused (409) if it changed")
     to_shelter: str | None = Field(default=None, pattern=SHELTER_ID)
 
 
