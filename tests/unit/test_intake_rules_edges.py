@@ -3,6 +3,8 @@ positive, and the lifecycle's refusal of a step it does not have, naming the all
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 
 from incident_intake.domain import (
@@ -12,6 +14,7 @@ from incident_intake.domain import (
     IllegalTransition,
     Stage,
     Trigger,
+    merged_facts,
     windows_from,
 )
 
@@ -57,3 +60,30 @@ def test_a_step_the_lifecycle_does_not_have_names_the_allowed_ones():
         == "cannot 'isolate' an incident in stage 'closed'; allowed triggers: none, the incident is finished"
     )
     assert finished.extra["allowed"] == [] and finished.status == 409
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "merged"),
+    [
+        ({}, {}, {}),
+        ({"hazard_under_control": True}, {}, {"hazard_under_control": True}),
+        ({}, {"hazard_under_control": True}, {"hazard_under_control": True}),
+        ({"hazard_under_control": False}, {"hazard_under_control": True}, {"hazard_under_control": True}),
+        ({"hazard_under_control": True}, {"hazard_under_control": False}, {"hazard_under_control": True}),
+        ({"hazard_under_control": False}, {"hazard_under_control": False}, {"hazard_under_control": False}),
+        ({"note": "a's"}, {"note": "b's"}, {"note": "a's"}),  # not a truth value: the target's stays
+        ({}, {"note": "b's"}, {"note": "b's"}),
+        ({"settled": {"dispatch": True}}, {}, {"settled": {"dispatch": True}}),
+        ({}, {"settled": {"shelter": False}}, {"settled": {"shelter": False}}),
+        (
+            {"settled": {"dispatch": True, "shelter": True}},
+            {"settled": {"dispatch": False}},
+            {"settled": {"dispatch": False, "shelter": True}},
+        ),
+        ({"settled": {"dispatch": True}}, {"settled": {"dispatch": True}}, {"settled": {"dispatch": True}}),
+    ],
+)
+def test_merged_facts_a_fact_true_for_either_and_settled_only_if_settled_for_both(a, b, merged):
+    before = copy.deepcopy((a, b))
+    assert merged_facts(a, b) == merged
+    assert (a, b) == before  # neither input is changed
