@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import time
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 import pytest
 
 from ecs.bus import Bus
-from ecs.contracts import IncidentMerged, LevelChanged, PlanPublished, StageChanged
+from ecs.contracts import IncidentCreated, IncidentMerged, LevelChanged, PlanPublished, StageChanged
 from ecs.envelope import make_event
 from ecs.testing import eventually
 
@@ -590,3 +591,44 @@ async def test_malformed_incident_events_go_to_the_dead_letter_subject_with_the_
             return (await api.get(f"/v1/incidents/{good}", headers=operator_headers("auditor"))).status_code == 200
 
         await eventually(known)
+
+
+async def test_an_incident_that_became_a_crowd_crush_is_dispatched_by_the_crowd_crush_plan(
+    dispatch_app, db_url, wired, operator_headers
+):
+    """Intake turns a medical-only incident into the scene reported near it; the stage change
+    carries the new category, and dispatch follows that plan, not the one it first heard of."""
+    intake, _, bus = wired
+    headers = operator_headers("dispatcher")
+    async with dispatch_app(db_url, min_cover=0) as (_, api):
+        roster = [unit(f"amb-{i}", "ambulance", km_east=i + 1) for i in range(2)]
+        roster += [unit(f"pc-{i}", "patrol_car", km_east=i + 0.5) for i in range(4)]
+        assert (await api.post("/v1/units:batch", json={"units": roster}, headers=headers)).status_code == 201
+
+        incident = new_incident()
+        created = IncidentCreated(
+            incident_id=incident,
+            category="medical",
+            level=4,
+            lat=CENTRE[0],
+            lon=CENTRE[1],
+            first_alarm_at=datetime.now(UTC),
+            alarm_id="a-1",
+            gateway_id="gw-1",
+            exercise=False,
+        )
+        await bus.publish_event(make_event("incident.created", created, source="incident-intake", incident_id=incident))
+
+        async def known():
+            return (await api.get(f"/v1/incidents/{incident}", headers=headers)).status_code == 200
+
+        await eventually(known)
+        await intake.stage_to(incident, "isolation", level=4, category="crowd_crush")  # IV: 3 patrol cars
+
+        async def assigned():
+            view = (await api.get(f"/v1/incidents/{incident}", headers=headers)).json()
+            return view if len(view.get("units", [])) == 3 else None
+
+        view = await eventually(assigned)
+        assert view["category"] == "crowd_crush"
+        assert sorted(u["unit_id"] for u in view["units"]) == ["pc-0", "pc-1", "pc-2"]  # not the medical ambulance

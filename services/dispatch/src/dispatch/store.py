@@ -613,11 +613,21 @@ async def update_incident(conn: AsyncConnection, incident_id: str, **values: Any
 
 
 async def set_stage(
-    conn: AsyncConnection, incident_id: str, version: int, stage: Stage, perimeter: Any, now: datetime
+    conn: AsyncConnection,
+    incident_id: str,
+    version: int,
+    stage: Stage,
+    perimeter: Any,
+    now: datetime,
+    category: Category | None = None,
 ) -> bool:
-    """Apply a stage change unless a newer one was already applied."""
+    """Apply a stage change unless a newer one was already applied. The change carries the
+    incident's category at that version: a medical call that grew into a crowd crush is
+    dispatched by the crowd-crush plan."""
     i = incidents.c
     values: dict[str, Any] = {"stage": Stage(stage).value, "stage_version": version, "updated_at": now}
+    if category is not None:
+        values["category"] = Category(category).value
     if perimeter is not None:
         values["perimeter"] = perimeter
     res = await conn.execute(update(incidents).where(i.id == incident_id, i.stage_version < version).values(**values))

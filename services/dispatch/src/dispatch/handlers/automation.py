@@ -41,7 +41,9 @@ async def follow_stage(ctx: Context, env: Envelope, data: StageChanged, consumer
         now = utcnow()
         incident = _incident(data, data.to_stage, data.level, env)
         await store.remember_incident(tx.conn, incident, data.perimeter, data.version, now)
-        await store.set_stage(tx.conn, data.incident_id, data.version, data.to_stage, data.perimeter, now)
+        await store.set_stage(
+            tx.conn, data.incident_id, data.version, data.to_stage, data.perimeter, now, data.category
+        )
         await store.set_level(tx.conn, data.incident_id, data.version, data.level, now)
         return await store.get_incident(tx.conn, data.incident_id)
 
