@@ -4,17 +4,22 @@ positive, and the lifecycle's refusal of a step it does not have, naming the all
 from __future__ import annotations
 
 import copy
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from incident_intake.domain import (
     DEFAULT_WINDOWS,
+    AlarmFacts,
     Category,
     CorrelationWindow,
     IllegalTransition,
+    Incident,
     Stage,
     Trigger,
+    find_incident,
     merged_facts,
+    open_incident,
     windows_from,
 )
 
@@ -87,3 +92,67 @@ def test_merged_facts_a_fact_true_for_either_and_settled_only_if_settled_for_bot
     before = copy.deepcopy((a, b))
     assert merged_facts(a, b) == merged
     assert (a, b) == before  # neither input is changed
+
+
+T0 = datetime(2026, 11, 30, 14, 0, tzinfo=UTC)
+SPOT = (31.24, 121.49)
+
+
+def facts(at: tuple[float, float] = SPOT, when: datetime = T0, category: Category = Category.fire, **kw) -> AlarmFacts:
+    return AlarmFacts(category=category, lat=at[0], lon=at[1], received_at=when, **kw)
+
+
+def incident(incident_id: str, at: tuple[float, float] = SPOT, when: datetime = T0, **kw) -> Incident:
+    return open_incident(incident_id, facts(at, when, **kw))
+
+
+def north(metres: float) -> tuple[float, float]:
+    return SPOT[0] + metres / 111_195.0, SPOT[1]
+
+
+def test_find_incident_looks_past_every_candidate_that_cannot_take_the_alarm():
+    window = DEFAULT_WINDOWS[Category.fire]
+    cancelled = incident("a-cancelled")
+    cancelled.stage = Stage.cancelled
+    unfit = [
+        cancelled,
+        incident("b-drill", exercise=True),
+        incident("c-other-kind", category=Category.flood),
+        incident("d-too-old", when=T0 - timedelta(seconds=window.window_s + 60)),
+        incident("e-too-far", at=north(window.distance_m * 2)),
+    ]
+    fitting = incident("z-fits", at=north(10))
+    assert find_incident(facts(), [*unfit, fitting]) is fitting
+    assert find_incident(facts(), unfit) is None
+
+
+def test_find_incident_takes_the_nearest_then_the_oldest_then_the_smallest_id():
+    near, nearer = incident("n1", at=north(80)), incident("n2", at=north(20))
+    assert find_incident(facts(), [near, nearer]) is nearer
+    assert find_incident(facts(), [nearer, near]) is nearer
+    older, newer = incident("o2", when=T0 - timedelta(minutes=5)), incident("o1", when=T0)
+    assert find_incident(facts(), [newer, older]) is older
+    same_a, same_b = incident("s-a"), incident("s-b")
+    assert find_incident(facts(), [same_b, same_a]) is same_a
+    assert find_incident(facts(), [same_a, same_b]) is same_a
+
+
+def test_find_incident_joins_at_the_edge_of_the_time_window_and_uses_the_windows_given():
+    window = DEFAULT_WINDOWS[Category.fire]
+    edge = incident("edge", when=T0 - timedelta(seconds=window.window_s))
+    assert find_incident(facts(), [edge]) is edge
+    past = incident("past", when=T0 - timedelta(seconds=window.window_s + 1))
+    assert find_incident(facts(), [past]) is None
+    wide = {Category.fire: CorrelationWindow(distance_m=5000, window_s=window.window_s)}
+    far = incident("far", at=north(2000))
+    assert find_incident(facts(), [far]) is None
+    assert find_incident(facts(), [far], wide) is far
+    # A category the windows given leave out is judged by its default window.
+    flood = incident("flood", category=Category.flood)
+    assert find_incident(facts(category=Category.flood), [flood], wide) is flood
+
+
+def test_a_medical_call_is_judged_by_the_window_of_the_scene_it_joins():
+    crush = incident("crush", at=north(DEFAULT_WINDOWS[Category.medical].distance_m * 2), category=Category.crowd_crush)
+    assert DEFAULT_WINDOWS[Category.crowd_crush].distance_m > DEFAULT_WINDOWS[Category.medical].distance_m * 2
+    assert find_incident(facts(category=Category.medical), [crush]) is crush
