@@ -12,7 +12,7 @@ from datetime import date
 from decimal import Decimal
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi import APIRouter, Depends, Header, Path, Query, Request
 from fastapi.responses import Response
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
@@ -51,6 +51,14 @@ def _context(request: Request) -> Context:
 
 
 Ctx = Annotated[Context, Depends(_context)]
+
+
+def _request_key(who: Principal, key: str | None) -> str | None:
+    """The request's Idempotency-Key, per caller, recorded with its effect (handlers.reservations)."""
+    return f"{who.subject}:{key.strip()}"[:300] if key and key.strip() else None
+
+
+IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=255)]
 
 
 def _answer(model: BaseModel, status: int = 200) -> Response:
@@ -290,7 +298,13 @@ async def incident_reservations(incident_id: str, ctx: Ctx, _: Principal = requi
 
 
 @reservations_api.post("/incidents/{incident_id}/reservations", response_model=ReservationAnswer, status_code=201)
-async def reserve(incident_id: str, body: ReservationIn, ctx: Ctx, who: Principal = requires(*SUPPLY)) -> Response:
+async def reserve(
+    incident_id: str,
+    body: ReservationIn,
+    ctx: Ctx,
+    idempotency_key: IdempotencyKey = None,
+    who: Principal = requires(*SUPPLY),
+) -> Response:
     """Reserve nearest first across depots; a partial reservation answers 201 with ``missing``."""
     who.require_scope(SUPPLY, await views.incident_is_exercise(ctx.db, incident_id), "incidents")
     near = body.near
@@ -304,6 +318,7 @@ async def reserve(incident_id: str, body: ReservationIn, ctx: Ctx, who: Principa
             body.unit,
             near.lat if near else None,
             near.lon if near else None,
+            request_key=_request_key(who, idempotency_key),
         ),
     )
     return _answer(await views.reservation(ctx.db, got.reservation_id), 201)
@@ -311,13 +326,24 @@ async def reserve(incident_id: str, body: ReservationIn, ctx: Ctx, who: Principa
 
 @reservations_api.post("/incidents/{incident_id}/reservations:batch", response_model=ReservationBatch, status_code=201)
 async def reserve_many(
-    incident_id: str, body: ReservationBatchIn, ctx: Ctx, who: Principal = requires(*SUPPLY)
+    incident_id: str,
+    body: ReservationBatchIn,
+    ctx: Ctx,
+    idempotency_key: IdempotencyKey = None,
+    who: Principal = requires(*SUPPLY),
 ) -> Response:
     """Reserve several items in one request, all or none; each line answers with what is missing."""
     who.require_scope(SUPPLY, await views.incident_is_exercise(ctx.db, incident_id), "incidents")
     near = body.near
     lines = [commands.RequestLine(line.item, line.quantity, line.unit) for line in body.lines]
-    cmd = commands.ReserveMany(incident_id, lines, who.subject, near.lat if near else None, near.lon if near else None)
+    cmd = commands.ReserveMany(
+        incident_id,
+        lines,
+        who.subject,
+        near.lat if near else None,
+        near.lon if near else None,
+        request_key=_request_key(who, idempotency_key),
+    )
     got = await handle(ctx, cmd)
     return _answer(await views.reservations(ctx.db, [r.reservation_id for r in got]), 201)
 
@@ -338,6 +364,7 @@ async def act(
     action: Literal["issue", "return", "consume", "release"],
     body: ActionIn,
     ctx: Ctx,
+    idempotency_key: IdempotencyKey = None,
     who: Principal = requires(*SUPPLY),
 ) -> Response:
     """Issue (leaves the depot), return (partly or whole, with its condition), consume or release
@@ -345,7 +372,14 @@ async def act(
     current = await views.reservation(ctx.db, reservation_id)
     who.require_scope(SUPPLY, current.exercise, "reservations")
     cmd = commands.ActOnReservation(
-        reservation_id, Action(action), who.subject, body.quantity, body.unit, body.condition, body.version
+        reservation_id,
+        Action(action),
+        who.subject,
+        body.quantity,
+        body.unit,
+        body.condition,
+        body.version,
+        _request_key(who, idempotency_key),
     )
     await handle(ctx, cmd)
     return _answer(await views.reservation(ctx.db, reservation_id))

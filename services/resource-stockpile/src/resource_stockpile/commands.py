@@ -95,6 +95,7 @@ class Reserve:
     lat: float | None = None
     lon: float | None = None
     source: str = "operator"
+    request_key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +118,7 @@ class ReserveMany:
     lat: float | None = None
     lon: float | None = None
     source: str = "operator"
+    request_key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,3 +133,4 @@ class ActOnReservation:
     unit: str | None = None
     condition: Condition = Condition.good
     version: int | None = None
+    request_key: str | None = None

@@ -136,9 +136,12 @@ reservations = Table(
     Column("actor", String(255), nullable=False),
     Column("version", Integer, nullable=False),
     Column("created_at", UTCDateTime, nullable=False),
+    # "<principal>:<Idempotency-Key>" of the request that made it: a repeat finds it, never makes another.
+    Column("request_key", String(300), nullable=True),
     CheckConstraint("requested > 0", name="requested_positive"),
     CheckConstraint("missing >= 0 AND missing <= requested", name="missing_in_range"),
     Index("ix_reservations_incident", "incident_id", "id"),
+    Index("ix_reservations_request_key", "request_key"),
 )
 
 allocations = Table(
@@ -476,6 +479,7 @@ async def insert_reservation(
     exercise: bool,
     actor: str,
     now: datetime,
+    request_key: str | None = None,
 ) -> int:
     """Record a reservation request; returns its id (``missing`` starts at ``requested``)."""
     res = await conn.execute(
@@ -492,10 +496,19 @@ async def insert_reservation(
             actor=actor,
             version=1,
             created_at=now,
+            request_key=request_key,
         )
         .returning(reservations.c.id)
     )
     return int(res.scalar_one())
+
+
+async def reservations_of_request(conn: AsyncConnection, request_key: str) -> list[Any]:
+    """The reservations an earlier request with this key made, in order."""
+    rows = await conn.execute(
+        select(reservations).where(reservations.c.request_key == request_key).order_by(reservations.c.id)
+    )
+    return list(rows)
 
 
 async def set_missing(conn: AsyncConnection, reservation_id: int, missing: int) -> None:

@@ -42,6 +42,11 @@ from ..domain import (
 )
 from .tx import Tx, incident_lock, transaction
 
+REQUESTS = "http-requests"
+"""The inbox name under which operator requests with an Idempotency-Key are recorded, in the same
+transaction as their effect: a repeat whose first answer was lost (a cut connection, a killed
+process) finds it there and changes nothing."""
+
 RESERVED = Metric("stockpile_reserved_base_units_total", "Base units reserved for incidents")
 MISSING = Metric("stockpile_missing_base_units_total", "Base units asked for that no depot could give")
 
@@ -60,7 +65,8 @@ async def reserve(ctx: Context, cmd: Reserve) -> Reserved:
     """Reserve for an incident, nearest first, split across depots; a partial reservation says what
     is missing. Raises NotFound (incident, item), InvalidInput (quantity, unit) or Conflict (the
     incident is finished)."""
-    many = ReserveMany(cmd.incident_id, [RequestLine(cmd.item, cmd.quantity, cmd.unit)], cmd.actor, cmd.lat, cmd.lon)
+    line = RequestLine(cmd.item, cmd.quantity, cmd.unit)
+    many = ReserveMany(cmd.incident_id, [line], cmd.actor, cmd.lat, cmd.lon, request_key=cmd.request_key)
     [got] = await reserve_many(ctx, many, cmd.source, "")
     return got
 
@@ -74,6 +80,10 @@ async def reserve_many(
 
     async def work(tx: Tx) -> list[Reserved]:
         await tx.uow.lock(incident_lock(cmd.incident_id))
+        if cmd.request_key is not None and not await tx.uow.first_time(REQUESTS, cmd.request_key):
+            # The same request again (its answer was lost): what it made, never a second time.
+            rows = await store.reservations_of_request(tx.conn, cmd.request_key)
+            return [Reserved(r.id, r.requested - r.missing, r.missing, []) for r in rows]
         incident = await store.get_incident(tx.conn, cmd.incident_id)
         if incident is None:
             raise NotFound(f"incident {cmd.incident_id} not found", incident_id=cmd.incident_id)
@@ -89,7 +99,7 @@ async def reserve_many(
         lat = cmd.lat if cmd.lat is not None else incident.lat
         lon = cmd.lon if cmd.lon is not None else incident.lon
         got = [
-            await reserve_for(ctx, tx, incident, line.item, q, lat, lon, source or cmd.source)
+            await reserve_for(ctx, tx, incident, line.item, q, lat, lon, source or cmd.source, cmd.request_key)
             for line, q in zip(cmd.lines, quantities, strict=True)
         ]
         await publish_settlement(tx, incident)
@@ -100,7 +110,15 @@ async def reserve_many(
 
 
 async def reserve_for(
-    ctx: Context, tx: Tx, incident: Any, item: str, quantity: int, lat: float, lon: float, source: str
+    ctx: Context,
+    tx: Tx,
+    incident: Any,
+    item: str,
+    quantity: int,
+    lat: float,
+    lon: float,
+    source: str,
+    request_key: str | None = None,
 ) -> Reserved:
     """Reserve ``quantity`` base units of ``item`` near (lat, lon) for ``incident`` (a row of
     store.incidents) in ``tx``: rounds of read candidates → allocate (domain) → conditional
@@ -108,7 +126,7 @@ async def reserve_for(
     now = utcnow()
     settings = ctx.settings
     reservation_id = await store.insert_reservation(
-        tx.conn, incident.id, item, quantity, lat, lon, source, incident.exercise, tx.actor, now
+        tx.conn, incident.id, item, quantity, lat, lon, source, incident.exercise, tx.actor, now, request_key
     )
     not_before = now.date() + timedelta(days=settings.min_shelf_life_days)
     left = quantity
@@ -167,6 +185,8 @@ async def act_on_reservation(ctx: Context, cmd: ActOnReservation) -> int:
         if row is None:
             raise NotFound(f"reservation {cmd.reservation_id} not found", reservation_id=cmd.reservation_id)
         await tx.uow.lock(incident_lock(row.incident_id))
+        if cmd.request_key is not None and not await tx.uow.first_time(REQUESTS, cmd.request_key):
+            return int(row.id)  # the same request again (its answer was lost): done once already
         if not await store.bump_reservation(tx.conn, row.id, cmd.version):
             raise StaleVersion(f"reservation {row.id} changed since version {cmd.version}", version=row.version)
         item = await _item(tx, row.item)
