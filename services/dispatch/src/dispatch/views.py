@@ -579,7 +579,7 @@ async def plan(db: Database, category: str, version: int | None = None) -> PlanA
     async with db.engine.connect() as conn:
         row = await store.get_plan(conn, category, version)
     if row is None:
-        what = f"version {version} of the plan" if version else "a plan"
+        what = f"version {version} of the plan" if version else "plan"
         raise NotFound(f"no {what} for category {category!r}", category=category)
     return PlanAnswer(**row.document, actor=row.actor, published_at=row.created_at, origin=row.origin)
 

@@ -8,6 +8,7 @@ service's first start."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 
 from ecs.db import Database
@@ -73,7 +74,13 @@ async def seed(settings: NotificationSettings) -> dict[str, int]:
 
 
 def run() -> None:
-    """The ``public-notification-seed`` console script."""
+    """The ``public-notification-seed`` console script (no arguments; ``--help`` says what it does)."""
+    parser = argparse.ArgumentParser(
+        prog="public-notification-seed",
+        description="Add exercise channels and Shanghai's 16 districts as targets to public-notification's "
+        "database (NOTIFICATION_DATABASE_URL); running it again adds nothing.",
+    )
+    parser.parse_args()
     added = asyncio.run(seed(NotificationSettings()))
     print(
         f"{Participant.notification.service} seed: added {added['exercise_channels']} exercise channels, "
