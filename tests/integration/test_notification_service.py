@@ -226,7 +226,13 @@ async def test_a_major_incident_gets_clocks_an_approved_cap_alert_a_statement_an
         started, due = datetime.fromisoformat(first["started_at"]), datetime.fromisoformat(first["due_at"])
         assert due - started == timedelta(hours=5)
         assert first["state"] == "running"
-        assert {e["data"]["kind"] for e in facts.of("notification.clock.started", incident)} == set(clocks)
+        # The clocks' events leave through the outbox relay: wait for them, then count them exactly.
+
+        def started() -> set[str]:
+            return {e["data"]["kind"] for e in facts.of("notification.clock.started", incident)}
+
+        await eventually(lambda: _async(started() == set(clocks)), "both clock.started events")
+        assert len(facts.of("notification.clock.started", incident)) == 2
 
         # Composed from the plan once it arrived (its own consumer), in Chinese and English.
         async def composed():
