@@ -599,7 +599,7 @@ async def test_an_incident_that_became_a_crowd_crush_is_dispatched_by_the_crowd_
     """Intake turns a medical-only incident into the scene reported near it; the stage change
     carries the new category, and dispatch follows that plan, not the one it first heard of.
 
-    On SQLite only for now: its PostgreSQL run hung once in an in-process shutdown (see the open
+    On SQLite only for now: its PostgreSQL run hung once in-process, cause not found yet (see the open
     note on in-process PostgreSQL hangs); the statement it checks is the same on both stores."""
     intake, _, bus = wired
     headers = operator_headers("dispatcher")
