@@ -6,28 +6,26 @@ its event, and the units to add or release to meet a plan.
 from __future__ import annotations
 
 import string
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping
 from datetime import datetime
 from enum import StrEnum
 from functools import cached_property
 from typing import Annotated, Any, Final
 
-import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
     StringConstraints,
-    ValidationError,
     ValidationInfo,
     field_validator,
 )
 
 from ecs.contracts import PlanPublished
-from ecs.errors import InvalidInput, NotFound, StaleVersion
+from ecs.errors import NotFound, StaleVersion
 from ecs.vocabulary import Category, Level, Stage
+from ecs.yamlfile import FileProblem, YamlFileError, load_yaml_model
 
 from .roster import UnitType
 
@@ -63,31 +61,14 @@ class NoPlan(NotFound):
         super().__init__(f"no response plan for category {str(category)!r}", category=str(category))
 
 
-@dataclass(frozen=True, slots=True)
-class PlanProblem:
-    """One bad field of a plan file: its dotted path, its line (1-based), what is wrong."""
-
-    path: str
-    line: int
-    message: str
-
-    def __str__(self) -> str:
-        return f"line {self.line}: {self.path}: {self.message}"
+PlanProblem = FileProblem
+"""One bad field of a plan file: its dotted path, its line (1-based), what is wrong."""
 
 
-class PlanError(InvalidInput):
+class PlanError(YamlFileError):
     """A response plan file that cannot be accepted; names each bad field and its line."""
 
     code, title = "invalid_plan", "Invalid response plan"
-
-    def __init__(self, source: str, problems: Sequence[PlanProblem]) -> None:
-        self.source = source
-        self.problems = tuple(problems)
-        super().__init__(
-            f"{source}: " + "; ".join(str(p) for p in self.problems),
-            source=source,
-            problems=[{"path": p.path, "line": p.line, "message": p.message} for p in self.problems],
-        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -222,95 +203,9 @@ class ResponsePlan(_PlanModel):
         return {Level.from_name(name): part for name, part in self.levels}
 
 
-def _format_loc(loc: Sequence[int | str]) -> str:
-    path = ""
-    for part in loc:
-        if part == "[key]":
-            continue
-        if isinstance(part, int):
-            path += f"[{part}]"
-        else:
-            path += f".{part}" if path else str(part)
-    return path or "(document)"
-
-
-def _line_of(root: yaml.Node, loc: Sequence[int | str]) -> int:
-    """Line (1-based) of the deepest node of `loc` present in the file."""
-    node = root
-    line = node.start_mark.line + 1
-    for part in loc:
-        if part == "[key]":
-            break
-        if isinstance(node, yaml.MappingNode):
-            for key_node, value_node in node.value:
-                if isinstance(key_node, yaml.ScalarNode) and key_node.value == str(part):
-                    line = key_node.start_mark.line + 1
-                    node = value_node
-                    break
-            else:
-                break
-        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
-            node = node.value[part]
-            line = node.start_mark.line + 1
-        else:
-            break
-    return line
-
-
-def _duplicate_keys(node: yaml.Node, path: str, seen_nodes: set[int]) -> Iterator[PlanProblem]:
-    # PyYAML keeps the last of two equal keys without a word; in a plan that hides an edit.
-    if id(node) in seen_nodes:
-        return
-    seen_nodes.add(id(node))
-    if isinstance(node, yaml.MappingNode):
-        keys: set[str] = set()
-        for key_node, value_node in node.value:
-            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
-                continue
-            child = f"{path}.{key_node.value}" if path else key_node.value
-            if key_node.value in keys:
-                yield PlanProblem(child, key_node.start_mark.line + 1, "key appears twice")
-            keys.add(key_node.value)
-            yield from _duplicate_keys(value_node, child, seen_nodes)
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            yield from _duplicate_keys(item, f"{path}[{i}]", seen_nodes)
-
-
 def parse_plan(text: str, source: str) -> ResponsePlan:
     """Read one response plan from YAML, or raise PlanError naming each bad field and its line."""
-    loader = yaml.SafeLoader(text)
-    try:
-        root = loader.get_single_node()
-        if root is None:
-            raise PlanError(source, [PlanProblem("(document)", 1, "the plan file is empty")])
-        duplicates = list(_duplicate_keys(root, "", set()))
-        if duplicates:
-            raise PlanError(source, duplicates)
-        data: Any = loader.construct_document(root)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark is not None else 1
-        message = f"not valid YAML: {exc.problem}"
-        if exc.context and exc.context_mark is not None:
-            message += f" ({exc.context} started at line {exc.context_mark.line + 1})"
-        raise PlanError(source, [PlanProblem("(document)", line, message)]) from None
-    except yaml.YAMLError as exc:
-        raise PlanError(source, [PlanProblem("(document)", 1, f"not valid YAML: {exc}")]) from None
-    finally:
-        loader.dispose()
-
-    try:
-        return ResponsePlan.model_validate(data)
-    except ValidationError as exc:
-        problems = []
-        for err in exc.errors(include_url=False):
-            loc = err["loc"]
-            message = err["msg"].removeprefix("Value error, ")
-            if loc and loc[-1] == "[key]":
-                message = f"bad key: {message}"
-            problems.append(PlanProblem(_format_loc(loc), _line_of(root, loc), message))
-        raise PlanError(source, problems) from None
+    return load_yaml_model(text, source, ResponsePlan, PlanError, what="plan file")
 
 
 def plan_catalogue(files: Mapping[str, str]) -> dict[Category, ResponsePlan]:

@@ -1,0 +1,149 @@
+"""Operator-written YAML files (response plans, drill scenarios) read into Pydantic models, refused
+whole with every bad field named by its dotted path and its line.
+
+``load_yaml_model(text, source, Model)`` is the one reader: it refuses a file that is not YAML, is
+empty, or repeats a key (PyYAML would silently keep the last one, hiding an edit), then validates the
+document against the model and maps each validation error back to the line of the deepest node of
+its path that the file holds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from .errors import InvalidInput
+
+__all__ = ["FileProblem", "YamlFileError", "load_yaml_model"]
+
+M = TypeVar("M", bound=BaseModel)
+
+
+@dataclass(frozen=True, slots=True)
+class FileProblem:
+    """One bad field of a file: its dotted path (``msel[2].at``), its line (1-based), what is wrong."""
+
+    path: str
+    line: int
+    message: str
+
+    def __str__(self) -> str:
+        return f"line {self.line}: {self.path}: {self.message}"
+
+
+class YamlFileError(InvalidInput):
+    """A YAML file that cannot be accepted (422); names the file and each bad field with its line.
+
+    The problem+json body carries ``source`` and ``problems`` (a list of {path, line, message})."""
+
+    code, title = "invalid_file", "Invalid file"
+
+    def __init__(self, source: str, problems: Sequence[FileProblem]) -> None:
+        self.source = source
+        self.problems = tuple(problems)
+        super().__init__(
+            f"{source}: " + "; ".join(str(p) for p in self.problems),
+            source=source,
+            problems=[{"path": p.path, "line": p.line, "message": p.message} for p in self.problems],
+        )
+
+
+def format_path(loc: Sequence[int | str]) -> str:
+    """A Pydantic error location as a dotted path with list indexes: ``msel[2].at``."""
+    path = ""
+    for part in loc:
+        if part == "[key]":
+            continue
+        if isinstance(part, int):
+            path += f"[{part}]"
+        else:
+            path += f".{part}" if path else str(part)
+    return path or "(document)"
+
+
+def line_of(root: yaml.Node, loc: Sequence[int | str]) -> int:
+    """Line (1-based) of the deepest node of ``loc`` present in the file."""
+    node = root
+    line = node.start_mark.line + 1
+    for part in loc:
+        if part == "[key]":
+            break
+        if isinstance(node, yaml.MappingNode):
+            for key_node, value_node in node.value:
+                if isinstance(key_node, yaml.ScalarNode) and key_node.value == str(part):
+                    line = key_node.start_mark.line + 1
+                    node = value_node
+                    break
+            else:
+                break
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+            line = node.start_mark.line + 1
+        else:
+            break
+    return line
+
+
+def _duplicate_keys(node: yaml.Node, path: str, seen_nodes: set[int]) -> Iterator[FileProblem]:
+    if id(node) in seen_nodes:
+        return
+    seen_nodes.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        keys: set[str] = set()
+        for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            child = f"{path}.{key_node.value}" if path else key_node.value
+            if key_node.value in keys:
+                yield FileProblem(child, key_node.start_mark.line + 1, "key appears twice")
+            keys.add(key_node.value)
+            yield from _duplicate_keys(value_node, child, seen_nodes)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            yield from _duplicate_keys(item, f"{path}[{i}]", seen_nodes)
+
+
+def load_yaml_model(
+    text: str, source: str, model: type[M], error: type[YamlFileError] = YamlFileError, what: str = "file"
+) -> M:
+    """``text`` (YAML) validated as ``model``.
+
+    Raises ``error`` (a YamlFileError, 422) naming ``source`` and every problem with its path and
+    line: not YAML, an empty document (``the <what> is empty``), a key given twice, or any field the
+    model refuses."""
+    loader = yaml.SafeLoader(text)
+    try:
+        root = loader.get_single_node()
+        if root is None:
+            raise error(source, [FileProblem("(document)", 1, f"the {what} is empty")])
+        duplicates = list(_duplicate_keys(root, "", set()))
+        if duplicates:
+            raise error(source, duplicates)
+        data: Any = loader.construct_document(root)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark is not None else 1
+        message = f"not valid YAML: {exc.problem}"
+        if exc.context and exc.context_mark is not None:
+            message += f" ({exc.context} started at line {exc.context_mark.line + 1})"
+        raise error(source, [FileProblem("(document)", line, message)]) from None
+    except yaml.YAMLError as exc:
+        raise error(source, [FileProblem("(document)", 1, f"not valid YAML: {exc}")]) from None
+    finally:
+        loader.dispose()
+
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors(include_url=False):
+            loc = err["loc"]
+            message = err["msg"].removeprefix("Value error, ")
+            if loc and loc[-1] == "[key]":
+                message = f"bad key: {message}"
+            problems.append(FileProblem(format_path(loc), line_of(root, loc), message))
+        raise error(source, problems) from None
