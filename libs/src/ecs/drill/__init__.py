@@ -1,0 +1,1 @@
+"""Drills: scenario runs against the live services, and their after-action reports."""
