@@ -2,7 +2,8 @@
 depots, stock city-wide and per depot, ledger documents, and reservations per incident.
 
 Roles: supply officers (and commanders) change stock and reservations; every role reads; a drill
-runner acts on exercise reservations only. Quantities are entered as a number and a unit (the
+runner acts on exercise depots and reservations only (Principal.require_scope, DESIGN §8) and
+alone purges exercise data. Quantities are entered as a number and a unit (the
 item's base unit by default, or one of its packs) and answered in base units.
 """
 
@@ -26,7 +27,9 @@ from .handlers import handle
 from .views import (
     DepotList,
     DocumentAnswer,
+    ExerciseData,
     ItemList,
+    Purged,
     ReservationAnswer,
     ReservationBatch,
     ReservationList,
@@ -38,8 +41,12 @@ stock_api = APIRouter(prefix="/v1", tags=["stock and documents"])
 reservations_api = APIRouter(prefix="/v1", tags=["reservations"])
 
 SUPPLY: tuple[Role, ...] = (Role.SUPPLY_OFFICER, Role.COMMANDER, Role.DRILL_RUNNER)
-"""Who changes stock and reservations (a drill runner: exercise reservations only)."""
+"""Who registers depots and changes stock and reservations (a drill runner: exercise depots and
+reservations only)."""
 CATALOGUE: tuple[Role, ...] = (Role.SUPPLY_OFFICER, Role.COMMANDER)
+"""Who changes the catalogue, which live and exercise stock share."""
+PURGE: tuple[Role, ...] = (Role.DRILL_RUNNER,)
+"""Who purges exercise data."""
 
 CODE = r"^[a-z0-9_]{1,64}$"
 ID = r"^[A-Za-z0-9_-]{1,64}$"
@@ -63,6 +70,13 @@ IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_lengt
 
 def _answer(model: BaseModel, status: int = 200) -> Response:
     return json_response(model.model_dump(mode="json"), status=status)
+
+
+async def _own_depots(ctx: Context, who: Principal, *depot_ids: str) -> None:
+    """A drill runner posts documents on exercise depots only: 403 on a live one (404 on none)."""
+    if who.is_drill_only(SUPPLY):
+        for depot_id in depot_ids:
+            who.require_scope(SUPPLY, await views.depot_is_exercise(ctx.db, depot_id), "depots")
 
 
 class _Body(BaseModel):
@@ -221,8 +235,10 @@ async def list_depots(ctx: Ctx, _: Principal = requires(*READERS)) -> Response:
 
 
 @catalogue_api.post("/depots", response_model=DepotList, status_code=201)
-async def add_depots(body: DepotBatch, ctx: Ctx, who: Principal = requires(*CATALOGUE)) -> Response:
-    """Register depots, all or none (409 naming the ids already there)."""
+async def add_depots(body: DepotBatch, ctx: Ctx, who: Principal = requires(*SUPPLY)) -> Response:
+    """Register depots, all or none (409 naming the ids already there); a drill runner, exercise
+    depots only."""
+    who.require_scope(SUPPLY, all(d.exercise for d in body.depots), "depots")
     new = [Depot(**d.model_dump()) for d in body.depots]
     await handle(ctx, commands.AddDepots(new, who.subject))
     return _answer(await views.depots(ctx.db), 201)
@@ -246,16 +262,18 @@ async def list_stock(
 
 
 @stock_api.post("/documents/receipts", response_model=DocumentAnswer, status_code=201)
-async def post_receipt(body: ReceiptIn, ctx: Ctx, who: Principal = requires(*CATALOGUE)) -> Response:
+async def post_receipt(body: ReceiptIn, ctx: Ctx, who: Principal = requires(*SUPPLY)) -> Response:
     """A receipt (404: unknown depot or item; 422: a unit the item does not have, a fraction)."""
+    await _own_depots(ctx, who, body.depot_id)
     lines = [commands.ReceiptLine(l.item, l.lot, l.quantity, l.unit, l.expiry, l.condition) for l in body.lines]
     doc = await handle(ctx, commands.ReceiveStock(body.depot_id, lines, who.subject, body.effective_at, body.note))
     return _answer(DocumentAnswer(document_id=doc), 201)
 
 
 @stock_api.post("/documents/adjustments", response_model=DocumentAnswer, status_code=201)
-async def post_adjustment(body: AdjustmentIn, ctx: Ctx, who: Principal = requires(*CATALOGUE)) -> Response:
+async def post_adjustment(body: AdjustmentIn, ctx: Ctx, who: Principal = requires(*SUPPLY)) -> Response:
     """An adjustment (409 with the item and the date when a balance would go negative)."""
+    await _own_depots(ctx, who, body.depot_id)
     cmd = commands.AdjustStock(
         body.depot_id,
         body.item,
@@ -272,8 +290,9 @@ async def post_adjustment(body: AdjustmentIn, ctx: Ctx, who: Principal = require
 
 
 @stock_api.post("/documents/transfers", response_model=DocumentAnswer, status_code=201)
-async def post_transfer(body: TransferIn, ctx: Ctx, who: Principal = requires(*CATALOGUE)) -> Response:
+async def post_transfer(body: TransferIn, ctx: Ctx, who: Principal = requires(*SUPPLY)) -> Response:
     """A transfer between depots (409 when the source has too little available)."""
+    await _own_depots(ctx, who, body.from_depot, body.to_depot)
     cmd = commands.TransferStock(
         body.from_depot,
         body.to_depot,
@@ -383,3 +402,27 @@ async def act(
     )
     await handle(ctx, cmd)
     return _answer(await views.reservation(ctx.db, reservation_id))
+
+
+# --- exercise data -----------------------------------------------------------------------------------
+
+
+@reservations_api.get("/exercise", response_model=ExerciseData, tags=["exercise"])
+async def exercise_data(ctx: Ctx, _: Principal = requires(*READERS)) -> Response:
+    """What exercise data resource-stockpile holds: incidents, reservations and what they hold,
+    exercise depots with their stock lines and documents."""
+    return _answer(await views.exercise_data(ctx.db))
+
+
+@reservations_api.delete(
+    "/exercise",
+    response_model=Purged,
+    summary="Purge exercise incidents and reservations (and exercise depots with ?depots=true); live data untouched",
+    tags=["exercise"],
+)
+async def purge_exercise(ctx: Ctx, who: Principal = requires(*PURGE), depots: bool = False) -> Response:
+    """What exercise reservations hold goes back to its stock lines first; with ``depots``, the
+    exercise depots go too, with their stock lines, ledger and documents. A second purge purges
+    nothing."""
+    purged = await handle(ctx, commands.PurgeExercise(who.subject, depots))
+    return _answer(Purged(**purged))

@@ -134,3 +134,12 @@ class ActOnReservation:
     condition: Condition = Condition.good
     version: int | None = None
     request_key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PurgeExercise:
+    """Forget the exercise incidents and their reservations (what they hold released first); with
+    ``depots_too``, the exercise depots with their stock lines, ledger and documents as well."""
+
+    actor: str
+    depots_too: bool = False

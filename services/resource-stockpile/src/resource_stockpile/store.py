@@ -30,6 +30,7 @@ from sqlalchemy import (
     Table,
     Text,
     and_,
+    delete,
     func,
     insert,
     select,
@@ -39,6 +40,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ecs.db import BigId, UTCDateTime, new_metadata
+from ecs.errors import Conflict
 from ecs.vocabulary import Category, Level, Stage
 
 from .domain import Allocation, Bucket, Condition, Depot, Item, StockLine
@@ -693,3 +695,77 @@ async def ledger_mismatches(conn: AsyncConnection) -> list[tuple[int, int, int]]
 async def add_entry(conn: AsyncConnection, document_id: int, line_id: int, delta: int, at: datetime) -> None:
     """A ledger entry for a change of on hand made by another statement (an issue)."""
     await conn.execute(insert(ledger).values(document_id=document_id, line_id=line_id, delta=delta, effective_at=at))
+
+
+# --- exercise data -----------------------------------------------------------------------------------
+
+
+async def exercise_incident_ids(conn: AsyncConnection) -> list[str]:
+    """The exercise incidents resource-stockpile knows, by id."""
+    rows = await conn.execute(select(incidents.c.id).where(incidents.c.exercise.is_(True)).order_by(incidents.c.id))
+    return list(rows.scalars())
+
+
+async def release_exercise_holds(conn: AsyncConnection) -> int:
+    """Give every quantity still held by an exercise reservation back to its stock line (reserved
+    falls; on hand and the ledger do not change, as for any release); returns the base units.
+    Each line is a conditional UPDATE: a line holding less reserved than its allocations say
+    refuses, and the caller's transaction rolls back rather than leave a count wrong."""
+    a = allocations.c
+    rows = (
+        await conn.execute(
+            select(a.id, a.line_id, a.held)
+            .join(reservations, reservations.c.id == a.reservation_id)
+            .where(reservations.c.exercise.is_(True), a.held > 0)
+            .order_by(a.id)
+        )
+    ).all()
+    released = 0
+    for r in rows:
+        if not await unreserve(conn, r.line_id, r.held, issued=False):
+            raise Conflict(f"stock line {r.line_id} holds less reserved than exercise allocation {r.id}; try again")
+        await conn.execute(update(allocations).where(a.id == r.id).values(held=0, released=a.released + r.held))
+        released += r.held
+    return released
+
+
+async def delete_exercise_reservations(conn: AsyncConnection) -> int:
+    """Forget every exercise reservation and its allocations (release what they hold first:
+    release_exercise_holds); returns how many reservations."""
+    ids = select(reservations.c.id).where(reservations.c.exercise.is_(True))
+    await conn.execute(delete(allocations).where(allocations.c.reservation_id.in_(ids)))
+    return (await conn.execute(delete(reservations).where(reservations.c.exercise.is_(True)))).rowcount
+
+
+async def delete_exercise_incidents(conn: AsyncConnection) -> int:
+    """Forget resource-stockpile's copy of every exercise incident; returns how many."""
+    return (await conn.execute(delete(incidents).where(incidents.c.exercise.is_(True)))).rowcount
+
+
+def exercise_line_ids() -> Any:
+    """The ids of exercise depots' stock lines, as a query (for ``IN``)."""
+    exercise_depots = select(depots.c.id).where(depots.c.exercise.is_(True))
+    return select(stock_lines.c.id).where(stock_lines.c.depot_id.in_(exercise_depots))
+
+
+def exercise_document_ids() -> Any:
+    """The documents of exercise depots (each with its entries on their lines; stock never moves
+    between exercise and live depots, so a document is wholly one or the other), as a query."""
+    return select(ledger.c.document_id).where(ledger.c.line_id.in_(exercise_line_ids())).distinct()
+
+
+async def delete_exercise_depots(conn: AsyncConnection) -> tuple[int, int, int]:
+    """Forget every exercise depot with its stock lines, their ledger and its documents (the
+    exercise reservations must be gone: delete_exercise_reservations); returns (depots, stock
+    lines, documents). A document that also holds an entry of a live line is kept."""
+    doc_ids = list((await conn.execute(exercise_document_ids())).scalars())
+    await conn.execute(delete(ledger).where(ledger.c.line_id.in_(exercise_line_ids())))
+    documents_purged = 0
+    for chunk in range(0, len(doc_ids), 500):
+        ids = doc_ids[chunk : chunk + 500]
+        still_live = select(ledger.c.id).where(ledger.c.document_id == documents.c.id).exists()
+        res = await conn.execute(delete(documents).where(documents.c.id.in_(ids), ~still_live))
+        documents_purged += res.rowcount
+    lines = (await conn.execute(delete(stock_lines).where(stock_lines.c.id.in_(exercise_line_ids())))).rowcount
+    purged = (await conn.execute(delete(depots).where(depots.c.exercise.is_(True)))).rowcount
+    return purged, lines, documents_purged

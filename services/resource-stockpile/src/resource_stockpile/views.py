@@ -118,6 +118,29 @@ class DocumentAnswer(BaseModel):
     document_id: int
 
 
+class ExerciseData(BaseModel):
+    """What exercise data resource-stockpile holds (DESIGN §8)."""
+
+    incidents: int = Field(description="exercise incidents known to resource-stockpile")
+    reservations: int = Field(description="reservations of exercise incidents")
+    held: int = Field(description="base units exercise reservations still hold in exercise depots")
+    depots: int = Field(description="exercise depots")
+    stock_lines: int = Field(description="stock lines of exercise depots")
+    documents: int = Field(description="ledger documents of exercise depots")
+
+
+class Purged(BaseModel):
+    """What the purge of exercise data removed; ``released``: base units exercise reservations
+    held, given back to their stock lines first."""
+
+    incidents_purged: int
+    reservations_purged: int
+    released: int
+    depots_purged: int
+    stock_lines_purged: int
+    documents_purged: int
+
+
 def item_answer(i: Item) -> ItemAnswer:
     return ItemAnswer(
         code=i.code,
@@ -292,3 +315,40 @@ def _reservation(r: Any, allocs: list[Allocation]) -> ReservationAnswer:
             for a in allocs
         ],
     )
+
+
+async def depot_is_exercise(db: Database, depot_id: str) -> bool:
+    """Whether the depot is an exercise depot; NotFound for a depot that does not exist."""
+    async with db.engine.connect() as conn:
+        depot = await store.get_depot(conn, depot_id)
+    if depot is None:
+        raise NotFound(f"depot {depot_id} not found", depot_id=depot_id)
+    return depot.exercise
+
+
+async def exercise_data(db: Database) -> ExerciseData:
+    """How many exercise incidents, reservations, depots, stock lines and documents there are,
+    and what exercise reservations still hold."""
+    i, r, a, d = store.incidents, store.reservations, store.allocations, store.depots
+
+    async def count(conn: Any, q: Any) -> int:
+        return int((await conn.execute(q)).scalar() or 0)
+
+    async with db.engine.connect() as conn:
+        return ExerciseData(
+            incidents=await count(conn, select(func.count()).select_from(i).where(i.c.exercise.is_(True))),
+            reservations=await count(conn, select(func.count()).select_from(r).where(r.c.exercise.is_(True))),
+            held=await count(
+                conn,
+                select(func.coalesce(func.sum(a.c.held), 0))
+                .select_from(a.join(r, r.c.id == a.c.reservation_id))
+                .where(r.c.exercise.is_(True)),
+            ),
+            depots=await count(conn, select(func.count()).select_from(d).where(d.c.exercise.is_(True))),
+            stock_lines=await count(
+                conn, select(func.count()).where(store.stock_lines.c.id.in_(store.exercise_line_ids()))
+            ),
+            documents=await count(
+                conn, select(func.count()).where(store.documents.c.id.in_(store.exercise_document_ids()))
+            ),
+        )
