@@ -35,8 +35,10 @@ from .handlers import handle
 from .views import (
     BatchAnswer,
     Dashboard,
+    ExerciseData,
     ExpectedAnswer,
     HistoryAnswer,
+    Purged,
     RegistrationAnswer,
     SearchAnswer,
     ShelterAnswer,
@@ -50,6 +52,8 @@ reunification_api = APIRouter(prefix="/v1", tags=["reunification"])
 
 MANAGERS: tuple[Role, ...] = (Role.SHELTER_MANAGER, Role.COMMANDER, Role.DRILL_RUNNER)
 """Who runs shelters and places people; a drill runner on exercise data only."""
+PURGE: tuple[Role, ...] = (Role.DRILL_RUNNER,)
+"""Who purges exercise data."""
 NEED_TO_KNOW: frozenset[str] = frozenset({Role.SHELTER_MANAGER, Role.COMMANDER})
 """Roles that see evacuees' names and origin addresses in full (DESIGN §9); ID and phone numbers
 are masked for everyone."""
@@ -544,3 +548,27 @@ async def search(ctx: Ctx, body: SearchIn, principal: Principal = requires(*READ
             registration_id=found.registration_id if found.consented else None,
         )
     )
+
+
+# --- exercise data ------------------------------------------------------------------------------
+
+
+@shelters_api.get(
+    "/exercise", response_model=ExerciseData, summary="What exercise data shelter-registry holds", tags=["exercise"]
+)
+async def exercise_data(ctx: Ctx, _: Principal = requires(*READERS)) -> Response:
+    """Exercise incidents, shelters and registrations, and the exercise evacuees holding places."""
+    return _answer(await views.exercise_data(ctx.db))
+
+
+@shelters_api.delete(
+    "/exercise",
+    response_model=Purged,
+    summary="Purge exercise incidents and registrations (exercise shelters too with ?shelters=true); live untouched",
+    tags=["exercise"],
+)
+async def purge_exercise(ctx: Ctx, principal: Principal = requires(*PURGE), shelters: bool = False) -> Response:
+    """The places exercise evacuees hold are given back first, so exercise shelters that stay are
+    empty again. A second purge purges nothing."""
+    purged = await handle(ctx, commands.PurgeExercise(principal.subject, shelters))
+    return _answer(Purged(**purged))

@@ -108,3 +108,12 @@ class SetExpectedEvacuees:
     expected: int
     actor: str
     extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class PurgeExercise:
+    """Forget the exercise incidents and registrations (their places given back first); with
+    ``shelters_too``, the exercise shelters as well."""
+
+    actor: str
+    shelters_too: bool = False

@@ -567,4 +567,76 @@ async def mark_settled(conn: AsyncConnection, incident_id: str, settled: bool) -
     return (await conn.execute(stmt)).first() is not None
 
 
+# --- exercise data ------------------------------------------------------------------------------
+
+
+async def exercise_incident_ids(conn: AsyncConnection) -> list[str]:
+    """The exercise incidents shelter-registry knows, by id."""
+    rows = await conn.execute(select(incidents.c.id).where(incidents.c.exercise.is_(True)).order_by(incidents.c.id))
+    return list(rows.scalars())
+
+
+async def free_exercise_places(conn: AsyncConnection, now: datetime) -> int:
+    """Give back every place exercise registrations hold, shelter by shelter (exercise shelters
+    only: an exercise household never takes a live place); returns the people. The CHECKs refuse
+    a count going below 0, so the caller's transaction rolls back rather than leave one wrong."""
+    r = registrations.c
+    rows = (
+        await conn.execute(
+            select(r.shelter_id, func.sum(r.people), func.sum(r.wheelchairs), func.sum(r.pets))
+            .where(r.exercise.is_(True), r.status.in_(_HOLDS))
+            .group_by(r.shelter_id)
+            .order_by(r.shelter_id)
+        )
+    ).all()
+    c = shelters.c
+    freed = 0
+    for shelter_id, people, wheelchairs, pets in rows:
+        res = await conn.execute(
+            update(shelters)
+            .where(c.id == shelter_id, c.exercise.is_(True))
+            .values(
+                occupied=c.occupied - people,
+                accessible_used=c.accessible_used - wheelchairs,
+                pets_used=c.pets_used - pets,
+                changed_at=now,
+            )
+        )
+        if res.rowcount != 1:
+            raise Conflict(
+                f"exercise registrations hold places in shelter {shelter_id!r}, which is not an exercise shelter"
+            )
+        freed += int(people)
+    return freed
+
+
+async def delete_exercise_registrations(conn: AsyncConnection) -> int:
+    """Forget every exercise registration with its people, history and the searches that found
+    it (free their places first: free_exercise_places); returns how many registrations."""
+    ids = select(registrations.c.id).where(registrations.c.exercise.is_(True))
+    await conn.execute(delete(persons).where(persons.c.registration_id.in_(ids)))
+    await conn.execute(delete(history).where(history.c.registration_id.in_(ids)))
+    await conn.execute(delete(searches).where(searches.c.registration_id.in_(ids)))
+    result = await conn.execute(delete(registrations).where(registrations.c.exercise.is_(True)))
+    return int(result.rowcount or 0)
+
+
+async def delete_exercise_incidents(conn: AsyncConnection) -> int:
+    """Forget shelter-registry's copy of every exercise incident; an exercise shelter one opened
+    no longer names it. Returns how many incidents."""
+    ids = select(incidents.c.id).where(incidents.c.exercise.is_(True))
+    await conn.execute(
+        update(shelters).where(shelters.c.exercise.is_(True), shelters.c.opened_for.in_(ids)).values(opened_for=None)
+    )
+    result = await conn.execute(delete(incidents).where(incidents.c.exercise.is_(True)))
+    return int(result.rowcount or 0)
+
+
+async def delete_exercise_shelters(conn: AsyncConnection) -> int:
+    """Forget every exercise shelter (its registrations must be gone:
+    delete_exercise_registrations); returns how many."""
+    result = await conn.execute(delete(shelters).where(shelters.c.exercise.is_(True)))
+    return int(result.rowcount or 0)
+
+
 __all__ = ["Registration", "Shelter", "metadata"]

@@ -243,6 +243,25 @@ class ExpectedAnswer(BaseModel):
     opened: list[str]
 
 
+class ExerciseData(BaseModel):
+    """What exercise data shelter-registry holds (DESIGN §8)."""
+
+    incidents: int = Field(description="exercise incidents known to shelter-registry")
+    shelters: int = Field(description="exercise shelters")
+    registrations: int = Field(description="exercise registrations, whatever their status")
+    evacuees_placed: int = Field(description="people of exercise registrations who hold a place now")
+
+
+class Purged(BaseModel):
+    """What the purge of exercise data removed; ``evacuees_released``: the people whose places
+    were given back first."""
+
+    incidents_purged: int
+    registrations_purged: int
+    evacuees_released: int
+    shelters_purged: int
+
+
 # --- queries -----------------------------------------------------------------------------------
 
 
@@ -447,3 +466,22 @@ async def incident_dashboard(db: Database, incident_id: str) -> Dashboard:
         people = await _people(conn, r.incident_id == incident_id)
         timeline = await _timeline(conn, r.incident_id == incident_id, since)
     return _dashboard(shelters, people, timeline)
+
+
+async def exercise_data(db: Database) -> ExerciseData:
+    """How many exercise incidents, shelters and registrations there are, and how many exercise
+    evacuees hold a place."""
+    i, sh, r = store.incidents.c, store.shelters.c, store.registrations.c
+    holds = sorted(s.value for s in HOLDS_PLACE)
+    async with db.engine.connect() as conn:
+        incidents = (await conn.execute(select(func.count()).where(i.exercise.is_(True)))).scalar_one()
+        shelters = (await conn.execute(select(func.count()).where(sh.exercise.is_(True)))).scalar_one()
+        registrations = (await conn.execute(select(func.count()).where(r.exercise.is_(True)))).scalar_one()
+        placed = (
+            await conn.execute(
+                select(func.coalesce(func.sum(r.people), 0)).where(r.exercise.is_(True), r.status.in_(holds))
+            )
+        ).scalar_one()
+    return ExerciseData(
+        incidents=int(incidents), shelters=int(shelters), registrations=int(registrations), evacuees_placed=int(placed)
+    )

@@ -12,7 +12,7 @@ from typing import Any
 
 from .. import commands
 from ..context import Context
-from . import automation, households, shelters
+from . import automation, exercise, households, shelters
 
 Handler = Callable[[Context, Any], Awaitable[Any]]
 EventHandler = Callable[..., Awaitable[None]]
@@ -27,6 +27,7 @@ COMMANDS: dict[type, Handler] = {
     commands.ChangeRegistration: households.change_registration,
     commands.Search: households.search,
     commands.SetExpectedEvacuees: automation.set_expected,
+    commands.PurgeExercise: exercise.purge_exercise,
 }
 
 EVENTS: dict[str, tuple[EventHandler, ...]] = {
