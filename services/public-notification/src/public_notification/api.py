@@ -30,7 +30,9 @@ from .views import (
     ChannelList,
     ClockList,
     DeliveryList,
+    ExerciseData,
     IncidentView,
+    Purged,
     Queued,
     Registered,
     RumorAnswer,
@@ -50,6 +52,8 @@ APPROVERS = (Role.COMMANDER, Role.DRILL_RUNNER)
 """Approve or reject an alert or a statement (a drill runner: exercise ones only)."""
 CHANNEL_ROLES = (Role.COMMANDER, Role.DRILL_RUNNER)
 """Register a channel (a drill runner: exercise channels only)."""
+PURGE_ROLES = (Role.DRILL_RUNNER,)
+"""Purge exercise data."""
 
 ID = r"^[A-Za-z0-9_-]{1,64}$"
 CAP_XML = "application/cap+xml"
@@ -500,6 +504,32 @@ async def alert_targets(
 ) -> Response:
     """The cells, districts and subscriber groups inside the alert's polygon or circle."""
     return _answer(await views.alert_targets(ctx, alert_id, limit))
+
+
+# --- exercise data ---------------------------------------------------------------------------------
+
+
+@channels_api.get(
+    "/exercise",
+    response_model=ExerciseData,
+    summary="What exercise data public-notification holds",
+    tags=["exercise"],
+)
+async def exercise_data(ctx: Ctx, principal: Principal = requires(*READERS)) -> Response:
+    """Exercise incidents, alerts, statements, rumors, clocks, deliveries and channels."""
+    return _answer(await views.exercise_data(ctx.db))
+
+
+@channels_api.delete(
+    "/exercise",
+    response_model=Purged,
+    summary="Purge exercise incidents, alerts, statements, rumors, clocks (exercise channels with ?channels=true)",
+    tags=["exercise"],
+)
+async def purge_exercise(ctx: Ctx, principal: Principal = requires(*PURGE_ROLES), channels: bool = False) -> Response:
+    """Deliveries of exercise alerts go first: a pending one is never sent. Live data untouched; a
+    second purge purges nothing."""
+    return _answer(Purged(**await handle(ctx, commands.PurgeExercise(principal.subject, channels))))
 
 
 # --- the public CAP feed -----------------------------------------------------------------------

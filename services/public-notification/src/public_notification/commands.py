@@ -184,3 +184,12 @@ class RegisterTargets:
 
     targets: Sequence[Mapping[str, object]]
     actor: str
+
+
+@dataclass(frozen=True, slots=True)
+class PurgeExercise:
+    """Forget the exercise incidents with their alerts (pending deliveries stop), statements,
+    rumors and clocks; with ``channels_too``, the exercise channels as well."""
+
+    actor: str
+    channels_too: bool = False

@@ -29,7 +29,9 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    delete,
     func,
+    or_,
     select,
     update,
 )
@@ -701,3 +703,62 @@ async def targets_after(conn: AsyncConnection, seq: int) -> list[Row[Any]]:
     """Targets registered after ``seq``, in order."""
     t = targets.c
     return list(await conn.execute(select(t.id, t.kind, t.lat, t.lon, t.seq).where(t.seq > seq).order_by(t.seq)))
+
+
+# --- exercise data -------------------------------------------------------------------------------
+
+
+async def exercise_incident_ids(conn: AsyncConnection) -> list[str]:
+    """The exercise incidents public-notification knows, by id."""
+    rows = await conn.execute(select(incidents.c.id).where(incidents.c.exercise.is_(True)).order_by(incidents.c.id))
+    return list(rows.scalars())
+
+
+def exercise_alert_ids() -> Any:
+    """The ids of exercise alerts, as a query (for ``IN``)."""
+    return select(alerts.c.id).where(alerts.c.exercise.is_(True))
+
+
+async def delete_exercise_deliveries(conn: AsyncConnection, channels_too: bool) -> int:
+    """Forget the deliveries of exercise alerts — pending ones never go out — (and, with
+    ``channels_too``, every delivery to an exercise channel, which only ever carries exercise
+    alerts); returns how many."""
+    cond = deliveries.c.alert_id.in_(exercise_alert_ids())
+    if channels_too:
+        exercise_channels = select(channels.c.id).where(channels.c.exercise.is_(True))
+        cond = or_(cond, deliveries.c.channel_id.in_(exercise_channels))
+    return int((await conn.execute(delete(deliveries).where(cond))).rowcount or 0)
+
+
+async def delete_exercise_documents(conn: AsyncConnection) -> tuple[int, int, int, int]:
+    """Forget every exercise alert, statement, rumor (with the answers that name any of them) and
+    release clock (their deliveries must be gone: delete_exercise_deliveries); returns (alerts,
+    statements, rumors, clocks). Alerts go in one statement: an Update or Cancel names the
+    exercise alert it references, which goes with it."""
+    exercise_statements = select(statements.c.id).where(statements.c.exercise.is_(True))
+    exercise_rumors = select(rumors.c.id).where(rumors.c.exercise.is_(True))
+    a = rumor_answers.c
+    await conn.execute(
+        delete(rumor_answers).where(
+            or_(
+                a.rumor_id.in_(exercise_rumors),
+                a.statement_id.in_(exercise_statements),
+                a.alert_id.in_(exercise_alert_ids()),
+            )
+        )
+    )
+    counts = []
+    for table in (alerts, statements, rumors, clocks):
+        result = await conn.execute(delete(table).where(table.c.exercise.is_(True)))
+        counts.append(int(result.rowcount or 0))
+    return counts[0], counts[1], counts[2], counts[3]
+
+
+async def delete_exercise_incidents(conn: AsyncConnection) -> int:
+    """Forget public-notification's copy of every exercise incident; returns how many."""
+    return int((await conn.execute(delete(incidents).where(incidents.c.exercise.is_(True)))).rowcount or 0)
+
+
+async def delete_exercise_channels(conn: AsyncConnection) -> int:
+    """Forget every exercise channel (its deliveries must be gone); returns how many."""
+    return int((await conn.execute(delete(channels).where(channels.c.exercise.is_(True)))).rowcount or 0)

@@ -10,7 +10,7 @@ from typing import Any
 from xml.etree import ElementTree as ET
 
 from pydantic import BaseModel, Field
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ecs.db import Database
@@ -522,3 +522,57 @@ async def alert_targets(ctx: Any, alert_id: str, limit: int) -> TargetsAnswer:
         truncated=len(ids) > limit,
         seconds=seconds,
     )
+
+
+# --- exercise data -------------------------------------------------------------------------------
+
+
+class ExerciseData(BaseModel):
+    """What exercise data public-notification holds (DESIGN §8)."""
+
+    incidents: int = Field(description="exercise incidents known to public-notification")
+    alerts: int
+    statements: int
+    rumors: int
+    clocks: int = Field(description="release clocks of exercise incidents")
+    deliveries: int = Field(description="deliveries of exercise alerts, whatever their status")
+    pending_deliveries: int = Field(description="of those, the ones not sent yet")
+    channels: int = Field(description="exercise channels")
+
+
+class Purged(BaseModel):
+    """What the purge of exercise data removed."""
+
+    incidents_purged: int
+    alerts_purged: int
+    deliveries_purged: int
+    statements_purged: int
+    rumors_purged: int
+    clocks_purged: int
+    channels_purged: int
+
+
+async def exercise_data(db: Database) -> ExerciseData:
+    """How many exercise incidents, alerts, statements, rumors, clocks, deliveries (and pending
+    ones) and exercise channels there are."""
+
+    async def count(conn: AsyncConnection, table: Any, *where: Any) -> int:
+        return int((await conn.execute(select(func.count()).select_from(table).where(*where))).scalar_one())
+
+    d = store.deliveries.c
+    of_exercise = d.alert_id.in_(store.exercise_alert_ids())
+    async with db.engine.connect() as conn:
+        found = {
+            name: await count(conn, table, table.c.exercise.is_(True))
+            for name, table in (
+                ("incidents", store.incidents),
+                ("alerts", store.alerts),
+                ("statements", store.statements),
+                ("rumors", store.rumors),
+                ("clocks", store.clocks),
+                ("channels", store.channels),
+            )
+        }
+        found["deliveries"] = await count(conn, store.deliveries, of_exercise)
+        found["pending_deliveries"] = await count(conn, store.deliveries, of_exercise, d.status == "pending")
+    return ExerciseData(**found)

@@ -12,7 +12,7 @@ from typing import Any
 
 from .. import commands
 from ..context import Context
-from . import alerts, automation, deliveries, rumors, statements
+from . import alerts, automation, deliveries, exercise, rumors, statements
 
 Handler = Callable[[Context, Any], Awaitable[Any]]
 EventHandler = Callable[[Context, Any, Any, str], Awaitable[None]]
@@ -32,6 +32,7 @@ COMMANDS: dict[type, Handler] = {
     commands.Republish: deliveries.republish,
     commands.DeliverDue: deliveries.deliver_due,
     commands.RegisterTargets: deliveries.register_targets,
+    commands.PurgeExercise: exercise.purge_exercise,
 }
 
 EVENTS: dict[str, tuple[EventHandler, ...]] = {
