@@ -264,9 +264,10 @@ def ensure_files() -> None:
 
 def local_secrets() -> dict[str, str]:
     """var/secrets.json: a random value for every NATS identity (services, the demo gateway,
-    admin) and every SERVICE_SECRETS setting; missing ones are added, existing ones kept."""
+    the observer that `ecs watch` connects as, admin) and every SERVICE_SECRETS setting; missing
+    ones are added, existing ones kept."""
     known: dict[str, str] = json.loads(SECRETS_FILE.read_text()) if SECRETS_FILE.exists() else {}
-    wanted = [f"nats:{s.name}" for s in SERVICES] + [f"nats:gateway-{DEMO_GATEWAY}", "nats:admin"]
+    wanted = [f"nats:{s.name}" for s in SERVICES] + [f"nats:gateway-{DEMO_GATEWAY}", "nats:observer", "nats:admin"]
     wanted += [prefix + name for prefix, names in SERVICE_SECRETS.items() for name in names]
     missing = [k for k in wanted if k not in known]
     if missing:
@@ -284,7 +285,8 @@ def write_nats_config() -> None:
 
     known = local_secrets()
     passwords = {k.removeprefix("nats:"): v for k, v in known.items() if k.startswith("nats:")}
-    text = identities.server_config(passwords, passwords.pop("admin"), [identities.gateway(DEMO_GATEWAY)])
+    extra = [identities.gateway(DEMO_GATEWAY), identities.OBSERVER]
+    text = identities.server_config(passwords, passwords.pop("admin"), extra)
     NATS_CONFIG.unlink(missing_ok=True)
     write_private(NATS_CONFIG, text)
 

@@ -116,3 +116,40 @@ def test_every_participant_and_domain_has_an_identity():
     for stream in (streams.INCIDENTS, streams.DISPATCH, streams.STOCKPILE, streams.SHELTER, streams.NOTIFICATION):
         (subject,) = stream.subjects
         assert identities.owner_of(subject.replace(">", "x")) is not None
+
+
+async def test_the_observer_sees_every_domain_and_can_publish_nothing(nats_private: NatsServer, admin: Bus):
+    nc, errors = await _connect(nats_private.observer_url)
+    seen: list[str] = []
+
+    async def collect(msg) -> None:  # type: ignore[no-untyped-def]
+        seen.append(msg.subject)
+
+    try:
+        for domain in identities.OWNERS:
+            await nc.subscribe(f"{domain}.>", cb=collect)
+        await nc.flush()
+        for subject in (
+            "incident.created",
+            "dispatch.unit.assigned",
+            "alarm.in.gw-test",
+            "deadletter.x",
+            "$JS.API.INFO",
+        ):
+            await nc.publish(subject, b"{}")
+        await nc.flush()
+
+        async def refused():
+            return sum("permissions violation" in e.lower() for e in errors) == 5
+
+        await eventually(refused, "five permissions violations")
+        await admin.publish_event(make_event("incident.created", {}, source="incident-intake"))
+
+        async def delivered():
+            return seen == ["incident.created"]
+
+        await eventually(delivered, "the observer to see the event")
+    finally:
+        await nc.close()
+    assert await _count(admin, "INCIDENTS") == 1  # its own publish never reached the stream
+    assert await _count(admin, "ALARMS") == 0

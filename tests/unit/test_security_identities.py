@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import yaml
 
 from ecs import identities, streams
@@ -45,3 +46,28 @@ def test_a_gateway_publishes_only_its_own_alarm_subject():
     gw = identities.gateway("gw-7")
     assert gw.publish == ("alarm.in.gw-7",)
     assert streams.ALARMS.subjects == ("alarm.in.*",)
+
+
+def test_the_observer_subscribes_to_every_domain_and_publishes_nothing():
+    observer = identities.OBSERVER
+    assert observer.user == identities.OBSERVER_USER == "observer"
+    assert observer.publish == ()
+    perms = observer.permissions()
+    # No allow list at all (an empty one would let anything not denied through), and ">" denied.
+    assert perms["publish"] == {"deny": [">"]}
+    assert perms["subscribe"] == {"allow": [*(f"{d}.>" for d in identities.OWNERS), "_INBOX.>"]}
+    assert "allow_responses" not in perms
+    config = identities.server_config({"observer": "pw-0123456789"}, extra=[observer])
+    assert '"user": "observer"' in config and '"deny": [\n          ">"\n        ]' in config
+
+
+def test_the_observer_has_a_password_wherever_a_broker_is_configured(tmp_path):
+    with pytest.raises(KeyError, match="observer"):
+        identities.server_config({}, extra=[identities.OBSERVER])
+    secrets_file = tmp_path / "secrets.json"
+    secrets_file.write_text('{"nats:observer": "s3cret"}')
+    assert identities.local_password(identities.OBSERVER_USER, secrets_file) == "s3cret"
+    with pytest.raises(KeyError, match="no NATS password for admin"):
+        identities.local_password("admin", secrets_file)
+    run_py = (ROOT / "deploy" / "local" / "run.py").read_text()
+    assert '"nats:observer"' in run_py and "identities.OBSERVER" in run_py

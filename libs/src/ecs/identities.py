@@ -17,6 +17,7 @@ import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 from .errors import Poison
 
@@ -43,8 +44,10 @@ class Identity:
 
     def permissions(self) -> dict[str, object]:
         """The nats-server ``permissions`` block of this user."""
+        # An empty allow list would mean "anything not denied": leave it out, so only deny counts.
+        publish: dict[str, list[str]] = {"allow": list(self.publish)} if self.publish else {}
         perms: dict[str, object] = {
-            "publish": {"allow": list(self.publish), "deny": list(self.deny_publish)},
+            "publish": {**publish, "deny": list(self.deny_publish)},
             "subscribe": {"allow": list(self.subscribe)},
         }
         if self.allow_responses:
@@ -96,6 +99,29 @@ def gateway(gateway_id: str) -> Identity:
 def vehicle_feed(feed_id: str) -> Identity:
     """A vehicle location feed's identity: publishes ``vehicle.location.*`` only."""
     return Identity(user=f"feed-{feed_id}", publish=("vehicle.location.*",), subscribe=("_INBOX.>",))
+
+
+OBSERVER_USER = "observer"
+"""The subscribe-only identity that watches the domain events: ``ecs watch`` and the drill runner."""
+
+OBSERVER = Identity(
+    user=OBSERVER_USER,
+    publish=(),
+    subscribe=(*(f"{domain}.>" for domain in OWNERS), "_INBOX.>"),
+    deny_publish=(">",),
+)
+"""May subscribe to every domain's events (core NATS) and publish nothing at all."""
+
+
+def local_password(user: str, secrets_file: Path) -> str:
+    """``user``'s NATS password as the embedded default keeps it (``var/secrets.json``, key
+    ``nats:<user>``, written by ``make up``). Raises OSError when the file cannot be read and
+    KeyError naming the user when it holds no password for it."""
+    known = json.loads(secrets_file.read_text())
+    try:
+        return known[f"nats:{user}"]
+    except KeyError:
+        raise KeyError(f"{secrets_file} holds no NATS password for {user}") from None
 
 
 def owner_of(subject: str) -> str | None:
@@ -152,11 +178,14 @@ def server_config_template(extra: Iterable[Identity] = ()) -> str:
 
 __all__ = [
     "ADMIN_USER",
+    "OBSERVER",
+    "OBSERVER_USER",
     "OWNERS",
     "SERVICES",
     "Identity",
     "check_source",
     "gateway",
+    "local_password",
     "owner_of",
     "password_variable",
     "server_config",

@@ -28,7 +28,6 @@ from sqlalchemy.engine import make_url
 from . import identities
 from .broker import nats_server_binary
 
-
 async def eventually(probe: Callable[[], Awaitable[Any]], what: str = "", within_s: float = 15.0) -> Any:
     """Await ``probe()`` until it returns something truthy, and return that.
 
@@ -78,6 +77,12 @@ def identity_password(user: str) -> str:
     return f"{user}-test-password-0123456789"
 
 
+def observer_credentials() -> tuple[str, str]:
+    """The observer's user and password on the tests' servers (``ecs.identities.OBSERVER``):
+    subscribes to every domain's events, publishes nothing."""
+    return identities.OBSERVER_USER, identity_password(identities.OBSERVER_USER)
+
+
 def nats_identity(prefix: str, service: str) -> dict[str, str]:
     """The settings that make ``service`` connect to a test server as its own NATS identity,
     e.g. ``{"DISPATCH_NATS_USER": "dispatch", "DISPATCH_NATS_PASSWORD": ...}``."""
@@ -86,7 +91,7 @@ def nats_identity(prefix: str, service: str) -> dict[str, str]:
 
 class NatsServer:
     """A private nats-server with JetStream and the system's NATS identities (ecs.identities):
-    every service, the gateways of TEST_GATEWAYS and ``admin``, each with ``identity_password``.
+    every service, the gateways of TEST_GATEWAYS, the observer and ``admin``, each with ``identity_password``.
     ``url`` connects as admin, so a test may publish and inspect anything; ``url_as(user)`` as
     one identity. Restartable on the same port and store.
 
@@ -114,13 +119,18 @@ class NatsServer:
         """The server's URL without credentials (refused by the server)."""
         return f"nats://127.0.0.1:{self.port}"
 
+    @property
+    def observer_url(self) -> str:
+        """The server's URL as the subscribe-only observer (``ecs watch``, drill runners)."""
+        return self.url_as(identities.OBSERVER_USER)
+
     def _config(self) -> Path:
-        gateways = [identities.gateway(g) for g in TEST_GATEWAYS]
-        users = [*identities.SERVICES, *(g.user for g in gateways)]
+        extra = [*(identities.gateway(g) for g in TEST_GATEWAYS), identities.OBSERVER]
+        users = [*identities.SERVICES, *(i.user for i in extra)]
         path = self.store_dir.parent / f"nats-{self.port}.conf"
         path.write_text(
             identities.server_config(
-                {u: identity_password(u) for u in users}, identity_password(identities.ADMIN_USER), gateways
+                {u: identity_password(u) for u in users}, identity_password(identities.ADMIN_USER), extra
             )
         )
         return path
