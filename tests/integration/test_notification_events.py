@@ -11,7 +11,17 @@ from ecs.testing import eventually
 from public_notification import commands
 from public_notification.handlers import handle
 
-from .test_notification_service import CIRCLE, as_, draft, new_incident, notification_app, ready_incident, step, wired
+from .test_notification_service import (
+    CIRCLE,
+    as_,
+    draft,
+    known,
+    new_incident,
+    notification_app,
+    ready_incident,
+    step,
+    wired,
+)
 
 __all__ = ["as_", "notification_app", "wired"]  # fixtures shared with the service tests
 
@@ -133,3 +143,21 @@ async def test_a_repeated_post_with_its_idempotency_key_answers_the_same_and_add
             f"/v1/incidents/{incident}/alerts", json={**body, "description_en": "x"}, headers=headers
         )
         assert other.status_code == 422 and "already used with a different request" in other.json()["detail"]
+
+
+async def test_a_medical_call_that_became_a_fire_is_a_fire_here_too(notification_app, db_url, wired, as_):
+    """intake turns a medical-only incident into the scene reported near it and says so with the
+    next stage change; public-notification takes the category with it (its templates and headline
+    are the scene's, not a medical call's)."""
+    intake, _ = wired
+    officer = as_("information_officer", "officer-li")
+    async with notification_app(db_url) as api:
+        await intake.publish_plan()  # the fire plan
+        incident = new_incident()
+        await intake.create(incident, category="medical")
+        await known(api, incident, officer, category="medical")
+        await intake.stage_to(incident, "isolation", category="fire")
+        await known(api, incident, officer, category="fire", stage="isolation")
+        r = await draft(api, incident, officer)
+        assert r.status_code == 201, r.text
+        assert r.json()["infos"][0]["headline"].startswith("火灾")

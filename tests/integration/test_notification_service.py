@@ -61,10 +61,10 @@ class Intake:
         self.versions: dict[str, int] = {}
         self.stages: dict[str, str] = {}
 
-    async def create(self, incident_id: str, level: int = 2, exercise: bool = False) -> None:
+    async def create(self, incident_id: str, level: int = 2, exercise: bool = False, category: str = "fire") -> None:
         data = IncidentCreated(
             incident_id=incident_id,
-            category="fire",
+            category=category,
             level=level,
             lat=CENTRE[0],
             lon=CENTRE[1],
@@ -79,7 +79,9 @@ class Intake:
             make_event("incident.created", data, source="incident-intake", incident_id=incident_id, exercise=exercise)
         )
 
-    async def stage_to(self, incident_id: str, stage: str, level: int = 2, exercise: bool = False) -> None:
+    async def stage_to(
+        self, incident_id: str, stage: str, level: int = 2, exercise: bool = False, category: str = "fire"
+    ) -> None:
         self.versions[incident_id] += 1
         data = StageChanged(
             incident_id=incident_id,
@@ -87,7 +89,7 @@ class Intake:
             to_stage=stage,
             actor="commander-1",
             version=self.versions[incident_id],
-            category="fire",
+            category=category,
             level=level,
             lat=CENTRE[0],
             lon=CENTRE[1],

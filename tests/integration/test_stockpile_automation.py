@@ -181,3 +181,33 @@ async def test_malformed_incident_events_go_to_the_dead_letter_subject_with_the_
         assert "data.from_stage: Field required" in reasons["deadletter.incident.stage.changed"]
         assert "not a valid envelope" in reasons["deadletter.incident.level.changed"]
         assert (await s.get(f"/v1/incidents/{good}/reservations")).status_code == 200
+
+
+async def test_a_level_change_follows_the_plan_of_the_category_the_incident_became(stockpile_app, db_url, headers):
+    """A medical call that became a crowd crush (the stage change carries the new category): a later
+    level change tops up by the crowd-crush plan, not the medical one it was first heard of as."""
+    async with stockpile_app(db_url) as (_, client, bus):
+        asked = await serve_plans(bus)
+        s = Stockpile(client, bus, headers)
+        intake = Intake(bus)
+        await s.setup([depot("near", 1.0)])
+        await s.receive(
+            "near",
+            {"item": "stretcher", "lot": "n", "quantity": 300},
+            {"item": "first_aid_kit", "lot": "n", "quantity": 300},
+        )
+        incident = await s.incident(category="medical", level=2)
+        await intake.stage_to(incident, "isolation", level=2, category="crowd_crush")
+        await intake.stage_to(incident, "handling", level=2, category="crowd_crush")
+
+        async def level_two():
+            return await holding(s, incident) == {"stretcher": (40, 0), "first_aid_kit": (80, 0)}
+
+        await eventually(level_two, what="level II crowd-crush supplies reserved")
+        await intake.level_to(incident, 2, 1)
+
+        async def level_one():
+            return await holding(s, incident) == {"stretcher": (100, 0), "first_aid_kit": (200, 0)}
+
+        await eventually(level_one, what="level I crowd-crush top-up")
+        assert "medical" not in asked

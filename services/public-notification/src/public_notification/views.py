@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ecs.db import Database
 from ecs.errors import NotFound
-from ecs.vocabulary import Level, Stage
+from ecs.vocabulary import Category, Level, Stage
 
 from . import store
 from .capdoc import document
@@ -141,6 +141,7 @@ class IncidentView(BaseModel):
     """Everything the service holds for one incident, and what keeps it from being settled."""
 
     incident_id: str
+    category: Category = Field(description="as of the latest stage change (a medical call may become its scene)")
     stage: Stage
     level: Level
     exercise: bool
@@ -332,6 +333,7 @@ async def incident_view(ctx: Any, incident_id: str, now: datetime) -> IncidentVi
         holdings = await store.holdings(conn, incident_id)
         return IncidentView(
             incident_id=incident_id,
+            category=Category(incident.category),
             stage=Stage(incident.stage),
             level=Level(incident.level),
             exercise=incident.exercise,

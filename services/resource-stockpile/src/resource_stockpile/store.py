@@ -651,12 +651,16 @@ async def remember_incident(
     )
 
 
-async def set_stage(conn: AsyncConnection, incident_id: str, version: int, stage: Stage, now: datetime) -> bool:
-    """Record the incident's stage as of ``version``, unless a newer one is already recorded."""
+async def set_stage(
+    conn: AsyncConnection, incident_id: str, version: int, stage: Stage, now: datetime, category: Category | None = None
+) -> bool:
+    """Record the incident's stage (and the category it carries: a medical call may have become
+    the scene it reported) as of ``version``, unless a newer one is already recorded."""
+    values: dict[str, Any] = {"stage": stage.value, "stage_version": version, "updated_at": now}
+    if category is not None:
+        values["category"] = Category(category).value
     res = await conn.execute(
-        update(incidents)
-        .where(incidents.c.id == incident_id, incidents.c.stage_version < version)
-        .values(stage=stage.value, stage_version=version, updated_at=now)
+        update(incidents).where(incidents.c.id == incident_id, incidents.c.stage_version < version).values(**values)
     )
     return res.rowcount == 1
 

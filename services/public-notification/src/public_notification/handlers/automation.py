@@ -45,6 +45,7 @@ async def follow_stage(ctx: Context, env: Envelope, data: StageChanged, consumer
             data.version,
             utcnow(),
             stage=data.to_stage.value,
+            category=data.category.value,  # a medical call may have become the scene it reported
             level=int(data.level),
             perimeter=data.perimeter,
         )

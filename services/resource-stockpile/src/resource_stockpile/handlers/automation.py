@@ -69,7 +69,7 @@ async def follow_stage(ctx: Context, env: Envelope, data: StageChanged, consumer
             data.version,
             now,
         )
-        await store.set_stage(tx.conn, data.incident_id, data.version, data.to_stage, now)
+        await store.set_stage(tx.conn, data.incident_id, data.version, data.to_stage, now, data.category)
         await store.set_level(tx.conn, data.incident_id, data.version, data.level, now)
         return await store.get_incident(tx.conn, data.incident_id)
 
