@@ -9,7 +9,7 @@ its path that the file holds.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -107,14 +107,24 @@ def _duplicate_keys(node: yaml.Node, path: str, seen_nodes: set[int]) -> Iterato
             yield from _duplicate_keys(item, f"{path}[{i}]", seen_nodes)
 
 
+Location = tuple[int | str, ...]
+"""A field's place in a document: keys and list indexes, as Pydantic reports them."""
+
+
 def load_yaml_model(
-    text: str, source: str, model: type[M], error: type[YamlFileError] = YamlFileError, what: str = "file"
+    text: str,
+    source: str,
+    model: type[M],
+    error: type[YamlFileError] = YamlFileError,
+    what: str = "file",
+    check: Callable[[M], Iterable[tuple[Location, str]]] | None = None,
 ) -> M:
-    """``text`` (YAML) validated as ``model``.
+    """``text`` (YAML) validated as ``model``, then by ``check`` (rules across fields: each problem
+    a location and a message).
 
     Raises ``error`` (a YamlFileError, 422) naming ``source`` and every problem with its path and
-    line: not YAML, an empty document (``the <what> is empty``), a key given twice, or any field the
-    model refuses."""
+    line: not YAML, an empty document (``the <what> is empty``), a key given twice, any field the
+    model refuses, or what ``check`` finds."""
     loader = yaml.SafeLoader(text)
     try:
         root = loader.get_single_node()
@@ -137,7 +147,7 @@ def load_yaml_model(
         loader.dispose()
 
     try:
-        return model.model_validate(data)
+        value = model.model_validate(data)
     except ValidationError as exc:
         problems = []
         for err in exc.errors(include_url=False):
@@ -147,3 +157,11 @@ def load_yaml_model(
                 message = f"bad key: {message}"
             problems.append(FileProblem(format_path(loc), line_of(root, loc), message))
         raise error(source, problems) from None
+    found = [FileProblem(format_path(loc), line_of(root, loc), message) for loc, message in (check or _none)(value)]
+    if found:
+        raise error(source, found)
+    return value
+
+
+def _none(_: object) -> Iterable[tuple[Location, str]]:
+    return ()
