@@ -2,17 +2,14 @@
 database (both stores): a drill runner stocks exercise depots (never a live one), lists what the
 drills left and purges exactly that — live stock, reservations and ledger stay byte for byte."""
 
-# ruff: noqa: F811 - the service's fixtures are imported from its own tests, then requested by name
 from __future__ import annotations
 
 from typing import Any
 
-from tests.integration.test_stockpile_service import (  # noqa: F401
-    Stockpile,
-    depot,
-    headers,
-    stockpile_app,
-)
+from tests.integration import test_stockpile_service as service
+from tests.integration.test_stockpile_service import Stockpile, depot
+
+stockpile_app, headers = service.stockpile_app, service.headers
 
 DRILL = ("drill_runner",)
 NOTHING = {
