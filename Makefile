@@ -20,7 +20,7 @@ ROLE ?= dispatcher
 SUBJECT ?= $(ROLE)-1
 
 
-.PHONY: help setup postgres-for-tests up down status logs token test test-unit bench mutation schemas \
+.PHONY: help setup postgres-for-tests up down status logs demo token test test-unit bench mutation schemas \
 	compose-config lint
 
 help:
@@ -28,6 +28,7 @@ help:
 	@echo "make up              run NATS and the services locally; prints their URLs"
 	@echo "make down            stop them"
 	@echo "make status | logs   what is running and ready | the last lines of each log"
+	@echo "make demo            (after make up) a demo city and the Bund drill, live; writes its report"
 	@echo "make token ROLE=dispatcher SUBJECT=alice   an operator token for the local services"
 	@echo "make test | test-unit | bench | mutation | schemas | lint | compose-config"
 
@@ -57,6 +58,11 @@ logs:
 	@$(SUPERVISOR_PY) deploy/local/run.py logs
 
 # The secret is passed through the environment, not the command line, so `ps` does not show it.
+# After `make up`: a demo city of exercise units, depots and shelters, then the Bund drill at
+# speed 20 with live progress; prints where the after-action report is (var/drills/).
+demo: setup
+	$(PY) deploy/local/demo.py
+
 token:
 	@if [ ! -s var/auth_secret ]; then echo "var/auth_secret is missing: run 'make up' first" >&2; exit 1; fi
 	@ECS_AUTH_SECRET="$$(cat var/auth_secret)" .venv/bin/ecs token --role '$(ROLE)' --subject '$(SUBJECT)'

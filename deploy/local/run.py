@@ -45,6 +45,8 @@ GATEWAYS_FILE = VAR / "gateways.json"
 SECRETS_FILE = VAR / "secrets.json"
 NATS_CONFIG = VAR / "nats.conf"
 DEMO_GATEWAY = "demo-gw"
+DRILL_GATEWAY = "drill-gw"  # the exercise gateway `ecs drill run` signs its alarms with
+GATEWAY_IDS = (DEMO_GATEWAY, DRILL_GATEWAY)
 
 NATS_HOST = "127.0.0.1"
 NATS_DEFAULT_PORT = 4250  # not 4222: a system nats-server may already hold that
@@ -255,19 +257,25 @@ def ensure_files() -> None:
     if not AUTH_SECRET_FILE.exists():
         write_private(AUTH_SECRET_FILE, secrets.token_urlsafe(32) + "\n")
         print(f"  created {AUTH_SECRET_FILE.relative_to(ROOT)}")
-    if not GATEWAYS_FILE.exists():
-        gateways = {"gateways": {DEMO_GATEWAY: {"secret": secrets.token_urlsafe(32)}}}
-        write_private(GATEWAYS_FILE, json.dumps(gateways, indent=2) + "\n")
-        print(f"  created {GATEWAYS_FILE.relative_to(ROOT)} with gateway {DEMO_GATEWAY}")
+    gateways = json.loads(GATEWAYS_FILE.read_text()) if GATEWAYS_FILE.exists() else {"gateways": {}}
+    missing = [g for g in GATEWAY_IDS if g not in gateways["gateways"]]
+    if missing:
+        gateways["gateways"].update({g: {"secret": secrets.token_urlsafe(32)} for g in missing})
+        tmp = GATEWAYS_FILE.with_suffix(".tmp")
+        tmp.unlink(missing_ok=True)
+        write_private(tmp, json.dumps(gateways, indent=2) + "\n")
+        tmp.replace(GATEWAYS_FILE)
+        print(f"  {GATEWAYS_FILE.relative_to(ROOT)}: added gateway(s) {', '.join(missing)}")
     local_secrets()
 
 
 def local_secrets() -> dict[str, str]:
-    """var/secrets.json: a random value for every NATS identity (services, the demo gateway,
+    """var/secrets.json: a random value for every NATS identity (services, the demo and drill gateways,
     the observer that `ecs watch` connects as, admin) and every SERVICE_SECRETS setting; missing
     ones are added, existing ones kept."""
     known: dict[str, str] = json.loads(SECRETS_FILE.read_text()) if SECRETS_FILE.exists() else {}
-    wanted = [f"nats:{s.name}" for s in SERVICES] + [f"nats:gateway-{DEMO_GATEWAY}", "nats:observer", "nats:admin"]
+    wanted = [f"nats:{s.name}" for s in SERVICES] + [f"nats:gateway-{g}" for g in GATEWAY_IDS]
+    wanted += ["nats:observer", "nats:admin"]
     wanted += [prefix + name for prefix, names in SERVICE_SECRETS.items() for name in names]
     missing = [k for k in wanted if k not in known]
     if missing:
@@ -285,7 +293,7 @@ def write_nats_config() -> None:
 
     known = local_secrets()
     passwords = {k.removeprefix("nats:"): v for k, v in known.items() if k.startswith("nats:")}
-    extra = [identities.gateway(DEMO_GATEWAY), identities.OBSERVER]
+    extra = [*(identities.gateway(g) for g in GATEWAY_IDS), identities.OBSERVER]
     text = identities.server_config(passwords, passwords.pop("admin"), extra)
     NATS_CONFIG.unlink(missing_ok=True)
     write_private(NATS_CONFIG, text)

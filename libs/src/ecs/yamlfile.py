@@ -118,13 +118,15 @@ def load_yaml_model(
     error: type[YamlFileError] = YamlFileError,
     what: str = "file",
     check: Callable[[M], Iterable[tuple[Location, str]]] | None = None,
+    locate: Callable[[Location], Location] | None = None,
 ) -> M:
     """``text`` (YAML) validated as ``model``, then by ``check`` (rules across fields: each problem
     a location and a message).
 
     Raises ``error`` (a YamlFileError, 422) naming ``source`` and every problem with its path and
     line: not YAML, an empty document (``the <what> is empty``), a key given twice, any field the
-    model refuses, or what ``check`` finds."""
+    model refuses, or what ``check`` finds. ``locate`` turns a validation error's location into
+    the document's (e.g. drops the tag Pydantic adds for a discriminated union's member)."""
     loader = yaml.SafeLoader(text)
     try:
         root = loader.get_single_node()
@@ -151,7 +153,7 @@ def load_yaml_model(
     except ValidationError as exc:
         problems = []
         for err in exc.errors(include_url=False):
-            loc = err["loc"]
+            loc = locate(tuple(err["loc"])) if locate else err["loc"]
             message = err["msg"].removeprefix("Value error, ")
             if loc and loc[-1] == "[key]":
                 message = f"bad key: {message}"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import typer
 
+from ..drill import cli as drill_cli
 from . import access, alerts, incidents, resources, watch
 
 app = typer.Typer(
@@ -34,8 +35,8 @@ app.add_typer(resources.shelters, name="shelters")
 app.add_typer(alerts.app, name="alerts")
 app.command()(watch.watch)
 
-# More command groups register here, one line each, e.g. the drill runner's (ecs.drill):
-#     app.add_typer(drill_app, name="drill")
+# More command groups register here, one line each.
+app.add_typer(drill_cli.app, name="drill")
 
 __all__ = ["app"]
 

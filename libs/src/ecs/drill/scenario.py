@@ -478,7 +478,17 @@ def load_scenario(text: str, source: str) -> Scenario:
     """A scenario from its YAML ``text``; raises ScenarioError naming ``source``, each bad field and
     its line (an unknown field, a bad time, an inject waiting for an unknown one, a target that
     cannot be measured, a fault on a live resource)."""
-    return load_yaml_model(text, source, Scenario, ScenarioError, what="scenario file", check=Scenario.problems)
+    return load_yaml_model(
+        text, source, Scenario, ScenarioError, what="scenario file", check=Scenario.problems, locate=_without_tag
+    )
+
+
+def _without_tag(loc: Location) -> Location:
+    """``("msel", 3, "action", "at")`` -> ``("msel", 3, "at")``: Pydantic names the inject's kind
+    (the discriminated union's tag) in the location; the file has no such level."""
+    if len(loc) > 2 and loc[0] == "msel" and isinstance(loc[1], int) and loc[2] in ("alarms", "action", "fault"):
+        return (*loc[:2], *loc[3:])
+    return loc
 
 
 def read_scenario(name_or_path: str) -> tuple[Scenario, Path]:

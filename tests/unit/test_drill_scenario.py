@@ -1,0 +1,127 @@
+"""Drill scenario files are refused whole, before anything runs, with the file, the line and the
+field of each problem: an unknown field, a bad time, an inject waiting for an unknown one or for
+itself in a circle, a target that cannot be measured, a fault on a live resource. The shipped
+scenarios are valid. The rating rules give P / S / M / U as stated."""
+
+from __future__ import annotations
+
+import pytest
+
+from ecs.drill.scenario import SCENARIOS, Measure, ScenarioError, load_scenario, parse_duration, read_scenario
+from ecs.drill.scoring import rate
+
+GOOD = """\
+name: a small fire
+type: functional
+duration: "01:00:00"
+objectives:
+  - id: O1
+    capability: rapid isolation
+    description: first unit within 3 minutes
+    measure: first_unit_assigned
+    target: "00:03:00"
+resources:
+  units:
+    - {unit_type: fire_engine, count: 3, near: {lat: 31.23, lon: 121.47}}
+msel:
+  - id: A1
+    kind: alarms
+    count: 5
+    place: {lat: 31.23, lon: 121.47}
+    categories: {fire: 1}
+  - {id: V1, kind: action, action: verify, incident: A1, at: "00:01:00", after: [A1]}
+"""
+
+
+def problems(text: str) -> list[tuple[int, str, str]]:
+    with pytest.raises(ScenarioError) as caught:
+        load_scenario(text, "drill.yaml")
+    assert caught.value.source == "drill.yaml"
+    assert caught.value.status == 422
+    return [(p.line, p.path, p.message) for p in caught.value.problems]
+
+
+def test_the_example_and_every_shipped_scenario_are_valid():
+    scenario = load_scenario(GOOD, "drill.yaml")
+    assert [i.id for i in scenario.msel] == ["A1", "V1"]
+    assert scenario.msel[1].at == 60.0
+    shipped = sorted(p.stem for p in SCENARIOS.glob("*.yaml"))
+    assert "bund" in shipped
+    for name in shipped:
+        read_scenario(name)  # raises on any problem
+
+
+def test_an_unknown_field_is_named_with_its_line():
+    text = GOOD.replace("    count: 5\n", "    count: 5\n    colour: red\n")
+    assert problems(text) == [(17, "msel[0].colour", "Extra inputs are not permitted")]
+
+
+def test_a_bad_time_is_named_with_its_line():
+    text = GOOD.replace('at: "00:01:00"', 'at: "00:61:00"')
+    ((line, path, message),) = problems(text)
+    assert (line, path) == (19, "msel[1].at")
+    assert "minutes and seconds run to 59" in message
+    assert "not a time" in problems(GOOD.replace('target: "00:03:00"', "target: soon"))[0][2]
+
+
+def test_an_inject_waiting_for_an_unknown_one_or_in_a_circle_is_refused():
+    assert problems(GOOD.replace("after: [A1]", "after: [A9]")) == [
+        (19, "msel[1].after[0]", "A9 is not an inject of this scenario")
+    ]
+    circle = GOOD.replace("    categories: {fire: 1}\n", "    categories: {fire: 1}\n    after: [V1]\n")
+    ((line, path, message),) = problems(circle)
+    assert path == "msel[0].after" and "in a circle: A1 -> V1 -> A1" in message
+    assert line == 19
+
+
+def test_a_target_that_cannot_be_measured_is_refused():
+    text = GOOD.replace("measure: first_unit_assigned", "measure: evacuees_placed")
+    assert problems(text) == [
+        (8, "objectives[0].measure", "evacuees_placed cannot be measured in this scenario: no evacuate inject")
+    ]
+    count = GOOD.replace("measure: first_unit_assigned", "measure: items_short")
+    assert "a count" in problems(count)[0][2]
+
+
+def test_a_fault_on_a_live_unit_without_a_loan_is_refused_before_the_start():
+    text = GOOD + "  - {id: F1, kind: fault, fault: unit_out_of_service, unit: live-engine-7, at: 60}\n"
+    ((line, path, message),) = problems(text)
+    assert (line, path) == (20, "msel[2].unit")
+    assert "explicit loan" in message
+    borrowed = text.replace("resources:\n", "resources:\n  borrow_units: [live-engine-7]\n")
+    assert load_scenario(borrowed, "drill.yaml").resources.borrow_units == ["live-engine-7"]
+
+
+def test_an_action_missing_or_given_a_stray_parameter_is_refused():
+    missing = GOOD.replace("action: verify", "action: perimeter")
+    assert "radius_m: the perimeter action needs it" in problems(missing)[0][2]
+    stray = GOOD.replace("action: verify,", "action: verify, radius_m: 100,")
+    assert "radius_m: the verify action takes no radius_m" in problems(stray)[0][2]
+
+
+def test_not_yaml_an_empty_file_and_a_repeated_key_are_refused():
+    assert problems("name: [unclosed\n")[0][1] == "(document)"
+    assert problems("") == [(1, "(document)", "the scenario file is empty")]
+    assert problems(GOOD.replace("type: functional\n", "type: functional\ntype: tabletop\n"))[0][:2] == (3, "type")
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("00:05:00", 300), ("05:00", 300), ("90s", 90), ("5m", 300), ("2h", 7200), (45, 45), ("1:00:00", 3600)],
+)
+def test_times_are_read_in_every_documented_form(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["5 minutes", "-1", True, "00:00:60", "8d", 10**9])
+def test_other_times_are_refused(text):
+    with pytest.raises(ValueError):
+        parse_duration(text)
+
+
+def test_the_rating_rules():
+    t = Measure.first_unit_assigned
+    assert [rate(t, 90, m).letter for m in (60, 90, 120, 135, 136, None)] == ["P", "P", "S", "S", "M", "U"]
+    c = Measure.items_short
+    assert [rate(c, 0, m).letter for m in (0, 1, 2)] == ["P", "S", "M"]
+    assert [rate(c, 10, m).letter for m in (10, 15, 16, None)] == ["P", "S", "M", "P"]
