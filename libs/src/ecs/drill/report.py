@@ -12,10 +12,12 @@ degrees WGS-84 (lat, lon), as in ``ecs.geo``.
 from __future__ import annotations
 
 import base64
+import functools
 import html
 import io
 import json
 import math
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -28,6 +30,8 @@ from matplotlib.patches import Ellipse
 from mpl_toolkits.axes_grid1.anchored_artists import AnchoredSizeBar
 
 from ecs.geo import EARTH_RADIUS_M
+
+from .scenario import COUNT_MEASURES
 
 RATING_MEANINGS = {
     "P": "performed without challenges",
@@ -167,8 +171,8 @@ def _objective_table(objectives: list[dict]) -> Table:
             o["id"],
             o.get("capability", ""),
             o.get("description", ""),
-            format_scenario_time(o.get("target_s"), missing=NONE_SHOWN),
-            format_scenario_time(o.get("measured_s"), missing=NOT_OBSERVED),
+            _figure(o, "target_s", NONE_SHOWN),
+            _figure(o, "measured_s", NOT_OBSERVED),
             f"{o['rating']}: {RATING_MEANINGS.get(o['rating'], 'unknown rating')}",
             o.get("rule", ""),
             o.get("evidence", ""),
@@ -384,6 +388,39 @@ def render_html(result: dict, map_png: bytes) -> str:
 # --- the map -----------------------------------------------------------------------------------
 
 
+_WIDE = re.compile(r"[\u2e80-\u9fff\uf900-\ufaff\u3000-\u303f\uff00-\uffef]+")
+
+
+def _drawable(text: str) -> str:
+    """``text`` for the map: as it is when a CJK font is installed, else without its Chinese
+    (the default font has no CJK glyphs and would draw empty boxes); the report's tables keep it."""
+    if _has_cjk_font():
+        return text
+    return re.sub(r"\(\s*\)", "", _WIDE.sub("", text)).strip() or "drill"
+
+
+@functools.cache
+def _has_cjk_font() -> bool:
+    from matplotlib import font_manager
+
+    names = {f.name for f in font_manager.fontManager.ttflist}
+    for name in ("Noto Sans CJK SC", "Noto Sans SC", "Source Han Sans SC", "WenQuanYi Zen Hei", "SimHei"):
+        if name in names:
+            import matplotlib
+
+            matplotlib.rcParams["font.sans-serif"] = [name, *matplotlib.rcParams["font.sans-serif"]]
+            return True
+    return False
+
+
+def _figure(objective: dict, key: str, missing: str) -> str:
+    """An objective's target or measurement: a count as a number, a time as h:mm:ss."""
+    value = objective.get(key)
+    if value is not None and objective.get("measure") in {m.value for m in COUNT_MEASURES}:
+        return f"{value:g}"
+    return format_scenario_time(value, missing=missing)
+
+
 def draw_map(result: dict) -> bytes:
     """The drill's map as PNG bytes: incidents with their perimeters to scale, units, depots and
     shelters (size by capacity, colour by occupancy), in longitude/latitude with an equal metric
@@ -403,7 +440,7 @@ def draw_map(result: dict) -> bytes:
     ax.ticklabel_format(useOffset=False, style="plain")
     ax.set_xlabel("Longitude (°E)")
     ax.set_ylabel("Latitude (°N)")
-    ax.set_title(f"{result['scenario']['name']}: drill map")
+    ax.set_title(f"{_drawable(result['scenario']['name'])}: drill map")
     ax.grid(True, linewidth=0.3, alpha=0.5)
 
     legend: list[Line2D] = []
@@ -414,7 +451,8 @@ def draw_map(result: dict) -> bytes:
                 ax.add_patch(_perimeter_patch(perimeter))
         ax.scatter([i["lon"] for i in incidents], [i["lat"] for i in incidents], marker="X", s=160, c="red", zorder=5)
         for incident in incidents:
-            ax.annotate(incident["id"], (incident["lon"], incident["lat"]), xytext=(6, 6), textcoords="offset points")
+            label = f"{incident['id'][:8]} {incident.get('category') or ''}".strip()
+            ax.annotate(label, (incident["lon"], incident["lat"]), xytext=(6, 6), textcoords="offset points")
         legend.append(_legend_handle("Incident", marker="X", color="red", size=11))
         if any(i.get("perimeter") for i in incidents):
             legend.append(Line2D([], [], color="red", linestyle="--", label="Perimeter (to scale)"))

@@ -666,6 +666,8 @@ class DrillRunner:
                     else:
                         refused += 1
                 sent += len(batch)
+                if receipts:  # actions on this burst's incident may start while it goes on
+                    self.burst_incident[burst.id] = receipts.most_common(1)[0][0]
             if sent < burst.count:
                 await asyncio.sleep(max(0.02, min(0.5, 5 / self.clock.speed)))
         if not receipts:
@@ -683,6 +685,9 @@ class DrillRunner:
     async def _incident(self, burst: str) -> dict[str, Any]:
         incident_id = self.burst_incident.get(burst)
         if incident_id is None:
+            state = self.injects[burst]
+            if state.status in ("pending", "running"):
+                raise _Retry(f"the alarms of {burst} have opened no incident yet")
             raise InjectFailed(f"inject {burst} opened no incident")
         r = await self._call("GET", f"{self.endpoints.intake}/v1/incidents/{incident_id}", ok=(200, 503))
         if r.status_code == 503:
@@ -837,7 +842,8 @@ class DrillRunner:
                 cancelled += 1
             return f"{cancelled} alert(s) cancelled (all clear)"
         if a.action is ActionName.statement:
-            r = await self._act("POST", f"{notify}/v1/incidents/{iid}/statements", {"values": values})
+            body = {"values": values, **({"text_en": a.text} if a.text else {})}
+            r = await self._act("POST", f"{notify}/v1/incidents/{iid}/statements", body)
             statement = await self._publish("statements", r.json())
             return f"official statement {statement['id']} published"
         body = {"source": a.source, "text": a.text, "first_seen": datetime.now(UTC).isoformat()}

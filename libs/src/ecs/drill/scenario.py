@@ -268,8 +268,10 @@ class ActionName(StrEnum):
 
 
 class Action(_Inject):
-    """An operator action on the incident opened by the alarm inject ``incident``. A refusal the
-    operator would retry (409 while a guard is not yet met, 503) is retried for ``retry_for``."""
+    """An operator action on the incident opened by the alarm inject ``incident`` (it may start as
+    soon as that burst's first alarms opened it; ``after: [<burst>]`` waits for the whole burst).
+    A refusal the operator would retry (409 while a guard is not yet met, 503, the incident not
+    opened yet) is retried for ``retry_for``."""
 
     kind: Literal["action"]
     action: ActionName
@@ -281,7 +283,14 @@ class Action(_Inject):
     fact: Literal["hazard_under_control", "after_action_report"] | None = None
     households: int | None = Field(default=None, ge=1, le=10_000)
     people_per_household: int = Field(default=3, ge=1, le=20)
-    text: Annotated[str, StringConstraints(min_length=1, max_length=1000)] | None = None
+    text: Annotated[str, StringConstraints(min_length=1, max_length=1000)] | None = Field(
+        default=None,
+        description=(
+            "a rumor's text; for a statement, its English text written by hand (text_en), where the"
+            " plan's level has no official_statement template (the Chinese text still comes from the"
+            " template or the service's default)"
+        ),
+    )
     source: Annotated[str, StringConstraints(min_length=1, max_length=100)] = "微博"
     values: dict[str, Annotated[str, StringConstraints(max_length=500)]] = Field(default_factory=dict)
 
@@ -299,7 +308,8 @@ class Action(_Inject):
         if wanted is not None and getattr(self, wanted) is None:
             raise ValueError(f"{wanted}: the {self.action} action needs it")
         given = {k for k in ("radius_m", "to", "level", "fact", "households", "text") if getattr(self, k) is not None}
-        stray = sorted(given - {wanted})
+        optional = {"text"} if self.action is ActionName.statement else set()
+        stray = sorted(given - {wanted} - optional)
         if stray:
             raise ValueError(f"{stray[0]}: the {self.action} action takes no {stray[0]}")
         return self
