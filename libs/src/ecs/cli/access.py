@@ -119,7 +119,7 @@ def whoami(as_json: JsonFlag = False) -> None:
         left = "EXPIRED: log in again"
     show(
         facts(
-            "ecs whoami",
+            None,
             [
                 ("subject", claims.get("sub")),
                 ("roles", ", ".join(claims.get("roles") or [])),

@@ -7,11 +7,11 @@ from typing import Annotated, Any
 import typer
 
 from .client import call
-from .output import ExerciseFlag, JsonFlag, facts, level, more, print_json, show, table
+from .output import ExerciseFlag, JsonFlag, count, facts, level, more, print_json, show, table
 
 app = typer.Typer(help="CAP alerts: list, show, submit, approve, publish (public-notification).", no_args_is_help=True)
 
-AlertId = Annotated[str, typer.Argument(help="the alert's id")]
+AlertId = Annotated[str, typer.Argument(metavar="ID", help="the alert's id")]
 
 
 def _headline(alert: dict[str, Any]) -> str:
@@ -37,7 +37,7 @@ def list_alerts(
         for a in page["alerts"]
     ]
     columns = ("id", "incident", "type", "level", "status", "exercise", "headline")
-    show(table(f"{len(rows)} alerts", columns, rows))
+    show(table(count(len(rows), "alert"), columns, rows))
     more(page.get("next_cursor"))
 
 
@@ -61,8 +61,9 @@ def show_alert(
 def _show(a: dict[str, Any]) -> None:
     show(
         facts(
-            f"alert {a['id']}",
+            None,
             [
+                ("alert", a["id"]),
                 ("incident", a["incident_id"]),
                 ("status", a["status"]),
                 ("allowed", ", ".join(a["allowed"]) or None),

@@ -76,8 +76,9 @@ def refusal(name: str, response: httpx.Response) -> str:
     if problem.get("field"):
         lines.append(f"  field: {problem['field']}")
     for error in problem.get("errors") or []:
-        if isinstance(error, dict) and error.get("field") != problem.get("field"):
-            lines.append(f"  {error.get('field', '?')}: {error.get('message', '')}")
+        said = f"{error.get('field', '?')}: {error.get('message', '')}" if isinstance(error, dict) else ""
+        if said and said not in str(problem.get("detail", "")):
+            lines.append(f"  {said}")
     for key in ("missing", "allowed"):
         value = problem.get(key)
         if isinstance(value, list) and value:

@@ -8,11 +8,11 @@ import typer
 
 from ..vocabulary import Category, Stage
 from .client import call
-from .output import ExerciseFlag, JsonFlag, facts, level, more, print_json, show, table
+from .output import ExerciseFlag, JsonFlag, count, facts, level, more, print_json, show, table
 
 app = typer.Typer(help="Incidents: list, show, verify, cordon, move through the lifecycle.", no_args_is_help=True)
 
-IncidentId = Annotated[str, typer.Argument(help="the incident's id")]
+IncidentId = Annotated[str, typer.Argument(metavar="ID", help="the incident's id")]
 Reason = Annotated[str | None, typer.Option(help="why, for the timeline")]
 
 
@@ -42,16 +42,14 @@ def list_incidents(
             level(i["level"]),
             i["stage"],
             i["exercise"],
-            i["verified"],
             i["alarm_count"],
             i["casualties"],
             i["last_alarm_at"],
-            i["version"],
         )
         for i in page["items"]
     ]
-    columns = ("id", "category", "level", "stage", "exercise", "verified", "alarms", "casualties", "last alarm", "v")
-    show(table(f"{len(rows)} incidents", columns, rows))
+    columns = ("id", "category", "level", "stage", "exercise", "alarms", "hurt", "last alarm")
+    show(table(count(len(rows), "incident"), columns, rows))
     more(page.get("next_cursor"))
 
 
@@ -90,8 +88,9 @@ def _summary(i: dict[str, Any]) -> Any:
     lvl.append(f" ({i.get('level_colour', '')})")
     true_facts = [name for name, value in (i.get("facts") or {}).items() if value is True]
     return facts(
-        f"incident {i['id']}",
+        None,
         [
+            ("incident", i["id"]),
             ("category", i["category"]),
             ("stage", i["stage"]),
             ("level", lvl),
@@ -99,8 +98,9 @@ def _summary(i: dict[str, Any]) -> Any:
             ("verified", i["verified"]),
             ("perimeter", cordon),
             ("location", f"{i['location']['lat']:.5f}, {i['location']['lon']:.5f}"),
-            ("alarms", f"{i['alarm_count']} from {i['caller_count']} callers, {i['casualties']} casualties reported"),
-            ("first / last", f"{i['first_alarm_at'][:19]} / {i['last_alarm_at'][:19]}"),
+            ("alarms", f"{i['alarm_count']} from {count(i['caller_count'], 'caller')}, {i['casualties']} hurt"),
+            ("first alarm", i["first_alarm_at"]),
+            ("last alarm", i["last_alarm_at"]),
             ("facts", ", ".join(true_facts) or None),
             ("merged into", i.get("merged_into")),
             ("version", i["version"]),

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
+from datetime import datetime
 from typing import Annotated, Any
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -14,7 +16,7 @@ from rich.text import Text
 out = Console(soft_wrap=False)
 """What a command answers (stdout)."""
 
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 """Why a command failed, and progress (stderr)."""
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="print the service's raw JSON answer, for scripts")]
@@ -52,24 +54,41 @@ def cell(value: Any) -> str | Text:
         return "-"
     if isinstance(value, bool):
         return "yes" if value else "no"
-    if isinstance(value, str) and len(value) > 19 and value[10:11] == "T" and value[4:5] == "-":
-        return value[:19].replace("T", " ")
-    if isinstance(value, dict | list):
+    if isinstance(value, str) and _is_time(value):
+        return value[5:16].replace("T", " ")  # as month-day hour:minute, in the service's UTC
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={cell(v)}" for k, v in value.items())
+    if isinstance(value, list):
         return json.dumps(value, ensure_ascii=False)
     return str(value)
 
 
+def _is_time(value: str) -> bool:
+    if not (19 <= len(value) <= 32 and value[10:11] == "T"):
+        return False
+    try:
+        datetime.fromisoformat(value)
+    except ValueError:
+        return False
+    return True
+
+
 def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> Table:
-    """A table of ``columns`` with one row per item."""
-    t = Table(title=title, title_justify="left", header_style="bold")
-    for name in columns:
-        t.add_column(name, overflow="fold")
+    """A table of ``columns`` with one row per item; the first column (an id) is never folded."""
+    t = Table(title=title, title_justify="left", header_style="bold", box=box.SIMPLE_HEAD)
+    for n, name in enumerate(columns):
+        t.add_column(name, overflow="fold", no_wrap=n == 0, min_width=len(name))
     for row in rows:
         t.add_row(*(cell(v) for v in row))
     return t
 
 
-def facts(title: str, pairs: Iterable[tuple[str, Any]]) -> Table:
+def count(n: int, noun: str) -> str:
+    """``1 incident``, ``3 incidents``."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def facts(title: str | None, pairs: Iterable[tuple[str, Any]]) -> Table:
     """One object as a two-column table of its facts."""
     t = Table(title=title, title_justify="left", show_header=False, box=None, padding=(0, 2, 0, 0))
     t.add_column(style="bold")

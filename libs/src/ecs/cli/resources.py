@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from .client import call
-from .output import ExerciseFlag, JsonFlag, facts, more, print_json, show, table
+from .output import ExerciseFlag, JsonFlag, count, facts, more, print_json, show, table
 
 units = typer.Typer(help="Units on the roster (dispatch).", no_args_is_help=True)
 stock = typer.Typer(help="Stock on hand in the depots (resource-stockpile).", no_args_is_help=True)
@@ -48,12 +48,16 @@ def list_units(
         (u["id"], u["callsign"], u["unit_type"], u["status"], u["district"], u["incident_id"], u["exercise"])
         for u in page["items"]
     ]
-    show(table(f"{len(rows)} units", ("id", "callsign", "type", "status", "district", "incident", "exercise"), rows))
+    show(
+        table(count(len(rows), "unit"), ("id", "callsign", "type", "status", "district", "incident", "exercise"), rows)
+    )
     more(page.get("next_cursor"))
 
 
 @units.command("show")
-def show_unit(unit_id: Annotated[str, typer.Argument(help="the unit's id")], as_json: JsonFlag = False) -> None:
+def show_unit(
+    unit_id: Annotated[str, typer.Argument(metavar="ID", help="the unit's id")], as_json: JsonFlag = False
+) -> None:
     """One unit: where it is, what it serves, where its status may go next."""
     u = call("dispatch", "GET", f"/v1/units/{unit_id}")
     if as_json:
@@ -61,8 +65,9 @@ def show_unit(unit_id: Annotated[str, typer.Argument(help="the unit's id")], as_
         return
     show(
         facts(
-            f"unit {u['id']}",
+            None,
             [
+                ("unit", u["id"]),
                 ("callsign", u["callsign"]),
                 ("type", f"{u['unit_type']} ({u['agency']})"),
                 ("status", u["status"]),
@@ -101,9 +106,7 @@ def assign(
         (a["id"], a["unit_id"], a["unit_type"], a["stage"], a["eta_s"] and f"{a['eta_s'] / 60:.1f} min", a["reason"])
         for a in outcome["assignments"]
     ]
-    show(
-        table(f"{len(rows)} units assigned to {incident_id}", ("assignment", "unit", "type", "for", "eta", "why"), rows)
-    )
+    show(table(count(len(rows), "unit") + " assigned", ("assignment", "unit", "type", "for", "eta", "why"), rows))
     for shortfall in outcome.get("shortfalls", []):
         show(f"[yellow]short:[/yellow] {shortfall}")
 
@@ -129,25 +132,26 @@ def list_stock(
         (
             s["depot_id"],
             s["item"],
-            s["lot"],
             s["expiry"],
             s["condition"],
             s["on_hand"],
             s["reserved"],
             s["available"],
-            ", ".join(f"{n} {pack}" for pack, n in s["available_in_packs"].items()),
+            ", ".join(f"{n} {pack}" for pack, n in s["available_in_packs"].items() if n),
         )
         for s in page["lines"]
     ]
-    columns = ("depot", "item", "lot", "expiry", "condition", "on hand", "reserved", "available", "in packs")
-    show(table(f"{len(rows)} stock lines", columns, rows))
+    columns = ("depot", "item", "expiry", "condition", "on hand", "reserved", "available", "in packs")
+    show(table(count(len(rows), "stock line"), columns, rows))
     more(page.get("next_cursor"))
 
 
 def reserve(
     incident_id: Annotated[str, typer.Argument(metavar="INCIDENT", help="the incident's id")],
-    item: Annotated[str, typer.Argument(help="the item's code")],
-    quantity: Annotated[int, typer.Argument(min=1, help="how many (of --unit, else of the item's base unit)")],
+    item: Annotated[str, typer.Argument(metavar="ITEM", help="the item's code")],
+    quantity: Annotated[
+        int, typer.Argument(metavar="QUANTITY", min=1, help="how many (of --unit, else of the item's base unit)")
+    ],
     unit: Annotated[str | None, typer.Option("--unit", help="a pack the item comes in, e.g. case")] = None,
     as_json: JsonFlag = False,
 ) -> None:
@@ -159,8 +163,10 @@ def reserve(
         return
     show(
         facts(
-            f"reservation {r['id']} for {r['incident_id']}",
+            None,
             [
+                ("reservation", r["id"]),
+                ("incident", r["incident_id"]),
                 ("item", r["item"]),
                 ("requested", r["requested"]),
                 ("reserved", r["reserved"]),
@@ -210,13 +216,13 @@ def list_shelters(
         for s in page["items"]
     ]
     columns = ("id", "name", "kind", "district", "status", "capacity", "occupied", "free", "exercise")
-    show(table(f"{len(rows)} shelters", columns, rows))
+    show(table(count(len(rows), "shelter"), columns, rows))
     more(page.get("next_cursor"))
 
 
 @shelters.command("show")
 def show_shelter(
-    shelter_id: Annotated[str, typer.Argument(help="the shelter's id")], as_json: JsonFlag = False
+    shelter_id: Annotated[str, typer.Argument(metavar="ID", help="the shelter's id")], as_json: JsonFlag = False
 ) -> None:
     """One shelter: capacity, what it holds, what may be done with it next."""
     s: dict[str, Any] = call("shelter", "GET", f"/v1/shelters/{shelter_id}")
@@ -225,8 +231,9 @@ def show_shelter(
         return
     show(
         facts(
-            f"shelter {s['id']}",
+            None,
             [
+                ("shelter", s["id"]),
                 ("name", f"{s['name_zh']} / {s['name_en']}"),
                 ("kind", f"{s['kind']} ({s['stay_class']})"),
                 ("address", f"{s['address']}, {s['district']}"),

@@ -21,7 +21,7 @@ from rich.table import Table
 from .. import identities
 from . import config
 from .client import fail
-from .output import err, level, out, table
+from .output import count, err, level, out, table
 
 SUBJECTS = tuple(f"{domain}.>" for domain in identities.OWNERS)
 """Every domain's events: incident.>, dispatch.>, stockpile.>, shelter.>, notification.>."""
@@ -84,7 +84,7 @@ class Board:
         """The table the watch shows."""
         shown = sorted(self.incidents.values(), key=lambda r: r.seen, reverse=True)[: self.rows]
         return table(
-            f"{len(self.incidents)} incidents, {self.events} events",
+            f"{count(len(self.incidents), 'incident')}, {count(self.events, 'event')}",
             ("incident", "category", "level", "stage", "exercise", "last event", "at"),
             [
                 (r.id, r.category, level(r.level) if r.level else None, r.stage, r.exercise, r.last_event, r.last_at)
@@ -128,8 +128,12 @@ async def _watch(
 ) -> None:
     import nats
 
+    connected = False
+
     async def quiet(exc: Exception) -> None:
-        err.print(f"ecs watch: {exc}", markup=False)
+        # Before the connection, a failure is said once below; after it, each is worth a line.
+        if connected:
+            err.print(f"ecs watch: {exc}", markup=False)
 
     try:
         nc = await nats.connect(
@@ -138,10 +142,13 @@ async def _watch(
             password=password,
             connect_timeout=5,
             allow_reconnect=False,
+            max_reconnect_attempts=1,  # a broker that is not there is said within a second, not retried
+            reconnect_time_wait=0.5,
             error_cb=quiet,
         )
     except Exception as exc:  # nats-py raises several kinds; each says why
         fail(f"cannot watch NATS at {url} as {user}: {exc or type(exc).__name__}")
+    connected = True
     events: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
 
     async def collect(msg: Any) -> None:
