@@ -388,3 +388,28 @@ async def test_a_lost_database_answers_503_and_a_transient_failure_too():
             assert r.status_code == 503 and r.headers["content-type"] == "application/problem+json", (path, r.text)
             assert "nothing was changed" in r.json()["detail"]
         assert (await c.get("/v1/bug")).status_code == 500
+
+
+@pytest.mark.parametrize("declared", [b"9" * 5000, "²".encode(), b"21", b"-1", b"1e9"])
+async def test_an_odd_or_huge_content_length_is_judged_without_a_crash(declared):
+    """A declared length of thousands of digits is over any limit (413, no int() of it), and one
+    that is not ASCII digits is left to the body's own count: never a 5xx."""
+    from ecs.web import BodyLimitMiddleware
+
+    async def app(scope, receive, send):
+        await receive()
+        await send({"type": "http.response.start", "status": 201, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    sent: list[dict] = []
+
+    async def receive():
+        return {"type": "http.request", "body": b"{}", "more_body": False}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/", "headers": [(b"content-length", declared)]}
+    await BodyLimitMiddleware(app, max_bytes=20)(scope, receive, send)
+    status = next(m["status"] for m in sent if m["type"] == "http.response.start")
+    assert status == (413 if declared in (b"9" * 5000, b"21") else 201)

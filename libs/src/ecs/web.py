@@ -394,7 +394,9 @@ class BodyLimitMiddleware:
             await self.app(scope, receive, send)
             return
         declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+        # bytes.isdigit is ASCII only; a length of more digits than any limit has is over it
+        # without converting it (int() refuses more than 4,300 digits).
+        if declared is not None and declared.isdigit() and (len(declared) > 18 or int(declared) > self.max_bytes):
             await _too_large(self.max_bytes)(scope, receive, send)
             return
         seen = 0
