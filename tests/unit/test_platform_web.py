@@ -4,10 +4,11 @@ accepted or refused, and says so), and the body limit."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -271,6 +272,34 @@ async def test_a_request_still_running_under_the_key_is_409_in_progress(env):
     resp = await env.client.post("/add", content=body, headers=headers)
     assert_problem(resp, 409, "idempotency_in_progress")
     assert env.counter.runs == 0
+
+
+async def test_a_key_left_in_progress_by_a_killed_process_is_taken_over_after_the_lease(env):
+    """The process that reserved the key was killed mid-request: after the lease a repeat runs the
+    request (once, even when two repeats race), instead of 409 for ever; within the lease it is 409."""
+    from ecs.web import IDEMPOTENCY_LEASE
+
+    body = b'{"n":5}'
+    fingerprint = hashlib.sha256(b"POST/add\n" + body).hexdigest()
+    stale = datetime.now(UTC) - IDEMPOTENCY_LEASE - timedelta(seconds=1)
+    async with env.db.engine.begin() as conn:
+        await conn.execute(
+            insert(IDEMPOTENCY_KEYS).values(
+                principal="alice", key="k-dead", fingerprint=fingerprint, status=0, body="", created_at=stale,
+            )
+        )  # fmt: skip
+    headers = {
+        "Authorization": f"Bearer {TOKENS.issue('alice', ['dispatcher'])}",
+        "Idempotency-Key": "k-dead",
+        "Content-Type": "application/json",
+    }
+    first, second = await asyncio.gather(
+        env.client.post("/add", content=body, headers=headers), env.client.post("/add", content=body, headers=headers)
+    )
+    assert sorted([first.status_code, second.status_code]) in ([201, 201], [201, 409]), (first.text, second.text)
+    assert env.counter.runs == 1 and env.counter.total == 5
+    again = await env.client.post("/add", content=body, headers=headers)
+    assert again.status_code == 201 and again.headers["Idempotent-Replay"] == "true"
 
 
 async def test_the_key_is_1_to_255_characters(env):

@@ -7,7 +7,7 @@ import hashlib
 import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -538,8 +538,16 @@ async def _read_body(receive: Receive) -> bytes:
             return b"".join(chunks)
 
 
+IDEMPOTENCY_LEASE = timedelta(seconds=120)
+"""How long a key stays "in progress" (409 to a repeat) without an answer. A request that is still
+running settles its key long before; one whose process was killed never does, and the first repeat
+after the lease runs the request again instead of getting 409 for ever. A service whose effect must
+never run twice records the key in the same transaction as its effect (resource-stockpile does)."""
+
+
 async def _reserve(db: Database, owner: str, key: str, fingerprint: str) -> tuple[int, str, str, str] | None:
     t = IDEMPOTENCY_KEYS
+    now = datetime.now(UTC)
     async with db.engine.begin() as conn:
         res = await conn.execute(
             db.insert_ignore(t).values(
@@ -548,18 +556,28 @@ async def _reserve(db: Database, owner: str, key: str, fingerprint: str) -> tupl
                 fingerprint=fingerprint,
                 status=0,
                 body="",
-                created_at=datetime.now(UTC),
+                created_at=now,
             )
         )
         if res.rowcount == 1:
             return None
         row = (
             await conn.execute(
-                select(t.c.status, t.c.body, t.c.fingerprint, t.c.content_type).where(
+                select(t.c.status, t.c.body, t.c.fingerprint, t.c.content_type, t.c.created_at).where(
                     t.c.principal == owner, t.c.key == key
                 )
             )
         ).one()
+        if row.status == 0 and row.fingerprint == fingerprint and row.created_at < now - IDEMPOTENCY_LEASE:
+            # Its request died with its process (a live one settles the key within the lease): this
+            # repeat takes the reservation over, if no other repeat took it first.
+            taken = await conn.execute(
+                update(t)
+                .where(t.c.principal == owner, t.c.key == key, t.c.status == 0, t.c.created_at == row.created_at)
+                .values(created_at=now)
+            )
+            if taken.rowcount == 1:
+                return None
         return int(row.status), row.body, row.fingerprint, row.content_type
 
 
