@@ -72,7 +72,7 @@ def summary(result: dict[str, Any]) -> str:
     return "\n".join([result["status"], str(result["reason"]), *rows, *injects])
 
 
-@pytest.mark.parametrize("name", ["bund"])
+@pytest.mark.parametrize("name", ["bund", "jinshan", "pudong-waterlogging", "jingan-highrise"])
 async def test_a_shipped_scenario_runs_end_to_end_through_all_five_services(name: str, city, tmp_path: Path):
     endpoints, creds = await city()
     scenario, path = read_scenario(name)

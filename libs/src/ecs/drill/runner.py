@@ -395,8 +395,9 @@ class DrillRunner:
                 summary = f"stage {data.get('from_stage')} -> {data.get('to_stage')}"
                 if data.get("to_stage") == "closed":
                     self._first(Measure.incident_closed, f"incident {incident} closed")
-            else:
-                summary = f"level -> {data.get('level')}"
+            else:  # incident.level.changed carries from_level and to_level
+                view["level"] = data.get("to_level", view.get("level"))
+                summary = f"level {data.get('from_level')} -> {data.get('to_level')}"
         elif subject == "dispatch.unit.assigned":
             p.units_assigned += 1
             summary = f"{data.get('unit_id')} assigned ({data.get('source')})"
