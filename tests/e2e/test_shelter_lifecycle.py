@@ -42,7 +42,10 @@ async def test_an_evacuation_from_order_to_close_with_shelters_in_the_loop(
     intake = intake_factory(f"sqlite:///{tmp_path / 'intake.db'}", required_participants='["shelter-registry"]')
     dispatch_factory(f"sqlite:///{tmp_path / 'dispatch.db'}", min_cover="0")  # serves the response plans
     shelters = service_factory(
-        "shelter-registry", "SHELTER_", f"sqlite:///{tmp_path / 'shelter.db'}", default_expected_evacuees="150"
+        "shelter-registry",
+        "SHELTER_",
+        f"sqlite:///{tmp_path / 'shelter.db'}",
+        evacuation_density_per_km2="4775",  # the plan's 100 m: 151 people
     )
     dispatcher, commander = operator_headers("dispatcher"), operator_headers("commander")
     manager, relative = operator_headers("shelter_manager"), operator_headers("auditor", subject="hotline-1")
@@ -82,7 +85,7 @@ async def test_an_evacuation_from_order_to_close_with_shelters_in_the_loop(
         assert r.status_code == 200, r.text
         assert (await stage("isolation")).status_code == 200
 
-        # The evacuation order opens the two nearest standby shelters (150 people expected).
+        # The evacuation order opens the two nearest standby shelters (151 people expected).
         async def opened() -> list[str] | None:
             page = (await shl_api.get("/v1/shelters", params={"status": "open"}, headers=manager)).json()
             ids = sorted(s["id"] for s in page["items"])

@@ -1,8 +1,10 @@
 """shelter-registry following the lifecycle, in-process against a real nats-server and both stores:
-an evacuation order (the response plan's ``evacuate``, answered on ``rpc.dispatch.plan.get`` from
-dispatch's own gas-leak plan) opens the nearest standby shelters of the incident's world until the
-expected evacuees fit; ``shelter.incident.settled`` follows the incident's evacuees in aftermath;
-malformed events are dead-lettered with the reason."""
+an evacuation order (the response plan's ``evacuate`` and ``evacuation_radius_m``, answered on
+``rpc.dispatch.plan.get`` from dispatch's own gas-leak plan) opens the nearest standby shelters of
+the incident's world until the expected evacuees (the plan's circle times a density, unless an
+operator set them) fit; a level raise that evacuates farther opens more, a lowering closes none;
+``shelter.incident.settled`` follows the incident's evacuees in aftermath; malformed events are
+dead-lettered with the reason."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import orjson
 
 from dispatch.domain import parse_plan, plan_published
 from ecs.bus import Bus
-from ecs.contracts import StageChanged
+from ecs.contracts import LevelChanged, StageChanged
 from ecs.envelope import make_event, utcnow
 from ecs.testing import eventually
 from tests.integration import test_shelter_service as service
@@ -32,6 +34,16 @@ async def serve_plans(bus: Bus) -> None:
 
     async def answer(request: dict[str, Any]) -> dict[str, Any]:
         return orjson.loads(orjson.dumps(plans[request["category"]].model_dump(mode="json")))
+
+    await bus.serve("rpc.dispatch.plan.get", answer)
+
+
+async def serve_radii(bus: Bus, radii: dict[str, int]) -> None:
+    """Answer plan requests with a plan that evacuates ``radii[level]`` metres (0: does not)."""
+
+    async def answer(request: dict[str, Any]) -> dict[str, Any]:
+        levels = {name: {"evacuate": r > 0, "evacuation_radius_m": r} for name, r in radii.items()}
+        return {"category": request["category"], "version": 1, "levels": levels}
 
     await bus.serve("rpc.dispatch.plan.get", answer)
 
@@ -64,6 +76,23 @@ class Lifecycle:
             )
         )
 
+    async def level_to(self, level: int) -> None:
+        self.version += 1
+        data = LevelChanged(
+            incident_id=self.id,
+            from_level=self.level,
+            to_level=level,
+            reason="more casualties",
+            actor="commander-1",
+            version=self.version,
+        )
+        self.level = level
+        await self.bus.publish_event(
+            make_event(
+                "incident.level.changed", data, source="incident-intake", incident_id=self.id, exercise=self.exercise
+            )
+        )
+
 
 async def settled_facts(bus: Bus, incident_id: str) -> list[bool]:
     found = []
@@ -75,7 +104,8 @@ async def settled_facts(bus: Bus, incident_id: str) -> list[bool]:
 
 
 async def test_an_evacuation_order_opens_the_nearest_standby_shelters_until_the_evacuees_fit(shelter_app, db_url):
-    async with shelter_app(db_url, default_expected_evacuees=150) as (_, client, bus):
+    # Gas leak level III evacuates 100 m: 0.0314 km² at 4,775 people a km² is 151 people.
+    async with shelter_app(db_url, evacuation_density_per_km2=4775) as (_, client, bus):
         await serve_plans(bus)
         registry = Registry(client, bus)
         standby = [shelter(f"S{i}", i) for i in (1, 2, 3)] + [shelter("EX1", 0.5, exercise=True)]
@@ -87,7 +117,7 @@ async def test_an_evacuation_order_opens_the_nearest_standby_shelters_until_the_
             page = (await registry.get("/v1/shelters", status="open")).json()["items"]
             return sorted(s["id"] for s in page)
 
-        assert await eventually(opened) == ["S1", "S2"]  # 150 people: the two nearest, 100 each
+        assert await eventually(opened) == ["S1", "S2"]  # 151 people: the two nearest, 100 each
         assert (await registry.shelter("S1"))["opened_for"] == leak.id
         assert (await registry.shelter("EX1"))["status"] == "standby"  # a live incident takes no drill shelter
 
@@ -113,6 +143,104 @@ async def test_an_evacuation_order_opens_the_nearest_standby_shelters_until_the_
         await eventually(drill_opened)
         r = await registry.post("/v1/allocations", family(incident_id=drill.id), "drill_runner")
         assert r.status_code == 201 and r.json()["shelter_id"] == "EX1", r.text
+
+
+async def open_ids(registry: Registry) -> list[str]:
+    page = (await registry.get("/v1/shelters", status=["open", "full"], limit=1000)).json()["items"]
+    return sorted(s["id"] for s in page)
+
+
+async def test_a_level_raise_that_evacuates_farther_opens_more_shelters_and_a_lowering_closes_none(shelter_app, db_url):
+    # 500 people a km²: the plan's 300 m is 142 people, its 1,000 m 1,571.
+    async with shelter_app(db_url, evacuation_density_per_km2=500) as (_, client, bus):
+        await serve_radii(bus, {"I": 1000, "II": 1000, "III": 300, "IV": 0})
+        registry = Registry(client, bus)
+        standby = [shelter(f"S{i}", i) for i in (1, 2)] + [shelter(f"S{i}", i, area_m2=1500) for i in (3, 4, 5)]
+        await registry.ok("/v1/shelters:batch", {"shelters": standby})
+        leak = Lifecycle(bus, level=3)
+        await leak.to("isolation")
+
+        async def opened(expected: list[str]):
+            async def probe() -> bool:
+                return await open_ids(registry) == expected
+
+            return probe
+
+        await eventually(await opened(["S1", "S2"]), "142 people: two shelters of 100")
+        # A household placed meanwhile holds places of the incident: they count as fitting.
+        await registry.ok("/v1/allocations", family(incident_id=leak.id))
+
+        await leak.level_to(2)  # the plan now evacuates 1,000 m: 1,571 people
+        await eventually(await opened(["S1", "S2", "S3", "S4"]), "the raise opens the next nearest")
+        assert (await registry.shelter("S3"))["opened_for"] == leak.id
+        assert (await registry.shelter("S5"))["status"] == "standby"  # 2,200 places take 1,571
+
+        await leak.level_to(4)  # the plan no longer evacuates: nothing closes
+        await leak.to("handling")  # the stage event (level IV) is handled after the lowering
+        lowered = await open_ids(registry)
+
+        async def handled() -> bool:
+            return (await registry.get(f"/v1/incidents/{leak.id}/dashboard")).status_code == 200 and (
+                await open_ids(registry)
+            ) == ["S1", "S2", "S3", "S4"]
+
+        await eventually(handled)
+        assert lowered == ["S1", "S2", "S3", "S4"]
+
+
+async def test_an_operators_expected_evacuees_override_the_plans_estimate(shelter_app, db_url):
+    async with shelter_app(db_url, evacuation_density_per_km2=500) as (_, client, bus):
+        await serve_radii(bus, {"I": 1000, "II": 1000, "III": 300, "IV": 0})
+        registry = Registry(client, bus)
+        await registry.ok("/v1/shelters:batch", {"shelters": [shelter(f"S{i}", i) for i in (1, 2, 3, 4)]})
+        leak = Lifecycle(bus, level=4)  # level IV: the plan does not evacuate
+        await leak.to("isolation")
+
+        async def known() -> bool:
+            return (await registry.get(f"/v1/incidents/{leak.id}/dashboard")).status_code == 200
+
+        await eventually(known)
+        assert await open_ids(registry) == []
+        r = await client.put(
+            f"/v1/incidents/{leak.id}/expected-evacuees",
+            json={"expected_evacuees": 150},
+            headers=service.auth("shelter_manager"),
+        )
+        assert r.status_code == 200 and r.json()["opened"] == ["S1", "S2"], r.text
+
+        await leak.level_to(2)  # 1,000 m would be 1,571 people; the operator said 150
+        await leak.to("handling")  # a later event, to know the raise was handled
+
+        async def handling() -> bool:
+            return (await registry.get(f"/v1/incidents/{leak.id}/dashboard")).status_code == 200
+
+        await eventually(handling)
+        for _ in range(20):  # give the raise every chance to (wrongly) open more
+            assert await open_ids(registry) == ["S1", "S2"]
+
+
+async def test_an_exercise_incidents_raise_opens_exercise_shelters_only(shelter_app, db_url):
+    async with shelter_app(db_url, evacuation_density_per_km2=500) as (_, client, bus):
+        await serve_radii(bus, {"I": 1000, "II": 1000, "III": 300, "IV": 0})
+        registry = Registry(client, bus)
+        live = [shelter("L1", 0.2, area_m2=3000)]
+        drill = [shelter(f"EX{i}", i, exercise=True) for i in (1, 2, 3)] + [
+            shelter("EX4", 4, area_m2=3000, exercise=True)
+        ]
+        await registry.ok("/v1/shelters:batch", {"shelters": live + drill})
+        exercise = Lifecycle(bus, level=3, exercise=True)
+        await exercise.to("isolation")
+
+        async def opened(expected: list[str]):
+            async def probe() -> bool:
+                return await open_ids(registry) == expected
+
+            return probe
+
+        await eventually(await opened(["EX1", "EX2"]), "142 people: two exercise shelters")
+        await exercise.level_to(1)
+        await eventually(await opened(["EX1", "EX2", "EX3", "EX4"]), "1,571 people: every exercise shelter")
+        assert (await registry.shelter("L1"))["status"] == "standby"  # the nearest, but live
 
 
 async def test_a_plan_without_evacuation_opens_nothing(shelter_app, db_url):

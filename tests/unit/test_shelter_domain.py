@@ -23,6 +23,8 @@ from shelter_registry.domain import (
     capacity_from_area,
     choose_shelter,
     effective_capacity,
+    estimate_evacuees,
+    expected_evacuees,
     id_check_character,
     mask_id_number,
     mask_name,
@@ -193,6 +195,18 @@ def test_standby_shelters_open_nearest_first_until_the_expected_evacuees_fit():
     assert shelters_to_open(standby, *P, expected=600, free_now=0) == ["s1", "s2"]
     assert shelters_to_open(standby, *P, expected=600, free_now=300) == ["s1"]
     assert shelters_to_open(standby, *P, expected=100, free_now=300) == []
+
+
+def test_the_estimate_is_the_plans_evacuation_circle_times_the_density_unless_an_operator_set_it():
+    assert estimate_evacuees(1000, 1000) == 3142  # pi km² at 1,000 a km², rounded up
+    assert estimate_evacuees(300, 500) == 142
+    assert estimate_evacuees(0, 4000) == 0
+    assert expected_evacuees(None, 300, 500, fallback=7) == 142
+    assert expected_evacuees(150, 1000, 500, fallback=7) == 150  # the operator's figure wins
+    assert expected_evacuees(0, 1000, 500, fallback=7) == 0  # even when it is 0
+    assert expected_evacuees(None, None, 500, fallback=7) == 7  # no radius known yet
+    with pytest.raises(ValueError):
+        estimate_evacuees(-1, 10)
 
 
 # --- registrations -----------------------------------------------------------------------------

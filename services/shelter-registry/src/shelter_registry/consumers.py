@@ -1,6 +1,7 @@
 """NATS in: incident-intake's lifecycle events (the automation). Each message goes to its handlers
-(handlers.EVENTS); the runner acks only after they committed. On a stage that may evacuate, the
-response plan (``rpc.dispatch.plan.get``) says whether the incident's level evacuates."""
+(handlers.EVENTS); the runner acks only after they committed. On a stage that may evacuate, and on
+a level change while the incident is in one, the response plan (``rpc.dispatch.plan.get``) says
+how far the incident's level evacuates (``evacuate`` and ``evacuation_radius_m``)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from ecs.envelope import Envelope, parse_payload
 from ecs.errors import AppError, Poison, Transient
 from ecs.vocabulary import Level, Stage
 
+from . import views
 from .context import Context
 from .handlers import EVENTS
 from .handlers.automation import EVACUATING
@@ -50,28 +52,51 @@ def incident_event(msg: Msg) -> tuple[Envelope, BaseModel]:
     return env, data
 
 
-async def evacuates(bus: Bus, data: StageChanged) -> bool:
-    """Whether the response plan of the incident's category evacuates at its level (False when no
-    dispatch serves plans). Raises Transient when dispatch does not answer in time (the event is
-    retried later)."""
+async def evacuation_radius(bus: Bus, incident_id: str, category: str, level: Level) -> int:
+    """The response plan's evacuation radius in metres for the category at ``level``: 0 when it
+    does not evacuate (or no dispatch serves plans, or no plan exists for the category). Raises
+    Transient when dispatch does not answer in time (the event is retried later)."""
     try:
-        answer = await bus.request(PLAN_REQUEST, {"category": str(data.category)})
+        answer = await bus.request(PLAN_REQUEST, {"category": category})
     except NoRespondersError:
         # No dispatch in this deployment: no plan orders an evacuation (operators open shelters).
-        log.warning("shelter.no_plan_service", incident_id=data.incident_id)
-        return False
+        log.warning("shelter.no_plan_service", incident_id=incident_id)
+        return 0
     except Exception as exc:
         raise Transient(f"no response plan from dispatch: {exc!r}") from exc
     if "error" in answer:  # no plan for this category: nothing orders an evacuation
-        return False
+        return 0
     # The answer is dispatch's plan view: PlanPublished's fields and more of its own. Read only
-    # the level's ``evacuate``; a plan without the level is dispatch's to fix, so retry later.
-    name = Level(data.level).name
+    # the level's ``evacuate`` and radius; a plan without them is dispatch's to fix, so retry later.
+    name = Level(level).name
     levels = answer.get("levels")
-    level = levels.get(name) if isinstance(levels, dict) else None
-    if not isinstance(level, dict) or not isinstance(level.get("evacuate"), bool):
-        raise Transient(f"dispatch's {data.category} plan says nothing of evacuation at level {name}")
-    return level["evacuate"]
+    part = levels.get(name) if isinstance(levels, dict) else None
+    if not isinstance(part, dict) or not isinstance(part.get("evacuate"), bool):
+        raise Transient(f"dispatch's {category} plan says nothing of evacuation at level {name}")
+    if not part["evacuate"]:
+        return 0
+    radius = part.get("evacuation_radius_m")
+    if not isinstance(radius, int) or isinstance(radius, bool) or radius <= 0:
+        raise Transient(f"dispatch's {category} plan evacuates at level {name} without a radius")
+    return radius
+
+
+async def radius_for(ctx: Context, bus: Bus, data: BaseModel) -> int | None:
+    """What the handler needs of the plan for this event: the evacuation radius at the level the
+    event carries, or None when nothing can evacuate now (automation off, a stage that does not
+    evacuate, a level change of an incident not known or not evacuating)."""
+    if not ctx.settings.automatic:
+        return None
+    if isinstance(data, StageChanged):
+        if Stage(data.to_stage) not in EVACUATING:
+            return None
+        return await evacuation_radius(bus, data.incident_id, str(data.category), Level(data.level))
+    if isinstance(data, LevelChanged):
+        known = await views.incident_plan_facts(ctx.db, data.incident_id)
+        if known is None or known.category is None or Stage(known.stage) not in EVACUATING:
+            return None
+        return await evacuation_radius(bus, data.incident_id, known.category, Level(data.to_level))
+    return None
 
 
 def incidents_handler(ctx: Context, bus: Bus) -> Any:
@@ -87,15 +112,10 @@ def incidents_handler(ctx: Context, bus: Bus) -> Any:
                 rejected[i] = exc.reason
                 continue
             try:
+                radius_m = await radius_for(ctx, bus, data)
                 for n, handler in enumerate(EVENTS[msg.subject]):
                     inbox = consumer if n == 0 else f"{consumer}:{handler.__name__}"
-                    if isinstance(data, StageChanged):
-                        evacuate = (
-                            ctx.settings.automatic and Stage(data.to_stage) in EVACUATING and await evacuates(bus, data)
-                        )
-                        await handler(ctx, env, data, inbox, evacuate)
-                    else:
-                        await handler(ctx, env, data, inbox)
+                    await handler(ctx, env, data, inbox, radius_m)
             except AppError as exc:
                 rejected[i] = f"{exc.title}: {exc.detail}"
         return rejected

@@ -278,7 +278,8 @@ def place_households(rooms: Sequence[Room], lat: float, lon: float, households: 
 
 def shelters_to_open(standby: Sequence[Room], lat: float, lon: float, expected: int, free_now: int) -> list[str]:
     """Standby shelters, nearest first, to open until ``expected`` people fit beside the
-    ``free_now`` places already open (the evacuation automation)."""
+    ``free_now`` places already open (the evacuation automation; the caller counts the
+    incident's evacuees already placed in ``free_now``)."""
     out: list[str] = []
     room = free_now
     for r in nearest_first(standby, lat, lon):
@@ -287,6 +288,24 @@ def shelters_to_open(standby: Sequence[Room], lat: float, lon: float, expected: 
         out.append(r.shelter_id)
         room += r.free
     return out
+
+
+def estimate_evacuees(radius_m: int, density_per_km2: float) -> int:
+    """People expected to leave their homes when the plan evacuates ``radius_m`` metres around
+    the scene: the circle's area (km²) times ``density_per_km2`` people a km², rounded up."""
+    if radius_m < 0 or density_per_km2 < 0:
+        raise ValueError("radius and density must be ≥ 0")
+    return math.ceil(math.pi * (radius_m / 1000) ** 2 * density_per_km2 - 1e-9)
+
+
+def expected_evacuees(operator: int | None, radius_m: int | None, density_per_km2: float, fallback: int) -> int:
+    """The number the automation opens shelters for: the operator's figure when one was set, else
+    the estimate from the plan's evacuation radius, else ``fallback`` (no radius known)."""
+    if operator is not None:
+        return operator
+    if radius_m:
+        return estimate_evacuees(radius_m, density_per_km2)
+    return fallback
 
 
 # --- registrations -------------------------------------------------------------------------------
@@ -439,6 +458,8 @@ __all__ = [
     "capacity_from_area",
     "choose_shelter",
     "effective_capacity",
+    "estimate_evacuees",
+    "expected_evacuees",
     "id_check_character",
     "mask_id_number",
     "mask_name",

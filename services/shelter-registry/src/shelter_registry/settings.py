@@ -27,7 +27,12 @@ class ShelterSettings(ServiceSettings):
     retention_days: int = Field(default=90, ge=1, le=3650)
     retention_sweep_s: float = Field(default=3600.0, gt=0, le=86400)
     # Evacuation automation: open the nearest standby shelters when an incident enters isolation
-    # with evacuation in its plan; the expected evacuees, before an operator corrects them.
+    # (or its level rises) with evacuation in its plan, until the expected evacuees fit. Before an
+    # operator corrects it, the estimate is the plan's evacuation circle (pi r²) times this density
+    # in people a km² (4,000: about Shanghai's average, 24.9 million people on 6,341 km² in the 2020
+    # census; the central districts are far denser, Huangpu about 32,000). Without a radius (no
+    # plan answered yet) the estimate is default_expected_evacuees.
     automatic: bool = True
+    evacuation_density_per_km2: float = Field(default=4000.0, ge=0, le=100_000)
     default_expected_evacuees: int = Field(default=500, ge=0, le=1_000_000)
     incident_batch: int = Field(default=50, ge=1, le=500)

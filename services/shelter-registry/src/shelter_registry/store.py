@@ -168,6 +168,11 @@ incidents = Table(
     Column("settled", Boolean, nullable=True),  # the last settled fact published
     Column("version", Integer, nullable=False),
     Column("closed_at", UTCDateTime, nullable=True),
+    Column("category", String(32), nullable=True),
+    Column("level", Integer, nullable=True),
+    # The response plan's evacuation radius at the incident's level (0: the plan does not
+    # evacuate; null: not asked yet). The estimate of evacuees follows it.
+    Column("evacuation_radius_m", Integer, nullable=True),
 )
 
 _HOLDS = sorted(s.value for s in HOLDS_PLACE)
@@ -545,9 +550,26 @@ async def upsert_incident(conn: AsyncConnection, row: dict[str, Any]) -> bool:
         return True
     if row["version"] < current.version:
         return False
-    changes = {k: v for k, v in row.items() if k not in ("id", "expected_evacuees", "settled")}
+    kept = ("id", "expected_evacuees", "settled")
+    changes = {k: v for k, v in row.items() if k not in kept and (v is not None or k in _ALWAYS_SET)}
     await conn.execute(update(incidents).where(c.id == row["id"]).values(**changes))
     return True
+
+
+_ALWAYS_SET = frozenset({"closed_at"})
+"""Incident facts an event sets even to null; the others (category, level, the plan's radius) an
+event leaves as they were when it does not carry them."""
+
+
+async def follow_level(conn: AsyncConnection, incident_id: str, level: int, version: int, radius_m: int | None) -> bool:
+    """Keep an incident's new level (and the plan's radius at it, when known) unless a newer event
+    already changed the incident. True when the row changed."""
+    c = incidents.c
+    values: dict[str, Any] = {"level": level, "version": version}
+    if radius_m is not None:
+        values["evacuation_radius_m"] = radius_m
+    stmt = update(incidents).where(c.id == incident_id, c.version <= version).values(**values).returning(c.id)
+    return (await conn.execute(stmt)).first() is not None
 
 
 async def set_expected(conn: AsyncConnection, incident_id: str, expected: int) -> None:

@@ -280,6 +280,12 @@ async def incident_exercise(db: Database, incident_id: str) -> bool:
     return bool(row.exercise)
 
 
+async def incident_plan_facts(db: Database, incident_id: str) -> Any | None:
+    """shelter-registry's copy of an incident (stage, category, level, the plan's radius), or None."""
+    async with db.engine.connect() as conn:
+        return await store.incident(conn, incident_id)
+
+
 async def shelters_page(
     db: Database,
     *,

@@ -1,6 +1,8 @@
 """Following the incident lifecycle: keep the incident's facts; on an evacuation order (the
-response plan's ``evacuate``) open the nearest standby shelters of the incident's world until the
-expected evacuees fit; in aftermath tell the lifecycle when the incident's evacuees are all out."""
+response plan's ``evacuate`` and ``evacuation_radius_m`` at the incident's level) open the nearest
+standby shelters of the incident's world until the expected evacuees fit, again when a level change
+makes the plan evacuate farther (never closing any on a lowering); in aftermath tell the lifecycle
+when the incident's evacuees are all out."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from ecs.vocabulary import Stage
 
 from .. import commands, store
 from ..context import Context
-from ..domain import ShelterAction, ShelterStatus, next_status, shelters_to_open
+from ..domain import ShelterAction, ShelterStatus, expected_evacuees, next_status, shelters_to_open
 from .settlement import settle_if_done
 from .shelters import emit_status
 from .tx import AUTOMATION, Tx, incident_lock, transaction
@@ -22,8 +24,12 @@ EVACUATING: frozenset[Stage] = frozenset({Stage.isolation, Stage.handling})
 """Stages in which an evacuation order opens shelters."""
 
 
-async def follow_stage(ctx: Context, env: Envelope, data: StageChanged, consumer: str, evacuate: bool = False) -> None:
-    """Keep the stage; open shelters when ``evacuate`` (the consumer read the plan); settle in aftermath."""
+async def follow_stage(
+    ctx: Context, env: Envelope, data: StageChanged, consumer: str, radius_m: int | None = None
+) -> None:
+    """Keep the stage, category and level; with ``radius_m`` (the plan's evacuation radius at the
+    level, 0 when it does not evacuate; None when the consumer did not ask) open shelters for the
+    evacuees; settle in aftermath."""
 
     async def work(tx: Tx) -> None:
         if not await tx.uow.first_time(consumer, env.id):
@@ -39,9 +45,12 @@ async def follow_stage(ctx: Context, env: Envelope, data: StageChanged, consumer
             "settled": None,
             "version": data.version,
             "closed_at": utcnow() if Stage(data.to_stage) in (Stage.closed, Stage.cancelled) else None,
+            "category": str(data.category),
+            "level": int(data.level),
+            "evacuation_radius_m": radius_m,
         }
         if await store.upsert_incident(tx.conn, row):
-            if evacuate and ctx.settings.automatic and Stage(data.to_stage) in EVACUATING:
+            if radius_m and ctx.settings.automatic and Stage(data.to_stage) in EVACUATING:
                 await _open_for(tx, ctx, data.incident_id)
             await settle_if_done(tx, data.incident_id)
         await tx.uow.commit()
@@ -49,28 +58,48 @@ async def follow_stage(ctx: Context, env: Envelope, data: StageChanged, consumer
     await transaction(ctx, work, AUTOMATION, env)
 
 
-async def follow_level(ctx: Context, env: Envelope, data: LevelChanged, consumer: str) -> None:
-    """A level change alone changes nothing shelter-registry holds; recorded so it is not redelivered."""
+async def follow_level(
+    ctx: Context, env: Envelope, data: LevelChanged, consumer: str, radius_m: int | None = None
+) -> None:
+    """Keep the new level and the plan's evacuation radius at it (``radius_m``, None when the
+    consumer did not ask: the incident is not evacuating or unknown); while the incident is
+    evacuating, open more standby shelters when the new estimate no longer fits. A lowering keeps
+    every open shelter open."""
 
     async def work(tx: Tx) -> None:
-        await tx.uow.first_time(consumer, env.id)
+        if not await tx.uow.first_time(consumer, env.id):
+            return
+        await tx.uow.lock(incident_lock(data.incident_id))
+        incident = await store.incident(tx.conn, data.incident_id)
+        if incident is None:
+            await tx.uow.commit()
+            return
+        followed = await store.follow_level(tx.conn, data.incident_id, int(data.to_level), data.version, radius_m)
+        if followed and radius_m and ctx.settings.automatic and Stage(incident.stage) in EVACUATING:
+            await _open_for(tx, ctx, data.incident_id)
         await tx.uow.commit()
 
     await transaction(ctx, work, AUTOMATION, env)
 
 
 async def _open_for(tx: Tx, ctx: Context, incident_id: str) -> list[str]:
+    """Open the nearest standby shelters of the incident's world until its expected evacuees fit
+    in the places open now plus those its evacuees already hold."""
     incident = await store.incident(tx.conn, incident_id)
     if incident is None:
         return []
-    expected = (
-        incident.expected_evacuees if incident.expected_evacuees is not None else ctx.settings.default_expected_evacuees
+    settings = ctx.settings
+    expected = expected_evacuees(
+        incident.expected_evacuees,
+        incident.evacuation_radius_m,
+        settings.evacuation_density_per_km2,
+        settings.default_expected_evacuees,
     )
     exercise = bool(incident.exercise)
-    free_now = sum(r.free for r in await store.open_rooms(tx.conn, exercise))
+    room = sum(r.free for r in await store.open_rooms(tx.conn, exercise)) + await store.holding(tx.conn, incident_id)
     standby = await store.standby_rooms(tx.conn, exercise)
     opened = []
-    for shelter_id in shelters_to_open(standby, incident.lat, incident.lon, expected, free_now):
+    for shelter_id in shelters_to_open(standby, incident.lat, incident.lon, expected, room):
         before = await store.shelter(tx.conn, shelter_id)
         target = next_status(before.status, ShelterAction.open)
         after = await store.set_status(tx.conn, shelter_id, ShelterStatus.standby, target, None, utcnow(), incident_id)
