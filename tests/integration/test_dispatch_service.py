@@ -594,16 +594,13 @@ async def test_malformed_incident_events_go_to_the_dead_letter_subject_with_the_
 
 
 async def test_an_incident_that_became_a_crowd_crush_is_dispatched_by_the_crowd_crush_plan(
-    dispatch_app, sqlite_url, wired, operator_headers
+    dispatch_app, db_url, wired, operator_headers
 ):
     """Intake turns a medical-only incident into the scene reported near it; the stage change
-    carries the new category, and dispatch follows that plan, not the one it first heard of.
-
-    On SQLite only for now: its PostgreSQL run hung once in-process, cause not found yet (see the open
-    note on in-process PostgreSQL hangs); the statement it checks is the same on both stores."""
+    carries the new category, and dispatch follows that plan, not the one it first heard of."""
     intake, _, bus = wired
     headers = operator_headers("dispatcher")
-    async with dispatch_app(sqlite_url, min_cover=0) as (_, api):
+    async with dispatch_app(db_url, min_cover=0) as (_, api):
         roster = [unit(f"amb-{i}", "ambulance", km_east=i + 1) for i in range(2)]
         roster += [unit(f"pc-{i}", "patrol_car", km_east=i + 0.5) for i in range(4)]
         assert (await api.post("/v1/units:batch", json={"units": roster}, headers=headers)).status_code == 201

@@ -11,10 +11,10 @@ from typing import Any
 import nats.js.errors
 import pytest
 from nats.aio.msg import Msg
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from ecs.bus import Bus, ConsumerRunner, ConsumerSpec, StreamSpec
-from ecs.db import OUTBOX, Database, new_metadata
+from ecs.db import OUTBOX, Database, lock_key, new_metadata
 from ecs.envelope import Envelope, make_event
 from ecs.errors import Poison, Transient
 from ecs.outbox import OutboxRelay
@@ -423,3 +423,60 @@ async def test_request_reply_answers_and_reports_a_handler_error(bus):
     await bus.serve("things.double", answer)
     assert await bus.request("things.double", {"n": 21}) == {"double": 42}
     assert await bus.request("things.double", {}) == {"error": "n is required"}
+
+
+async def test_a_relay_stopped_while_it_publishes_stops(db, bus):
+    """nats-py turns a cancellation that reaches ``publish_async`` while it waits for a place
+    among the pending publishes into TooManyStalledMsgsError (and Python 3.11's ``wait_for`` may
+    swallow one outright): the relay saw a publishing failure, not its stop, and went on relaying,
+    so the service's shutdown awaited it forever. Here every publish waits for an ack that never
+    comes, with one place for pending publishes, and the relay is stopped while it waits."""
+    silent = await bus.nc.subscribe("unacked.>")  # no stream: a responder that never acknowledges
+    bus.js = bus.nc.jetstream(timeout=10, publish_async_max_pending=1)
+    async with db.uow() as uow:
+        uow.emit(*(make_event("unacked.thing", {"n": n}, source="platform-test") for n in range(2)))
+        await uow.commit()
+    relay = OutboxRelay(db, bus)
+    await relay.start()
+    try:
+        await silent.next_msg(timeout=10)  # the first is out; the second waits for its place
+        await asyncio.sleep(0.2)
+        stopping = asyncio.create_task(relay.stop())
+        done, _ = await asyncio.wait({stopping}, timeout=15)
+        assert stopping in done, "the relay did not stop"
+        stopping.result()
+        assert relay._task is None or relay._task.done()
+    finally:
+        await silent.unsubscribe()
+        if relay._task is not None and not relay._task.done():  # without the fix: end it for good
+            async with db.engine.begin() as conn:
+                await conn.execute(OUTBOX.delete())
+            while not relay._task.done():
+                relay._task.cancel()
+                await asyncio.wait({relay._task}, timeout=0.5)
+
+
+async def test_a_relay_that_gives_up_leading_frees_the_lock_for_any_session(pg_url, bus):
+    """The relay's leadership is a session-level advisory lock: giving it up (after a failure, or
+    at stop) ends that session. Handing the connection back to the pool kept the lock held by an
+    idle pooled connection, so no other session — another replica, or this one on another
+    pooled connection — could lead again."""
+    db = Database(pg_url)
+    async with db.engine.begin() as conn:
+        await conn.run_sync(new_metadata().create_all)
+    relay = OutboxRelay(db, bus)
+    try:
+        assert await relay._lead()
+        await relay._release_leadership()
+        other = Database(pg_url)
+        try:
+            async with other.engine.connect() as conn:
+                key = {"k": lock_key("outbox-relay")}
+                assert await conn.scalar(text("SELECT pg_try_advisory_lock(:k)"), key), "the lock is still held"
+                await conn.scalar(text("SELECT pg_advisory_unlock(:k)"), key)
+        finally:
+            await other.dispose()
+        assert await relay._lead(), "the relay cannot lead again"
+    finally:
+        await relay.stop()
+        await db.dispose()

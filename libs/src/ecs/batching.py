@@ -5,13 +5,13 @@ with load while a lone item still goes through at once: nothing waits for a batc
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
 import structlog
 
 from .errors import Transient
+from .stopping import stop_task
 
 log = structlog.get_logger("ecs.batching")
 
@@ -54,17 +54,18 @@ class MicroBatcher(Generic[T, R]):
         self._queue: list[tuple[T, asyncio.Future[R]]] = []
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
 
     async def start(self) -> None:
         """Begin flushing in a background task."""
+        self._stopping = False
         self._task = asyncio.create_task(self._run(), name=self.name)
 
     async def stop(self) -> None:
         """Cancel the running flush (its submitters get Transient) and refuse what still waits."""
+        self._stopping = True
         if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await stop_task(self._task, self.name)
             self._task = None
         self._refuse(self._queue)
         self._queue.clear()
@@ -91,10 +92,10 @@ class MicroBatcher(Generic[T, R]):
                 fut.set_exception(Transient(f"{self.name} is shutting down"))
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
             await self._wakeup.wait()
             self._wakeup.clear()
-            while self._queue:
+            while self._queue and not self._stopping:
                 batch = self._queue[: self.max_batch]
                 del self._queue[: self.max_batch]
                 await self._flush(batch)

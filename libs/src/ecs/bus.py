@@ -24,6 +24,7 @@ from prometheus_client import Counter, Histogram
 from .envelope import Envelope
 from .errors import Poison, Transient
 from .identities import check_source
+from .stopping import step, stop_task
 
 log = structlog.get_logger("ecs.bus")
 
@@ -184,11 +185,11 @@ class Bus:
         return self.nc is not None and self.nc.is_connected
 
     async def close(self) -> None:
+        """Drain, then close; each within a bound (ecs.stopping), a server gone or stuck included."""
         if self.nc is not None and not self.nc.is_closed:
-            with contextlib.suppress(Exception):
-                await self.nc.drain()
-            with contextlib.suppress(Exception):
-                await self.nc.close()
+            await step(self.nc.drain(), f"{self.service}: drain the NATS connection")
+            if not self.nc.is_closed:
+                await step(self.nc.close(), f"{self.service}: close the NATS connection", within_s=5.0)
 
     async def declare(self, streams: Sequence[StreamSpec], consumers: Sequence[ConsumerSpec] = ()) -> None:
         """Create or update streams and durable consumers; safe to run from every replica at start."""
@@ -352,15 +353,11 @@ class ConsumerRunner:
     async def stop(self) -> None:
         self._stopping = True
         for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+            await stop_task(task, f"consumer {self.spec.durable}")
         for sub in self._subs:
             # A fetch cancelled mid-way leaves its pull request open, and the connection's drain
             # would wait for it until its timeout (30 s) on every shutdown.
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+            await step(sub.unsubscribe(), f"consumer {self.spec.durable}: unsubscribe", within_s=5.0)
         self._subs.clear()
 
     async def _subscribe(self) -> Any:

@@ -23,6 +23,7 @@ from nats.js import api
 
 from .bus import BATCH_SECONDS, PROCESSED, RETRIED, BatchHandler, Bus, _delivered, _first_line
 from .errors import Transient
+from .stopping import step, stop_task
 
 log = structlog.get_logger("ecs.feed")
 
@@ -74,6 +75,7 @@ class FeedConsumer:
         self._full = asyncio.Event()
         self._sub: Any = None
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
 
     async def start(self) -> None:
         """Create (or confirm) the durable push consumer, then subscribe; safe from every replica."""
@@ -89,14 +91,12 @@ class FeedConsumer:
 
     async def stop(self) -> None:
         """Stop taking messages; what is buffered and not yet handled is redelivered after ack_wait."""
+        self._stopping = True
         if self._sub is not None:
-            with contextlib.suppress(Exception):
-                await self._sub.unsubscribe()
+            await step(self._sub.unsubscribe(), f"feed {self.spec.durable}: unsubscribe", within_s=5.0)
             self._sub = None
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+            await stop_task(self._task, f"feed {self.spec.durable}")
             self._task = None
 
     async def _on_msg(self, msg: Msg) -> None:
@@ -105,7 +105,7 @@ class FeedConsumer:
             self._full.set()
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._full.wait(), self.max_wait_s)
             self._full.clear()
@@ -120,6 +120,8 @@ class FeedConsumer:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # never let the loop die: unacked messages come back anyway
+                if self._stopping:
+                    return
                 log.warning("feed.settle_failed", consumer=self.spec.durable, error=_first_line(exc))
 
     async def process(self, msgs: list[Msg]) -> None:

@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .bus import Bus
 from .db import OUTBOX, Database, lock_key
+from .stopping import step, stop_task
 
 log = structlog.get_logger("ecs.outbox")
 
@@ -31,22 +32,23 @@ class OutboxRelay:
         self.batch = batch
         self._task: asyncio.Task[None] | None = None
         self._leader_conn: AsyncConnection | None = None
+        self._stopping = False
 
     async def start(self) -> None:
+        self._stopping = False
         self._task = asyncio.create_task(self._run(), name="outbox-relay")
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
-        await self._release_leadership()
+        """Stop relaying and give up the leadership; ends within ``ecs.stopping``'s bounds even
+        when a library turned the cancellation into an error (ecs.stopping)."""
+        self._stopping = True
+        await stop_task(self._task, "outbox-relay")
+        await step(self._release_leadership(), "outbox-relay: release the leadership")
 
     async def _release_leadership(self) -> None:
-        if self._leader_conn is not None:
-            with contextlib.suppress(Exception):
-                await self._leader_conn.close()
-            self._leader_conn = None
+        conn, self._leader_conn = self._leader_conn, None
+        if conn is not None:
+            await _end_session(conn)
 
     async def _lead(self) -> bool:
         if self.db.is_sqlite:
@@ -58,8 +60,12 @@ class OutboxRelay:
             except Exception:
                 await self._release_leadership()
         conn = await self.db.engine.connect()
-        got = await conn.scalar(text("SELECT pg_try_advisory_lock(:k)"), {"k": lock_key("outbox-relay")})
-        await conn.commit()
+        try:
+            got = await conn.scalar(text("SELECT pg_try_advisory_lock(:k)"), {"k": lock_key("outbox-relay")})
+            await conn.commit()
+        except BaseException:  # stopped or failed half-way: the lock may be held, so the session ends
+            await asyncio.shield(_end_session(conn))
+            raise
         if got:
             self._leader_conn = conn
             return True
@@ -67,7 +73,7 @@ class OutboxRelay:
         return False
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
             try:
                 if not await self._lead():
                     await asyncio.sleep(1.0)
@@ -76,6 +82,8 @@ class OutboxRelay:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                if self._stopping:  # the cancellation of stop(), turned into an error on its way
+                    return
                 log.warning(
                     "outbox.relay_failed",
                     error=str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__,
@@ -120,3 +128,13 @@ class OutboxRelay:
         outbox = OUTBOX
         async with self.db.engine.connect() as conn:
             return int(await conn.scalar(select(func.count()).select_from(outbox)) or 0)
+
+
+async def _end_session(conn: AsyncConnection) -> None:
+    """Close the leader's database session itself: PostgreSQL frees a session's advisory lock
+    only then, and a connection merely handed back to the pool would go on holding it, so that
+    neither this replica (on another pooled connection) nor any other could lead again."""
+    with contextlib.suppress(Exception):
+        await conn.invalidate()
+    with contextlib.suppress(Exception):
+        await conn.close()

@@ -27,6 +27,7 @@ from .logs import configure_logging
 from .migrations import upgrade
 from .outbox import OutboxRelay
 from .settings import ServiceSettings
+from .stopping import step, stop_task
 from .web import create_app
 
 log = structlog.get_logger("ecs.service")
@@ -66,6 +67,7 @@ class Platform:
     settings: ServiceSettings
     _runners: list[Runner] = field(default_factory=list)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    _stopping: bool = False
 
     async def run(self, *runners: Runner) -> None:
         """Start runners now; they are stopped, last started first, when the service stops."""
@@ -78,13 +80,15 @@ class Platform:
         logged and the next round goes on."""
 
         async def loop() -> None:
-            while True:
+            while not self._stopping:
                 await asyncio.sleep(seconds)
                 try:
                     await work()
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
+                    if self._stopping:  # the stop's cancellation, turned into an error on its way
+                        return
                     log.warning(
                         "service.background_failed", task=name, error=str(exc).splitlines()[0][:300] or repr(exc)
                     )
@@ -92,13 +96,16 @@ class Platform:
         self._tasks.append(asyncio.create_task(loop(), name=name))
 
     async def _stop(self) -> None:
+        """Background tasks, then runners, last started first; each within a bound (ecs.stopping):
+        one that does not end is logged with where it waits and left behind, never waited for
+        forever."""
+        self._stopping = True
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+            await stop_task(task, task.get_name())
         for runner in reversed(self._runners):
-            await runner.stop()
+            await step(runner.stop(), f"stop {type(runner).__name__}")
 
 
 @contextlib.asynccontextmanager
@@ -142,7 +149,7 @@ async def platform(app: FastAPI, settings: ServiceSettings, spec: ServiceSpec) -
         await p._stop()
         await relay.stop()
         await bus.close()
-        await db.dispose()
+        await step(db.dispose(), "dispose of the database engine")
 
 
 Wiring = Callable[[FastAPI, Platform], Awaitable[dict[str, Any]]]

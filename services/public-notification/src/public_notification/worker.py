@@ -9,6 +9,8 @@ import contextlib
 
 import structlog
 
+from ecs.stopping import step, stop_task
+
 from .commands import DeliverDue
 from .context import Context
 from .handlers import handle
@@ -22,23 +24,24 @@ class DeliveryWorker:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
 
     async def start(self) -> None:
+        self._stopping = False
         self._task = asyncio.create_task(self._run(), name="deliveries")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        self._stopping = True
+        await stop_task(self._task, "deliveries")
+        self._task = None
         for adapter in set(self.ctx.adapters.values()):
             close = getattr(adapter, "close", None)
             if close is not None:
-                await close()
+                await step(close(), f"close the {type(adapter).__name__} channel", within_s=5.0)
 
     async def _run(self) -> None:
         settings = self.ctx.settings
-        while True:
+        while not self._stopping:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.ctx.deliveries_due.wait(), settings.delivery_poll_s)
             self.ctx.deliveries_due.clear()
@@ -48,6 +51,8 @@ class DeliveryWorker:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the database away: the next round tries again
+                if self._stopping:  # the stop's cancellation, turned into an error on its way
+                    return
                 log.warning(
                     "notification.delivery_round_failed",
                     error=str(exc).splitlines()[0][:300] if str(exc) else repr(exc),
