@@ -28,6 +28,10 @@ from sqlalchemy.engine import make_url
 from . import identities
 from .broker import nats_server_binary
 
+# A test about to hit its pytest-timeout writes where every asyncio task waits.
+pytest_plugins = ["ecs.hangdump"]
+
+
 async def eventually(probe: Callable[[], Awaitable[Any]], what: str = "", within_s: float = 15.0) -> Any:
     """Await ``probe()`` until it returns something truthy, and return that.
 
