@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -19,6 +20,30 @@ os.environ.setdefault("ECS_DEV_SECRETS", "true")
 AUTH_SECRET = "test-auth-secret-0123456789abcdef"
 GATEWAY_ID = "gw-test"
 GATEWAY_SECRET = "gw-test-secret-0123456789"
+
+
+# The loggers ecs.logs.configure_logging sets up (the root, with its handler on the sys.stdout of
+# the moment, and the levels it pins).
+_CONFIGURED_LOGGERS = ("", "uvicorn", "uvicorn.error", "uvicorn.access", "alembic", "sqlalchemy.engine", "aiosqlite")
+
+
+@pytest.fixture(autouse=True)
+def _logging_restored() -> Iterator[None]:
+    """A test that configures logging (a unit test at DEBUG, a service run in this process) leaves
+    the standard library's loggers as it found them. Otherwise the root handler it added goes on
+    writing to that test's captured sys.stdout, closed once the test is over, and a DEBUG level
+    set for it lets later tests' records (aiosqlite's thread logs every call) reach that handler:
+    "--- Logging error --- ... I/O operation on closed file" in the CI log."""
+    saved = []
+    for name in _CONFIGURED_LOGGERS:
+        lg = logging.getLogger(name)
+        saved.append((lg, lg.level, list(lg.handlers), lg.propagate, list(lg.filters)))
+    yield
+    for lg, level, handlers, propagate, filters in saved:
+        lg.setLevel(level)
+        lg.handlers[:] = handlers
+        lg.propagate = propagate
+        lg.filters[:] = filters
 
 
 @pytest.fixture

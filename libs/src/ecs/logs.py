@@ -98,6 +98,9 @@ def configure_logging(service: str, level: str = "INFO", json: bool = True) -> N
     logging.getLogger("alembic").setLevel(max(lvl, logging.WARNING))
     # SQLAlchemy's statement log carries parameter values: never below WARNING.
     logging.getLogger("sqlalchemy.engine").setLevel(max(lvl, logging.WARNING))
+    # aiosqlite's DEBUG lines name every call its thread runs, with the statement's parameters:
+    # never below INFO (they would also pass a DEBUG level on to every SQLite connection's thread).
+    logging.getLogger("aiosqlite").setLevel(max(lvl, logging.INFO))
     structlog.configure(
         processors=[*shared, *tail],
         wrapper_class=structlog.make_filtering_bound_logger(lvl),
