@@ -8,6 +8,7 @@ runner acts on exercise shelters and registrations only (Principal.require_scope
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -548,6 +549,61 @@ async def search(ctx: Ctx, body: SearchIn, principal: Principal = requires(*READ
             registration_id=found.registration_id if found.consented else None,
         )
     )
+
+
+EXPORTERS: tuple[Role, ...] = (Role.SHELTER_MANAGER, Role.COMMANDER, Role.DRILL_RUNNER)
+"""Who exports an incident's reunification records; a drill runner those of exercise incidents only."""
+PFIF_XML = "application/xml"
+
+
+@reunification_api.get(
+    "/incidents/{incident_id}/pfif",
+    response_class=Response,
+    summary="Export an incident's reunification records as PFIF 1.4",
+    responses={
+        200: {
+            "description": "A PFIF 1.4 document (http://zesty.ca/pfif/1.4): one pfif:person a registered"
+            " person with one pfif:note (status believed_alive, the shelter's public hotline; the shelter"
+            " only when the person consented). ID numbers, phones and addresses are never exported.",
+            "content": {PFIF_XML: {"schema": {"type": "string", "format": "xml"}}},
+            "headers": {
+                "Link": {
+                    "description": 'the next page, rel="next" (absent on the last page)',
+                    "schema": {"type": "string"},
+                }
+            },
+        }
+    },
+)
+async def export_pfif(
+    ctx: Ctx,
+    request: Request,
+    incident_id: str,
+    principal: Principal = requires(*EXPORTERS),
+    limit: Annotated[int, Query(ge=1, le=5000, description="people a page")] = 1000,
+    cursor: Annotated[
+        str | None, Query(pattern=r"^[0-9]{1,19}$", description="from the Link of the previous page")
+    ] = None,
+) -> Response:
+    """Pages of ``limit`` people, each page a whole PFIF document; a ``Link: <...>; rel="next"``
+    header names the next. 404 for an unknown incident; 403 for other roles, and for a drill
+    runner on a live incident."""
+    exercise = await views.incident_exercise(ctx.db, incident_id)
+    principal.require_scope(EXPORTERS, exercise, "incidents")
+    page = await views.pfif_page(
+        ctx.db,
+        incident_id,
+        domain=ctx.settings.pfif_domain,
+        author=ctx.settings.pfif_author,
+        retention=timedelta(days=ctx.settings.retention_days),
+        limit=limit,
+        cursor=int(cursor) if cursor is not None else None,
+    )
+    headers = {}
+    if page.next_cursor is not None:
+        following = request.url.include_query_params(cursor=page.next_cursor, limit=limit)
+        headers["Link"] = f'<{following.path}?{following.query}>; rel="next"'
+    return Response(page.document, media_type=PFIF_XML, headers=headers)
 
 
 # --- exercise data ------------------------------------------------------------------------------

@@ -36,3 +36,10 @@ class ShelterSettings(ServiceSettings):
     evacuation_density_per_km2: float = Field(default=4000.0, ge=0, le=100_000)
     default_expected_evacuees: int = Field(default=500, ge=0, le=1_000_000)
     incident_batch: int = Field(default=50, ge=1, le=500)
+    # PFIF 1.4 export: the domain in its record ids (<domain>/person.<...>) and its source_name,
+    # and the author its notes name. Give the domain your organisation controls.
+    pfif_domain: str = Field(
+        default="shelter-registry.ecs.local",
+        pattern=r"^[A-Za-z]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?(\.[A-Za-z]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?)*$",
+    )
+    pfif_author: str = Field(default="Emergency shelter registry", min_length=1, max_length=100)

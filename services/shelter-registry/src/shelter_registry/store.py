@@ -439,7 +439,11 @@ async def copy_people(conn: AsyncConnection, from_registration: str, to_registra
     """The people of a moved household go with it to its new registration."""
     p = persons.c
     cols = [c for c in persons.c if c.name not in ("id", "registration_id")]
-    src = select(*cols, literal(to_registration).label("registration_id")).where(p.registration_id == from_registration)
+    src = (
+        select(*cols, literal(to_registration).label("registration_id"))
+        .where(p.registration_id == from_registration)
+        .order_by(p.id)  # the household's order stays (PFIF record ids count on it)
+    )
     await conn.execute(persons.insert().from_select([c.name for c in cols] + ["registration_id"], src))
 
 

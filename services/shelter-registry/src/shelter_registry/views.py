@@ -7,6 +7,7 @@ Times are UTC, positions WGS-84 degrees, areas m², walking times seconds.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -30,6 +31,7 @@ from .domain import (
     mask_phone,
     shown_status,
 )
+from .pfif import PfifPerson, pfif_document
 from .store import Registration, Shelter
 
 # --- answers -----------------------------------------------------------------------------------
@@ -472,6 +474,106 @@ async def incident_dashboard(db: Database, incident_id: str) -> Dashboard:
         people = await _people(conn, r.incident_id == incident_id)
         timeline = await _timeline(conn, r.incident_id == incident_id, since)
     return _dashboard(shelters, people, timeline)
+
+
+EXPORTED: tuple[str, ...] = (
+    RegistrationStatus.planned.value,
+    RegistrationStatus.checked_in.value,
+    RegistrationStatus.checked_out.value,
+)
+"""Registrations whose people a PFIF export lists: a cancelled household never came, and a moved
+one is listed under the registration it moved to (with the same record ids)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PfifPage:
+    """One page of an incident's PFIF export: the document and the cursor of the next page."""
+
+    document: bytes
+    next_cursor: str | None
+
+
+async def pfif_page(
+    db: Database,
+    incident_id: str,
+    *,
+    domain: str,
+    author: str,
+    retention: timedelta,
+    limit: int,
+    cursor: int | None,
+) -> PfifPage:
+    """The incident's registered people as a PFIF 1.4 document, ``limit`` at a time by person,
+    after ``cursor`` (the last person of the previous page). Raises NotFound (404)."""
+    p, r, s = store.persons.c, store.registrations.c, store.shelters.c
+    async with db.engine.connect() as conn:
+        incident = await store.incident(conn, incident_id)
+        if incident is None:
+            raise NotFound(f"no incident {incident_id!r} known to shelter-registry", field="incident_id")
+        q = (
+            select(
+                p.id,
+                p.name,
+                p.consent_to_share,
+                r.id.label("registration_id"),
+                r.changed_at,
+                r.exercise,
+                s.name_zh,
+                s.name_en,
+                s.hotline,
+            )
+            .select_from(store.persons.join(store.registrations, r.id == p.registration_id))
+            .join(store.shelters, s.id == r.shelter_id)
+            .where(r.incident_id == incident_id, r.status.in_(EXPORTED))
+        )
+        if cursor is not None:
+            q = q.where(p.id > cursor)
+        rows = (await conn.execute(q.order_by(p.id).limit(limit + 1))).all()
+        page = rows[:limit]
+        regs = sorted({row.registration_id for row in page})
+        # The place of each person in the household, and the household's first registration.
+        places: dict[int, int] = {}
+        for i in range(0, len(regs), 500):
+            members = select(p.id, p.registration_id).where(p.registration_id.in_(regs[i : i + 500]))
+            seen: dict[str, int] = {}
+            for pid, reg in (await conn.execute(members.order_by(p.registration_id, p.id))).all():
+                seen[reg] = seen.get(reg, 0) + 1
+                places[pid] = seen[reg]
+        moved = select(r.id, r.moved_to, r.created_at).where(r.incident_id == incident_id)
+        came_from: dict[str, str] = {}
+        created: dict[str, datetime] = {}
+        for rid, moved_to, created_at in (await conn.execute(moved)).all():
+            created[rid] = created_at
+            if moved_to is not None:
+                came_from[moved_to] = rid
+    expires = incident.closed_at + retention if incident.closed_at is not None else None
+
+    def first(reg: str) -> str:
+        hops = 0
+        while reg in came_from and hops < 1000:  # a move chain; the bound guards a damaged one
+            reg, hops = came_from[reg], hops + 1
+        return reg
+
+    persons = []
+    for row in page:
+        origin = first(row.registration_id)
+        shown = f"{row.name_zh} ({row.name_en})" if row.name_en else row.name_zh
+        persons.append(
+            PfifPerson(
+                record_key=f"{origin}.{places[row.id]}",
+                full_name=row.name,
+                registered_at=created[origin],
+                changed_at=row.changed_at,
+                hotline=row.hotline,
+                shelter_name=shown if row.consent_to_share else None,
+                expires_at=expires,
+                exercise=bool(row.exercise),
+            )
+        )
+    return PfifPage(
+        document=pfif_document(persons, domain, author),
+        next_cursor=str(page[-1].id) if len(rows) > limit else None,
+    )
 
 
 async def exercise_data(db: Database) -> ExerciseData:
