@@ -1,8 +1,9 @@
 """incident-intake, dispatch and public-notification as real processes, the way an information
 officer and a commander use them: a level II fire reaches opinion control and its 5 h clock
 runs; a CAP alert is composed from dispatch's published plan, validated, approved by a second
-person and delivered to the SMS channel; the incident cannot enter the aftermath until an
-official statement is out; a rumor is refuted and answered; the all-clear in the aftermath
+person and delivered to the SMS channel (to the cell at the scene, not the one across town); the
+incident cannot enter the aftermath until an official statement is out, and the statements go by
+SMS to the incident's perimeter too; a rumor is refuted and answered; the all-clear in the aftermath
 settles public-notification, and only then does the incident close."""
 
 from __future__ import annotations
@@ -63,6 +64,12 @@ async def test_a_level_ii_incident_from_alarm_to_close_with_public_notification(
         )
         assert r.status_code == 201, r.text
         sms = r.json()
+        cells = [
+            {"id": "cell-scene", "kind": "cell", "lat": SCENE[0], "lon": SCENE[1] + 0.001},
+            {"id": "cell-across-town", "kind": "cell", "lat": SCENE[0] + 0.03, "lon": SCENE[1]},
+        ]
+        r = await api.post("/v1/targets:batch", json={"targets": cells}, headers=commander)
+        assert r.status_code == 201, r.text
 
         incident_id = (await gw.send(alarm(1))).json()["incident_id"]
 
@@ -142,6 +149,7 @@ async def test_a_level_ii_incident_from_alarm_to_close_with_public_notification(
 
         (message,) = await eventually(delivered, "the alert in the SMS outbox")
         assert message["status"] == "Actual" and "火灾橙色预警" in message["text"]
+        assert message["targets"] == ["cell-scene"]
 
         # No statement yet: the aftermath is refused, saying why.
         r = await stage("aftermath")
@@ -209,8 +217,15 @@ async def test_a_level_ii_incident_from_alarm_to_close_with_public_notification(
         r = await stage("closed")
         assert r.status_code == 200, r.text
 
-        lines = await delivered()
-        assert len(lines) == 2 and {x["status"] for x in lines} == {"Actual"}  # the alert and its all-clear
+        async def four():
+            lines = await delivered()
+            return lines if len(lines) == 4 else None
+
+        # The alert, the statement, the rebuttal and the all-clear, each once, to the cell at the scene.
+        lines = await eventually(four, "the alert, both statements and the all-clear on the SMS channel")
+        assert {x["status"] for x in lines} == {"Actual"} and len({x["key"] for x in lines}) == 4
+        assert {x["key"].split(".")[0] for x in lines} == {alert["id"], statement["id"], rebuttal["id"], cancel["id"]}
+        assert all(x["targets"] == ["cell-scene"] for x in lines)
         counts = await testing.settled_exact_delivery(nats_private.url)
         assert counts["notification-incidents"] >= 5 and counts["notification-plans"] >= 1, counts
     finally:

@@ -23,7 +23,17 @@ from starlette.routing import Route
 
 from ecs.testing import eventually, free_port
 
-from .test_notification_service import CIRCLE, as_, draft, new_incident, notification_app, ready_incident, step, wired
+from .test_notification_service import (
+    CENTRE,
+    CIRCLE,
+    as_,
+    draft,
+    new_incident,
+    notification_app,
+    ready_incident,
+    step,
+    wired,
+)
 
 __all__ = ["as_", "notification_app", "wired"]  # fixtures shared with the service tests
 
@@ -104,6 +114,13 @@ async def publish(api, incident, author, approver, **body) -> dict:
     return r.json()
 
 
+async def cell_at_the_scene(api, headers) -> None:
+    """A cell inside CIRCLE: SMS and cell broadcast reach only the targets inside an alert's area."""
+    cell = {"id": "cell-scene", "kind": "cell", "lat": CENTRE[0], "lon": CENTRE[1]}
+    r = await api.post("/v1/targets:batch", json={"targets": [cell]}, headers=headers)
+    assert r.status_code == 201, r.text
+
+
 async def test_each_alert_reaches_each_channel_of_its_kind_once_and_never_the_other_kind(
     notification_app, db_url, wired, as_, receiver, tmp_path
 ):
@@ -113,6 +130,7 @@ async def test_each_alert_reaches_each_channel_of_its_kind_once_and_never_the_ot
     drill_a, drill_b = as_("drill_runner", "drill-a"), as_("drill_runner", "drill-b")
     outbox = tmp_path / "outbox"
     async with notification_app(db_url, channel_outbox=str(outbox), delivery_poll_s=0.1) as api:
+        await cell_at_the_scene(api, commander)
         live_hook = await channel(api, commander, "webhook", "live-hook", False, receiver)
         live_sms = await channel(api, commander, "sms", "live-sms", False)
         drill_hook = await channel(api, drill_a, "webhook", "drill-hook", True, receiver)
@@ -171,6 +189,7 @@ async def test_a_failing_channel_gets_everything_later_and_holds_no_other_back(
     commander, officer = as_("commander", "commander-wang"), as_("information_officer", "officer-li")
     outbox = tmp_path / "outbox"
     async with notification_app(db_url, channel_outbox=str(outbox), delivery_poll_s=0.1) as api:
+        await cell_at_the_scene(api, commander)
         await channel(api, commander, "webhook", "hook", False, receiver)
         sms = await channel(api, commander, "sms", "sms", False)
         incident = new_incident()

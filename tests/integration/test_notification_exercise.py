@@ -1,6 +1,7 @@
 """public-notification's exercise data (DESIGN §8) on both stores: what a drill left — a published
 exercise alert with its deliveries (one still pending on a failing channel), a statement that
-answered a rumor, the release clocks — is listed and purged; the pending delivery never goes out,
+answered a rumor with its deliveries (likewise), the release clocks — is listed and purged; the
+pending deliveries never go out,
 and live alerts, deliveries, statements, rumors, clocks and channels stay as they were."""
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from typing import Any
 
 from ecs.testing import eventually, free_port
 
-from .test_notification_channels import publish
+from .test_notification_channels import cell_at_the_scene, publish
 from .test_notification_service import as_, new_incident, notification_app, ready_incident, step, wired
 
 __all__ = ["as_", "notification_app", "wired"]  # fixtures shared with the service tests
@@ -49,6 +50,7 @@ async def test_exercise_data_is_listed_and_purged_and_live_data_stays(notificati
             assert r.status_code == 201, r.text
             return r.json()
 
+        await cell_at_the_scene(api, commander)  # SMS reaches the targets inside the area only
         await channel(commander, {"kind": "sms", "name": "live-sms", "exercise": False})
         await channel(drill_a, {"kind": "sms", "name": "drill-sms", "exercise": True})
         dead = f"http://127.0.0.1:{free_port()}/hook"  # nobody listens: the delivery stays pending
@@ -82,8 +84,11 @@ async def test_exercise_data_is_listed_and_purged_and_live_data_stays(notificati
             for a in (live_alert, drill_alert):
                 d = (await api.get(f"/v1/alerts/{a['id']}/deliveries", headers=officer)).json()["deliveries"]
                 got[a["id"]] = sorted((x["status"], x["attempts"] > 0) for x in d)
+            d = (await api.get(f"/v1/statements/{s['id']}/deliveries", headers=officer)).json()["deliveries"]
+            got[s["id"]] = sorted((x["status"], x["attempts"] > 0) for x in d)
             done = got[live_alert["id"]] == [("delivered", True)]
-            return True if done and got[drill_alert["id"]] == [("delivered", True), ("pending", True)] else None
+            drill_done = [("delivered", True), ("pending", True)]
+            return True if done and got[drill_alert["id"]] == got[s["id"]] == drill_done else None
 
         await eventually(deliveries_settled, "the live and exercise sms delivered, the failing hook pending")
 
@@ -96,8 +101,8 @@ async def test_exercise_data_is_listed_and_purged_and_live_data_stays(notificati
             "statements": 1,
             "rumors": 1,
             "clocks": 2,
-            "deliveries": 2,
-            "pending_deliveries": 1,
+            "deliveries": 4,  # the alert's and the statement's, each on the SMS and the hook
+            "pending_deliveries": 2,
             "channels": 2,
         }
         for role in ("information_officer", "commander", "auditor"):
@@ -110,7 +115,7 @@ async def test_exercise_data_is_listed_and_purged_and_live_data_stays(notificati
         assert r.json() == {
             "incidents_purged": 1,
             "alerts_purged": 1,
-            "deliveries_purged": 2,
+            "deliveries_purged": 4,
             "statements_purged": 1,
             "rumors_purged": 1,
             "clocks_purged": 2,

@@ -28,4 +28,4 @@ async def test_migrations_match_the_models(db_url: str) -> None:
     finally:
         await db.dispose()
     assert diff == [], f"models and migrations differ: {diff}"
-    assert version == "0003"
+    assert version == "0004"

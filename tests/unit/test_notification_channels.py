@@ -1,17 +1,42 @@
 """public-notification's channel rules and the embedded gateway: which channels an alert reaches,
 a live channel refusing anything not Actual (recorded by the caller, never written), the
-gateway writing each delivery key once, and the retry backoff."""
+gateway writing each delivery key once, the retry backoff; which targets an SMS or a cell
+broadcast carries (or why it is skipped), and what a statement looks like on a channel."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
-from public_notification.channels import FileGateway, GatewayAdapter, Message, Refused, check_isolation, sign
-from public_notification.domain import ChannelKind, next_attempt, reaches, refusal
+from public_notification.channels import (
+    FileGateway,
+    GatewayAdapter,
+    Message,
+    Refused,
+    check_isolation,
+    sign,
+    statement_document,
+    statement_text,
+)
+from public_notification.domain import (
+    ChannelKind,
+    DeliveryPlan,
+    DeliveryStatus,
+    Reach,
+    Target,
+    TargetIndex,
+    next_attempt,
+    plan_deliveries,
+    reach_of_area,
+    reach_of_perimeter,
+    reaches,
+    refusal,
+)
 
 T0 = datetime(2026, 12, 1, 8, 0, tzinfo=UTC)
 
@@ -66,3 +91,71 @@ def test_the_webhook_signature_is_the_gateway_contract_hmac():
         sign("k", "1700000000", b"body")
         == "sha256=" + __import__("hmac").new(b"k", b"1700000000.body", "sha256").hexdigest()
     )
+
+
+# --- area targeting of SMS and cell broadcast, statements on the channels ------------------------
+
+CHANNELS = [
+    ("hook", ChannelKind.webhook),
+    ("sms", ChannelKind.sms),
+    ("cb", ChannelKind.cell_broadcast),
+    ("post", ChannelKind.social),
+]
+
+
+def test_sms_and_cell_broadcast_carry_their_kinds_of_target_inside_and_the_others_none():
+    inside = [("c-2", "cell"), ("s-1", "subscribers"), ("c-1", "cell"), ("d-1", "district"), ("c-1", "cell")]
+    plans = {p.channel_id: p for p in plan_deliveries(CHANNELS, inside, "the alert's area")}
+    assert plans["cb"] == DeliveryPlan("cb", DeliveryStatus.pending, ("c-1", "c-2"))
+    assert plans["sms"] == DeliveryPlan("sms", DeliveryStatus.pending, ("c-1", "c-2", "d-1", "s-1"))
+    assert plans["hook"] == DeliveryPlan("hook", DeliveryStatus.pending) == replace(plans["post"], channel_id="hook")
+
+
+def test_a_channel_with_no_target_inside_or_no_area_is_skipped_saying_why():
+    plans = {p.channel_id: p for p in plan_deliveries(CHANNELS, [("s-1", "subscribers")], "the alert's area")}
+    assert plans["cb"].status is DeliveryStatus.skipped and plans["cb"].targets == ()
+    assert plans["cb"].reason == "cell_broadcast: no target (cell) inside the alert's area"
+    assert plans["sms"].targets == ("s-1",) and plans["post"].status is DeliveryStatus.pending
+    no_area = {p.channel_id: p for p in plan_deliveries(CHANNELS, None, "no perimeter")}
+    assert {k: p.status for k, p in no_area.items()} == {
+        "hook": DeliveryStatus.pending,
+        "sms": DeliveryStatus.skipped,
+        "cb": DeliveryStatus.skipped,
+        "post": DeliveryStatus.pending,
+    }
+    assert no_area["sms"].reason == "sms: no area to target (no perimeter)"
+
+
+def test_an_alert_area_and_an_intake_perimeter_become_closed_reaches():
+    assert reach_of_area({"circle": [31.2, 121.4, 500], "polygon": None}) == Reach(circle=(31.2, 121.4, 500))
+    square = [[0, 0], [0, 1], [1, 1], [1, 0], [0, 0]]
+    assert reach_of_area({"circle": None, "polygon": square}).ring == ((0, 0), (0, 1), (1, 1), (1, 0), (0, 0))
+    assert reach_of_area({"description": "", "circle": None, "polygon": None}) is None
+    open_ring = {"kind": "polygon", "points": square[:-1]}  # intake stores its ring open
+    assert reach_of_perimeter(open_ring).ring == ((0, 0), (0, 1), (1, 1), (1, 0), (0, 0))
+    circle = {"kind": "circle", "lat": 31.2, "lon": 121.4, "radius_m": 300}
+    assert reach_of_perimeter(circle) == Reach(circle=(31.2, 121.4, 300))
+    assert reach_of_perimeter(None) is None
+    index = TargetIndex([Target("in", "cell", 0.5, 0.5), Target("out", "cell", 1.5, 0.5)])
+    assert [t.id for t in index.within(reach_of_perimeter(open_ring))] == ["in"]
+
+
+async def test_an_exercise_statement_on_a_live_channel_is_refused_and_never_written(tmp_path: Path):
+    statement = SimpleNamespace(
+        id="st-1",
+        incident_id="inc-1",
+        kind="information",
+        published_at=T0,
+        text_zh="通报",
+        text_en="statement",
+        answers=[],
+    )
+    body = statement_document(statement, "Exercise")
+    assert json.loads(body)["status"] == "Exercise" and json.loads(body)["text"]["en-US"] == "statement"
+    gateway = FileGateway(tmp_path)
+    live = Message("k", "live", ChannelKind.sms, False, "Exercise", body, statement_text(ChannelKind.sms, "通报", "x"))
+    with pytest.raises(Refused):
+        await GatewayAdapter(gateway).send(live)
+    assert not gateway.path("live").exists()
+    assert statement_text(ChannelKind.sms, "通报", "statement") == "通报"
+    assert statement_text(ChannelKind.social, "通报", "statement") == "通报\n\nstatement"

@@ -461,9 +461,21 @@ async def list_channels(ctx: Ctx, principal: Principal = requires(*READERS)) -> 
 
 @channels_api.get("/alerts/{alert_id}/deliveries", response_model=DeliveryList, summary="An alert's deliveries")
 async def list_deliveries(ctx: Ctx, alert_id: str, principal: Principal = requires(*READERS)) -> Response:
-    """Each attempt's outcome: delivered, refused (and why), or pending with its next attempt."""
+    """Each attempt's outcome: delivered, refused (and why), skipped (an SMS or cell broadcast with
+    no target inside the area), or pending with its next attempt; SMS and cell broadcast list
+    the targets they were limited to."""
     await views.alert(ctx, alert_id)
-    return _answer(await views.deliveries(ctx.db, alert_id))
+    return _answer(await views.deliveries(ctx.db, alert_id=alert_id))
+
+
+@channels_api.get(
+    "/statements/{statement_id}/deliveries", response_model=DeliveryList, summary="A statement's deliveries"
+)
+async def list_statement_deliveries(ctx: Ctx, statement_id: str, principal: Principal = requires(*READERS)) -> Response:
+    """As an alert's: delivered, refused, skipped (an SMS or cell broadcast with no target in the
+    incident's area) or pending with its next attempt; 404 if there is no such statement."""
+    await views.statement(ctx.db, statement_id)
+    return _answer(await views.deliveries(ctx.db, statement_id=statement_id))
 
 
 @channels_api.post("/alerts/{alert_id}:republish", response_model=Queued, summary="Send a published alert again")

@@ -2,12 +2,14 @@
 isolation rule itself (a live channel refuses anything whose CAP status is not Actual: Refused,
 recorded, never sent), then sends; any other failure is retried later with backoff.
 
-- ``WebhookAdapter``: HTTP POST of the CAP XML, signed like the gateway contract
+- ``WebhookAdapter``: HTTP POST of the message's document — an alert's CAP XML, a statement's
+  JSON (``statement_document``) — signed like the gateway contract
   (``X-Signature: sha256=<hex HMAC-SHA256(secret, "<timestamp>.<body>")>``), with the delivery key
   in ``X-Delivery-Key`` so that the receiver can drop a repeat (a send is at least once).
 - ``GatewayAdapter``: SMS, cell broadcast and WeChat/Weibo-style posts go through a ``Gateway``;
   the embedded default ``FileGateway`` appends one JSON line per message to a local outbox file
-  per channel (``var/channel-outbox/<channel id>.jsonl``), once per delivery key.
+  per channel (``var/channel-outbox/<channel id>.jsonl``), once per delivery key, with the
+  targets an SMS or a cell broadcast is limited to.
 """
 
 from __future__ import annotations
@@ -25,6 +27,9 @@ import orjson
 
 from .domain import ChannelKind, refusal
 
+CAP_XML = "application/cap+xml"
+STATEMENT_JSON = "application/vnd.ecs.statement+json"
+
 
 class Refused(Exception):
     """The channel refuses this message for good."""
@@ -33,17 +38,22 @@ class Refused(Exception):
 @dataclass(frozen=True, slots=True)
 class Message:
     """One message to send: the delivery key (stable across attempts of one delivery), the channel,
-    the CAP status, the CAP XML, and the short text for SMS, cell broadcast and posts."""
+    the status (CAP's Actual or Exercise, for an alert or a statement alike), the document a
+    webhook posts (``body`` of ``content_type``), the short text for SMS, cell broadcast and
+    posts, and the targets inside the area an SMS or a cell broadcast is limited to (None: the
+    channel has no area)."""
 
     key: str
     channel_id: str
     channel_kind: ChannelKind
     channel_exercise: bool
     cap_status: str
-    cap_xml: bytes
+    body: bytes
     text: str
     url: str | None = None
     secret: str | None = None
+    targets: tuple[str, ...] | None = None
+    content_type: str = CAP_XML
 
 
 class Adapter(Protocol):
@@ -64,7 +74,8 @@ def sign(secret: str, timestamp: str, body: bytes) -> str:
 
 
 class WebhookAdapter:
-    """POSTs the CAP XML to the channel's URL; a 2xx answer is delivered, anything else retried."""
+    """POSTs the document (CAP XML, or a statement's JSON) to the channel's URL; a 2xx answer is
+    delivered, anything else retried."""
 
     def __init__(self, timeout_s: float = 5.0, max_connections: int = 100) -> None:
         self.client = httpx.AsyncClient(
@@ -76,12 +87,12 @@ class WebhookAdapter:
         check_isolation(message)
         timestamp = str(int(time.time()))
         headers = {
-            "Content-Type": "application/cap+xml",
+            "Content-Type": message.content_type,
             "X-Delivery-Key": message.key,
             "X-Timestamp": timestamp,
-            "X-Signature": sign(message.secret or "", timestamp, message.cap_xml),
+            "X-Signature": sign(message.secret or "", timestamp, message.body),
         }
-        r = await self.client.post(message.url or "", content=message.cap_xml, headers=headers)
+        r = await self.client.post(message.url or "", content=message.body, headers=headers)
         if r.status_code // 100 != 2:
             raise RuntimeError(f"webhook answered {r.status_code}")
 
@@ -132,6 +143,7 @@ class FileGateway:
                     "kind": message.channel_kind.value,
                     "status": message.cap_status,
                     "text": message.text,
+                    **({"targets": list(message.targets)} if message.targets is not None else {}),
                 }
             )
             with self.path(message.channel_id).open("ab") as f:
@@ -149,6 +161,38 @@ class GatewayAdapter:
     async def send(self, message: Message) -> None:
         check_isolation(message)
         await self.gateway.submit(message)
+
+
+def statement_document(statement: Any, status: str) -> bytes:
+    """What a webhook receives for a statement: a small JSON document, not CAP.
+
+    A statement is not a warning: it has no severity, urgency, certainty or area, which CAP asks
+    of every ``<info>``, and a CAP receiver (a warning-release system, a siren or sign controller)
+    acts on what it gets as an alert. Inventing those values would push public information into
+    the receivers' warning path. So statements get their own content type
+    (``application/vnd.ecs.statement+json``), with the same signature, delivery key and the same
+    ``status`` (Actual or Exercise) a receiver checks, and both languages."""
+    return orjson.dumps(
+        {
+            "type": "statement",
+            "id": statement.id,
+            "incident_id": statement.incident_id,
+            "kind": statement.kind,
+            "status": status,
+            "published_at": statement.published_at.isoformat() if statement.published_at else None,
+            "text": {"zh-CN": statement.text_zh, "en-US": statement.text_en},
+            "answers_rumors": list(statement.answers or ()),
+        }
+    )
+
+
+def statement_text(kind: ChannelKind, text_zh: str, text_en: str) -> str:
+    """A statement's text on a gateway channel: SMS and cell broadcast carry the Chinese text (as
+    alerts do: a phone's message is short, and both languages would double its segments); a post
+    has room for both, Chinese first."""
+    if kind is ChannelKind.social:
+        return f"{text_zh}\n\n{text_en}"
+    return text_zh
 
 
 def default_adapters(outbox: Path, webhook_timeout_s: float) -> dict[ChannelKind, Any]:

@@ -43,8 +43,10 @@ from ecs.vocabulary import Level, Stage
 
 from .domain import (
     AlertStatus,
+    ChannelKind,
     Clock,
     ClockKind,
+    DeliveryPlan,
     DeliveryStatus,
     Holdings,
     MsgType,
@@ -363,6 +365,14 @@ async def get_statement(conn: AsyncConnection, statement_id: str) -> Row[Any] | 
     return (await conn.execute(select(statements).where(statements.c.id == statement_id))).first()
 
 
+async def get_statements(conn: AsyncConnection, statement_ids: set[str]) -> dict[str, Row[Any]]:
+    """The statements of these ids, by id (read in one statement)."""
+    if not statement_ids:
+        return {}
+    s = statements.c
+    return {r.id: r for r in await conn.execute(select(statements).where(s.id.in_(sorted(statement_ids))))}
+
+
 async def move_statement(
     conn: AsyncConnection,
     statement_id: str,
@@ -511,8 +521,9 @@ channels = Table(
 deliveries = Table(
     "deliveries",
     metadata,
-    Column("id", String(160), primary_key=True),  # <alert>.<channel>.<round>: the delivery key
-    Column("alert_id", String(64), ForeignKey("alerts.id"), nullable=False),
+    Column("id", String(160), primary_key=True),  # <alert or statement>.<channel>.<round>: the delivery key
+    Column("alert_id", String(64), ForeignKey("alerts.id"), nullable=True),
+    Column("statement_id", String(64), ForeignKey("statements.id"), nullable=True),
     Column("channel_id", String(64), ForeignKey("channels.id"), nullable=False),
     Column("round", Integer, nullable=False),  # 1, then one more for each re-publication
     Column("status", String(16), nullable=False),
@@ -521,10 +532,13 @@ deliveries = Table(
     Column("lease_until", UTCDateTime, nullable=True),
     Column("last_error", Text, nullable=True),
     Column("delivered_at", UTCDateTime, nullable=True),
+    Column("targets", JSON, nullable=True),  # SMS and cell broadcast: the target ids inside the area
     Column("created_at", UTCDateTime, nullable=False),
-    CheckConstraint("status IN ('pending', 'delivered', 'refused')", name="status"),
+    CheckConstraint(_in("status", [s.value for s in DeliveryStatus]), name="status"),
     CheckConstraint("attempts >= 0", name="attempts"),
+    CheckConstraint("(alert_id IS NULL) <> (statement_id IS NULL)", name="one_subject"),
     UniqueConstraint("alert_id", "channel_id", "round", name="uq_deliveries_once"),
+    UniqueConstraint("statement_id", "channel_id", "round", name="uq_deliveries_statement_once"),
 )
 Index(
     "ix_deliveries_due",
@@ -533,6 +547,7 @@ Index(
     postgresql_where=deliveries.c.status == "pending",
 )
 Index("ix_deliveries_alert", deliveries.c.alert_id)
+Index("ix_deliveries_statement", deliveries.c.statement_id)
 
 
 async def insert_channel(conn: AsyncConnection, values: dict[str, Any]) -> None:
@@ -547,41 +562,60 @@ async def get_channel(conn: AsyncConnection, channel_id: str) -> Row[Any] | None
     return (await conn.execute(select(channels).where(channels.c.id == channel_id))).first()
 
 
-async def queue_deliveries(conn: AsyncConnection, alert_id: str, exercise: bool, round_: int, now: datetime) -> int:
-    """One pending delivery of the alert to every enabled channel of its kind (exercise channels
-    for an exercise alert, live ones for a live alert), in the caller's transaction; returns how
-    many. The unique (alert, channel, round) refuses a second one."""
-    targets = (
-        await conn.execute(select(channels.c.id).where(channels.c.enabled.is_(True), channels.c.exercise.is_(exercise)))
-    ).all()
+async def enabled_channels(conn: AsyncConnection, exercise: bool) -> list[tuple[str, ChannelKind]]:
+    """The enabled channels of one world (exercise channels for exercise alerts and statements,
+    live ones for live ones): (id, kind), by id."""
+    c = channels.c
+    stmt = select(c.id, c.kind).where(c.enabled.is_(True), c.exercise.is_(exercise)).order_by(c.id)
+    return [(r.id, ChannelKind(r.kind)) for r in await conn.execute(stmt)]
+
+
+async def insert_deliveries(
+    conn: AsyncConnection,
+    plans: Sequence[DeliveryPlan],
+    round_: int,
+    now: datetime,
+    *,
+    alert_id: str | None = None,
+    statement_id: str | None = None,
+) -> int:
+    """Queue the deliveries of one alert or statement (one of the two), a round, in the caller's
+    transaction: pending ones due now, skipped ones recorded as such with their reason; returns
+    how many are pending. The unique (alert or statement, channel, round) refuses a second one."""
+    subject = alert_id or statement_id
     rows = [
         {
-            "id": f"{alert_id}.{channel_id}.{round_}",
+            "id": f"{subject}.{plan.channel_id}.{round_}",
             "alert_id": alert_id,
-            "channel_id": channel_id,
+            "statement_id": statement_id,
+            "channel_id": plan.channel_id,
             "round": round_,
-            "status": DeliveryStatus.pending.value,
+            "status": plan.status.value,
             "attempts": 0,
             "next_attempt_at": now,
+            "last_error": plan.reason,
+            "targets": list(plan.targets) if plan.targets is not None else None,
             "created_at": now,
         }
-        for (channel_id,) in targets
+        for plan in plans
     ]
     if rows:
         await conn.execute(deliveries.insert(), rows)
-    return len(rows)
+    return sum(1 for plan in plans if plan.status is DeliveryStatus.pending)
 
 
-async def last_round(conn: AsyncConnection, alert_id: str) -> int:
+async def last_round(conn: AsyncConnection, alert_id: str | None = None, statement_id: str | None = None) -> int:
+    """The last round of the alert's (or the statement's) deliveries; 0 before the first."""
     d = deliveries.c
-    row = (await conn.execute(select(func.max(d.round)).where(d.alert_id == alert_id))).first()
+    where = d.alert_id == alert_id if alert_id is not None else d.statement_id == statement_id
+    row = (await conn.execute(select(func.max(d.round)).where(where))).first()
     return int(row[0] or 0)
 
 
 async def claim_due(conn: AsyncConnection, now: datetime, lease_s: float, limit: int) -> list[Row[Any]]:
     """Lease up to ``limit`` due deliveries for ``lease_s`` seconds, counting the attempt; rows
     another worker holds are skipped (FOR UPDATE SKIP LOCKED on PostgreSQL; SQLite has one writer).
-    Returns them with their alert's and channel's fields."""
+    Returns them with their channel's fields."""
     d = deliveries.c
     due = (
         select(d.id)
@@ -719,11 +753,17 @@ def exercise_alert_ids() -> Any:
     return select(alerts.c.id).where(alerts.c.exercise.is_(True))
 
 
+def of_exercise() -> Any:
+    """The condition on deliveries: of an exercise alert or an exercise statement."""
+    exercise_statements = select(statements.c.id).where(statements.c.exercise.is_(True))
+    return or_(deliveries.c.alert_id.in_(exercise_alert_ids()), deliveries.c.statement_id.in_(exercise_statements))
+
+
 async def delete_exercise_deliveries(conn: AsyncConnection, channels_too: bool) -> int:
-    """Forget the deliveries of exercise alerts — pending ones never go out — (and, with
-    ``channels_too``, every delivery to an exercise channel, which only ever carries exercise
-    alerts); returns how many."""
-    cond = deliveries.c.alert_id.in_(exercise_alert_ids())
+    """Forget the deliveries of exercise alerts and statements — pending ones never go out — (and,
+    with ``channels_too``, every delivery to an exercise channel, which only ever carries exercise
+    ones); returns how many."""
+    cond = of_exercise()
     if channels_too:
         exercise_channels = select(channels.c.id).where(channels.c.exercise.is_(True))
         cond = or_(cond, deliveries.c.channel_id.in_(exercise_channels))

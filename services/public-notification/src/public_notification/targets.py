@@ -1,7 +1,11 @@
 """The process's target index (domain.TargetIndex) kept in step with the targets table: loaded at
-start, then whatever any replica registered since, every ``targets_refresh_s`` seconds."""
+start, then whatever any replica registered since, every ``targets_refresh_s`` seconds, and before
+an alert or a statement is queued for its channels (so that a replica publishing targets with
+what any replica registered up to then)."""
 
 from __future__ import annotations
+
+import asyncio
 
 from ecs.db import Database
 
@@ -16,12 +20,14 @@ class TargetDirectory:
         self.db = db
         self.index = TargetIndex()
         self.seq = 0
+        self._lock = asyncio.Lock()  # two refreshes at once would index the same rows twice
 
     async def refresh(self) -> int:
         """Index the targets registered since the last refresh; returns how many."""
-        async with self.db.engine.connect() as conn:
-            rows = await store.targets_after(conn, self.seq)
-        self.index.add(Target(r.id, r.kind, r.lat, r.lon) for r in rows)
-        if rows:
-            self.seq = rows[-1].seq
-        return len(rows)
+        async with self._lock:
+            async with self.db.engine.connect() as conn:
+                rows = await store.targets_after(conn, self.seq)
+            self.index.add(Target(r.id, r.kind, r.lat, r.lon) for r in rows)
+            if rows:
+                self.seq = rows[-1].seq
+            return len(rows)

@@ -32,6 +32,7 @@ from .domain import (
     allowed_actions,
     cap_time,
     clock_state,
+    reach_of_area,
     unsettled_reasons,
 )
 
@@ -412,17 +413,26 @@ class ChannelList(BaseModel):
 
 
 class DeliveryAnswer(BaseModel):
-    """One alert's delivery to one channel, in one round (1, then one per re-publication)."""
+    """One alert's or statement's delivery to one channel, in one round (1, then one per
+    re-publication)."""
 
-    id: str
-    alert_id: str
+    id: str = Field(description="also the X-Delivery-Key a receiver gets")
+    alert_id: str | None = Field(description="the alert delivered (null for a statement's delivery)")
+    statement_id: str | None = Field(description="the statement delivered (null for an alert's delivery)")
     channel_id: str
     round: int
-    status: DeliveryStatus
+    status: DeliveryStatus = Field(
+        description="pending, delivered, refused (a live channel and a message not Actual), or skipped "
+        "(an SMS or cell broadcast with no target inside the area)"
+    )
     attempts: int
     next_attempt_at: datetime
-    last_error: str | None
+    last_error: str | None = Field(description="the last failure, or why it was refused or skipped")
     delivered_at: datetime | None
+    targets: list[str] | None = Field(
+        description="SMS and cell broadcast: the cells, districts and subscriber groups inside the area it "
+        "was limited to, by id; null for a channel without an area (webhook, post)"
+    )
 
 
 class DeliveryList(BaseModel):
@@ -452,18 +462,18 @@ async def channels(db: Database) -> ChannelList:
     return ChannelList(channels=[channel_answer(r) for r in rows])
 
 
-async def deliveries(db: Database, alert_id: str) -> DeliveryList:
-    """Every delivery of the alert, by round and channel."""
+async def deliveries(db: Database, alert_id: str | None = None, statement_id: str | None = None) -> DeliveryList:
+    """Every delivery of the alert (or of the statement), by round and channel."""
     d = store.deliveries.c
+    of = d.alert_id == alert_id if alert_id is not None else d.statement_id == statement_id
     async with db.engine.connect() as conn:
-        rows = (
-            await conn.execute(select(store.deliveries).where(d.alert_id == alert_id).order_by(d.round, d.channel_id))
-        ).all()
+        rows = (await conn.execute(select(store.deliveries).where(of).order_by(d.round, d.channel_id))).all()
     return DeliveryList(
         deliveries=[
             DeliveryAnswer(
                 id=r.id,
                 alert_id=r.alert_id,
+                statement_id=r.statement_id,
                 channel_id=r.channel_id,
                 round=r.round,
                 status=DeliveryStatus(r.status),
@@ -471,6 +481,7 @@ async def deliveries(db: Database, alert_id: str) -> DeliveryList:
                 next_attempt_at=r.next_attempt_at,
                 last_error=r.last_error,
                 delivered_at=r.delivered_at,
+                targets=r.targets,
             )
             for r in rows
         ]
@@ -502,15 +513,8 @@ async def alert_targets(ctx: Any, alert_id: str, limit: int) -> TargetsAnswer:
     if row is None:
         raise NotFound(f"no alert {alert_id!r}", field="alert_id")
     started = time.perf_counter()
-    area = row.area
-    index = ctx.targets.index
-    if area.get("polygon"):
-        found = index.in_polygon([(p[0], p[1]) for p in area["polygon"]])
-    elif area.get("circle"):
-        lat, lon, radius = area["circle"]
-        found = index.in_circle(lat, lon, radius)
-    else:
-        found = []
+    reach = reach_of_area(row.area)
+    found = ctx.targets.index.within(reach) if reach is not None else []
     seconds = time.perf_counter() - started
     by_kind: dict[str, int] = {}
     for t in found:
@@ -537,7 +541,7 @@ class ExerciseData(BaseModel):
     statements: int
     rumors: int
     clocks: int = Field(description="release clocks of exercise incidents")
-    deliveries: int = Field(description="deliveries of exercise alerts, whatever their status")
+    deliveries: int = Field(description="deliveries of exercise alerts and statements, whatever their status")
     pending_deliveries: int = Field(description="of those, the ones not sent yet")
     channels: int = Field(description="exercise channels")
 
@@ -562,7 +566,7 @@ async def exercise_data(db: Database) -> ExerciseData:
         return int((await conn.execute(select(func.count()).select_from(table).where(*where))).scalar_one())
 
     d = store.deliveries.c
-    of_exercise = d.alert_id.in_(store.exercise_alert_ids())
+    of_exercise = store.of_exercise()
     async with db.engine.connect() as conn:
         found = {
             name: await count(conn, table, table.c.exercise.is_(True))

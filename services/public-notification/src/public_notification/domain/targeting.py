@@ -14,10 +14,11 @@ from __future__ import annotations
 import bisect
 import math
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-__all__ = ["Target", "TargetIndex", "inside_polygon", "EARTH_RADIUS_M"]
+__all__ = ["Target", "TargetIndex", "Reach", "reach_of_area", "reach_of_perimeter", "inside_polygon", "EARTH_RADIUS_M"]
 
 EARTH_RADIUS_M = 6_371_008.8  # mean Earth radius (IUGG)
 DEFAULT_BUCKET_DEG = 0.005  # about 550 m of latitude
@@ -32,6 +33,41 @@ class Target:
     kind: str
     lat: float
     lon: float
+
+
+@dataclass(frozen=True, slots=True)
+class Reach:
+    """An area to target: a circle (lat, lon, radius in metres) or a closed ring of (lat, lon)."""
+
+    circle: tuple[float, float, float] | None = None
+    ring: tuple[tuple[float, float], ...] | None = None
+
+
+def _closed(points: Iterable[Sequence[float]]) -> tuple[tuple[float, float], ...]:
+    ring = tuple((float(p[0]), float(p[1])) for p in points)
+    return ring if ring and ring[0] == ring[-1] else (*ring, ring[0])
+
+
+def reach_of_area(area: Mapping[str, Any]) -> Reach | None:
+    """An alert's stored area (``polygon`` [[lat, lon]...] closed, else ``circle`` [lat, lon, m])."""
+    if area.get("polygon"):
+        return Reach(ring=_closed(area["polygon"]))
+    if area.get("circle"):
+        lat, lon, radius = area["circle"]
+        return Reach(circle=(lat, lon, radius))
+    return None
+
+
+def reach_of_perimeter(perimeter: Mapping[str, Any] | None) -> Reach | None:
+    """incident-intake's perimeter (``{"kind": "circle", "lat", "lon", "radius_m"}`` or
+    ``{"kind": "polygon", "points": [[lat, lon]...]}``, its ring stored open); None if none."""
+    if not perimeter:
+        return None
+    if perimeter.get("kind") == "circle":
+        return Reach(circle=(perimeter["lat"], perimeter["lon"], perimeter["radius_m"]))
+    if perimeter.get("kind") == "polygon" and len(perimeter.get("points") or ()) >= 3:
+        return Reach(ring=_closed(perimeter["points"]))
+    return None
 
 
 def inside_polygon(lat: float, lon: float, ring: Sequence[tuple[float, float]]) -> bool:
@@ -62,6 +98,14 @@ class TargetIndex:
         for t in targets:
             self.buckets[self._key(t.lat, t.lon)].append(t)
             self.count += 1
+
+    def within(self, reach: Reach) -> list[Target]:
+        """The targets inside the reach's ring or circle."""
+        if reach.ring is not None:
+            return self.in_polygon(reach.ring)
+        if reach.circle is not None:
+            return self.in_circle(*reach.circle)
+        return []
 
     def in_polygon(self, ring: Sequence[tuple[float, float]]) -> list[Target]:
         """The targets inside a closed ring of (lat, lon) points."""

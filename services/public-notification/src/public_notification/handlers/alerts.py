@@ -1,6 +1,7 @@
 """CAP alerts: drafting (from the plan's templates and the incident), editing a draft, and each
 step of the machine — submit (the document must be valid CAP 1.2), approve (a second person),
-publish (``sent`` frozen; an Update or Cancel ends the alert it references), withdraw."""
+publish (``sent`` frozen; an Update or Cancel ends the alert it references; queued for every
+channel of its world, SMS and cell broadcast to the targets inside its area), withdraw."""
 
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ from ..domain import (
     next_status,
     parse_polygon,
 )
+from .deliveries import area_of_alert, queue, refresh_targets
 from .facts import load_incident, publish_settlement
 from .tx import Tx, transaction
 
@@ -218,6 +220,8 @@ async def step_alert(ctx: Context, cmd: StepAlert) -> Any:
         await tx.uow.commit()
         return changed
 
+    if cmd.action is AlertAction.publish:
+        await refresh_targets(ctx)
     changed = await transaction(ctx, work, cmd.actor)
     if cmd.action is AlertAction.publish:
         ctx.wake_deliveries()
@@ -246,7 +250,7 @@ async def _publish(ctx: Context, tx: Tx, alert: Any, incident: Any, now: datetim
     published = await store.publish_alert(tx.conn, alert.id, now)
     if published is None:
         return None
-    await store.queue_deliveries(tx.conn, published.id, published.exercise, 1, now)
+    await queue(ctx, tx, published.exercise, 1, now, area_of_alert(published), alert_id=published.id)
     tx.emit(
         AlertPublished(
             incident_id=incident.id,

@@ -1,6 +1,20 @@
 """Official statements: drafting (from the plan's ``official_statement`` or ``rumor_rebuttal``
 template, or by hand), the approval steps, and publishing — which meets the release clocks,
-tells the lifecycle (``notification.statement.published``) and answers the rumors it rebuts."""
+tells the lifecycle (``notification.statement.published``), answers the rumors it rebuts, and
+queues the statement for every channel of its world, as an alert is (handlers.deliveries).
+
+A statement has no area of its own; its SMS and cell broadcast go to the people at the scene: the
+incident's perimeter as incident-intake set it, else the circle of the plan's evacuation (or
+isolation) radius around the incident, the area an alert drafted without one gets. Not the whole
+city (every cell of the districts it touches): cell broadcast and area SMS are warning channels
+people cannot opt out of, and a city-wide push for each statement would teach them to ignore it;
+the wider public reads statements on the posts and webhooks, which have no area. With neither a
+perimeter nor a plan radius, SMS and cell broadcast are skipped, saying so.
+
+Settlement does not wait for a statement's deliveries, as it does not for an alert's: it says
+what the service still has to decide, and a delivery is the worker's to finish — retried until
+it is delivered whatever the incident's stage — so an unreachable channel never holds the
+incident open; the deliveries stay listed at ``GET /v1/statements/{id}/deliveries``."""
 
 from __future__ import annotations
 
@@ -17,6 +31,7 @@ from ..commands import DraftStatement, StepStatement
 from ..context import Context
 from ..domain import (
     CATEGORY_ZH,
+    Reach,
     RumorAction,
     RumorStatus,
     StatementAction,
@@ -26,9 +41,11 @@ from ..domain import (
     clocks_met_by,
     next_rumor_status,
     next_statement_status,
+    reach_of_perimeter,
     render,
 )
 from .alerts import incident_values
+from .deliveries import queue, refresh_targets
 from .facts import load_incident, publish_settlement
 from .tx import CLOCK_SUBJECT, Tx, transaction
 
@@ -126,11 +143,30 @@ async def step_statement(ctx: Context, cmd: StepStatement) -> Any:
             )
         if cmd.action is StatementAction.publish:
             await _published(tx, incident, changed, now, cmd.actor)
+            area = await statement_area(tx, incident)
+            await queue(ctx, tx, changed.exercise, 1, now, area, statement_id=changed.id)
         await publish_settlement(tx, incident.id)
         await tx.uow.commit()
         return changed
 
-    return await transaction(ctx, work, cmd.actor)
+    if cmd.action is StatementAction.publish:
+        await refresh_targets(ctx)
+    changed = await transaction(ctx, work, cmd.actor)
+    if cmd.action is StatementAction.publish:
+        ctx.wake_deliveries()
+    return changed
+
+
+async def statement_area(tx: Tx, incident: Any) -> tuple[Reach | None, str]:
+    """Where a statement's SMS and cell broadcast go (see the module's docstring), and its name."""
+    reach = reach_of_perimeter(incident.perimeter)
+    if reach is not None:
+        return reach, "the incident's perimeter"
+    plan = await store.plan_values(tx.conn, Category(incident.category), Level(incident.level))
+    radius = plan.get("evacuation_radius_m") or plan.get("isolation_radius_m")
+    if radius:
+        return Reach(circle=(incident.lat, incident.lon, float(radius))), f"{radius} m around the incident"
+    return None, "the incident has neither a perimeter nor a plan radius"
 
 
 async def _published(tx: Tx, incident: Any, statement: Any, now: Any, actor: str) -> None:
