@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from ecs.drill.runner import Credentials, DrillRunner, Endpoints
+from ecs.drill.runner import Credentials, DrillRunner, Endpoints, exercise_data
 from ecs.drill.scenario import load_scenario
 from ecs.testing import ServiceProcess, eventually
 from resource_stockpile.seed import catalogue
@@ -101,3 +101,30 @@ async def test_pause_holds_the_scenario_clock_and_resume_goes_on():
     clock.resume()
     await asyncio.wait_for(waiter, 5)
     assert clock.now_s() >= held + 10
+
+
+async def test_a_real_world_emergency_stop_ends_the_drill_at_once_and_purges_its_data(services, tmp_path: Path):
+    endpoints, creds, _ = await services()
+    scenario = load_scenario(SCENARIO, "fault.yaml")
+    runner = DrillRunner(scenario, "fault.yaml", endpoints, creds, 1.0, tmp_path / "report")  # real time
+    drill = asyncio.create_task(runner.run())
+
+    async def incident_open() -> bool:
+        return bool(runner.progress.incidents)
+
+    await eventually(incident_open, "the drill's incident opened")
+    (tmp_path / "report" / "control").write_text("emergency\n")  # as `ecs drill emergency-stop` does  # noqa: ASYNC240
+    result = await drill
+    assert result["status"] == "aborted" and "purged" in result["reason"]
+    assert {i["status"] for i in result["injects"] if i["id"] != "A1"} == {"skipped"}
+    async with httpx.AsyncClient(timeout=30) as http:
+        left = await exercise_data(http, endpoints, {"Authorization": f"Bearer {creds.runner_token}"})
+        r = await http.get(
+            f"{endpoints.intake}/v1/incidents",
+            params={"exercise": "true"},
+            headers={"Authorization": f"Bearer {creds.runner_token}"},
+        )
+    assert r.status_code == 200 and r.json()["items"] == []
+    for service in ("dispatch", "resource-stockpile", "shelter-registry", "public-notification"):
+        counts = {k: v for k, v in left[service].items() if isinstance(v, int)}
+        assert counts and not any(counts.values()), (service, left[service])
