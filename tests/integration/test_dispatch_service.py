@@ -202,6 +202,42 @@ async def test_level_change_tops_up_and_releases(dispatch_app, db_url, wired, op
         await eventually(released)
 
 
+async def test_a_unit_that_breaks_down_on_the_way_is_replaced_at_once(dispatch_app, db_url, wired, operator_headers):
+    """Out of service (or sent back) while serving: its assignment ends and, the automation being
+    on, the next nearest unit of its type comes at once, not at the incident's next stage change."""
+    intake, facts, _ = wired
+    headers = operator_headers("dispatcher")
+    async with dispatch_app(db_url, min_cover=0) as (_, api):
+        roster = [unit(f"fe-{i}", "fire_engine", km_east=i + 1) for i in range(3)]
+        roster += [unit(f"pc-{i}", "patrol_car", km_east=i + 1) for i in range(2)]
+        await api.post("/v1/units:batch", json={"units": roster}, headers=headers)
+        incident = new_incident()
+        await intake.stage_to(incident, "isolation", level=4)  # fire IV isolation: 1 fire engine, 1 patrol car
+
+        async def holding(*unit_ids):
+            async def check():
+                view = (await api.get(f"/v1/incidents/{incident}", headers=headers)).json()
+                return view if sorted(u["unit_id"] for u in view.get("units", [])) == sorted(unit_ids) else None
+
+            return await eventually(check)
+
+        await holding("fe-0", "pc-0")
+        r = await api.post("/v1/units/fe-0/status", json={"status": "out_of_service"}, headers=headers)
+        assert r.status_code == 200, r.text
+        view = await holding("fe-1", "pc-0")  # the next nearest engine
+        assert view["held"] == {"fire_engine": 1, "patrol_car": 1}
+        for status in ("en_route", "on_scene", "returning"):  # sent back from the scene
+            r = await api.post("/v1/units/pc-0/status", json={"status": status}, headers=headers)
+            assert r.status_code == 200, r.text
+        await holding("fe-1", "pc-1")
+
+        async def four_assigned():
+            ids = sorted(e["data"]["unit_id"] for e in facts.of("dispatch.unit.assigned", incident))
+            return ids if len(ids) >= 4 else None
+
+        assert await eventually(four_assigned) == ["fe-0", "fe-1", "pc-0", "pc-1"]
+
+
 async def test_operator_assignment_rules(dispatch_app, db_url, wired, operator_headers):
     intake, _, _ = wired
     headers = operator_headers("dispatcher")

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import math
 import os
 import random
@@ -643,7 +644,7 @@ class DrillRunner:
                         "crs": crs,
                         **({"address": burst.address} if burst.address else {}),
                     },
-                    "caller": {"number": f"139{abs(hash((self.run_id, k % callers))) % 10**8:08d}"},
+                    "caller": {"number": _caller(self.run_id, burst.id, k % callers)},
                     "description": burst.description or f"drill {self.scenario.name}",
                     "exercise": True,
                 }
@@ -728,6 +729,8 @@ class DrillRunner:
             await self._act("POST", f"{base}/stage", {"stage": a.to, "version": version})
             return f"stage {inc['stage']} -> {a.to}"
         if a.action is ActionName.level:
+            if inc["level"] == int(a.level):
+                return f"already level {int(a.level)}"
             body = {"level": int(a.level), "reason": a.note or "exercise director's inject", "version": version}
             await self._act("POST", f"{base}/level", body)
             return f"level set to {int(a.level)}"
@@ -1136,6 +1139,12 @@ def _problem(r: httpx.Response) -> str:
         parts = [str(body.get(k)) for k in ("title", "detail") if body.get(k)]
         return ": ".join(parts)[:500] or str(body)[:300]
     return str(body)[:300]
+
+
+def _caller(run_id: str, burst_id: str, n: int) -> str:
+    """The ``n``-th distinct caller of a burst: a mobile number of its own for each run and burst."""
+    digest = hashlib.blake2b(f"{run_id}/{burst_id}/{n}".encode(), digest_size=8).digest()
+    return f"139{int.from_bytes(digest, 'big') % 10**8:08d}"
 
 
 def _scatter(rng: random.Random, lat: float, lon: float, spread_m: float) -> tuple[float, float]:

@@ -38,6 +38,7 @@ from ..domain import (
     unit_changes,
 )
 from .assignments import RELEASED, publish_facts, release_held
+from .automation import reconcile_units
 from .tx import UNIT_REGISTERED, UNIT_REMOVED, UNIT_UPDATED, Tx, incident_lock, transaction
 
 POSITIONS = Metric("dispatch_positions_total", "Vehicle position reports written")
@@ -106,7 +107,8 @@ class _Changed(Exception):
 
 async def change_status(ctx: Context, cmd: ReportStatus) -> Unit:
     """A unit's reported status (domain.report_status); returning or out of service ends its
-    assignment, and the lifecycle hears whether the perimeter is secured and dispatch settled."""
+    assignment and, with the automation on, the incident's plan is met again at once (another unit
+    comes); the lifecycle hears whether the perimeter is secured and dispatch settled."""
 
     async def work(tx: Tx) -> Unit:
         unit = await _unit(tx, cmd.unit_id)
@@ -121,16 +123,22 @@ async def change_status(ctx: Context, cmd: ReportStatus) -> Unit:
         )
         if changed is None:
             raise _Changed
+        replace = False
         if report.leaves:
             held = await store.active_assignment_of(tx.conn, unit.id)
             if held is not None:
                 await store.close_assignments(tx.conn, [held.id], now, tx.actor, report.release_reason)
                 tx.emit(release_event(held, report.to_status, tx.actor, report.release_reason), incident)
                 RELEASED.inc()
+                replace = incident is not None and ctx.settings.automatic
         if report.arrives:
             await store.mark_arrived(tx.conn, unit.id, now)
         tx.emit(report.event, incident, exercise=unit.exercise)
-        if incident is not None:
+        if replace:
+            # A unit that left the scene (out of service, sent back) is replaced at once from the
+            # plan, as a stage or level change would: the incident does not wait for the next one.
+            await reconcile_units(ctx, tx, incident)
+        elif incident is not None:
             await publish_facts(ctx, tx, incident)
         await tx.uow.commit()
         return changed
