@@ -14,7 +14,7 @@ from ecs.db import Database
 from ecs.migrations import upgrade
 from ecs.testing import missing
 
-SERVICES = ["incident_intake", "dispatch", "shelter_registry"]
+SERVICES = ["incident_intake", "dispatch", "shelter_registry", "resource_stockpile"]
 
 
 def _service(name: str):

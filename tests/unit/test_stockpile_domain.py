@@ -241,3 +241,17 @@ def test_reconcile_over_every_stage(stage):
 def test_a_lower_level_releases_only_what_is_still_held():
     assert reconcile(Stage.handling, {"stretcher": 10}, {"stretcher": (5, 20)}) == [Topping("stretcher", release=5)]
     assert reconcile(Stage.handling, {"stretcher": 10}, {"stretcher": (0, 20)}) == []
+
+
+def test_below_a_minimum_only_when_there_is_one():
+    from resource_stockpile.domain import is_below
+
+    assert is_below(9, 10) and not is_below(10, 10) and not is_below(11, 10)
+    assert not is_below(0, 0)  # no minimum: never below
+
+
+def test_the_expiry_horizon_counts_days_from_today():
+    from resource_stockpile.domain import expiry_horizon
+
+    assert expiry_horizon(date(2026, 12, 1), 60) == date(2027, 1, 30)
+    assert expiry_horizon(date(2026, 12, 1), -5) == date(2026, 12, 1)

@@ -7,7 +7,7 @@ Quantities are whole numbers of the item's base unit; travel times are seconds. 
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -80,6 +80,42 @@ class StockDocumentPosted(_Strict):
     actor: str
 
 
+class LowStock(_Strict):
+    """``stockpile.stock.low``: what a depot could reserve of an item fell below its minimum. One
+    per (depot, item) while it stays below; ``stockpile.stock.recovered`` ends it."""
+
+    alert_id: int
+    depot_id: str
+    item: str
+    minimum: int = Field(ge=1, description="base units")
+    available: int = Field(ge=0, description="base units reservable now (good, not short-dated)")
+
+
+class StockRecovered(_Strict):
+    """``stockpile.stock.recovered``: a depot's low-stock alert for an item is cleared (back at or
+    above its minimum, or the minimum was lowered)."""
+
+    alert_id: int
+    depot_id: str
+    item: str
+    minimum: int = Field(ge=0, description="base units")
+    available: int = Field(ge=0, description="base units")
+    raised_at: datetime
+
+
+class LotExpiring(_Strict):
+    """``stockpile.lot.expiring``: a lot with stock on hand expires within the warning horizon
+    (or has expired). Once per lot (depot, item, lot)."""
+
+    warning_id: int
+    depot_id: str
+    item: str
+    lot: str
+    expiry: date
+    days_left: int = Field(description="days from today to the expiry date; negative: expired")
+    on_hand: int = Field(ge=1, description="base units on hand of the lot, any condition")
+
+
 MESSAGES: tuple[MessageSpec, ...] = (
     MessageSpec(
         "stockpile.reservation.made", ReservationMade, "resource-stockpile", "Supplies were reserved for an incident"
@@ -98,5 +134,17 @@ MESSAGES: tuple[MessageSpec, ...] = (
     ),
     MessageSpec(
         "stockpile.document.posted", StockDocumentPosted, "resource-stockpile", "A ledger document changed stock"
+    ),
+    MessageSpec(
+        "stockpile.stock.low", LowStock, "resource-stockpile", "A depot's stock of an item fell below its minimum"
+    ),
+    MessageSpec(
+        "stockpile.stock.recovered",
+        StockRecovered,
+        "resource-stockpile",
+        "A depot's low-stock alert for an item was cleared",
+    ),
+    MessageSpec(
+        "stockpile.lot.expiring", LotExpiring, "resource-stockpile", "A lot with stock on hand expires soon"
     ),
 )

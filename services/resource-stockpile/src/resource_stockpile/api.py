@@ -26,6 +26,10 @@ from .domain import Action, AdjustmentReason, Condition, Depot, Item
 from .handlers import handle
 from .views import (
     DepotList,
+    ExpiryPage,
+    LowStockPage,
+    MinimumAnswer,
+    MinimumList,
     DocumentAnswer,
     ExerciseData,
     ItemList,
@@ -39,6 +43,7 @@ from .views import (
 catalogue_api = APIRouter(prefix="/v1", tags=["catalogue and depots"])
 stock_api = APIRouter(prefix="/v1", tags=["stock and documents"])
 reservations_api = APIRouter(prefix="/v1", tags=["reservations"])
+alerts_api = APIRouter(prefix="/v1", tags=["low stock and expiry"])
 
 SUPPLY: tuple[Role, ...] = (Role.SUPPLY_OFFICER, Role.COMMANDER, Role.DRILL_RUNNER)
 """Who registers depots and changes stock and reservations (a drill runner: exercise depots and
@@ -200,6 +205,16 @@ class ActionIn(_Body):
     version: int | None = Field(default=None, ge=1, description="when given, refused (409) if the reservation changed")
 
 
+class MinimumIn(_Body):
+    """The least the depot should keep of the item, in ``unit`` (0: no minimum)."""
+
+    minimum: Annotated[Decimal, Field(ge=0, le=1_000_000_000, allow_inf_nan=False, description="in `unit`")]
+    unit: str | None = Field(default=None, max_length=32, description="the base unit (default) or a pack")
+    version: int | None = Field(
+        default=None, ge=0, description="when given, refused (409) if the minimum changed (0: if one exists)"
+    )
+
+
 # --- the catalogue and depots ---------------------------------------------------------------------
 
 
@@ -305,6 +320,65 @@ async def post_transfer(body: TransferIn, ctx: Ctx, who: Principal = requires(*S
         body.note,
     )
     return _answer(DocumentAnswer(document_id=await handle(ctx, cmd)), 201)
+
+
+# --- low stock and expiry -------------------------------------------------------------------------
+
+
+@alerts_api.get("/minimums", response_model=MinimumList)
+async def list_minimums(
+    ctx: Ctx, _: Principal = requires(*READERS), depot_id: str | None = Query(default=None, pattern=ID)
+) -> Response:
+    """Every depot's minimums (or one depot's), with what each could reserve now and whether it is below."""
+    return _answer(await views.minimums(ctx.db, ctx.settings.min_shelf_life_days, depot_id))
+
+
+@alerts_api.put("/depots/{depot_id}/minimums/{item}", response_model=MinimumAnswer)
+async def set_minimum(
+    depot_id: Annotated[str, Path(pattern=ID)],
+    item: Annotated[str, Path(pattern=CODE)],
+    body: MinimumIn,
+    ctx: Ctx,
+    who: Principal = requires(*CATALOGUE),
+) -> Response:
+    """Set the least a depot should keep of an item (reservable: good, not short-dated); below it one
+    low-stock alert opens, at or above it clears. 404: unknown depot or item; 409: stale ``version``."""
+    cmd = commands.SetMinimum(depot_id, item, body.minimum, who.subject, body.unit, body.version)
+    await handle(ctx, cmd)
+    return _answer(await views.minimum(ctx.db, ctx.settings.min_shelf_life_days, depot_id, item))
+
+
+@alerts_api.get("/alerts/low-stock", response_model=LowStockPage)
+async def low_stock(
+    ctx: Ctx,
+    _: Principal = requires(*READERS),
+    state: Literal["open", "cleared", "all"] = "open",
+    depot_id: str | None = Query(default=None, pattern=ID),
+    item: str | None = Query(default=None, pattern=CODE),
+    exercise: bool | None = None,
+    cursor: int | None = Query(default=None, ge=1, le=2**63 - 1),
+    limit: int = Query(default=100, ge=1, le=1000),
+) -> Response:
+    """Low-stock alerts, newest first (open ones by default); exercise depots' are marked ``exercise``."""
+    page = await views.low_stock_alerts(
+        ctx.db, ctx.settings.min_shelf_life_days, state, depot_id, item, exercise, cursor, limit
+    )
+    return _answer(page)
+
+
+@alerts_api.get("/alerts/expiry", response_model=ExpiryPage)
+async def expiry(
+    ctx: Ctx,
+    _: Principal = requires(*READERS),
+    depot_id: str | None = Query(default=None, pattern=ID),
+    item: str | None = Query(default=None, pattern=CODE),
+    exercise: bool | None = None,
+    cursor: int | None = Query(default=None, ge=1, le=2**63 - 1),
+    limit: int = Query(default=100, ge=1, le=1000),
+) -> Response:
+    """Lots warned of as expiring within STOCKPILE_EXPIRY_WARNING_DAYS (once per lot), newest first,
+    with what is on hand of each now."""
+    return _answer(await views.expiry_warnings(ctx.db, depot_id, item, exercise, cursor, limit))
 
 
 # --- reservations --------------------------------------------------------------------------------------

@@ -143,3 +143,16 @@ class PurgeExercise:
 
     actor: str
     depots_too: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class SetMinimum:
+    """The least ``depot_id`` should keep of ``item`` (``minimum`` of ``unit``; 0: no minimum),
+    if the minimum is still at ``version`` (None: any; 0: only if there is none yet)."""
+
+    depot_id: str
+    item: str
+    minimum: Decimal
+    actor: str
+    unit: str | None = None
+    version: int | None = None

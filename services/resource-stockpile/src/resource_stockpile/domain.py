@@ -225,6 +225,19 @@ def allocate(candidates: Sequence[Candidate], wanted: int) -> tuple[list[Take], 
     return takes, max(left, 0)
 
 
+# --- low stock and expiry ------------------------------------------------------------------------
+
+
+def is_below(available: int, minimum: int) -> bool:
+    """True when what a depot could reserve of an item is below its minimum (0: no minimum)."""
+    return minimum > 0 and available < minimum
+
+
+def expiry_horizon(today: date, warning_days: int) -> date:
+    """The last expiry date warned of today: lots expiring within ``warning_days`` (or expired)."""
+    return today + timedelta(days=max(warning_days, 0))
+
+
 # --- what a reservation's quantities may do ----------------------------------------------------
 
 
@@ -437,6 +450,8 @@ __all__ = [
     "allocate",
     "check_history",
     "check_item",
+    "expiry_horizon",
+    "is_below",
     "in_packs",
     "move",
     "order_candidates",

@@ -11,6 +11,7 @@ from ecs.bus import ConsumerRunner
 from ecs.service import Platform, ServiceSpec, create_service_app, serve
 
 from . import api, consumers
+from .handlers import alerts
 from .context import Context
 from .settings import StockpileSettings
 
@@ -25,7 +26,7 @@ SPEC = ServiceSpec(
     version_table=VERSION_TABLE,
     streams=consumers.STREAMS,
     consumers=consumers.CONSUMERS,
-    routers=[api.catalogue_api, api.stock_api, api.reservations_api],
+    routers=[api.catalogue_api, api.stock_api, api.alerts_api, api.reservations_api],
 )
 
 
@@ -45,6 +46,7 @@ def build_app(settings: StockpileSettings | None = None) -> FastAPI:
                 settings.max_deliver,
             )
         )
+        p.every(settings.alert_sweep_s, lambda: alerts.sweep(ctx), "alert-sweep")
         return {"automatic": settings.automatic}
 
     return create_service_app(SPEC, settings, wire)

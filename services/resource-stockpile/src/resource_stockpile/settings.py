@@ -28,5 +28,9 @@ class StockpileSettings(ServiceSettings):
     # Reserve-and-claim rounds before a shortfall is reported: each round the stock others took
     # meanwhile gives way to the next nearest.
     reserve_rounds: int = Field(default=4, ge=1, le=20)
+    # Lots with stock on hand expiring within this many days are warned of (once per lot), by a
+    # sweep every alert_sweep_s seconds, which also checks every minimum's low-stock alert again.
+    expiry_warning_days: int = Field(default=60, ge=0, le=3650)
+    alert_sweep_s: float = Field(default=300.0, ge=1, le=86400)
     # How long to wait for dispatch's answer to rpc.dispatch.plan.get.
     plan_request_timeout_s: float = Field(default=2.0, gt=0, le=30)

@@ -34,6 +34,8 @@ from sqlalchemy import (
     func,
     insert,
     select,
+    text,
+    tuple_,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -185,6 +187,61 @@ incidents = Table(
     Column("level_version", Integer, nullable=False),
     Column("settled", Boolean, nullable=True),  # what was last published (NULL: nothing yet)
     Column("updated_at", UTCDateTime, nullable=False),
+)
+
+
+# The minimum a depot should keep of an item (base units); below it, one low-stock alert is open.
+stock_minimums = Table(
+    "stock_minimums",
+    metadata,
+    Column("depot_id", String(64), ForeignKey("depots.id"), primary_key=True),
+    Column("item", String(64), ForeignKey("items.code"), primary_key=True),
+    Column("minimum", BigInteger, nullable=False),
+    Column("actor", String(255), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    CheckConstraint("minimum >= 0", name="minimum_not_negative"),
+)
+
+# A (depot, item) below its minimum: open while ``cleared_at`` is NULL. The partial unique index
+# lets the database keep one open alert per (depot, item), whoever races to raise it.
+low_stock_alerts = Table(
+    "low_stock_alerts",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("depot_id", String(64), ForeignKey("depots.id"), nullable=False),
+    Column("item", String(64), ForeignKey("items.code"), nullable=False),
+    Column("minimum", BigInteger, nullable=False),
+    Column("available", BigInteger, nullable=False),  # when raised
+    Column("exercise", Boolean, nullable=False),
+    Column("raised_at", UTCDateTime, nullable=False),
+    Column("cleared_at", UTCDateTime, nullable=True),
+    Column("cleared_available", BigInteger, nullable=True),
+    Index(
+        "uq_low_stock_alerts_open",
+        "depot_id",
+        "item",
+        unique=True,
+        sqlite_where=text("cleared_at IS NULL"),
+        postgresql_where=text("cleared_at IS NULL"),
+    ),
+    Index("ix_low_stock_alerts_open", "cleared_at", "id"),
+)
+
+# One warning per lot (depot, item, lot) expiring within the warning horizon: the unique index
+# makes a second sweep, or a second replica's, warn nothing.
+expiry_warnings = Table(
+    "expiry_warnings",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("depot_id", String(64), ForeignKey("depots.id"), nullable=False),
+    Column("item", String(64), ForeignKey("items.code"), nullable=False),
+    Column("lot", String(64), nullable=False),
+    Column("expiry", Date, nullable=False),
+    Column("on_hand", BigInteger, nullable=False),  # when warned
+    Column("exercise", Boolean, nullable=False),
+    Column("warned_at", UTCDateTime, nullable=False),
+    Index("uq_expiry_warnings_lot", "depot_id", "item", "lot", unique=True),
 )
 
 
@@ -701,6 +758,189 @@ async def add_entry(conn: AsyncConnection, document_id: int, line_id: int, delta
     await conn.execute(insert(ledger).values(document_id=document_id, line_id=line_id, delta=delta, effective_at=at))
 
 
+# --- low stock and expiry ------------------------------------------------------------------------
+
+
+def _insert(conn: AsyncConnection) -> Any:
+    return postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+
+
+async def get_minimum(conn: AsyncConnection, depot_id: str, item: str) -> Any:
+    """The minimum's row, or None."""
+    m = stock_minimums.c
+    return (await conn.execute(select(stock_minimums).where(m.depot_id == depot_id, m.item == item))).first()
+
+
+async def put_minimum(
+    conn: AsyncConnection, depot_id: str, item: str, minimum: int, version: int | None, actor: str, now: datetime
+) -> int | None:
+    """Set the minimum of (depot, item); with ``version``, only if it is still at that version (0:
+    only if there is none yet). Returns the new version, or None when refused."""
+    m = stock_minimums.c
+    if version != 0:
+        cond = and_(m.depot_id == depot_id, m.item == item)
+        if version is not None:
+            cond = and_(cond, m.version == version)
+        res = await conn.execute(
+            update(stock_minimums)
+            .where(cond)
+            .values(minimum=minimum, actor=actor, version=m.version + 1, updated_at=now)
+            .returning(m.version)
+        )
+        row = res.first()
+        if row is not None:
+            return int(row[0])
+        if version is not None:
+            return None
+    res = await conn.execute(
+        _insert(conn)(stock_minimums)
+        .values(depot_id=depot_id, item=item, minimum=minimum, actor=actor, version=1, updated_at=now)
+        .on_conflict_do_nothing()
+        .returning(m.version)
+    )
+    row = res.first()
+    return int(row[0]) if row is not None else None
+
+
+async def lock_minimums(conn: AsyncConnection, pairs: Iterable[tuple[str, str]]) -> dict[tuple[str, str], int]:
+    """The minimums of these (depot, item) pairs that have one, each row held until the
+    transaction ends (PostgreSQL; SQLite's writer lock already is one), in key order: whoever
+    checks a pair's level next waits for this transaction and then sees what it committed."""
+    wanted = sorted(set(pairs))
+    if not wanted:
+        return {}
+    m = stock_minimums.c
+    q = select(m.depot_id, m.item, m.minimum).where(tuple_(m.depot_id, m.item).in_(wanted))
+    q = q.order_by(m.depot_id, m.item)
+    if conn.dialect.name == "postgresql":
+        q = q.with_for_update()
+    return {(r.depot_id, r.item): int(r.minimum) for r in await conn.execute(q)}
+
+
+async def minimum_pairs(conn: AsyncConnection) -> list[tuple[str, str]]:
+    """Every (depot, item) with a minimum, or with an open alert."""
+    m, a = stock_minimums.c, low_stock_alerts.c
+    found = {(r.depot_id, r.item) for r in await conn.execute(select(m.depot_id, m.item))}
+    found |= {(r.depot_id, r.item) for r in await conn.execute(select(a.depot_id, a.item).where(a.cleared_at.is_(None)))}
+    return sorted(found)
+
+
+async def available_levels(
+    conn: AsyncConnection, pairs: Iterable[tuple[str, str]], not_expiring_before: date
+) -> dict[tuple[str, str], int]:
+    """What could be reserved of each (depot, item): good, not expiring before
+    ``not_expiring_before``, on hand less reserved (0 where there is none)."""
+    wanted = sorted(set(pairs))
+    if not wanted:
+        return {}
+    t = stock_lines.c
+    rows = await conn.execute(
+        select(t.depot_id, t.item, func.coalesce(func.sum(t.on_hand - t.reserved), 0))
+        .where(
+            tuple_(t.depot_id, t.item).in_(wanted),
+            t.condition == Condition.good.value,
+            (t.expiry.is_(None)) | (t.expiry >= not_expiring_before),
+        )
+        .group_by(t.depot_id, t.item)
+    )
+    levels = {pair: 0 for pair in wanted}
+    levels.update({(r[0], r[1]): int(r[2]) for r in rows})
+    return levels
+
+
+async def open_low_stock(
+    conn: AsyncConnection, depot_id: str, item: str, minimum: int, available: int, exercise: bool, now: datetime
+) -> int | None:
+    """Open the (depot, item)'s low-stock alert unless one is open (the partial unique index
+    decides); returns the new alert's id, or None when one was already open."""
+    res = await conn.execute(
+        _insert(conn)(low_stock_alerts)
+        .values(
+            depot_id=depot_id,
+            item=item,
+            minimum=minimum,
+            available=available,
+            exercise=exercise,
+            raised_at=now,
+        )
+        .on_conflict_do_nothing()
+        .returning(low_stock_alerts.c.id)
+    )
+    row = res.first()
+    return int(row[0]) if row is not None else None
+
+
+async def clear_low_stock(conn: AsyncConnection, depot_id: str, item: str, available: int, now: datetime) -> Any:
+    """Clear the (depot, item)'s open alert, if there is one (one conditional UPDATE); returns
+    its (id, raised_at), or None when none was open."""
+    a = low_stock_alerts.c
+    res = await conn.execute(
+        update(low_stock_alerts)
+        .where(a.depot_id == depot_id, a.item == item, a.cleared_at.is_(None))
+        .values(cleared_at=now, cleared_available=available)
+        .returning(a.id, a.raised_at)
+    )
+    return res.first()
+
+
+async def depots_exercise(conn: AsyncConnection, depot_ids: Iterable[str]) -> dict[str, bool]:
+    """Whether each of these depots is an exercise depot."""
+    ids = sorted(set(depot_ids))
+    if not ids:
+        return {}
+    rows = await conn.execute(select(depots.c.id, depots.c.exercise).where(depots.c.id.in_(ids)))
+    return {r.id: bool(r.exercise) for r in rows}
+
+
+async def expiring_lots(conn: AsyncConnection, horizon: date, limit: int) -> list[Any]:
+    """Lots with stock on hand expiring on or before ``horizon`` that were not warned of yet:
+    (depot_id, item, lot, expiry, on_hand, exercise)."""
+    t, w = stock_lines.c, expiry_warnings.c
+    warned = (
+        select(expiry_warnings.c.id)
+        .where(w.depot_id == t.depot_id, w.item == t.item, w.lot == t.lot)
+        .exists()
+    )
+    rows = await conn.execute(
+        select(
+            t.depot_id,
+            t.item,
+            t.lot,
+            func.min(t.expiry).label("expiry"),
+            func.sum(t.on_hand).label("on_hand"),
+            t.exercise,
+        )
+        .where(t.expiry.is_not(None), t.expiry <= horizon, t.on_hand > 0, ~warned)
+        .group_by(t.depot_id, t.item, t.lot, t.exercise)
+        .order_by(func.min(t.expiry), t.depot_id, t.item, t.lot)
+        .limit(limit)
+    )
+    return list(rows)
+
+
+async def warn_expiry(
+    conn: AsyncConnection, depot_id: str, item: str, lot: str, expiry: date, on_hand: int, exercise: bool, now: datetime
+) -> int | None:
+    """Record the lot's expiry warning unless it was warned of (the unique index decides);
+    returns the warning's id, or None."""
+    res = await conn.execute(
+        _insert(conn)(expiry_warnings)
+        .values(
+            depot_id=depot_id,
+            item=item,
+            lot=lot,
+            expiry=expiry,
+            on_hand=on_hand,
+            exercise=exercise,
+            warned_at=now,
+        )
+        .on_conflict_do_nothing()
+        .returning(expiry_warnings.c.id)
+    )
+    row = res.first()
+    return int(row[0]) if row is not None else None
+
+
 # --- exercise data -----------------------------------------------------------------------------------
 
 
@@ -770,6 +1010,9 @@ async def delete_exercise_depots(conn: AsyncConnection) -> tuple[int, int, int]:
         still_live = select(ledger.c.id).where(ledger.c.document_id == documents.c.id).exists()
         res = await conn.execute(delete(documents).where(documents.c.id.in_(ids), ~still_live))
         documents_purged += res.rowcount
+    exercise_depots = select(depots.c.id).where(depots.c.exercise.is_(True))
+    for table in (low_stock_alerts, stock_minimums, expiry_warnings):
+        await conn.execute(delete(table).where(table.c.depot_id.in_(exercise_depots)))
     lines = (await conn.execute(delete(stock_lines).where(stock_lines.c.id.in_(exercise_line_ids())))).rowcount
     purged = (await conn.execute(delete(depots).where(depots.c.exercise.is_(True)))).rowcount
     return purged, lines, documents_purged

@@ -3,7 +3,7 @@ Quantities are in base units, with the same in packs beside them where the item 
 
 from __future__ import annotations
 
-from datetime import date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from pydantic import BaseModel, Field
@@ -13,7 +13,7 @@ from ecs.db import Database
 from ecs.errors import NotFound
 
 from . import store
-from .domain import Allocation, Item, in_packs
+from .domain import Allocation, Item, in_packs, is_below
 
 
 class ItemAnswer(BaseModel):
@@ -139,6 +139,66 @@ class Purged(BaseModel):
     depots_purged: int
     stock_lines_purged: int
     documents_purged: int
+
+
+class MinimumAnswer(BaseModel):
+    """The least a depot should keep of an item (base units; 0: no minimum), and what it could
+    reserve now (good, not short-dated)."""
+
+    depot_id: str
+    item: str
+    minimum: int
+    minimum_in_packs: dict[str, int]
+    available: int
+    below: bool
+    version: int
+
+
+class MinimumList(BaseModel):
+    minimums: list[MinimumAnswer]
+
+
+class LowStockAlert(BaseModel):
+    """A (depot, item) below its minimum: open while ``cleared_at`` is null."""
+
+    id: int
+    depot_id: str
+    item: str
+    minimum: int
+    available_when_raised: int
+    available_now: int
+    exercise: bool
+    raised_at: datetime
+    cleared_at: datetime | None
+
+
+class LowStockPage(BaseModel):
+    """Newest first; ``next_cursor`` asks for the next page (None: the last)."""
+
+    alerts: list[LowStockAlert]
+    next_cursor: int | None
+
+
+class ExpiryWarning(BaseModel):
+    """A lot warned of as expiring (once per lot), with what is on hand of it now."""
+
+    id: int
+    depot_id: str
+    item: str
+    lot: str
+    expiry: date
+    days_left: int = Field(description="from today; negative: expired")
+    on_hand_when_warned: int
+    on_hand_now: int
+    exercise: bool
+    warned_at: datetime
+
+
+class ExpiryPage(BaseModel):
+    """Newest first; ``next_cursor`` asks for the next page (None: the last)."""
+
+    warnings: list[ExpiryWarning]
+    next_cursor: int | None
 
 
 def item_answer(i: Item) -> ItemAnswer:
@@ -352,3 +412,136 @@ async def exercise_data(db: Database) -> ExerciseData:
                 conn, select(func.count()).where(store.documents.c.id.in_(store.exercise_document_ids()))
             ),
         )
+
+
+async def minimums(db: Database, min_shelf_life_days: int, depot_id: str | None = None) -> MinimumList:
+    """Every minimum (of one depot), by depot and item, with what each could reserve now."""
+    m = store.stock_minimums.c
+    q = select(store.stock_minimums).where(m.minimum > 0).order_by(m.depot_id, m.item)
+    if depot_id is not None:
+        q = q.where(m.depot_id == depot_id)
+    async with db.engine.connect() as conn:
+        rows = (await conn.execute(q)).all()
+        pairs = [(r.depot_id, r.item) for r in rows]
+        levels = await store.available_levels(conn, pairs, _not_before(min_shelf_life_days))
+        catalogue = await store.get_items(conn, {r.item for r in rows})
+    return MinimumList(minimums=[_minimum(r, levels[(r.depot_id, r.item)], catalogue[r.item]) for r in rows])
+
+
+async def minimum(db: Database, min_shelf_life_days: int, depot_id: str, item: str) -> MinimumAnswer:
+    """One minimum; NotFound if there is none."""
+    async with db.engine.connect() as conn:
+        row = await store.get_minimum(conn, depot_id, item)
+        if row is None:
+            raise NotFound(f"no minimum of {item} at depot {depot_id}", depot_id=depot_id, item=item)
+        levels = await store.available_levels(conn, [(depot_id, item)], _not_before(min_shelf_life_days))
+        catalogue = await store.get_items(conn, [item])
+    return _minimum(row, levels[(depot_id, item)], catalogue[item])
+
+
+def _minimum(r: Any, available: int, item: Item) -> MinimumAnswer:
+    return MinimumAnswer(
+        depot_id=r.depot_id,
+        item=r.item,
+        minimum=r.minimum,
+        minimum_in_packs=in_packs(item, r.minimum),
+        available=available,
+        below=is_below(available, r.minimum),
+        version=r.version,
+    )
+
+
+def _not_before(min_shelf_life_days: int) -> date:
+    return datetime.now(UTC).date() + timedelta(days=min_shelf_life_days)
+
+
+async def low_stock_alerts(
+    db: Database,
+    min_shelf_life_days: int,
+    state: str = "open",
+    depot_id: str | None = None,
+    item: str | None = None,
+    exercise: bool | None = None,
+    cursor: int | None = None,
+    limit: int = 100,
+) -> LowStockPage:
+    """Low-stock alerts, newest first: open ones (``state``), cleared ones, or all."""
+    a = store.low_stock_alerts.c
+    q = select(store.low_stock_alerts)
+    if state == "open":
+        q = q.where(a.cleared_at.is_(None))
+    elif state == "cleared":
+        q = q.where(a.cleared_at.is_not(None))
+    if depot_id is not None:
+        q = q.where(a.depot_id == depot_id)
+    if item is not None:
+        q = q.where(a.item == item)
+    if exercise is not None:
+        q = q.where(a.exercise.is_(exercise))
+    if cursor is not None:
+        q = q.where(a.id < cursor)
+    async with db.engine.connect() as conn:
+        rows = (await conn.execute(q.order_by(a.id.desc()).limit(limit + 1))).all()
+        levels = await store.available_levels(
+            conn, {(r.depot_id, r.item) for r in rows[:limit]}, _not_before(min_shelf_life_days)
+        )
+    alerts = [
+        LowStockAlert(
+            id=r.id,
+            depot_id=r.depot_id,
+            item=r.item,
+            minimum=r.minimum,
+            available_when_raised=r.available,
+            available_now=levels[(r.depot_id, r.item)],
+            exercise=r.exercise,
+            raised_at=r.raised_at,
+            cleared_at=r.cleared_at,
+        )
+        for r in rows[:limit]
+    ]
+    return LowStockPage(alerts=alerts, next_cursor=alerts[-1].id if len(rows) > limit else None)
+
+
+async def expiry_warnings(
+    db: Database,
+    depot_id: str | None = None,
+    item: str | None = None,
+    exercise: bool | None = None,
+    cursor: int | None = None,
+    limit: int = 100,
+) -> ExpiryPage:
+    """Expiry warnings, newest first, each with what is on hand of its lot now."""
+    w, t = store.expiry_warnings.c, store.stock_lines.c
+    on_hand_now = (
+        select(func.coalesce(func.sum(t.on_hand), 0))
+        .where(t.depot_id == w.depot_id, t.item == w.item, t.lot == w.lot)
+        .scalar_subquery()
+    )
+    q = select(store.expiry_warnings, on_hand_now.label("on_hand_now"))
+    if depot_id is not None:
+        q = q.where(w.depot_id == depot_id)
+    if item is not None:
+        q = q.where(w.item == item)
+    if exercise is not None:
+        q = q.where(w.exercise.is_(exercise))
+    if cursor is not None:
+        q = q.where(w.id < cursor)
+    async with db.engine.connect() as conn:
+        rows = (await conn.execute(q.order_by(w.id.desc()).limit(limit + 1))).all()
+    today = datetime.now(UTC).date()
+    warnings = [
+        ExpiryWarning(
+            id=r.id,
+            depot_id=r.depot_id,
+            item=r.item,
+            lot=r.lot,
+            expiry=r.expiry,
+            days_left=(r.expiry - today).days,
+            on_hand_when_warned=r.on_hand,
+            on_hand_now=int(r.on_hand_now),
+            exercise=r.exercise,
+            warned_at=r.warned_at,
+        )
+        for r in rows[:limit]
+    ]
+    return ExpiryPage(warnings=warnings, next_cursor=warnings[-1].id if len(rows) > limit else None)

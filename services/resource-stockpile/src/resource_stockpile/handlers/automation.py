@@ -111,7 +111,7 @@ async def _follow(
             if ctx.settings.automatic:
                 await reconcile_supplies(ctx, tx, incident, wanted)
             await publish_settlement(tx, await store.get_incident(tx.conn, incident_id))
-        await tx.uow.commit()
+        await tx.commit()
 
     await transaction(ctx, work, AUTOMATION, env)
 

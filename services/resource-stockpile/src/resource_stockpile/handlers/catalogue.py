@@ -22,7 +22,7 @@ async def add_items(ctx: Context, cmd: AddItems) -> list[Item]:
         existing = await store.insert_items(tx.conn, cmd.items, utcnow())
         if existing:
             raise Conflict(f"items already in the catalogue: {', '.join(sorted(existing))}", codes=sorted(existing))
-        await tx.uow.commit()
+        await tx.commit()
         return list(cmd.items)
 
     return await transaction(ctx, work, cmd.actor)
@@ -35,7 +35,7 @@ async def add_depots(ctx: Context, cmd: AddDepots) -> list[Depot]:
         existing = await store.insert_depots(tx.conn, cmd.depots, utcnow())
         if existing:
             raise Conflict(f"depots already registered: {', '.join(sorted(existing))}", ids=sorted(existing))
-        await tx.uow.commit()
+        await tx.commit()
         return list(cmd.depots)
 
     return await transaction(ctx, work, cmd.actor)

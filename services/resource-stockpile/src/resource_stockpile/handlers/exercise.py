@@ -37,7 +37,7 @@ async def purge_exercise(ctx: Context, cmd: PurgeExercise) -> dict[str, int]:
         depots = lines = documents = 0
         if cmd.depots_too:
             depots, lines, documents = await store.delete_exercise_depots(tx.conn)
-        await tx.uow.commit()
+        await tx.commit()
         purged = {
             "incidents_purged": incidents,
             "reservations_purged": reservations,

@@ -103,7 +103,7 @@ async def reserve_many(
             for line, q in zip(cmd.lines, quantities, strict=True)
         ]
         await publish_settlement(tx, incident)
-        await tx.uow.commit()
+        await tx.commit()
         return got
 
     return await transaction(ctx, work, cmd.actor)
@@ -147,6 +147,7 @@ async def reserve_for(
                     tx.conn, reservation_id, incident.id, lines[take.line_id], take.quantity, take.travel_s
                 )
                 taken.append(take)
+                tx.touch(take.depot_id, item)
                 left -= take.quantity
         if left == 0:
             break
@@ -195,7 +196,7 @@ async def act_on_reservation(ctx: Context, cmd: ActOnReservation) -> int:
         incident = await store.get_incident(tx.conn, row.incident_id)
         if incident is not None:
             await publish_settlement(tx, incident)
-        await tx.uow.commit()
+        await tx.commit()
         return int(row.id)
 
     return await transaction(ctx, work, cmd.actor)
@@ -232,6 +233,7 @@ async def apply_action(
             depot = await store.get_depot(tx.conn, alloc.depot_id)
             back = await store.ensure_line(tx.conn, depot, item.code, line.lot, line.expiry, Condition(condition))
             await store.change_on_hand(tx.conn, doc, back.id, q, now)
+        tx.touch(alloc.depot_id, item.code)
         moved += q
     tx.emit(
         ReservationChanged(

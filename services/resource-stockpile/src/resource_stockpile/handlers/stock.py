@@ -35,9 +35,10 @@ async def receive_stock(ctx: Context, cmd: ReceiveStock) -> int:
         for line, q in zip(cmd.lines, quantities, strict=True):
             stock = await store.ensure_line(tx.conn, depot, line.item, line.lot, line.expiry, line.condition)
             await store.change_on_hand(tx.conn, doc, stock.id, q, at)
+            tx.touch(depot.id, line.item)
             changes.append(_change(stock, q))
         tx.emit(_posted(doc, DocumentKind.receipt, None, changes, at, tx.actor), exercise=depot.exercise)
-        await tx.uow.commit()
+        await tx.commit()
         return doc
 
     return await transaction(ctx, work, cmd.actor)
@@ -64,11 +65,12 @@ async def adjust_stock(ctx: Context, cmd: AdjustStock) -> int:
             tx.conn, DocumentKind.adjustment, tx.actor, at, now, reason=cmd.reason, note=cmd.note
         )
         await _apply(tx, doc, stock, delta, at, now)
+        tx.touch(depot.id, cmd.item)
         tx.emit(
             _posted(doc, DocumentKind.adjustment, cmd.reason, [_change(stock, delta)], at, tx.actor),
             exercise=depot.exercise,
         )
-        await tx.uow.commit()
+        await tx.commit()
         return doc
 
     return await transaction(ctx, work, cmd.actor)
@@ -95,9 +97,11 @@ async def transfer_stock(ctx: Context, cmd: TransferStock) -> int:
         await _apply(tx, doc, from_line, -q, at, now)
         to_line = await store.ensure_line(tx.conn, target, cmd.item, cmd.lot, from_line.expiry, Condition.good)
         await store.change_on_hand(tx.conn, doc, to_line.id, q, at)
+        tx.touch(source.id, cmd.item)
+        tx.touch(target.id, cmd.item)
         changes = [_change(from_line, -q), _change(to_line, q)]
         tx.emit(_posted(doc, DocumentKind.transfer, None, changes, at, tx.actor), exercise=source.exercise)
-        await tx.uow.commit()
+        await tx.commit()
         return doc
 
     return await transaction(ctx, work, cmd.actor)
