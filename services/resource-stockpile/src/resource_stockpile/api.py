@@ -18,6 +18,7 @@ from fastapi.responses import Response
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from ecs.auth import READERS, Principal, Role
+from ecs.errors import InvalidInput, UnsupportedMediaType
 from ecs.web import json_response, requires
 
 from . import commands, views
@@ -44,6 +45,7 @@ catalogue_api = APIRouter(prefix="/v1", tags=["catalogue and depots"])
 stock_api = APIRouter(prefix="/v1", tags=["stock and documents"])
 reservations_api = APIRouter(prefix="/v1", tags=["reservations"])
 alerts_api = APIRouter(prefix="/v1", tags=["low stock and expiry"])
+edxl_api = APIRouter(prefix="/v1", tags=["EDXL-RM 1.0"])
 
 SUPPLY: tuple[Role, ...] = (Role.SUPPLY_OFFICER, Role.COMMANDER, Role.DRILL_RUNNER)
 """Who registers depots and changes stock and reservations (a drill runner: exercise depots and
@@ -476,6 +478,80 @@ async def act(
     )
     await handle(ctx, cmd)
     return _answer(await views.reservation(ctx.db, reservation_id))
+
+
+# --- EDXL-RM 1.0 -----------------------------------------------------------------------------------
+
+EDXL_XML = "application/xml"
+EDXL_TYPES = ("application/xml", "text/xml", "application/edxl-rm+xml")
+
+
+@edxl_api.get(
+    "/incidents/{incident_id}/edxl-rm/{message}",
+    response_class=Response,
+    summary="Export an incident's reservations as an EDXL-RM 1.0 RequestResource, CommitResource or ReleaseResource",
+    responses={
+        200: {
+            "description": "An OASIS EDXL-RM 1.0 message (urn:oasis:names:tc:emergency:EDXL:RM:1.0:msg), valid"
+            " against the official schemas: one ResourceInformation per reservation (item), quantities in the"
+            " item's base unit; RequestResource what was asked, CommitResource what was reserved (Accept,"
+            " Provisional with what is missing, or Decline), ReleaseResource what was released. Every message"
+            " names the request as OriginatingMessageID (a neighbour's, for an imported one); the commit's"
+            " PrecedingMessageID is the request's, the release's the commit's.",
+            "content": {EDXL_XML: {"schema": {"type": "string", "format": "xml"}}},
+        },
+        409: {"description": "a ReleaseResource of reservations nothing of which was released"},
+    },
+)
+async def export_edxl(
+    incident_id: str,
+    message: Literal["RequestResource", "CommitResource", "ReleaseResource"],
+    ctx: Ctx,
+    _: Principal = requires(*READERS),
+    reservation_id: Annotated[
+        list[Annotated[int, Field(ge=1, le=2**63 - 1)]] | None,
+        Query(max_length=100, description="only these reservations of the incident (default: all)"),
+    ] = None,
+) -> Response:
+    """404 for an unknown incident, a reservation not of it, or an incident without reservations."""
+    settings = ctx.settings
+    document = await views.edxl_document(
+        ctx.db, incident_id, message, reservation_id, settings.edxl_sender, settings.edxl_sender_urn
+    )
+    return Response(document, media_type=EDXL_XML)
+
+
+@edxl_api.post(
+    "/edxl-rm/requests",
+    response_model=ReservationBatch,
+    status_code=201,
+    summary="Import a neighbour's EDXL-RM 1.0 RequestResource as reservations for an incident",
+    responses={
+        422: {"description": "not valid against the EDXL-RM 1.0 schema (field: the XPath; line; the reason), an"
+              " item not in the catalogue, or a quantity or unit the item cannot have; nothing is reserved"},
+        415: {"description": "not sent as XML"},
+    },
+    openapi_extra={"requestBody": {"required": True, "content": {EDXL_XML: {"schema": {"type": "string"}}}}},
+)
+async def import_edxl(
+    request: Request,
+    ctx: Ctx,
+    incident_id: Annotated[str, Query(min_length=1, max_length=32, description="the incident to reserve for")],
+    who: Principal = requires(*SUPPLY),
+) -> Response:
+    """One reservation per ResourceInformation (item: Resource/TypeStructure of ValueListURN
+    urn:ecs:stockpile:item, or Resource/ResourceID; quantity: AssignmentInformation/Quantity/
+    MeasuredQuantity, UnitOfMeasure the base unit or a pack), nearest the incident first, all or
+    none. The same MessageID again answers what it made the first time."""
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype not in EDXL_TYPES:
+        raise UnsupportedMediaType(f"send the document as XML ({', '.join(EDXL_TYPES)})", field="Content-Type")
+    who.require_scope(SUPPLY, await views.incident_is_exercise(ctx.db, incident_id), "incidents")
+    body = await request.body()
+    if not body:
+        raise InvalidInput("an EDXL-RM RequestResource document is required", field="body")
+    got = await handle(ctx, commands.ImportEdxlRequest(incident_id, body, who.subject))
+    return _answer(await views.reservations(ctx.db, [r.reservation_id for r in got]), 201)
 
 
 # --- exercise data -----------------------------------------------------------------------------------

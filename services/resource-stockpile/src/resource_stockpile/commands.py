@@ -105,6 +105,7 @@ class RequestLine:
     item: str
     quantity: Decimal
     unit: str | None = None
+    edxl_element_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +120,17 @@ class ReserveMany:
     lon: float | None = None
     source: str = "operator"
     request_key: str | None = None
+    edxl_message_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ImportEdxlRequest:
+    """A neighbour's EDXL-RM 1.0 RequestResource (the XML as received) for an incident: one
+    reservation per ResourceInformation, all or none, near the incident."""
+
+    incident_id: str
+    document: bytes
+    actor: str
 
 
 @dataclass(frozen=True, slots=True)

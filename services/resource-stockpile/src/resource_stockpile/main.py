@@ -26,7 +26,7 @@ SPEC = ServiceSpec(
     version_table=VERSION_TABLE,
     streams=consumers.STREAMS,
     consumers=consumers.CONSUMERS,
-    routers=[api.catalogue_api, api.stock_api, api.alerts_api, api.reservations_api],
+    routers=[api.catalogue_api, api.stock_api, api.alerts_api, api.reservations_api, api.edxl_api],
 )
 
 

@@ -32,5 +32,9 @@ class StockpileSettings(ServiceSettings):
     # sweep every alert_sweep_s seconds, which also checks every minimum's low-stock alert again.
     expiry_warning_days: int = Field(default=60, ge=0, le=3650)
     alert_sweep_s: float = Field(default=300.0, ge=1, le=86400)
+    # Who this service is in the EDXL-RM 1.0 messages it exports (ContactDescription), and the
+    # prefix of their MessageIDs.
+    edxl_sender: str = Field(default="Shanghai emergency command, resource-stockpile", min_length=1, max_length=255)
+    edxl_sender_urn: str = Field(default="urn:ecs:stockpile", min_length=1, max_length=100)
     # How long to wait for dispatch's answer to rpc.dispatch.plan.get.
     plan_request_timeout_s: float = Field(default=2.0, gt=0, le=30)

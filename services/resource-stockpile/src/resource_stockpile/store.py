@@ -142,6 +142,10 @@ reservations = Table(
     Column("created_at", UTCDateTime, nullable=False),
     # "<principal>:<Idempotency-Key>" of the request that made it: a repeat finds it, never makes another.
     Column("request_key", String(300), nullable=True),
+    # An imported EDXL-RM RequestResource: its MessageID and the ResourceInfoElementID of this item,
+    # so what is exported about the reservation is threaded to the neighbour's request.
+    Column("edxl_message_id", String(255), nullable=True),
+    Column("edxl_element_id", String(255), nullable=True),
     CheckConstraint("requested > 0", name="requested_positive"),
     CheckConstraint("missing >= 0 AND missing <= requested", name="missing_in_range"),
     Index("ix_reservations_incident", "incident_id", "id"),
@@ -539,8 +543,10 @@ async def insert_reservation(
     actor: str,
     now: datetime,
     request_key: str | None = None,
+    edxl: tuple[str, str] | None = None,
 ) -> int:
-    """Record a reservation request; returns its id (``missing`` starts at ``requested``)."""
+    """Record a reservation request; returns its id (``missing`` starts at ``requested``);
+    ``edxl``: (MessageID, ResourceInfoElementID) of the EDXL-RM request it came from."""
     res = await conn.execute(
         insert(reservations)
         .values(
@@ -556,6 +562,8 @@ async def insert_reservation(
             version=1,
             created_at=now,
             request_key=request_key,
+            edxl_message_id=edxl[0] if edxl else None,
+            edxl_element_id=edxl[1] if edxl else None,
         )
         .returning(reservations.c.id)
     )

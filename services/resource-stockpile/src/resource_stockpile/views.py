@@ -10,9 +10,9 @@ from pydantic import BaseModel, Field
 from sqlalchemy import func, select
 
 from ecs.db import Database
-from ecs.errors import NotFound
+from ecs.errors import Conflict, NotFound
 
-from . import store
+from . import edxl_rm, store
 from .domain import Allocation, Item, in_packs, is_below
 
 
@@ -545,3 +545,96 @@ async def expiry_warnings(
         for r in rows[:limit]
     ]
     return ExpiryPage(warnings=warnings, next_cursor=warnings[-1].id if len(rows) > limit else None)
+
+
+async def edxl_document(
+    db: Database,
+    incident_id: str,
+    message: str,
+    reservation_ids: list[int] | None,
+    sender: str,
+    sender_urn: str,
+) -> bytes:
+    """The incident's reservations (or these of them) as an EDXL-RM 1.0 ``message``: the request,
+    what was committed (reserved), or what was released, one ResourceInformation per reservation,
+    threaded: every message names the request as OriginatingMessageID (the neighbour's, for an
+    imported one), the commit follows the request, the release the commit. NotFound for an unknown
+    incident or reservation, or none; Conflict for a release of nothing released."""
+    r = store.reservations.c
+    async with db.engine.connect() as conn:
+        incident = await store.get_incident(conn, incident_id)
+        if incident is None:
+            raise NotFound(f"incident {incident_id} not found", incident_id=incident_id)
+        q = select(store.reservations).where(r.incident_id == incident_id).order_by(r.id)
+        if reservation_ids:
+            q = q.where(r.id.in_(reservation_ids))
+        rows = (await conn.execute(q)).all()
+        allocs = await store.incident_allocations(conn, incident_id)
+        catalogue = await store.get_items(conn, {row.item for row in rows})
+    if reservation_ids:
+        unknown = sorted(set(reservation_ids) - {row.id for row in rows})
+        if unknown:
+            raise NotFound(f"no reservation {unknown[0]} of incident {incident_id}", reservation_id=unknown[0])
+    if not rows:
+        raise NotFound(f"incident {incident_id} has no reservations", incident_id=incident_id)
+    by_reservation: dict[int, list[Allocation]] = {}
+    for a in allocs:
+        by_reservation.setdefault(a.reservation_id, []).append(a)
+    released = {row.id: sum(a.released for a in by_reservation.get(row.id, [])) for row in rows}
+    threads = {row.edxl_message_id for row in rows}
+    request_id = (
+        next(iter(threads))
+        if len(threads) == 1 and None not in threads
+        else edxl_rm.message_id(sender_urn, incident_id, "RequestResource", [(x.id, x.item, x.requested) for x in rows])
+    )
+    commit_id = edxl_rm.message_id(
+        sender_urn, incident_id, "CommitResource", [(x.id, x.requested - x.missing) for x in rows]
+    )
+    ids = {
+        "RequestResource": request_id,
+        "CommitResource": commit_id,
+        "ReleaseResource": edxl_rm.message_id(
+            sender_urn, incident_id, "ReleaseResource", [(x.id, released[x.id]) for x in rows]
+        ),
+    }
+    preceding = {"RequestResource": None, "CommitResource": request_id, "ReleaseResource": commit_id}
+    if message == "ReleaseResource":
+        rows = [x for x in rows if released[x.id] > 0]
+        if not rows:
+            raise Conflict(f"nothing of incident {incident_id}'s reservations was released", incident_id=incident_id)
+    exercise = "EXERCISE. " if incident.exercise else ""
+    header = edxl_rm.Header(
+        message_id=ids[message],
+        sent=datetime.now(UTC).replace(microsecond=0),
+        originating_id=request_id,
+        preceding_id=preceding[message],
+        incident_id=incident_id,
+        incident_description=f"{exercise}{incident.category}, level {incident.level}",
+        sender=sender,
+        description=f"{exercise}supplies for incident {incident_id}: {message}",
+    )
+    lines = []
+    for x in rows:
+        item = catalogue[x.item]
+        quantity = {
+            "RequestResource": x.requested,
+            "CommitResource": x.requested - x.missing,
+            "ReleaseResource": released[x.id],
+        }[message]
+        own_id = str(x.id)
+        lines.append(
+            edxl_rm.Line(
+                element_id=(x.edxl_element_id or own_id) if message == "RequestResource" else own_id,
+                item=x.item,
+                name=f"{item.name_en} / {item.name_zh}",
+                base_unit=item.base_unit,
+                quantity=quantity,
+                gb_code=item.gb_code,
+                requested=x.requested,
+                missing=x.missing,
+                preceding_element_id=x.edxl_element_id or own_id,
+                near=(x.lat, x.lon),
+                depots=tuple(dict.fromkeys(a.depot_id for a in by_reservation.get(x.id, []))),
+            )
+        )
+    return edxl_rm.document(message, header, lines)

@@ -12,7 +12,7 @@ from typing import Any
 
 from .. import commands
 from ..context import Context
-from . import alerts, automation, catalogue, exercise, reservations, stock
+from . import alerts, automation, catalogue, edxl, exercise, reservations, stock
 
 Handler = Callable[[Context, Any], Awaitable[Any]]
 EventHandler = Callable[[Context, Any, Any, str], Awaitable[None]]
@@ -29,6 +29,7 @@ COMMANDS: dict[type, Handler] = {
     commands.ActOnReservation: reservations.act_on_reservation,
     commands.PurgeExercise: exercise.purge_exercise,
     commands.SetMinimum: alerts.set_minimum,
+    commands.ImportEdxlRequest: edxl.import_request,
 }
 
 EVENTS: dict[str, tuple[EventHandler, ...]] = {

@@ -99,7 +99,18 @@ async def reserve_many(
         lat = cmd.lat if cmd.lat is not None else incident.lat
         lon = cmd.lon if cmd.lon is not None else incident.lon
         got = [
-            await reserve_for(ctx, tx, incident, line.item, q, lat, lon, source or cmd.source, cmd.request_key)
+            await reserve_for(
+                ctx,
+                tx,
+                incident,
+                line.item,
+                q,
+                lat,
+                lon,
+                source or cmd.source,
+                cmd.request_key,
+                (cmd.edxl_message_id, line.edxl_element_id or "") if cmd.edxl_message_id else None,
+            )
             for line, q in zip(cmd.lines, quantities, strict=True)
         ]
         await publish_settlement(tx, incident)
@@ -119,6 +130,7 @@ async def reserve_for(
     lon: float,
     source: str,
     request_key: str | None = None,
+    edxl: tuple[str, str] | None = None,
 ) -> Reserved:
     """Reserve ``quantity`` base units of ``item`` near (lat, lon) for ``incident`` (a row of
     store.incidents) in ``tx``: rounds of read candidates → allocate (domain) → conditional
@@ -126,7 +138,7 @@ async def reserve_for(
     now = utcnow()
     settings = ctx.settings
     reservation_id = await store.insert_reservation(
-        tx.conn, incident.id, item, quantity, lat, lon, source, incident.exercise, tx.actor, now, request_key
+        tx.conn, incident.id, item, quantity, lat, lon, source, incident.exercise, tx.actor, now, request_key, edxl
     )
     not_before = now.date() + timedelta(days=settings.min_shelf_life_days)
     left = quantity
