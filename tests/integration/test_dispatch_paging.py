@@ -84,6 +84,7 @@ ODD_INPUT = [
     ("/v1/incidents", {"cursor": NUL_CURSOR}, 422),
     ("/v1/incidents", {"stage": "reported\x00"}, 422),
     ("/v1/units", {"cursor": "\x00"}, 422),
+    ("/v1/units", {"cursor": "not a unit id!"}, 422),  # one rule: a cursor of another form is 422
     ("/v1/units", {"agency": "fire\x00"}, 422),
 ]
 

@@ -438,6 +438,8 @@ async def test_bad_alert_input_is_refused_naming_the_field_and_changes_nothing(
         assert words in problem["detail"]
         after = (await api.get("/v1/alerts", params={"incident_id": incident}, headers=officer)).json()
         assert after == before
+        r = await api.get("/v1/alerts", params={"cursor": "not an alert id!"}, headers=officer)
+        assert r.status_code == 422 and "cursor" in r.text, r.text  # one rule for a cursor of another form
 
 
 async def test_an_exercise_alert_is_exercise_and_never_on_the_public_feed(notification_app, db_url, wired, as_):

@@ -185,6 +185,8 @@ async def test_capacity_comes_from_the_area_and_is_set_lower_by_hand_only(regist
     assert [s["id"] for s in page["items"]] == ["S1"] and page["next_cursor"] == "S1"
     page = (await registry.get("/v1/shelters", limit=1, cursor=page["next_cursor"])).json()
     assert [s["id"] for s in page["items"]] == ["S2"] and page["next_cursor"] is None
+    refused = problem(await registry.get("/v1/shelters", cursor="not a shelter id!"), 422)
+    assert [e["field"] for e in refused["errors"]] == ["cursor"], refused
 
 
 async def test_a_household_is_placed_whole_nearest_first_with_its_needs_and_history(registry):

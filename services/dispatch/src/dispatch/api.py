@@ -217,7 +217,9 @@ async def list_units(
     exercise: bool | None = None,
     incident_id: str | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
+    cursor: Annotated[
+        str | None, Query(pattern=UNIT_ID, description="next_cursor of the previous page (422 for another form)")
+    ] = None,
 ) -> Response:
     """Every filter given must match; a filter given several times matches any of its values."""
     page = await views.units_page(

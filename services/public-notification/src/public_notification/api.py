@@ -205,7 +205,9 @@ async def list_alerts(
     status: Annotated[list[AlertStatus] | None, Query()] = None,
     exercise: bool | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
+    cursor: Annotated[
+        str | None, Query(pattern=ID, description="next_cursor of the previous page (422 for another form)")
+    ] = None,
 ) -> Response:
     """Every filter given must match."""
     page = await views.alerts_page(

@@ -309,7 +309,9 @@ async def list_shelters(
     kind: Annotated[list[ShelterKind] | None, Query()] = None,
     exercise: bool | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
+    cursor: Annotated[
+        str | None, Query(pattern=SHELTER_ID, description="next_cursor of the previous page (422 for another form)")
+    ] = None,
 ) -> Response:
     """Every filter given must match; a filter given several times matches any of its values."""
     page = await views.shelters_page(
