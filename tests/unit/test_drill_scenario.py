@@ -94,7 +94,7 @@ def test_a_fault_on_a_live_unit_without_a_loan_is_refused_before_the_start():
 
 def test_an_action_missing_or_given_a_stray_parameter_is_refused():
     missing = GOOD.replace("action: verify", "action: perimeter")
-    assert "radius_m: the perimeter action needs it" in problems(missing)[0][2]
+    assert problems(missing) == [(19, "msel[1]", "radius_m: the perimeter action needs it")]
     stray = GOOD.replace("action: verify,", "action: verify, radius_m: 100,")
     assert "radius_m: the verify action takes no radius_m" in problems(stray)[0][2]
 
@@ -125,3 +125,96 @@ def test_the_rating_rules():
     c = Measure.items_short
     assert [rate(c, 0, m).letter for m in (0, 1, 2)] == ["P", "S", "M"]
     assert [rate(c, 10, m).letter for m in (10, 15, 16, None)] == ["P", "S", "M", "P"]
+
+
+def test_time_limits_and_messages():
+    assert parse_duration("60:00") == 3600  # MM:SS may run past 59 minutes
+    assert parse_duration("00:59:59") == 3599
+    assert parse_duration(7 * 24 * 3600) == 7 * 24 * 3600  # a week, the longest scenario clock
+    for bad in (7 * 24 * 3600 + 1, "00:60:00", "1:00:60", None, [1], False):
+        with pytest.raises(ValueError) as caught:
+            parse_duration(bad)
+        assert "a week" in str(caught.value) or "HH:MM:SS" in str(caught.value) or "run to 59" in str(caught.value)
+
+
+def test_ids_given_twice_are_refused():
+    objectives = GOOD.replace(
+        "resources:\n",
+        "  - {id: O1, capability: c, description: d, measure: incidents_opened, target: 1}\nresources:\n",
+    )
+    assert "objective id O1 is used twice" in problems(objectives)[0][2]
+    twice = GOOD + "  - {id: V1, kind: action, action: verify, incident: A1}\n"
+    assert problems(twice) == [(20, "msel[2].id", "inject id V1 is used twice")]
+
+
+@pytest.mark.parametrize(
+    ("measure", "why"),
+    [
+        ("supplies_reserved", "no depots"),
+        ("items_short", "no depots"),
+        ("shelter_opened", "no shelters"),
+        ("first_alert_published", "no alert inject"),
+        ("first_statement_published", "no statement inject"),
+    ],
+)
+def test_each_measure_needs_what_it_measures(measure, why):
+    target = "0" if measure == "items_short" else '"00:10:00"'
+    text = GOOD.replace("measure: first_unit_assigned", f"measure: {measure}").replace(
+        'target: "00:03:00"', f"target: {target}"
+    )
+    assert problems(text) == [(8, "objectives[0].measure", f"{measure} cannot be measured in this scenario: {why}")]
+
+
+def test_units_are_needed_to_measure_their_dispatch():
+    text = GOOD.replace(
+        "  units:\n    - {unit_type: fire_engine, count: 3, near: {lat: 31.23, lon: 121.47}}\n", "  units: []\n"
+    )
+    assert problems(text)[0][2] == "first_unit_assigned cannot be measured in this scenario: no units"
+    borrowed = text.replace("  units: []\n", "  units: []\n  borrow_units: [live-engine-1]\n")
+    assert load_scenario(borrowed, "drill.yaml").unit_ids() == ["live-engine-1"]
+
+
+def test_faults_on_the_drills_own_resources_only():
+    own = GOOD + "  - {id: F1, kind: fault, fault: unit_out_of_service, unit: drill-fire-engine-3}\n"
+    assert load_scenario(own, "drill.yaml").msel[2].unit == "drill-fire-engine-3"
+    beyond = GOOD + "  - {id: F1, kind: fault, fault: unit_out_of_service, unit: drill-fire-engine-4}\n"
+    assert problems(beyond)[0][:2] == (20, "msel[2].unit")
+    depot = GOOD + "  - {id: F2, kind: fault, fault: depot_short, depot: live-depot, item: stretcher, quantity: 5}\n"
+    assert problems(depot) == [(20, "msel[2].depot", "live-depot is not an exercise depot of this scenario")]
+    unnamed = GOOD + "  - {id: F3, kind: fault, fault: depot_short, depot: d}\n"
+    assert "depot_short names all three" in problems(unnamed)[0][2]
+
+
+def test_a_shipped_scenario_is_found_by_name_and_an_unknown_name_lists_them(tmp_path):
+    scenario, path = read_scenario("bund")
+    assert path == SCENARIOS / "bund.yaml" and scenario.type.value == "full-scale"
+    mine = tmp_path / "mine.yaml"
+    mine.write_text(GOOD, encoding="utf-8")
+    assert read_scenario(str(mine))[1] == mine
+    with pytest.raises(FileNotFoundError) as caught:
+        read_scenario("atlantis")
+    assert "'atlantis'" in str(caught.value) and "bund, " in str(caught.value)
+    with pytest.raises(ScenarioError) as bad:
+        mine.write_text(GOOD.replace("count: 5", "count: 0"), encoding="utf-8")
+        read_scenario(str(mine))
+    assert bad.value.source == str(mine)
+
+
+def test_objectives_are_scored_with_their_rule_and_evidence():
+    from ecs.drill.scoring import score
+
+    scenario = load_scenario(GOOD, "drill.yaml")
+    (row,) = score(scenario.objectives, {Measure.first_unit_assigned: 200.0}, {Measure.first_unit_assigned: "fe-1"})
+    assert row == {
+        "id": "O1",
+        "capability": "rapid isolation",
+        "description": "first unit within 3 minutes",
+        "measure": "first_unit_assigned",
+        "target_s": 180.0,
+        "measured_s": 200.0,
+        "rating": "S",
+        "rule": "200 s <= 1.5 x target (270 s)",
+        "evidence": "fe-1",
+    }
+    (missing,) = score(scenario.objectives, {}, {})
+    assert (missing["rating"], missing["measured_s"], missing["evidence"]) == ("U", None, "no event observed")

@@ -65,9 +65,8 @@ def parse_duration(value: object) -> float:
     elif isinstance(value, str):
         text = value.strip()
         if m := _DURATION.match(text):
-            hours, minutes, secs = int(m.group(1) or 0), int(m.group(2)), int(m.group(3))
-            if m.group(1) is None:  # MM:SS
-                hours, minutes, secs = 0, int(m.group(2)), int(m.group(3))
+            hours = 0 if m.group(1) is None else int(m.group(1))  # MM:SS has no hours
+            minutes, secs = int(m.group(2)), int(m.group(3))
             if minutes >= 60 and m.group(1) is not None or secs >= 60:
                 raise ValueError(f"{value!r} is not a time: minutes and seconds run to 59")
             seconds = hours * 3600 + minutes * 60 + secs
@@ -447,8 +446,8 @@ def _cycle(graph: dict[str, list[str]]) -> list[str] | None:
     def visit(node: str) -> list[str] | None:
         state[node] = 1
         path.append(node)
-        for nxt in graph.get(node, []):
-            if nxt not in graph:
+        for nxt in graph[node]:
+            if nxt not in graph:  # an unknown inject: reported on its own
                 continue
             if state.get(nxt) == 1:
                 return [*path[path.index(nxt) :], nxt]
