@@ -218,3 +218,31 @@ def test_objectives_are_scored_with_their_rule_and_evidence():
     }
     (missing,) = score(scenario.objectives, {}, {})
     assert (missing["rating"], missing["measured_s"], missing["evidence"]) == ("U", None, "no event observed")
+
+
+def test_a_billion_laughs_a_binary_file_and_a_huge_file_are_refused_without_walking_them(tmp_path):
+    laughs = ['a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    for n in range(1, 9):
+        laughs.append(f"{chr(97 + n)}: &{chr(97 + n)} [{', '.join(['*' + chr(96 + n)] * 10)}]")
+    ((line, path, message),) = problems("\n".join(laughs) + "\n")
+    assert path == "(document)" and "expands to more than 200,000 values" in message
+    binary = tmp_path / "garbage.yaml"
+    binary.write_bytes(b"name: x\n\xff\xfe\x00\x01")
+    with pytest.raises(ScenarioError) as caught:
+        read_scenario(str(binary))
+    assert [(p.line, p.message) for p in caught.value.problems] == [(2, "not UTF-8 text")]
+    huge = tmp_path / "huge.yaml"
+    huge.write_bytes(b"# " + b"x" * 1_000_000 + b"\n")
+    with pytest.raises(ScenarioError) as caught:
+        read_scenario(str(huge))
+    assert "larger than 1,000,000 bytes" in caught.value.problems[0].message
+
+
+def test_the_shipped_response_plans_share_their_templates_by_alias_and_still_load():
+    from importlib import resources
+
+    from dispatch.domain.response_plans import parse_plan
+
+    text = resources.files("dispatch").joinpath("plans", "crowd_crush.yaml").read_text(encoding="utf-8")
+    assert "*crush_major" in text
+    assert parse_plan(text, "crowd_crush.yaml").category == "crowd_crush"

@@ -88,6 +88,33 @@ def line_of(root: yaml.Node, loc: Sequence[int | str]) -> int:
     return line
 
 
+MAX_VALUES = 200_000
+"""The most values a document may hold once its aliases are expanded: an alias may repeat a part
+(response plans share their templates that way), but nested aliases that multiply a document into
+billions of values ("billion laughs") are refused before anything walks them."""
+
+
+def _expanded_size(node: yaml.Node, sizes: dict[int, int]) -> int:
+    """How many values ``node`` stands for with every alias expanded (memoised: linear in the file)."""
+    known = sizes.get(id(node))
+    if known is not None:
+        return known
+    sizes[id(node)] = 1  # a node reached again while it is being sized: a recursive alias
+    total = 1
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            total += _expanded_size(key, sizes) + _expanded_size(value, sizes)
+            if total > MAX_VALUES:
+                break
+    elif isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            total += _expanded_size(item, sizes)
+            if total > MAX_VALUES:
+                break
+    sizes[id(node)] = total
+    return total
+
+
 def _duplicate_keys(node: yaml.Node, path: str, seen_nodes: set[int]) -> Iterator[FileProblem]:
     if id(node) in seen_nodes:
         return
@@ -135,6 +162,9 @@ def load_yaml_model(
         duplicates = list(_duplicate_keys(root, "", set()))
         if duplicates:
             raise error(source, duplicates)
+        if _expanded_size(root, {}) > MAX_VALUES:
+            message = f"the {what} expands to more than {MAX_VALUES:,} values (anchors and aliases repeat them)"
+            raise error(source, [FileProblem("(document)", 1, message)])
         data: Any = loader.construct_document(root)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark

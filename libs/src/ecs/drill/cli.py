@@ -106,6 +106,9 @@ def _read(scenario: str) -> tuple[Any, Path]:
     except FileNotFoundError as exc:
         err.print(str(exc))
         raise typer.Exit(1) from None
+    except (OSError, ValueError) as exc:  # unreadable, a folder, a NUL in the name
+        err.print(f"cannot read the scenario {scenario!r}: {exc}", markup=False, highlight=False)
+        raise typer.Exit(1) from None
     except ScenarioError as exc:
         for p in exc.problems:
             err.print(f"{exc.source}:{p.line}: {p.path}: {p.message}", markup=False, highlight=False)

@@ -30,7 +30,7 @@ from pydantic import (
 )
 
 from ..vocabulary import Category, Level
-from ..yamlfile import Location, YamlFileError, load_yaml_model
+from ..yamlfile import FileProblem, Location, YamlFileError, load_yaml_model
 
 __all__ = [
     "SCENARIOS",
@@ -500,10 +500,24 @@ def _without_tag(loc: Location) -> Location:
     return loc
 
 
+MAX_FILE_BYTES = 1_000_000
+"""The largest scenario file read (the shipped ones are a few kB)."""
+
+
 def read_scenario(name_or_path: str) -> tuple[Scenario, Path]:
-    """A shipped scenario by name, or a file; see load_scenario and scenario_path."""
+    """A shipped scenario by name, or a file; see load_scenario and scenario_path. A file over
+    MAX_FILE_BYTES, or not UTF-8 text, is a ScenarioError too."""
     path = scenario_path(name_or_path)
-    return load_scenario(path.read_text(encoding="utf-8"), str(path)), path
+    with path.open("rb") as f:
+        raw = f.read(MAX_FILE_BYTES + 1)
+    if len(raw) > MAX_FILE_BYTES:
+        raise ScenarioError(str(path), [FileProblem("(document)", 1, f"larger than {MAX_FILE_BYTES:,} bytes")])
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise ScenarioError(str(path), [FileProblem("(document)", line, "not UTF-8 text")]) from None
+    return load_scenario(text, str(path)), path
 
 
 def as_dict(scenario: Scenario) -> dict[str, Any]:
