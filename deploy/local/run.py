@@ -8,8 +8,9 @@ service as a local process, all state under var/.
 
 Layout under var/: auth_secret (signs operator tokens), gateways.json (gateway secrets),
 secrets.json (NATS passwords of every identity, the caller pepper and other service secrets),
-nats.conf (the broker's users and their permissions, from ecs.identities), data/
-(SQLite files), nats/ (JetStream store), log/ (one log per process), run/ (pid and port files).
+nats.conf (the broker's users, their permissions from ecs.identities and only the bcrypt hashes of
+their passwords), data/ (SQLite files), nats/ (JetStream store), log/ (one log per process), run/
+(pid and port files).
 
 Environment: ECS_NATS_PORT moves NATS off 4250. A service's own <PREFIX>DATABASE_URL,
 <PREFIX>HTTP_PORT, <PREFIX>LOG_LEVEL or <PREFIX>LOG_JSON, when set, wins over the default here;
@@ -288,7 +289,9 @@ def local_secrets() -> dict[str, str]:
 
 
 def write_nats_config() -> None:
-    """var/nats.conf: a user per identity with its permissions (ecs.identities)."""
+    """var/nats.conf: a user per identity with its permissions (ecs.identities) and the bcrypt
+    hash of its password (cost ``identities.DEFAULT_BCRYPT_COST``, about a second for all of
+    them); the clear passwords stay in var/secrets.json, which only the clients read."""
     from ecs import identities
 
     known = local_secrets()

@@ -11,6 +11,7 @@ import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import nats
 import nats.errors
@@ -23,7 +24,6 @@ from prometheus_client import Counter, Histogram
 
 from .envelope import Envelope
 from .errors import Poison, Transient
-from .identities import check_source
 from .stopping import step, stop_task
 
 log = structlog.get_logger("ecs.bus")
@@ -94,6 +94,9 @@ def decode_envelope(msg: Msg) -> Envelope:
         env = Envelope.from_bytes(msg.data)
     except ValueError as exc:
         raise Poison(f"not a valid envelope: {_first_line(exc)}") from exc
+    # Imported here: the identities are derived from ecs.streams, which imports this module.
+    from .identities import check_source
+
     check_source(msg.subject, env.source)
     return env
 
@@ -141,10 +144,18 @@ class Bus:
 
         servers = servers_of(self.url)
         credentials: dict[str, str] = {}
+        user = urlsplit(servers[0]).username
         if self.user:
             # The identity given wins over one written into the URL.
             servers = [re.sub(r"^(\w+://)[^@/]*@", r"\1", s) for s in servers]
             credentials = {"user": self.user, "password": self.password or ""}
+            user = self.user
+        if user:
+            # Replies (requests, JetStream API answers, pulled messages) come to this identity's
+            # own inboxes, which no other identity may subscribe to.
+            from .identities import inbox_prefix
+
+            credentials["inbox_prefix"] = inbox_prefix(unquote(user))
         self.nc = await nats.connect(
             servers,
             name=self.service,
@@ -192,7 +203,23 @@ class Bus:
                 await step(self.nc.close(), f"{self.service}: close the NATS connection", within_s=5.0)
 
     async def declare(self, streams: Sequence[StreamSpec], consumers: Sequence[ConsumerSpec] = ()) -> None:
-        """Create or update streams and durable consumers; safe to run from every replica at start."""
+        """Create or update streams and durable consumers; safe to run from every replica at start.
+
+        A service named in ``ecs.streams.USES`` brings to the declared settings only the streams
+        it owns; one it reads, and the dead-letter stream, it creates when missing and otherwise
+        leaves as they are (its identity may not change them). A consumer not declared there for
+        it is refused here, naming where to declare it, before the broker would refuse it."""
+        from .streams import USES
+
+        uses = USES.get(self.service)
+        if uses is not None:
+            declared = {(c.stream.name, c.name) for c in uses.consumers}
+            for c in consumers:
+                if (c.stream, c.durable) not in declared:
+                    raise RuntimeError(
+                        f"consumer {c.durable} on {c.stream} is not declared for {self.service} in "
+                        "ecs.streams.USES: its NATS identity may not create it"
+                    )
         for spec in (DEAD_LETTERS, *streams):
             config = api.StreamConfig(
                 name=spec.name,
@@ -216,8 +243,9 @@ class Bus:
                         await self.js.stream_info(spec.name)
                         continue
                     raise RuntimeError(f"cannot create stream {spec.name}: {exc.description}") from exc
-            # Already there: bring it to what the code declares.
-            await self.js.update_stream(config)
+            if uses is None or spec in uses.owns:
+                # Already there: bring it to what the code declares.
+                await self.js.update_stream(config)
         for c in consumers:
             info = await self.js.add_consumer(c.stream, self.consumer_config(c))
             # A server that does not know a field ignores it silently; read back what it took.

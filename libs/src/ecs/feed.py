@@ -27,6 +27,9 @@ from .stopping import step, stop_task
 
 log = structlog.get_logger("ecs.feed")
 
+FEED_PREFIX = "_feed"
+"""Feeds are pushed to ``_feed.<durable>``; only the consumer's service may subscribe there."""
+
 
 @dataclass(frozen=True)
 class FeedSpec:
@@ -39,7 +42,7 @@ class FeedSpec:
     @property
     def deliver_subject(self) -> str:
         """Where the server pushes; outside every stream's subjects."""
-        return f"_feed.{self.durable}"
+        return f"{FEED_PREFIX}.{self.durable}"
 
     def config(self) -> api.ConsumerConfig:
         return api.ConsumerConfig(

@@ -76,6 +76,13 @@ TEST_GATEWAYS = ("gw-test", "gw-other")
 """Gateways with a NATS identity on every test server (``gateway-<id>``)."""
 
 
+TEST_BCRYPT_COST = 4
+"""The bcrypt cost of the password hashes in the tests' broker configurations: the minimum, so a
+server's configuration is written in milliseconds and each connect is checked as fast (at
+``identities.DEFAULT_BCRYPT_COST`` a test server would spend a second on its hashes). The
+passwords are public (``identity_password``); the hashing is what is tested, not its strength."""
+
+
 def identity_password(user: str) -> str:
     """The password of a NATS identity on the tests' servers (ecs.identities)."""
     return f"{user}-test-password-0123456789"
@@ -134,7 +141,10 @@ class NatsServer:
         path = self.store_dir.parent / f"nats-{self.port}.conf"
         path.write_text(
             identities.server_config(
-                {u: identity_password(u) for u in users}, identity_password(identities.ADMIN_USER), extra
+                {u: identity_password(u) for u in users},
+                identity_password(identities.ADMIN_USER),
+                extra,
+                cost=TEST_BCRYPT_COST,
             )
         )
         return path

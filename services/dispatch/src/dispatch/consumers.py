@@ -15,11 +15,10 @@ from prometheus_client import Histogram
 from pydantic import BaseModel
 
 from ecs import streams
-from ecs.bus import ConsumerSpec, decode_envelope
+from ecs.bus import decode_envelope
 from ecs.contracts import CATEGORIES, IncidentCreated, IncidentMerged, LevelChanged, StageChanged, VehicleLocation
 from ecs.envelope import Envelope, parse_payload
 from ecs.errors import AppError, Poison, Transient
-from ecs.feed import FeedSpec
 
 from . import commands, views
 from .context import Context
@@ -35,15 +34,15 @@ INCIDENT_EVENTS: dict[str, type[BaseModel]] = {
 """The payload model of each incident event dispatch handles (its handlers: handlers.EVENTS)."""
 # Each event is one short transaction and a batch is small, so a batch a killed replica held
 # comes back after seconds, not minutes; a redelivery of finished work is a no-op (inbox).
-INCIDENT_CONSUMER = ConsumerSpec("INCIDENTS", "dispatch-incidents", tuple(INCIDENT_EVENTS), ack_wait_s=10)
+INCIDENT_CONSUMER = streams.DISPATCH_INCIDENTS.pull(tuple(INCIDENT_EVENTS), ack_wait_s=10)
 # Thousands of position reports a second: pushed and batched (ecs.feed), not fetched one by one.
-LOCATION_FEED = FeedSpec("VEHICLES", "dispatch-locations", "vehicle.location.*", ack_wait_s=30)
+LOCATION_FEED = streams.DISPATCH_LOCATIONS.feed("vehicle.location.*", ack_wait_s=30)
 LOCATION_PREFIX = "vehicle.location."
 MAX_POSITION_BYTES = 4096
 # Requests live outside every stream: a subject a stream captures would be answered by JetStream.
 PLAN_REQUEST = "rpc.dispatch.plan.get"
 
-STREAMS = (streams.INCIDENTS, streams.DISPATCH, streams.VEHICLES)
+STREAMS = streams.USES["dispatch"].streams
 CONSUMERS = (INCIDENT_CONSUMER,)
 
 AUTOMATION_SECONDS = Histogram(

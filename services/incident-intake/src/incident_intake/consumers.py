@@ -7,7 +7,7 @@ from __future__ import annotations
 from nats.aio.msg import Msg
 
 from ecs import streams
-from ecs.bus import BatchHandler, ConsumerSpec, decode_envelope
+from ecs.bus import BatchHandler, decode_envelope
 from ecs.contracts import MAX_ALARM_BYTES, GatewayAlarm
 from ecs.envelope import parse_payload
 from ecs.errors import AppError, Poison
@@ -17,20 +17,16 @@ from .gateways import GatewayRegistry
 from .handlers import EVENTS, Context, handle
 
 # A batch commits in well under a second; an alarm a crashed replica held is redelivered after 15 s.
-ALARM_CONSUMER = ConsumerSpec("ALARMS", "intake-alarms", ("alarm.in.*",), ack_wait_s=15)
+ALARM_CONSUMER = streams.INTAKE_ALARMS.pull(("alarm.in.*",), ack_wait_s=15)
 
 # The facts other services publish about incidents, one durable consumer per participant's
 # stream, filtering the subjects there is a handler for.
 FACT_CONSUMERS = tuple(
-    ConsumerSpec(
-        stream.name,
-        f"intake-facts-{participant}",
-        tuple(subject for subject in EVENTS if subject.startswith(f"{participant}.")),
-    )
-    for participant, stream in streams.PARTICIPANT_STREAMS.items()
+    durable.pull(tuple(subject for subject in EVENTS if subject.startswith(f"{participant}.")))
+    for participant, durable in streams.INTAKE_FACTS.items()
 )
 
-STREAMS = (streams.ALARMS, streams.INCIDENTS, *streams.PARTICIPANT_STREAMS.values())
+STREAMS = streams.USES["incident-intake"].streams
 CONSUMERS = (ALARM_CONSUMER, *FACT_CONSUMERS)
 
 

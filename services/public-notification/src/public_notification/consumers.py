@@ -26,10 +26,10 @@ INCIDENT_EVENTS: dict[str, type[BaseModel]] = {
 }
 PLAN_EVENTS: dict[str, type[BaseModel]] = {"dispatch.plan.published": PlanPublished}
 
-INCIDENT_CONSUMER = ConsumerSpec("INCIDENTS", "notification-incidents", tuple(INCIDENT_EVENTS), ack_wait_s=10)
-PLAN_CONSUMER = ConsumerSpec("DISPATCH", "notification-plans", tuple(PLAN_EVENTS), ack_wait_s=30)
+INCIDENT_CONSUMER = streams.NOTIFICATION_INCIDENTS.pull(tuple(INCIDENT_EVENTS), ack_wait_s=10)
+PLAN_CONSUMER = streams.NOTIFICATION_PLANS.pull(tuple(PLAN_EVENTS), ack_wait_s=30)
 
-STREAMS = (streams.INCIDENTS, streams.DISPATCH, streams.NOTIFICATION)
+STREAMS = streams.USES["public-notification"].streams
 CONSUMERS = (INCIDENT_CONSUMER, PLAN_CONSUMER)
 
 

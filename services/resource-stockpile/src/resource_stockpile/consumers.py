@@ -11,7 +11,7 @@ from nats.aio.msg import Msg
 from pydantic import BaseModel, ValidationError
 
 from ecs import streams
-from ecs.bus import Bus, ConsumerSpec, decode_envelope
+from ecs.bus import Bus, decode_envelope
 from ecs.contracts import IncidentCreated, LevelChanged, PlanLevel, StageChanged
 from ecs.envelope import Envelope, parse_payload
 from ecs.errors import AppError, Poison, Transient
@@ -25,12 +25,12 @@ INCIDENT_EVENTS: dict[str, type[BaseModel]] = {
     "incident.level.changed": LevelChanged,
 }
 """The payload model of each incident event resource-stockpile handles."""
-INCIDENT_CONSUMER = ConsumerSpec("INCIDENTS", "stockpile-incidents", tuple(INCIDENT_EVENTS), ack_wait_s=10)
+INCIDENT_CONSUMER = streams.STOCKPILE_INCIDENTS.pull(tuple(INCIDENT_EVENTS), ack_wait_s=10)
 PLAN_REQUEST = "rpc.dispatch.plan.get"
 PLAN_CACHE_S = 60.0
 """A plan's supplies are asked again after this long, so a newly published version is followed."""
 
-STREAMS = (streams.INCIDENTS, streams.STOCKPILE)
+STREAMS = streams.USES["resource-stockpile"].streams
 CONSUMERS = (INCIDENT_CONSUMER,)
 
 

@@ -13,7 +13,7 @@ from nats.errors import NoRespondersError
 from pydantic import BaseModel
 
 from ecs import streams
-from ecs.bus import Bus, ConsumerSpec, decode_envelope
+from ecs.bus import Bus, decode_envelope
 from ecs.contracts import LevelChanged, StageChanged
 from ecs.envelope import Envelope, parse_payload
 from ecs.errors import AppError, Poison, Transient
@@ -29,12 +29,12 @@ INCIDENT_EVENTS: dict[str, type[BaseModel]] = {
     "incident.level.changed": LevelChanged,
 }
 """The payload model of each incident event shelter-registry handles (its handlers: handlers.EVENTS)."""
-INCIDENT_CONSUMER = ConsumerSpec("INCIDENTS", "shelter-incidents", tuple(INCIDENT_EVENTS), ack_wait_s=10)
+INCIDENT_CONSUMER = streams.SHELTER_INCIDENTS.pull(tuple(INCIDENT_EVENTS), ack_wait_s=10)
 PLAN_REQUEST = "rpc.dispatch.plan.get"
 
 log = structlog.get_logger("shelter.consumers")
 
-STREAMS = (streams.INCIDENTS, streams.SHELTER)
+STREAMS = streams.USES["shelter-registry"].streams
 CONSUMERS = (INCIDENT_CONSUMER,)
 
 
