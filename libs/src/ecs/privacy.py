@@ -1,7 +1,11 @@
-"""Personal data on a need-to-know basis (DESIGN §6): callers' numbers and names, evacuees' ID
-numbers and phones. Dispatchers and commanders see them whole; every other role (the auditor
-included) sees them masked, so it knows they exist and can tell two apart, but cannot call or
-identify anyone.
+"""Personal data on a need-to-know basis (DESIGN §6). The roles that need to know see it whole;
+every other role (the auditor included) sees it masked, so it knows it exists and can tell two
+apart, but cannot call or identify anyone:
+
+- callers' numbers and names (incident-intake): dispatchers and commanders (NEED_TO_KNOW);
+- evacuees' names and origin addresses (shelter-registry): shelter managers and commanders
+  (EVACUEES_NEED_TO_KNOW); their ID numbers and phones are never answered whole to anyone (they
+  are kept encrypted, searched by keyed hash, and shown masked).
 
 A service marks the answer models that hold personal data and passes its answers through
 ``disclose`` in the route::
@@ -19,7 +23,10 @@ from .auth import Principal, Role
 from .logs import mask_number
 
 NEED_TO_KNOW: tuple[Role, ...] = (Role.DISPATCHER, Role.COMMANDER)
-"""The roles that see personal data whole."""
+"""The roles that see callers' personal data whole."""
+
+EVACUEES_NEED_TO_KNOW: tuple[Role, ...] = (Role.SHELTER_MANAGER, Role.COMMANDER)
+"""The roles that see evacuees' names and origin addresses whole."""
 
 M = TypeVar("M")
 
@@ -66,4 +73,4 @@ def disclose(answer: M, principal: Principal, *personal: type[BaseModel], roles:
     return _walk(answer, personal)
 
 
-__all__ = ["NEED_TO_KNOW", "disclose", "mask_personal", "may_see_personal"]
+__all__ = ["EVACUEES_NEED_TO_KNOW", "NEED_TO_KNOW", "disclose", "mask_personal", "may_see_personal"]

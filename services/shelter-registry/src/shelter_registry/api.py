@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ecs.auth import READERS, Principal, Role
 from ecs.errors import InvalidInput
+from ecs.privacy import EVACUEES_NEED_TO_KNOW, may_see_personal
 from ecs.web import json_response, requires
 
 from . import commands, views
@@ -55,9 +56,6 @@ MANAGERS: tuple[Role, ...] = (Role.SHELTER_MANAGER, Role.COMMANDER, Role.DRILL_R
 """Who runs shelters and places people; a drill runner on exercise data only."""
 PURGE: tuple[Role, ...] = (Role.DRILL_RUNNER,)
 """Who purges exercise data."""
-NEED_TO_KNOW: frozenset[str] = frozenset({Role.SHELTER_MANAGER, Role.COMMANDER})
-"""Roles that see evacuees' names and origin addresses in full (DESIGN §9); ID and phone numbers
-are masked for everyone."""
 
 SHELTER_ID = r"^[A-Za-z0-9_-]{1,64}$"
 HOTLINE = r"^[0-9+()\- ]{3,32}$"
@@ -453,7 +451,7 @@ async def allocate_batch(ctx: Ctx, body: BatchIn, principal: Principal = require
 )
 async def get_registration(ctx: Ctx, registration_id: str, principal: Principal = requires(*READERS)) -> Response:
     """Names and origin in full for shelter managers and commanders, masked for other roles."""
-    full = bool(principal.roles & NEED_TO_KNOW)
+    full = may_see_personal(principal, EVACUEES_NEED_TO_KNOW)
     return _answer(await views.registration(ctx.db, registration_id, full))
 
 
