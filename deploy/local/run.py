@@ -424,7 +424,11 @@ def cmd_up(_: argparse.Namespace) -> int:
         env = service_env(service, auth_secret)
         port = int(env[service.prefix + "HTTP_PORT"])
         if port_open("127.0.0.1", port):
-            print(f"port {port} for {service.name} is taken by another process", file=sys.stderr)
+            print(
+                f"port {port} for {service.name} is taken by another process: set {service.prefix}HTTP_PORT"
+                " to a free port (see README, Configuration)",
+                file=sys.stderr,
+            )
             failures.append(service.name)
             continue
         proc = spawn(service.name, service_argv(service), env)

@@ -125,6 +125,6 @@ async def test_a_real_world_emergency_stop_ends_the_drill_at_once_and_purges_its
             headers={"Authorization": f"Bearer {creds.runner_token}"},
         )
     assert r.status_code == 200 and r.json()["items"] == []
-    for service in ("dispatch", "resource-stockpile", "shelter-registry", "public-notification"):
+    for service in ("incident-intake", "dispatch", "resource-stockpile", "shelter-registry", "public-notification"):
         counts = {k: v for k, v in left[service].items() if isinstance(v, int)}
         assert counts and not any(counts.values()), (service, left[service])

@@ -220,7 +220,7 @@ async def test_a_drill_beside_live_traffic_changes_no_live_data_and_its_purge_le
             left = await exercise_data(http, endpoints, drill)
         assert purged["incident-intake"]["incidents_purged"] == len(drill_ids), purged
         assert purged["dispatch"]["units_purged"] == len(scenario.unit_ids()), purged
-        for service in ("dispatch", "resource-stockpile", "shelter-registry", "public-notification"):
+        for service in ("incident-intake", "dispatch", "resource-stockpile", "shelter-registry", "public-notification"):
             counts = {k: v for k, v in left[service].items() if isinstance(v, int)}
             assert counts and not any(counts.values()), (service, left[service])
         assert await live_world(endpoints, commander) == after

@@ -42,7 +42,9 @@ def test_compose_and_kubernetes_run_the_same_minor_version():
     assert all(i == f"nats:{major}.{minor}-alpine" for i in nats_images), nats_images
 
 
-@pytest.mark.parametrize(("found", "refused"), [("2.9.10", True), ("2.9.25", True), ("2.10.0", False), ("2.12.8", False)])
+@pytest.mark.parametrize(
+    ("found", "refused"), [("2.9.10", True), ("2.9.25", True), ("2.10.0", False), ("2.12.8", False)]
+)
 def test_a_service_refuses_a_server_older_than_the_minimum(found, refused):
     bus = Bus("nats://127.0.0.1:4222", "dispatch")
     bus.nc = SimpleNamespace(connected_server_version=ServerVersion(found))

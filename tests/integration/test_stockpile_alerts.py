@@ -35,7 +35,10 @@ async def low(s: Stockpile, **params) -> list[dict]:
 
 async def alert_events(bus) -> list[tuple[str, str, str, int]]:
     found = await events(bus, "stockpile.stock.>")
-    return [(e["subject"].rsplit(".", 1)[1], e["data"]["depot_id"], e["data"]["item"], e["data"]["available"]) for e in found]
+    return [
+        (e["subject"].rsplit(".", 1)[1], e["data"]["depot_id"], e["data"]["item"], e["data"]["available"])
+        for e in found
+    ]
 
 
 async def test_one_alert_while_below_and_one_event_entering_and_clearing(stockpile_app, db_url, headers):

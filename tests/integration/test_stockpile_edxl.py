@@ -104,23 +104,33 @@ async def test_a_reservation_and_its_release_are_exported_threaded_and_valid(sto
 
         assert (await s.get(f"/v1/incidents/{incident}/edxl-rm/CommitResource", reservation_id=999)).status_code == 404
         assert (await s.get("/v1/incidents/nope/edxl-rm/RequestResource")).status_code == 404
-        assert (await s.get(f"/v1/incidents/{incident}/edxl-rm/ReleaseResource", reservation_id=kits)).status_code == 409
+        assert (
+            await s.get(f"/v1/incidents/{incident}/edxl-rm/ReleaseResource", reservation_id=kits)
+        ).status_code == 409
 
 
 async def test_a_neighbours_request_becomes_reservations_threaded_to_its_message(stockpile_app, db_url, headers):
     async with stockpile_app(db_url) as (_, client, bus):
         s = Stockpile(client, bus, headers)
         await s.setup([depot("A", 1.0)])
-        await s.receive("A", {"item": "stretcher", "lot": "S", "quantity": 10}, {"item": "first_aid_kit", "lot": "K", "quantity": 50})
+        await s.receive(
+            "A",
+            {"item": "stretcher", "lot": "S", "quantity": 10},
+            {"item": "first_aid_kit", "lot": "K", "quantity": 50},
+        )
         incident = await s.incident()
         officer = {**s.officer, **XML}
 
-        r = await client.post("/v1/edxl-rm/requests", params={"incident_id": incident}, content=NEIGHBOUR, headers=officer)
+        r = await client.post(
+            "/v1/edxl-rm/requests", params={"incident_id": incident}, content=NEIGHBOUR, headers=officer
+        )
         assert r.status_code == 201, r.text
         made = [(x["item"], x["requested"], x["reserved"], x["source"]) for x in r.json()["reservations"]]
         assert made == [("stretcher", 4, 4, "edxl"), ("first_aid_kit", 20, 20, "edxl")]
         # The same message again makes nothing new.
-        again = await client.post("/v1/edxl-rm/requests", params={"incident_id": incident}, content=NEIGHBOUR, headers=officer)
+        again = await client.post(
+            "/v1/edxl-rm/requests", params={"incident_id": incident}, content=NEIGHBOUR, headers=officer
+        )
         assert [x["id"] for x in again.json()["reservations"]] == [x["id"] for x in r.json()["reservations"]]
         assert len((await s.get(f"/v1/incidents/{incident}/reservations")).json()["reservations"]) == 2
 
@@ -163,11 +173,15 @@ async def test_a_document_failing_the_schema_is_refused_with_xpath_line_and_reas
         problem = await refused(NEIGHBOUR.replace(b"<ResourceID>first_aid_kit", b"<ResourceID>caviar"))
         assert problem["field"] == "/RequestResource/ResourceInformation[2]/Resource"
         problem = await refused(NEIGHBOUR.replace(b"<rm:Value>carton", b"<rm:Value>barrel"))
-        assert problem["field"].endswith("ResourceInformation[2]/AssignmentInformation/Quantity/MeasuredQuantity/UnitOfMeasure/Value")
+        assert problem["field"].endswith(
+            "ResourceInformation[2]/AssignmentInformation/Quantity/MeasuredQuantity/UnitOfMeasure/Value"
+        )
         problem = await refused(NEIGHBOUR.replace(b"<rm:Amount>4</rm:Amount>", b"<rm:Amount>0.5</rm:Amount>"))
         assert problem["field"].startswith("/RequestResource/ResourceInformation[1]/")
         await refused(NEIGHBOUR, 415, **{"Content-Type": "application/json"})
-        r = await client.post("/v1/edxl-rm/requests", params={"incident_id": "nope"}, content=NEIGHBOUR, headers=officer)
+        r = await client.post(
+            "/v1/edxl-rm/requests", params={"incident_id": "nope"}, content=NEIGHBOUR, headers=officer
+        )
         assert r.status_code == 404
 
         # Nothing partial: the first (good) line was not reserved either.

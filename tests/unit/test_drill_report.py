@@ -198,7 +198,7 @@ def test_header_names_the_scenario_and_its_times(tmp_path):
     assert "# After-action report: Bund crowd crush, New Year's Eve" in markdown
     assert "**Type:** functional" in markdown
     assert "**Speed factor:** 10×" in markdown
-    assert "**Started (UTC):** 2025-12-31 15:50:00 UTC" in markdown
+    assert "**Started:** 2025-12-31 15:50:00 UTC" in markdown  # the time says UTC once
     assert "scenarios/bund-crowd-crush.yaml" in markdown
     assert "**Reason:**" not in markdown
 

@@ -80,7 +80,10 @@ def test_a_target_that_cannot_be_measured_is_refused():
         (8, "objectives[0].measure", "evacuees_placed cannot be measured in this scenario: no evacuate inject")
     ]
     count = GOOD.replace("measure: first_unit_assigned", "measure: items_short")
-    assert "a count" in problems(count)[0][2]
+    assert problems(count)[0][1:] == (
+        "objectives[0].target",
+        "items_short is a count: give the largest acceptable count, a whole number >= 0",
+    )
 
 
 def test_a_fault_on_a_live_unit_without_a_loan_is_refused_before_the_start():

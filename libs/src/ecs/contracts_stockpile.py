@@ -144,7 +144,5 @@ MESSAGES: tuple[MessageSpec, ...] = (
         "resource-stockpile",
         "A depot's low-stock alert for an item was cleared",
     ),
-    MessageSpec(
-        "stockpile.lot.expiring", LotExpiring, "resource-stockpile", "A lot with stock on hand expires soon"
-    ),
+    MessageSpec("stockpile.lot.expiring", LotExpiring, "resource-stockpile", "A lot with stock on hand expires soon"),
 )

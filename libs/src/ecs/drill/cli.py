@@ -31,7 +31,8 @@ from rich.table import Table
 
 from ..auth import TokenVerifier
 from ..cli import config
-from .runner import Credentials, DrillRefused, DrillRunner, Endpoints, Progress, exercise_data, purge_exercise
+from ..vocabulary import Level
+from .runner import Credentials, DrillRefused, DrillRunner, Endpoints, Progress
 from .scenario import SCENARIOS, ScenarioError, read_scenario
 from .scoring import MEANINGS
 
@@ -177,7 +178,11 @@ async def _run_live(runner: DrillRunner) -> dict[str, Any]:
     try:
         with Live(_panel(runner.progress, runner), console=console, refresh_per_second=4, transient=False) as live:
             runner.on_progress = lambda p: live.update(_panel(p, runner))
-            return await runner.run()
+            try:
+                return await runner.run()
+            finally:
+                runner.progress.scenario_s = runner.clock.now_s()
+                live.update(_panel(runner.progress, runner), refresh=True)  # the last state, not the last tick
     finally:
         loop.remove_signal_handler(signal.SIGINT)
         current.unlink(missing_ok=True)
@@ -200,9 +205,18 @@ def _panel(p: Progress, runner: DrillRunner) -> Group:
     incidents = Table("incident", "category", "level", "stage", title=None, expand=False)
     for iid, view in list(p.incidents.items())[-8:]:
         incidents.add_row(
-            iid[:12], str(view.get("category", "")), str(view.get("level", "")), str(view.get("stage", ""))
+            iid[:12], str(view.get("category", "")), _level(view.get("level")), str(view.get("stage", ""))
         )
     return Group(head, incidents, f"[dim]{p.last}[/dim]")
+
+
+def _level(value: Any) -> str:
+    """A level as the operators say it: ``II (orange)``."""
+    try:
+        level = Level(int(value))
+    except (TypeError, ValueError):
+        return ""
+    return f"{level.name} ({level.colour})"
 
 
 def _objectives(result: dict[str, Any]) -> Table:
@@ -252,10 +266,36 @@ def emergency_stop() -> None:
 @app.command("exercise-data")
 def exercise_data_cmd(
     token: Annotated[str | None, typer.Option(envvar="ECS_DRILL_TOKEN", help="drill_runner token")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="each service's answer as it is")] = False,
 ) -> None:
-    """What exercise data each service holds."""
+    """What exercise data each service holds (counts); exit 1 if a service could not say."""
+    from .runner import exercise_data
+
     first, _ = _tokens(token, token)
-    console.print_json(json.dumps(asyncio.run(_each(exercise_data, first)), ensure_ascii=False))
+    answers = asyncio.run(_each(exercise_data, first))
+    if as_json:
+        console.print_json(json.dumps(answers, ensure_ascii=False))
+    else:
+        console.print(_counts_table("exercise data", answers))
+    if any(isinstance(a, dict) and "error" in a for a in answers.values()):
+        raise typer.Exit(1)
+
+
+def _counts_table(title: str, answers: dict[str, Any]) -> Table:
+    """One row per service and kind of data: numbers as they are, lists by their length."""
+    t = Table("service", "what", "count", title=title)
+    for service, answer in answers.items():
+        if isinstance(answer, dict) and "error" in answer:
+            t.add_row(service, "[red]error[/red]", str(answer["error"]))
+            continue
+        for key, value in (answer or {}).items():
+            if isinstance(value, bool):
+                continue
+            if isinstance(value, int):
+                t.add_row(service, key.replace("_", " "), str(value))
+            elif isinstance(value, list):
+                t.add_row(service, key.replace("_", " "), str(len(value)))
+    return t
 
 
 @app.command()
@@ -268,8 +308,10 @@ def purge(
     if not yes:
         typer.confirm("Purge the exercise data of every drill from every service?", abort=True)
     first, _ = _tokens(token, token)
+    from .runner import purge_exercise
+
     answers = asyncio.run(_each(purge_exercise, first))
-    console.print_json(json.dumps(answers, ensure_ascii=False))
+    console.print(_counts_table("purged", answers))
     if any(isinstance(a, dict) and "error" in a for a in answers.values()):
         raise typer.Exit(1)
 

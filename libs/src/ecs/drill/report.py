@@ -135,8 +135,8 @@ def _header_facts(result: dict) -> list[tuple[str, str]]:
         ("Type", scenario.get("type") or NONE_SHOWN),
         ("File", scenario.get("file") or NONE_SHOWN),
         ("Speed factor", f"{scenario.get('speed', 1.0):g}×"),
-        ("Started (UTC)", format_utc(result.get("started_at"))),
-        ("Ended (UTC)", format_utc(result.get("ended_at"))),
+        ("Started", format_utc(result.get("started_at"))),
+        ("Ended", format_utc(result.get("ended_at"))),
         ("Status", result["status"]),
     ]
     if result["status"] != "completed":

@@ -50,6 +50,10 @@ from .scoring import score
 __all__ = ["Credentials", "DrillRefused", "DrillRunner", "Endpoints", "InjectFailed"]
 
 DOMAINS = ("incident.>", "dispatch.>", "stockpile.>", "shelter.>", "notification.>")
+
+QUIET = frozenset({"incident.alarm.linked", "shelter.registration.changed", "dispatch.unit.status.changed"})
+"""Events a drill has by the hundred: counted in the result, kept out of the timeline (an
+on-scene report still counts toward the progress shown)."""
 """The event subjects the runner listens to (never the gateways' alarm.in.>)."""
 
 
@@ -204,6 +208,7 @@ class DrillRunner:
         self._crew_tasks: set[asyncio.Task[None]] = set()
         self._http: httpx.AsyncClient | None = None
         self._events_in = 0
+        self.quiet: Counter[str] = Counter()
         self._started_at = datetime.now(UTC)
 
     # --- control -----------------------------------------------------------------------------
@@ -235,12 +240,12 @@ class DrillRunner:
 
     async def run(self) -> dict[str, Any]:
         """Preflight, setup, the MSEL, scoring and the report; returns the result."""
-        self.out_dir.mkdir(parents=True, exist_ok=True)
         control = self.out_dir / "control"
-        control.unlink(missing_ok=True)
         async with httpx.AsyncClient(timeout=30) as http:
             self._http = http
-            await self._preflight()
+            await self._preflight()  # refused: nothing changed, no report folder left behind
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            control.unlink(missing_ok=True)
             try:
                 await self._setup()
             except InjectFailed as exc:
@@ -385,6 +390,11 @@ class DrillRunner:
             ours = True
         if not ours and not subject.startswith("shelter.status"):
             return
+        if subject == "dispatch.unit.status.changed" and data.get("to_status") == "on_scene":
+            p.units_on_scene += 1
+        if subject in QUIET:  # counted, not written line by line into the timeline
+            self.quiet[subject] += 1
+            return
         summary = subject
         if subject == "incident.verified":
             self._first(Measure.incident_verified, f"incident {incident} verified")
@@ -404,9 +414,6 @@ class DrillRunner:
             summary = f"{data.get('unit_id')} assigned ({data.get('source')})"
             self._first(Measure.first_unit_assigned, f"{data.get('unit_id')} assigned to {incident}")
             self._crew(str(data.get("unit_id")))
-        elif subject == "dispatch.unit.status.changed" and data.get("to_status") == "on_scene":
-            p.units_on_scene += 1
-            summary = f"{data.get('unit_id')} on scene"
         elif subject == "dispatch.incident.perimeter_secured":
             self._first(Measure.perimeter_secured, f"perimeter units of {incident} on scene")
         elif subject == "stockpile.reservation.made":
@@ -1024,7 +1031,7 @@ class DrillRunner:
             "status": self.status,
             "reason": self.reason,
             "objectives": objectives,
-            "injects": [s.as_dict() for s in self.injects.values()],
+            "injects": sorted((s.as_dict() for s in self.injects.values()), key=lambda i: (i["at_s"], i["id"])),
             "timeline": self.timeline,
             "incidents": incidents,
             "units": units,
@@ -1038,6 +1045,7 @@ class DrillRunner:
                 "scenario_s": round(self.clock.now_s(), 1),
                 "injects_done": self.progress.injects_done,
                 "injects_failed": self.progress.injects_failed,
+                **{f"events {subject} (not in the timeline)": n for subject, n in sorted(self.quiet.items())},
             },
             "live_channel_exercise_messages": leaks,
             "improvement_plan": [],

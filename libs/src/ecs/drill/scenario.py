@@ -25,6 +25,7 @@ from pydantic import (
     ConfigDict,
     Field,
     StringConstraints,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -152,24 +153,26 @@ class Objective(_Model):
             return float(self.target)
         return parse_duration(self.target)
 
-    @model_validator(mode="after")
-    def _target_fits_measure(self) -> Objective:
-        if self.measure.is_count:
-            if isinstance(self.target, str | bool) or self.target < 0:
-                raise ValueError(f"target: {self.measure} is a count: give a whole number, at most")
-            if float(self.target) != int(self.target):
-                raise ValueError(f"target: {self.measure} is a count: give a whole number")
+    @field_validator("target")
+    @classmethod
+    def _target_fits_measure(cls, target: str | int | float, info: ValidationInfo) -> str | int | float:
+        measure = info.data.get("measure")
+        if measure is None:  # the measure itself was refused: that error says enough
+            return target
+        if measure.is_count:
+            if isinstance(target, str | bool) or target < 0 or float(target) != int(target):
+                raise ValueError(f"{measure} is a count: give the largest acceptable count, a whole number >= 0")
         else:
             try:
-                parse_duration(self.target)
+                parse_duration(target)
             except ValueError as exc:
-                raise ValueError(f"target: {self.measure} is a time: {exc}") from None
-        return self
+                raise ValueError(f"{measure} is a time: {exc}") from None
+        return target
 
 
 class UnitGroup(_Model):
     """Exercise units to create: ``count`` of ``unit_type`` around ``near`` within ``spread_m``.
-    Their ids are ``<id_prefix>-<unit_type>-<n>``."""
+    Their ids are ``drill-<unit type with dashes>-<n>`` (see unit_id)."""
 
     unit_type: Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
     count: int = Field(ge=1, le=500)

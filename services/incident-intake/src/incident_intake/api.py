@@ -539,6 +539,17 @@ async def list_refusals(
     return await views.refusal_page(ctx.db, limit, cursor)
 
 
+@operator.get(
+    "/exercise",
+    response_model=views.ExerciseView,
+    summary="What exercise data incident-intake holds (counts; live data is never counted)",
+    tags=["exercise"],
+)
+async def exercise_data(ctx: Ctx, principal: Principal = requires(*READERS)) -> views.ExerciseView:
+    """Exercise incidents (all and still open) and their alarms."""
+    return await views.exercise_data(ctx.db)
+
+
 @operator.delete(
     "/exercise/incidents",
     summary="Purge every exercise incident and its alarms (live data untouched)",

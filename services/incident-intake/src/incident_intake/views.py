@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
-from sqlalchemy import and_, or_, select
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ecs.contracts import CategoryName, LevelName, StageName
@@ -20,7 +20,7 @@ from ecs.db import Database
 from ecs.errors import InvalidInput, NotFound
 
 from . import store
-from .domain import MAX_RADIUS_M, Level, Participant
+from .domain import MAX_RADIUS_M, Level, Participant, Stage
 
 # Spelled from the vocabulary, so the OpenAPI lists exactly the colours Level has.
 LevelColour = Literal[tuple(level.colour for level in Level)]  # type: ignore[valid-type]
@@ -187,6 +187,14 @@ class SplitView(_View):
 
     incident: IncidentView
     new_incident: IncidentView
+
+
+class ExerciseView(_View):
+    """How much exercise data incident-intake holds (what ``DELETE /v1/exercise/incidents`` would purge)."""
+
+    incidents: int
+    open_incidents: int
+    alarms: int
 
 
 class PurgeView(_View):
@@ -395,6 +403,17 @@ async def alarm_page(db: Database, incident_id: str, limit: int, cursor: str | N
         items=[alarm_view(r) for r in page],
         next_cursor=_cursor_encode(page[-1].seq) if len(rows) > limit else None,
     )
+
+
+async def exercise_data(db: Database) -> ExerciseView:
+    """Counts of the exercise incidents (all, and those not yet closed or cancelled) and alarms."""
+    i, a = store.incidents.c, store.alarms.c
+    terminal = [s.value for s in Stage if not s.is_open]
+    async with db.engine.connect() as conn:
+        incidents = await conn.scalar(select(func.count()).where(i.exercise.is_(True)))
+        open_ = await conn.scalar(select(func.count()).where(i.exercise.is_(True), i.stage.not_in(terminal)))
+        alarms = await conn.scalar(select(func.count()).where(a.exercise.is_(True)))
+    return ExerciseView(incidents=int(incidents or 0), open_incidents=int(open_ or 0), alarms=int(alarms or 0))
 
 
 async def refusal_page(db: Database, limit: int, cursor: str | None) -> RefusalPage:

@@ -27,13 +27,13 @@ from .domain import Action, AdjustmentReason, Condition, Depot, Item
 from .handlers import handle
 from .views import (
     DepotList,
+    DocumentAnswer,
+    ExerciseData,
     ExpiryPage,
+    ItemList,
     LowStockPage,
     MinimumAnswer,
     MinimumList,
-    DocumentAnswer,
-    ExerciseData,
-    ItemList,
     Purged,
     ReservationAnswer,
     ReservationBatch,
@@ -527,8 +527,10 @@ async def export_edxl(
     status_code=201,
     summary="Import a neighbour's EDXL-RM 1.0 RequestResource as reservations for an incident",
     responses={
-        422: {"description": "not valid against the EDXL-RM 1.0 schema (field: the XPath; line; the reason), an"
-              " item not in the catalogue, or a quantity or unit the item cannot have; nothing is reserved"},
+        422: {
+            "description": "not valid against the EDXL-RM 1.0 schema (field: the XPath; line; the reason), an"
+            " item not in the catalogue, or a quantity or unit the item cannot have; nothing is reserved"
+        },
         415: {"description": "not sent as XML"},
     },
     openapi_extra={"requestBody": {"required": True, "content": {EDXL_XML: {"schema": {"type": "string"}}}}},

@@ -11,8 +11,8 @@ from ecs.bus import ConsumerRunner
 from ecs.service import Platform, ServiceSpec, create_service_app, serve
 
 from . import api, consumers
-from .handlers import alerts
 from .context import Context
+from .handlers import alerts
 from .settings import StockpileSettings
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"

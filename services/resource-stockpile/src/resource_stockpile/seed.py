@@ -19,6 +19,8 @@ from typing import Any
 
 import httpx
 
+from ecs.cli.config import service_url
+
 # (code, English name, Chinese name, base unit, packs, shelf life in days or None)
 ITEMS: list[tuple[str, str, str, str, dict[str, int], int | None]] = [
     ("absorbent_boom", "absorbent boom, 3 m", "吸油围栏", "piece", {}, None),
@@ -152,7 +154,11 @@ def seed(url: str, token: str, live: bool = False) -> list[str]:
 def run() -> None:
     """The ``resource-stockpile-seed`` console script."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--url", default="http://127.0.0.1:8003", help="the service (default: the local one)")
+    parser.add_argument(
+        "--url",
+        default=service_url("stockpile"),
+        help="the service (default: ECS_STOCKPILE_URL, else the port make up recorded, else 8003)",
+    )
     parser.add_argument("--token", required=True, help="a commander's or supply officer's bearer token")
     parser.add_argument("--live", action="store_true", help="seed live depots instead of exercise depots")
     args = parser.parse_args()
@@ -160,5 +166,5 @@ def run() -> None:
         for line in seed(args.url, args.token, args.live):
             print(line)
     except (RuntimeError, httpx.HTTPError) as exc:
-        print(f"seed failed: {exc}", file=sys.stderr)
+        print(f"seed failed at {args.url}: {exc}", file=sys.stderr)
         sys.exit(1)

@@ -829,7 +829,9 @@ async def minimum_pairs(conn: AsyncConnection) -> list[tuple[str, str]]:
     """Every (depot, item) with a minimum, or with an open alert."""
     m, a = stock_minimums.c, low_stock_alerts.c
     found = {(r.depot_id, r.item) for r in await conn.execute(select(m.depot_id, m.item))}
-    found |= {(r.depot_id, r.item) for r in await conn.execute(select(a.depot_id, a.item).where(a.cleared_at.is_(None)))}
+    found |= {
+        (r.depot_id, r.item) for r in await conn.execute(select(a.depot_id, a.item).where(a.cleared_at.is_(None)))
+    }
     return sorted(found)
 
 
@@ -904,11 +906,7 @@ async def expiring_lots(conn: AsyncConnection, horizon: date, limit: int) -> lis
     """Lots with stock on hand expiring on or before ``horizon`` that were not warned of yet:
     (depot_id, item, lot, expiry, on_hand, exercise)."""
     t, w = stock_lines.c, expiry_warnings.c
-    warned = (
-        select(expiry_warnings.c.id)
-        .where(w.depot_id == t.depot_id, w.item == t.item, w.lot == t.lot)
-        .exists()
-    )
+    warned = select(expiry_warnings.c.id).where(w.depot_id == t.depot_id, w.item == t.item, w.lot == t.lot).exists()
     rows = await conn.execute(
         select(
             t.depot_id,

@@ -18,6 +18,8 @@ from typing import Any
 
 import httpx
 
+from ecs.cli.config import service_url
+
 # (id, 中文名, English name, kind, district, lat, lon (WGS-84), effective area m², stay class,
 #  accessible places, pet places, facilities)
 SHELTERS: list[tuple[str, str, str, str, str, float, float, float, str, int, int, list[str]]] = [
@@ -209,7 +211,11 @@ def seed(url: str, token: str, live: bool = False) -> list[str]:
 def run() -> None:
     """The ``shelter-registry-seed`` console script."""
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--url", default="http://127.0.0.1:8004", help="the service (default: the local one)")
+    parser.add_argument(
+        "--url",
+        default=service_url("shelter"),
+        help="the service (default: ECS_SHELTER_URL, else the port make up recorded, else 8004)",
+    )
     parser.add_argument("--token", required=True, help="a shelter manager's or commander's bearer token")
     parser.add_argument("--live", action="store_true", help="seed live shelters instead of exercise shelters")
     args = parser.parse_args()
@@ -217,5 +223,5 @@ def run() -> None:
         for line in seed(args.url, args.token, args.live):
             print(line)
     except (RuntimeError, httpx.HTTPError) as exc:
-        print(f"seed failed: {exc}", file=sys.stderr)
+        print(f"seed failed at {args.url}: {exc}", file=sys.stderr)
         sys.exit(1)

@@ -91,7 +91,9 @@ async def _warn_expiring(tx: Tx) -> tuple[int, int]:
     for lot in lots:
         exercise = bool(lot.exercise)
         on_hand = int(lot.on_hand)
-        warning_id = await store.warn_expiry(tx.conn, lot.depot_id, lot.item, lot.lot, lot.expiry, on_hand, exercise, now)
+        warning_id = await store.warn_expiry(
+            tx.conn, lot.depot_id, lot.item, lot.lot, lot.expiry, on_hand, exercise, now
+        )
         if warning_id is None:  # another replica's sweep warned of it meanwhile
             continue
         tx.emit(
