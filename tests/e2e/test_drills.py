@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from ecs.drill.runner import Credentials, DrillRunner, Endpoints, exercise_data, purge_exercise
-from ecs.drill.scenario import read_scenario
+from ecs.drill.scenario import load_scenario, read_scenario
 from ecs.gateway_client import GatewayClient
 from ecs.testing import NatsServer
 from resource_stockpile.seed import catalogue
@@ -226,3 +226,19 @@ async def test_a_drill_beside_live_traffic_changes_no_live_data_and_its_purge_le
         assert await live_world(endpoints, commander) == after
     finally:
         await gateway.aclose()
+
+
+def readme_scenario() -> str:
+    """The small scenario the README shows, as it is written there."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    start = readme.index("A small one, whole")
+    block = readme[readme.index("```yaml\n", start) + len("```yaml\n") :]
+    return block[: block.index("```")]
+
+
+async def test_the_readme_scenario_runs_as_written(city, tmp_path: Path):
+    endpoints, creds = await city()
+    scenario = load_scenario(readme_scenario(), "README.md")
+    result = await DrillRunner(scenario, "README.md", endpoints, creds, SPEED, tmp_path / "report").run()
+    assert result["status"] == "completed", summary(result)
+    assert [i["stage"] for i in result["incidents"]] == ["closed"], result["incidents"]
