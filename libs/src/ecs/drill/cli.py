@@ -161,6 +161,7 @@ def run(
     if as_json:
         console.print_json(json.dumps(result, ensure_ascii=False, default=str))
         return
+    console.print()
     console.print(_objectives(result))
     console.print(f"drill {result['status']}" + (f": {result['reason']}" if result.get("reason") else ""))
     for kind, file in result["report_files"].items():
