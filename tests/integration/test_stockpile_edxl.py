@@ -178,6 +178,11 @@ async def test_a_document_failing_the_schema_is_refused_with_xpath_line_and_reas
         )
         problem = await refused(NEIGHBOUR.replace(b"<rm:Amount>4</rm:Amount>", b"<rm:Amount>0.5</rm:Amount>"))
         assert problem["field"].startswith("/RequestResource/ResourceInformation[1]/")
+        xxe = NEIGHBOUR.replace(
+            b"<RequestResource", b'<!DOCTYPE r [<!ENTITY x SYSTEM "file:///etc/passwd">]>\n<RequestResource', 1
+        ).replace(b"<rm:Value>carton", b"<rm:Value>&x;carton")
+        problem = await refused(xxe)  # was a 500: the schema check choked on the unresolved entity
+        assert "DOCTYPE" in problem["detail"] and "root:" not in problem["detail"]
         await refused(NEIGHBOUR, 415, **{"Content-Type": "application/json"})
         r = await client.post(
             "/v1/edxl-rm/requests", params={"incident_id": "nope"}, content=NEIGHBOUR, headers=officer

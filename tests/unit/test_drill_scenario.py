@@ -249,3 +249,51 @@ def test_the_shipped_response_plans_share_their_templates_by_alias_and_still_loa
     text = resources.files("dispatch").joinpath("plans", "crowd_crush.yaml").read_text(encoding="utf-8")
     assert "*crush_major" in text
     assert parse_plan(text, "crowd_crush.yaml").category == "crowd_crush"
+
+
+@pytest.mark.parametrize(
+    ("change", "path", "words"),
+    [
+        (("categories: {fire: 1}", "categories: {fire: .inf}"), "msel[0].categories.fire", "finite"),
+        (("categories: {fire: 1}", "categories: {fire: 1}\n    first: medical"), "msel[0].first", "not one of"),
+        (('target: "00:03:00"', "target: .inf"), "objectives[0].target", "a week"),
+        (('target: "00:03:00"', "target: " + "9" * 400), "objectives[0].target", "a week"),
+        (('duration: "01:00:00"', "duration: 0"), "duration", "greater than 0"),
+        (('at: "00:01:00"', "at: " + "9" * 5000), "(document)", "cannot be read"),
+        (("action: verify,", "action: level, level: V,"), "msel[1].level", "I, II, III or IV"),
+    ],
+)
+def test_values_that_would_fail_the_run_are_refused_with_their_field(change, path, words):
+    old, new = change
+    assert old in GOOD
+    found = problems(GOOD.replace(old, new, 1))
+    assert any(p == path and words in m for _, p, m in found), found
+
+
+def test_resources_given_twice_are_refused():
+    text = GOOD.replace(
+        "  units:\n",
+        "  depots:\n    - {id: d1, name: a, district: x, location: {lat: 31.2, lon: 121.4}}\n"
+        "    - {id: d1, name: b, district: x, location: {lat: 31.2, lon: 121.4}}\n  units:\n",
+    ).replace(
+        "    - {unit_type: fire_engine, count: 3, near: {lat: 31.23, lon: 121.47}}\n",
+        "    - {unit_type: fire_engine, count: 3, near: {lat: 31.23, lon: 121.47}}\n"
+        "    - {unit_type: fire_engine, count: 2, near: {lat: 31.20, lon: 121.40}}\n",
+    )
+    found = {(p, m) for _, p, m in problems(text)}
+    assert ("resources.depots[1]", "id d1 is given twice") in found
+    assert ("resources.units[1]", "unit type (one group each) fire_engine is given twice") in found
+
+
+def test_long_chains_and_circles_deep_nesting_nul_and_thousands_of_bad_keys_are_answered_at_once():
+    chain = "".join(
+        f"  - {{id: I{k}, kind: action, action: verify, incident: A1, after: [I{k + 1}]}}\n" for k in range(2000)
+    )
+    assert "I2000 is not an inject" in problems(GOOD + chain)[0][2]  # no RecursionError on a long chain
+    circle = chain.replace("after: [I2000]", "after: [I0]")
+    assert "in a circle" in problems(GOOD + circle)[0][2]
+    assert problems("a: " + "[" * 1000 + "]" * 1000 + "\n")[0][1:] == ("(document)", "nested too deeply")
+    assert problems("name: a\x00b\n")[0][1] == "(document)"
+    many = GOOD + "".join(f"k{k}: {k}\n" for k in range(20_000))
+    found = problems(many)
+    assert len(found) == 51 and found[-1][2] == "and 19950 more problems"

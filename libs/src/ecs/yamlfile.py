@@ -9,6 +9,7 @@ its path that the file holds.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -88,6 +89,10 @@ def line_of(root: yaml.Node, loc: Sequence[int | str]) -> int:
     return line
 
 
+MAX_PROBLEMS = 50
+"""The most problems named in one refusal (each is looked up in the file: a file of thousands of
+bad keys is refused as fast as one with a few)."""
+
 MAX_VALUES = 200_000
 """The most values a document may hold once its aliases are expanded: an alias may repeat a part
 (response plans share their templates that way), but nested aliases that multiply a document into
@@ -154,8 +159,9 @@ def load_yaml_model(
     line: not YAML, an empty document (``the <what> is empty``), a key given twice, any field the
     model refuses, or what ``check`` finds. ``locate`` turns a validation error's location into
     the document's (e.g. drops the tag Pydantic adds for a discriminated union's member)."""
-    loader = yaml.SafeLoader(text)
+    loader = None
     try:
+        loader = yaml.SafeLoader(text)  # a character YAML refuses (U+0000) is refused here
         root = loader.get_single_node()
         if root is None:
             raise error(source, [FileProblem("(document)", 1, f"the {what} is empty")])
@@ -175,21 +181,32 @@ def load_yaml_model(
         raise error(source, [FileProblem("(document)", line, message)]) from None
     except yaml.YAMLError as exc:
         raise error(source, [FileProblem("(document)", 1, f"not valid YAML: {exc}")]) from None
+    except RecursionError:
+        raise error(source, [FileProblem("(document)", 1, "nested too deeply")]) from None
+    except (ValueError, OverflowError) as exc:  # e.g. an integer of more than 4,300 digits
+        raise error(source, [FileProblem("(document)", 1, f"a value cannot be read: {exc}")]) from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
     try:
         value = model.model_validate(data)
     except ValidationError as exc:
         problems = []
-        for err in exc.errors(include_url=False):
+        errors = exc.errors(include_url=False)
+        for err in errors[:MAX_PROBLEMS]:
             loc = locate(tuple(err["loc"])) if locate else err["loc"]
             message = err["msg"].removeprefix("Value error, ")
             if loc and loc[-1] == "[key]":
                 message = f"bad key: {message}"
             problems.append(FileProblem(format_path(loc), line_of(root, loc), message))
+        if len(errors) > MAX_PROBLEMS:
+            problems.append(FileProblem("(document)", 1, f"and {len(errors) - MAX_PROBLEMS} more problems"))
         raise error(source, problems) from None
-    found = [FileProblem(format_path(loc), line_of(root, loc), message) for loc, message in (check or _none)(value)]
+    found = [
+        FileProblem(format_path(loc), line_of(root, loc), message)
+        for loc, message in itertools.islice((check or _none)(value), MAX_PROBLEMS)
+    ]
     if found:
         raise error(source, found)
     return value

@@ -43,7 +43,7 @@ def token(
 ) -> None:
     """Print an operator token for the embedded default's local secret."""
     if secret_file is not None:
-        secret = secret_file.read_text().strip()
+        secret = _read_secret(secret_file)
     if not secret:
         typer.echo("no secret: pass --secret, --secret-file or set ECS_AUTH_SECRET", err=True)
         raise typer.Exit(2)
@@ -82,7 +82,7 @@ def login(
         if not subject:
             raise typer.BadParameter("a signed token needs --subject (who you are)", param_hint="--subject")
         if secret_file is not None:
-            secret = secret_file.read_text().strip()
+            secret = _read_secret(secret_file)
         secret = secret or config.local_auth_secret()
         if not secret:
             fail(
@@ -151,3 +151,12 @@ def _time(epoch: Any) -> str:
         return datetime.fromtimestamp(float(epoch), UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     except (TypeError, ValueError, OverflowError):
         return str(epoch)
+
+
+def _read_secret(path: Path) -> str:
+    """The secret in ``path``; ends the command naming the file when it cannot be read as text."""
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        typer.echo(f"cannot read the secret from {path}: {exc}", err=True)
+        raise typer.Exit(1) from None

@@ -56,6 +56,12 @@ def call(
             f"cannot reach {name} at {base} ({exc or type(exc).__name__}): is it running? "
             f"Start it with 'make up' or point ECS_{service.upper()}_URL at it"
         )
+    except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
+        fail(f"{name}'s URL {base!r} is not a URL ({exc}): check ECS_{service.upper()}_URL")
+    except UnicodeEncodeError:
+        fail("the token holds characters a bearer token cannot: log in again ('ecs login') or fix ECS_TOKEN")
+    except ValueError as exc:  # a URL the standard library refuses, a NaN or an infinity in the body
+        fail(f"cannot send this to {name} at {base!r}: {exc}")
     if response.is_success:
         return response.json() if response.content else None
     fail(refusal(name, response))

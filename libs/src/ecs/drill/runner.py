@@ -39,6 +39,7 @@ from typing import Any
 
 import httpx
 import orjson
+import structlog
 
 from ..auth import TokenVerifier
 from ..geo import wgs84_to_gcj02
@@ -48,6 +49,8 @@ from .scenario import Action, ActionName, AlarmBurst, Fault, FaultName, Measure,
 from .scoring import score
 
 __all__ = ["Credentials", "DrillRefused", "DrillRunner", "Endpoints", "InjectFailed"]
+
+log = structlog.get_logger("ecs.drill")
 
 DOMAINS = ("incident.>", "dispatch.>", "stockpile.>", "shelter.>", "notification.>")
 
@@ -243,15 +246,27 @@ class DrillRunner:
         control = self.out_dir / "control"
         async with httpx.AsyncClient(timeout=30) as http:
             self._http = http
-            await self._preflight()  # refused: nothing changed, no report folder left behind
-            self.out_dir.mkdir(parents=True, exist_ok=True)
+            try:
+                await self._preflight()  # refused: nothing changed, no report folder left behind
+            except InjectFailed as exc:  # a 401, an unreachable service
+                await self._give_back_loans()
+                raise DrillRefused(f"the preflight failed: {exc}") from None
+            nc = await self._observe()  # before anything is created: no events, no drill
+            try:
+                self.out_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                await self._give_back_loans()
+                await nc.close()
+                raise DrillRefused(f"cannot write the report into {self.out_dir}: {exc}") from None
             control.unlink(missing_ok=True)
             try:
                 await self._setup()
             except InjectFailed as exc:
                 await self._give_back_loans()
-                raise DrillRefused(f"setting up the drill's resources failed: {exc}") from None
-            nc = await self._observe()
+                await nc.close()
+                raise DrillRefused(
+                    f"setting up the drill's resources failed: {exc} (what was made is exercise data: ecs drill purge)"
+                ) from None
             watcher = asyncio.create_task(self._watch_control(control))
             try:
                 self.clock.start()
@@ -365,9 +380,22 @@ class DrillRunner:
             if isinstance(env, dict) and env.get("exercise") is True:
                 self._event(msg.subject, env)
 
+        async def quiet(exc: Exception) -> None:  # the client's own reconnect noise
+            log.debug("drill.nats_error", error=str(exc))
+
         try:
-            nc = await nats.connect(
-                servers=servers_of(self.creds.nats_url), connect_timeout=5, max_reconnect_attempts=-1
+            # The first connection is bounded (a wrong URL or a broker that is down refuses the
+            # drill at once); once connected, the client reconnects through a broker restart.
+            nc = await asyncio.wait_for(
+                nats.connect(
+                    servers=servers_of(self.creds.nats_url),
+                    connect_timeout=5,
+                    allow_reconnect=True,
+                    max_reconnect_attempts=30,
+                    reconnect_time_wait=1,
+                    error_cb=quiet,
+                ),
+                timeout=15,
             )
         except Exception as exc:  # noqa: BLE001 - any failure to connect refuses the drill
             await self._give_back_loans()

@@ -62,6 +62,8 @@ def parse_duration(value: object) -> float:
     if isinstance(value, bool):
         raise ValueError("a time is HH:MM:SS, MM:SS, 90s, 5m, 2h or seconds")
     if isinstance(value, int | float):
+        if not 0 <= value <= MAX_SCENARIO_S:  # also NaN, infinities and ints too large for a float
+            raise ValueError(f"a number of seconds must lie in 0 .. {MAX_SCENARIO_S} (a week)")
         seconds = float(value)
     elif isinstance(value, str):
         text = value.strip()
@@ -160,7 +162,7 @@ class Objective(_Model):
         if measure is None:  # the measure itself was refused: that error says enough
             return target
         if measure.is_count:
-            if isinstance(target, str | bool) or target < 0 or float(target) != int(target):
+            if isinstance(target, str | bool) or not 0 <= target <= 10**9 or float(target) != int(target):
                 raise ValueError(f"{measure} is a count: give the largest acceptable count, a whole number >= 0")
         else:
             try:
@@ -243,13 +245,23 @@ class AlarmBurst(_Inject):
     place: Point
     address: Annotated[str, StringConstraints(max_length=200)] = ""
     spread_m: float = Field(default=50, ge=0, le=20_000)
-    categories: dict[Category, Annotated[float, Field(gt=0)]] = Field(min_length=1)
+    categories: dict[Category, Annotated[float, Field(gt=0, le=1e6, allow_inf_nan=False)]] = Field(min_length=1)
     first: Category | None = None
     callers: int | None = Field(default=None, ge=1, le=1_000_000, description="distinct callers; default: one each")
     gcj02_share: float = Field(default=0.0, ge=0, le=1)
     casualties: int = Field(default=0, ge=0, le=10_000, description="casualties each alarm reports")
     description: Annotated[str, StringConstraints(max_length=500)] = ""
     expect_incidents: int | None = Field(default=None, ge=1, le=100_000, description="the burst opens this many")
+
+
+def _level(value: object) -> object:
+    """A level as I..IV (or 1..4); anything else is a ValueError naming the forms."""
+    if isinstance(value, str):
+        try:
+            return Level.from_name(value)
+        except (KeyError, ValueError):
+            raise ValueError("a level is I, II, III or IV (or 1..4)") from None
+    return value
 
 
 class ActionName(StrEnum):
@@ -281,7 +293,7 @@ class Action(_Inject):
     retry_for: Duration = 1800.0
     radius_m: float | None = Field(default=None, gt=0, le=50_000)
     to: Literal["isolation", "handling", "opinion_control", "aftermath", "closed", "cancelled"] | None = None
-    level: Annotated[Level, BeforeValidator(lambda v: Level.from_name(v) if isinstance(v, str) else v)] | None = None
+    level: Annotated[Level, BeforeValidator(_level)] | None = None
     fact: Literal["hazard_under_control", "after_action_report"] | None = None
     households: int | None = Field(default=None, ge=1, le=10_000)
     people_per_household: int = Field(default=3, ge=1, le=20)
@@ -353,7 +365,7 @@ class Scenario(_Model):
     name: Annotated[str, StringConstraints(min_length=1, max_length=200)]
     type: ExerciseType
     description: Annotated[str, StringConstraints(max_length=4000)] = ""
-    duration: Duration = Field(description="the scenario clock stops here at the latest")
+    duration: Annotated[Duration, Field(gt=0)] = Field(description="the scenario clock stops here at the latest")
     participants: list[Literal["dispatch", "resource-stockpile", "shelter-registry", "public-notification"]] = Field(
         default_factory=list, description="services the lifecycle waits for, besides incident-intake"
     )
@@ -370,6 +382,7 @@ class Scenario(_Model):
 
     def problems(self) -> Iterator[tuple[Location, str]]:
         """What makes the scenario unrunnable across fields: each a location and a reason."""
+        yield from self._resources_once()
         ids = [i.id for i in self.msel]
         seen: set[str] = set()
         for n, i in enumerate(ids):
@@ -389,12 +402,30 @@ class Scenario(_Model):
                 yield ("msel", n, "incident"), f"{inject.incident} is not an alarms inject of this scenario"
             if isinstance(inject, Fault):
                 yield from self._fault_on_own(n, inject)
+            if isinstance(inject, AlarmBurst) and inject.first is not None and inject.first not in inject.categories:
+                yield ("msel", n, "first"), f"{inject.first} is not one of this burst's categories"
         if cycle := _cycle({i.id: i.after for i in self.msel}):
             yield (
                 ("msel", ids.index(cycle[0]), "after"),
                 f"injects wait for each other in a circle: {' -> '.join(cycle)}",
             )
         yield from self._measurable()
+
+    def _resources_once(self) -> Iterator[tuple[Location, str]]:
+        """Each depot, shelter, borrowed unit and unit type once (the runner names units by type)."""
+        res = self.resources
+        for field, ids in (
+            ("depots", [d.id for d in res.depots]),
+            ("shelters", [s.id for s in res.shelters]),
+            ("borrow_units", list(res.borrow_units)),
+            ("units", [g.unit_type for g in res.units]),
+        ):
+            seen: set[str] = set()
+            for n, i in enumerate(ids):
+                if i in seen:
+                    what = "unit type (one group each)" if field == "units" else "id"
+                    yield ("resources", field, n), f"{what} {i} is given twice"
+                seen.add(i)
 
     def _fault_on_own(self, n: int, fault: Fault) -> Iterator[tuple[Location, str]]:
         if fault.fault is FaultName.unit_out_of_service and fault.unit not in self.unit_ids():
@@ -443,26 +474,28 @@ def _once(ids: list[str], what: str) -> None:
 
 
 def _cycle(graph: dict[str, list[str]]) -> list[str] | None:
+    """A circle of injects waiting for each other (``[a, b, a]``), or None. Iterative: a chain of
+    thousands of injects is walked without recursion."""
     state: dict[str, int] = {}
-    path: list[str] = []
-
-    def visit(node: str) -> list[str] | None:
-        state[node] = 1
-        path.append(node)
-        for nxt in graph[node]:
-            if nxt not in graph:  # an unknown inject: reported on its own
+    for start in graph:
+        if start in state:
+            continue
+        path: list[str] = [start]
+        edges = [iter(graph[start])]
+        state[start] = 1
+        while edges:
+            nxt = next(edges[-1], None)
+            if nxt is None:
+                state[path.pop()] = 2
+                edges.pop()
+            elif nxt not in graph:  # an unknown inject: reported on its own
                 continue
-            if state.get(nxt) == 1:
+            elif state.get(nxt) == 1:
                 return [*path[path.index(nxt) :], nxt]
-            if state.get(nxt) is None and (found := visit(nxt)):
-                return found
-        state[node] = 2
-        path.pop()
-        return None
-
-    for node in graph:
-        if state.get(node) is None and (found := visit(node)):
-            return found
+            elif nxt not in state:
+                state[nxt] = 1
+                path.append(nxt)
+                edges.append(iter(graph[nxt]))
     return None
 
 

@@ -125,7 +125,7 @@ class UnitBatch(_Body):
 class UnitChange(_Body):
     """Roster fields to change; the fields left out stay."""
 
-    version: int = Field(ge=1, description="the unit version you saw; a changed unit answers 409")
+    version: int = Field(ge=1, le=2**31 - 1, description="the unit version you saw; a changed unit answers 409")
     callsign: str | None = Field(default=None, min_length=1, max_length=64)
     capabilities: list[Annotated[str, Field(min_length=1, max_length=64)]] | None = Field(default=None, max_length=50)
     home_station: str | None = Field(default=None, min_length=1, max_length=128)
@@ -136,7 +136,9 @@ class StatusChange(_Body):
     """A unit's new status."""
 
     status: UnitStatus
-    version: int | None = Field(default=None, ge=1, description="when given, refused (409) if the unit changed")
+    version: int | None = Field(
+        default=None, ge=1, le=2**31 - 1, description="when given, refused (409) if the unit changed"
+    )
 
 
 class LocationChange(Location):
@@ -348,7 +350,7 @@ async def get_plan(
     ctx: Ctx,
     category: str,
     principal: Principal = requires(*READERS),
-    version: Annotated[int | None, Query(ge=1)] = None,
+    version: Annotated[int | None, Query(ge=1, le=2**31 - 1)] = None,
     accept: Annotated[str, Header()] = "",
 ) -> Response:
     """With ``Accept: application/yaml``, the plan as its author wrote it. 404 if there is no such version."""

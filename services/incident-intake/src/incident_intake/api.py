@@ -294,7 +294,7 @@ class _Body(BaseModel):
 class Versioned(_Body):
     """A change to an incident, made on the version the operator saw."""
 
-    version: int = Field(ge=1, description="the incident version you saw; a changed incident answers 409")
+    version: int = Field(ge=1, le=2**31 - 1, description="the incident version you saw; a changed incident answers 409")
 
 
 class StageChange(Versioned):
@@ -328,7 +328,7 @@ class Merge(Versioned):
     """Merge the source incident, seen at ``source_version``, into this one."""
 
     source_incident_id: str = Field(min_length=1, max_length=32)
-    source_version: int = Field(ge=1)
+    source_version: int = Field(ge=1, le=2**31 - 1)
 
 
 class AlarmRef(_Body):

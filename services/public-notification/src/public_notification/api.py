@@ -128,7 +128,7 @@ class AlertIn(_Body):
 class AlertChange(_Body):
     """A draft's fields to change; those left out stay."""
 
-    version: int = Field(ge=1, description="the version you saw; a changed alert answers 409")
+    version: int = Field(ge=1, le=2**31 - 1, description="the version you saw; a changed alert answers 409")
     area: AreaIn | None = None
     description_zh: Text | None = None
     description_en: Text | None = None
@@ -140,7 +140,7 @@ class AlertChange(_Body):
 class Seen(_Body):
     """The version of the alert, statement or rumor you saw."""
 
-    version: int = Field(ge=1)
+    version: int = Field(ge=1, le=2**31 - 1)
 
 
 class StatementIn(_Body):

@@ -204,7 +204,9 @@ class ActionIn(_Body):
     quantity: Quantity | None = None
     unit: str | None = Field(default=None, max_length=32)
     condition: Condition = Condition.good
-    version: int | None = Field(default=None, ge=1, description="when given, refused (409) if the reservation changed")
+    version: int | None = Field(
+        default=None, ge=1, le=2**31 - 1, description="when given, refused (409) if the reservation changed"
+    )
 
 
 class MinimumIn(_Body):
@@ -213,7 +215,10 @@ class MinimumIn(_Body):
     minimum: Annotated[Decimal, Field(ge=0, le=1_000_000_000, allow_inf_nan=False, description="in `unit`")]
     unit: str | None = Field(default=None, max_length=32, description="the base unit (default) or a pack")
     version: int | None = Field(
-        default=None, ge=0, description="when given, refused (409) if the minimum changed (0: if one exists)"
+        default=None,
+        ge=0,
+        le=2**31 - 1,
+        description="when given, refused (409) if the minimum changed (0: if one exists)",
     )
 
 
@@ -271,7 +276,7 @@ async def list_stock(
     depot_id: str | None = Query(default=None, pattern=ID),
     item: str | None = Query(default=None, pattern=CODE),
     district: str | None = Query(default=None, max_length=64),
-    cursor: int = Query(default=0, ge=0),
+    cursor: int = Query(default=0, ge=0, le=2**63 - 1),
     limit: int = Query(default=100, ge=1, le=1000),
 ) -> Response:
     """Stock lines with something on hand, per depot, item or district, or city-wide."""

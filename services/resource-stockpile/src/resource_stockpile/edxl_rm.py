@@ -226,10 +226,17 @@ def read_request(body: bytes) -> Request:
         root = etree.fromstring(body, parser=_parser())
     except etree.XMLSyntaxError as exc:
         raise _invalid(f"not well-formed XML: {exc.msg}", "/", exc.lineno) from None
+    if root.getroottree().docinfo.doctype:
+        # Entities are never resolved (XXE); a document that needs a DTD is not one we exchange.
+        raise _invalid("a DOCTYPE (and entities) is not accepted in an EDXL-RM message", "/", 1)
     if root.tag != f"{{{MSG}}}RequestResource":
         raise _invalid(f"the root element must be RequestResource in {MSG}, not {root.tag}", "/", root.sourceline)
     checker = schema("RequestResource")
-    if not checker.validate(root):
+    try:
+        valid = checker.validate(root)
+    except etree.XMLSchemaValidateError as exc:  # e.g. an entity reference left unresolved
+        raise _invalid(f"the document cannot be validated: {exc}", "/", None) from None
+    if not valid:
         first = checker.error_log[0]
         raise _invalid(first.message, _schema_error_path(root, first.path), first.line)
     infos = root.findall("rmsg:ResourceInformation", NS)
