@@ -212,6 +212,7 @@ class DrillRunner:
         self._http: httpx.AsyncClient | None = None
         self._events_in = 0
         self.quiet: Counter[str] = Counter()
+        self.missed_clocks = 0
         self._started_at = datetime.now(UTC)
 
     # --- control -----------------------------------------------------------------------------
@@ -450,8 +451,6 @@ class DrillRunner:
             self._first(Measure.supplies_reserved, f"{data.get('item')} reserved for {incident}")
         elif subject == "shelter.status.changed":
             if data.get("to_status") == "open" or data.get("status") == "open":
-                if not str(data.get("shelter_id", "")).startswith("drill-") and not env.get("exercise"):
-                    return
                 p.shelters_open += 1
                 summary = f"shelter {data.get('shelter_id')} open"
                 self._first(Measure.shelter_opened, f"shelter {data.get('shelter_id')} opened")
@@ -464,7 +463,7 @@ class DrillRunner:
             p.statements_published += 1
             self._first(Measure.first_statement_published, f"statement {data.get('statement_id', '')}")
         elif subject == "notification.clock.missed":
-            self.missed_clocks = getattr(self, "missed_clocks", 0) + 1
+            self.missed_clocks += 1
         self.note(summary, "event", subject, incident)
 
     # --- preflight and setup -----------------------------------------------------------------
@@ -1034,7 +1033,7 @@ class DrillRunner:
         evidence = {m: why for m, (_, why) in self.first.items()}
         measured[Measure.items_short] = float(short)
         evidence[Measure.items_short] = f"{short} base units the reservations could not find"
-        measured[Measure.clocks_missed] = float(getattr(self, "missed_clocks", 0))
+        measured[Measure.clocks_missed] = float(self.missed_clocks)
         evidence[Measure.clocks_missed] = "notification.clock.missed events"
         measured[Measure.incidents_opened] = float(len(self.progress.incidents))
         evidence[Measure.incidents_opened] = (

@@ -12,14 +12,12 @@ skipped).
 
 from __future__ import annotations
 
-import argparse
-import sys
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 
-from ecs.cli.config import service_url
+from ecs.seeding import run_seed
 
 # (code, English name, Chinese name, base unit, packs, shelf life in days or None)
 ITEMS: list[tuple[str, str, str, str, dict[str, int], int | None]] = [
@@ -153,18 +151,4 @@ def seed(url: str, token: str, live: bool = False) -> list[str]:
 
 def run() -> None:
     """The ``resource-stockpile-seed`` console script."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--url",
-        default=service_url("stockpile"),
-        help="the service (default: ECS_STOCKPILE_URL, else the port make up recorded, else 8003)",
-    )
-    parser.add_argument("--token", required=True, help="a commander's or supply officer's bearer token")
-    parser.add_argument("--live", action="store_true", help="seed live depots instead of exercise depots")
-    args = parser.parse_args()
-    try:
-        for line in seed(args.url, args.token, args.live):
-            print(line)
-    except (RuntimeError, httpx.HTTPError) as exc:
-        print(f"seed failed at {args.url}: {exc}", file=sys.stderr)
-        sys.exit(1)
+    run_seed("stockpile", __doc__, "commander's or supply officer", "depots", seed)

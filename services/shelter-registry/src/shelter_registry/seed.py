@@ -12,13 +12,11 @@ shelter manager would enter it; running it twice changes nothing (a 409 is skipp
 
 from __future__ import annotations
 
-import argparse
-import sys
 from typing import Any
 
 import httpx
 
-from ecs.cli.config import service_url
+from ecs.seeding import run_seed
 
 # (id, 中文名, English name, kind, district, lat, lon (WGS-84), effective area m², stay class,
 #  accessible places, pet places, facilities)
@@ -210,18 +208,4 @@ def seed(url: str, token: str, live: bool = False) -> list[str]:
 
 def run() -> None:
     """The ``shelter-registry-seed`` console script."""
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument(
-        "--url",
-        default=service_url("shelter"),
-        help="the service (default: ECS_SHELTER_URL, else the port make up recorded, else 8004)",
-    )
-    parser.add_argument("--token", required=True, help="a shelter manager's or commander's bearer token")
-    parser.add_argument("--live", action="store_true", help="seed live shelters instead of exercise shelters")
-    args = parser.parse_args()
-    try:
-        for line in seed(args.url, args.token, args.live):
-            print(line)
-    except (RuntimeError, httpx.HTTPError) as exc:
-        print(f"seed failed at {args.url}: {exc}", file=sys.stderr)
-        sys.exit(1)
+    run_seed("shelter", __doc__, "shelter manager's or commander", "shelters", seed)
