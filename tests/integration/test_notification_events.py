@@ -157,7 +157,7 @@ async def test_a_medical_call_that_became_a_fire_is_a_fire_here_too(notification
         await intake.create(incident, category="medical")
         await known(api, incident, officer, category="medical")
         await intake.stage_to(incident, "isolation", category="fire")
-        await known(api, incident, officer, category="fire", stage="isolation")
+        await known(api, incident, officer, category="fire", stage="isolation", plan_version=1)
         r = await draft(api, incident, officer)
         assert r.status_code == 201, r.text
         assert r.json()["infos"][0]["headline"].startswith("火灾")

@@ -39,6 +39,7 @@ from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ecs.db import UTCDateTime, new_metadata
+from ecs.errors import InvalidInput
 from ecs.vocabulary import Level, Stage
 
 from .domain import (
@@ -264,13 +265,26 @@ async def save_plan(conn: AsyncConnection, category: str, version: int, levels: 
     )
 
 
-async def plan_templates(conn: AsyncConnection, category: str, level: Level) -> dict[str, str] | None:
-    """The notification templates of the category's plan at ``level`` (None: no plan known)."""
+async def plan_templates(conn: AsyncConnection, category: str, level: Level, field: str) -> dict[str, str]:
+    """The notification templates of the category's plan at ``level`` (empty: the level has none).
+
+    Raises InvalidInput (422, naming ``field``) when no plan for the category has reached the
+    service yet: dispatch publishes its plans on start and on every change, so this passes.
+    """
     row = (await conn.execute(select(plans.c.levels).where(plans.c.category == category))).first()
     if row is None:
-        return None
+        raise InvalidInput(
+            f"no response plan for {category} has reached public-notification yet (dispatch publishes it): "
+            "write the text by hand or try again shortly",
+            field=field,
+        )
     part = row[0].get(level.name) or {}
     return dict(part.get("notification_templates") or {})
+
+
+async def plan_version(conn: AsyncConnection, category: str) -> int | None:
+    """The version of the category's plan the service holds (None: none has arrived yet)."""
+    return (await conn.execute(select(plans.c.version).where(plans.c.category == category))).scalar()
 
 
 async def plan_values(conn: AsyncConnection, category: str, level: Level) -> dict[str, Any]:

@@ -152,6 +152,10 @@ class IncidentView(BaseModel):
     open_rumors: list[RumorAnswer]
     settled: bool
     unsettled: list[str]
+    plan_version: int | None = Field(
+        description="the version of the category's response plan held here (null: none has arrived from "
+        "dispatch yet, so drafting from its templates is refused until it does)"
+    )
 
 
 def alert_answer(row: Any, ctx: Any, references: str | None = None) -> AlertAnswer:
@@ -344,6 +348,7 @@ async def incident_view(ctx: Any, incident_id: str, now: datetime) -> IncidentVi
             open_rumors=[await rumor_answer(conn, x) for x in rumor_rows],
             settled=not unsettled_reasons(holdings),
             unsettled=unsettled_reasons(holdings),
+            plan_version=await store.plan_version(conn, incident.category),
         )
 
 

@@ -73,7 +73,7 @@ async def draft_statement(ctx: Context, cmd: DraftStatement) -> Any:
         level, category = Level(incident.level), Category(incident.category)
         plan = await store.plan_values(tx.conn, category, level)
         values = {**incident_values(incident, plan, ctx, dict(cmd.values)), "category_zh": CATEGORY_ZH[category]}
-        templates = await store.plan_templates(tx.conn, category, level) or {}
+        templates = await store.plan_templates(tx.conn, category, level, field="text_en")
         rebuttal = cmd.kind is StatementKind.rebuttal
         text_en = cmd.text_en
         if text_en is None:
