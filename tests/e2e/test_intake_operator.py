@@ -494,6 +494,7 @@ async def test_merge_and_split_keep_provenance_and_counts(gw, ops, js):
         [f"{GATEWAY_ID}:{b_alarm['alarm_id']}"],
     )
     assert (created_event["alarm_id"], created_event["level"]) == (b_alarm["alarm_id"], 3)
+    assert split_event["state_of"] == b["id"]  # exactly b's alarms: the new incident is b's state again
 
 
 async def test_merge_and_split_refuse_what_makes_no_sense(gw, ops):

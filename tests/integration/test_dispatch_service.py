@@ -15,7 +15,7 @@ import orjson
 import pytest
 
 from ecs.bus import Bus
-from ecs.contracts import IncidentCreated, IncidentMerged, LevelChanged, PlanPublished, StageChanged
+from ecs.contracts import IncidentCreated, IncidentMerged, IncidentSplit, LevelChanged, PlanPublished, StageChanged
 from ecs.envelope import make_event
 from ecs.testing import eventually
 
@@ -543,6 +543,73 @@ async def test_merge_moves_the_units_and_a_returning_unit_leaves_its_incident(
         )
         r = await api.post(f"/v1/units/{uid}/status", json={"status": "available"}, headers=headers)
         assert r.json()["status"] == "available" and r.json()["incident_id"] is None
+
+
+async def test_a_split_that_gives_back_a_merged_incident_takes_its_units_back(
+    dispatch_app, db_url, wired, operator_headers
+):
+    """X (in isolation, its units out) merged into Y, then X's alarms split out again into N:
+    X's units go with N, Y gets units of its own again, and nobody else moves."""
+    intake, facts, bus = wired
+    headers = operator_headers("dispatcher")
+    async with dispatch_app(db_url, min_cover=0) as (_, api):
+        roster = [unit(f"fe-{i}", "fire_engine", km_east=i + 1) for i in range(4)]
+        roster += [unit(f"pc-{i}", "patrol_car", km_east=i + 1) for i in range(4)]
+        await api.post("/v1/units:batch", json={"units": roster}, headers=headers)
+        y, x, n = new_incident(), new_incident(), new_incident()
+        for incident in (y, x):
+            await intake.stage_to(incident, "isolation")
+
+        async def held(incident: str, count: int) -> set[str] | None:
+            units = (await api.get(f"/v1/incidents/{incident}", headers=headers)).json().get("units", [])
+            return {u["unit_id"] for u in units} if len(units) == count else None
+
+        x_units = await eventually(lambda: held(x, 2), "x served")
+        merged = IncidentMerged(incident_id=y, merged_incident_id=x, alarms_moved=2, actor="dispatcher-2")
+        await bus.publish_event(make_event("incident.merged", merged, source="incident-intake", incident_id=y))
+
+        async def y_took_over() -> bool | None:
+            return True if await held(y, 2) == x_units else None
+
+        await eventually(y_took_over, "y holding x's units")
+
+        # intake's order for a split that gives x's state back: N, the split, then N's stage.
+        created = IncidentCreated(
+            incident_id=n,
+            category="fire",
+            level=4,
+            lat=CENTRE[0],
+            lon=CENTRE[1],
+            first_alarm_at=datetime.now(UTC),
+            alarm_id="a-x",
+            gateway_id="gw-1",
+            exercise=False,
+        )
+        await bus.publish_event(make_event("incident.created", created, source="incident-intake", incident_id=n))
+        split = IncidentSplit(incident_id=y, new_incident_id=n, alarm_ids=["gw-1:a-x"], actor="bob", state_of=x)
+        await bus.publish_event(make_event("incident.split", split, source="incident-intake", incident_id=y))
+        await intake.stage_to(n, "isolation")
+
+        # N's stage may be worked on before the split (another incident's lane): then N first gets
+        # units of its own, which go home once x's come back. Either way N ends with x's units.
+
+        async def n_took_back() -> bool | None:
+            return True if await held(n, 2) == x_units else None
+
+        await eventually(n_took_back, "n holding x's units")
+        y_units = await eventually(lambda: held(y, 2), "y served again")
+        assert not y_units & x_units
+
+        async def back() -> list[dict] | None:
+            told = [e for e in facts.of("dispatch.unit.assigned", n) if e["data"]["unit_id"] in x_units]
+            return told if len(told) == 2 else None
+
+        for event in await eventually(back, "n's assignments announced"):
+            assert event["data"]["source"] == "reassigned"
+            assert event["data"]["reason"] == f"alarms split from {y} into {n}, with the units that came with them"
+        view = (await api.get(f"/v1/incidents/{n}", headers=headers)).json()
+        assert view["held"] == {"fire_engine": 1, "patrol_car": 1}
+        assert not {a["unit_id"] for a in view["released"]} & x_units  # only units of its own went home
 
 
 async def test_unit_edits_are_versioned_and_posts_idempotent(dispatch_app, db_url, operator_headers):

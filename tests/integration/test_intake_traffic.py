@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import orjson
 import pytest
 from sqlalchemy import select
 
@@ -165,5 +166,16 @@ async def test_merge_then_split_keeps_the_scene_and_tells_dispatch(db, correlato
         ]
     carried = [e for e in stage_events if b"merged with" in e or b"split from" in e]
     assert len(carried) == 2  # y reached isolation by the merge, the new incident by the split
+    # The split names the incident whose state it gives back, and comes after the new incident
+    # and before its stage, so dispatch moves x's units back while the new one is still reported.
+    async with db.engine.connect() as conn:
+        told = [(r.subject, orjson.loads(r.payload)) for r in await conn.execute(select(OUTBOX).order_by(OUTBOX.c.seq))]
+    about_new = [
+        (subject, env["data"])
+        for subject, env in told
+        if new.id in (env.get("incident_id"), env["data"].get("new_incident_id"))
+    ]
+    assert [subject for subject, _ in about_new] == ["incident.created", "incident.split", "incident.stage.changed"]
+    assert about_new[1][1]["state_of"] == x_id and about_new[2][1]["to_stage"] == "isolation"
     kinds = [e.kind for e in await rows(db, store.timeline) if e.incident_id == new.id]
     assert "split.from" in kinds

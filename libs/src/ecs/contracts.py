@@ -174,6 +174,11 @@ class IncidentSplit(_Strict):
     new_incident_id: str
     alarm_ids: list[str]
     actor: str
+    state_of: str | None = Field(
+        default=None,
+        description="the incident merged into incident_id earlier whose alarms these exactly are: the new "
+        "incident takes back its state (stage, verification, perimeter, facts, level) and dispatch its units",
+    )
 
 
 class FactRecorded(_Strict):

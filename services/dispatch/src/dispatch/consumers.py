@@ -16,7 +16,15 @@ from pydantic import BaseModel
 
 from ecs import streams
 from ecs.bus import decode_envelope
-from ecs.contracts import CATEGORIES, IncidentCreated, IncidentMerged, LevelChanged, StageChanged, VehicleLocation
+from ecs.contracts import (
+    CATEGORIES,
+    IncidentCreated,
+    IncidentMerged,
+    IncidentSplit,
+    LevelChanged,
+    StageChanged,
+    VehicleLocation,
+)
 from ecs.envelope import Envelope, parse_payload
 from ecs.errors import AppError, Poison, Transient
 
@@ -30,6 +38,7 @@ INCIDENT_EVENTS: dict[str, type[BaseModel]] = {
     "incident.stage.changed": StageChanged,
     "incident.level.changed": LevelChanged,
     "incident.merged": IncidentMerged,
+    "incident.split": IncidentSplit,
 }
 """The payload model of each incident event dispatch handles (its handlers: handlers.EVENTS)."""
 # Each event is one short transaction and a batch is small, so a batch a killed replica held

@@ -508,6 +508,13 @@ async def active_assignments(conn: AsyncConnection, incident_id: str) -> list[He
     return [_held(r) for r in await conn.execute(q)]
 
 
+async def units_ended_by(conn: AsyncConnection, incident_id: str, reason: str) -> set[str]:
+    """The units whose assignment to ``incident_id`` ended for ``reason`` (e.g. a merge)."""
+    a = assignments.c
+    q = select(a.unit_id).where(a.incident_id == incident_id, a.release_reason == reason)
+    return {r[0] for r in await conn.execute(q)}
+
+
 async def active_assignment_of(conn: AsyncConnection, unit_id: str) -> Held | None:
     """The unit's active assignment, with its status, or None."""
     a = assignments.c

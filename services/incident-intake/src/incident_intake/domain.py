@@ -942,7 +942,13 @@ class Incident:
             "split.from",
             {"incident_id": self.id, "alarms": len(moved), "state_of": origin.id if origin is not None else None},
         )
-        event = IncidentSplit(incident_id=self.id, new_incident_id=new.id, alarm_ids=refs, actor=actor)
+        event = IncidentSplit(
+            incident_id=self.id,
+            new_incident_id=new.id,
+            alarm_ids=refs,
+            actor=actor,
+            state_of=origin.id if origin is not None else None,
+        )
         left = self._change(actor, "split", {"new_incident_id": new.id, "alarms": refs}, counts.values(), event)
         return Split(new, born, Event(created, new.exercise), left)
 

@@ -46,6 +46,7 @@ __all__ = [
     "is_settled",
     "may_serve",
     "merge_reason",
+    "split_reason",
     "new_assignment",
     "perimeter_secured",
     "plan_stage",
@@ -368,6 +369,11 @@ def check_reassignable(assignment: Assignment, held: Held | None) -> Held:
 def merge_reason(target: Incident) -> str:
     """Why a merge ends the absorbed incident's assignments."""
     return f"incident merged into {target.id}"
+
+
+def split_reason(left: Incident, new: Incident) -> str:
+    """Why a split moves the units that came with a merge back to the incident split off."""
+    return f"alarms split from {left.id} into {new.id}, with the units that came with them"
 
 
 def takes_over(target: Incident) -> bool:

@@ -43,6 +43,7 @@ EVENTS: dict[str, tuple[EventHandler, ...]] = {
     "incident.stage.changed": (automation.follow_stage,),
     "incident.level.changed": (automation.follow_level,),
     "incident.merged": (automation.take_over_merged,),
+    "incident.split": (automation.give_back_split,),
 }
 
 

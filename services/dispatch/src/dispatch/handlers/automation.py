@@ -12,13 +12,14 @@ from collections.abc import Awaitable, Callable, Sequence
 
 import structlog
 
-from ecs.contracts import IncidentCreated, IncidentMerged, LevelChanged, StageChanged
+from ecs.contracts import IncidentCreated, IncidentMerged, IncidentSplit, LevelChanged, StageChanged
 from ecs.envelope import Envelope, utcnow
+from ecs.errors import Transient
 from ecs.vocabulary import Level, Stage
 
 from .. import store
 from ..context import Context
-from ..domain import AssignmentSource, Incident, merge_reason, reconcile, takes_over
+from ..domain import AssignmentSource, Incident, merge_reason, reconcile, split_reason, takes_over
 from .assignments import claim_recommended, hand_over, publish_facts, release_held
 from .tx import AUTOMATION, Tx, incident_lock, transaction
 
@@ -71,6 +72,32 @@ async def take_over_merged(ctx: Context, env: Envelope, data: IncidentMerged, co
         return target
 
     await _follow(ctx, env, consumer, (data.incident_id, data.merged_incident_id), record)
+
+
+async def give_back_split(ctx: Context, env: Envelope, data: IncidentSplit, consumer: str) -> None:
+    """``incident.split`` that gives back an incident merged in earlier (``state_of``): the units
+    that came over with that merge and still serve go with the split-off incident; then each of
+    the two follows its plan (the one left tops up what it lost, the new one keeps what it got
+    back and adds only what is missing). A split of other alarms moves no unit. Raises Transient
+    while the split-off incident's ``incident.created`` has not been worked on yet (it comes
+    again)."""
+
+    async def record(tx: Tx) -> Incident | None:
+        left = await store.get_incident(tx.conn, data.incident_id)
+        if left is None or data.state_of is None:
+            return left
+        new = await store.get_incident(tx.conn, data.new_incident_id)
+        if new is None:
+            raise Transient(f"incident {data.new_incident_id} split from {left.id} is not known here yet")
+        came = await store.units_ended_by(tx.conn, data.state_of, merge_reason(left))
+        moving = [a for a in await store.active_assignments(tx.conn, left.id) if a.unit_id in came]
+        if moving and takes_over(new):
+            await hand_over(ctx, tx, left, new, moving, split_reason(left, new))
+            if ctx.settings.automatic:
+                await reconcile_units(ctx, tx, new)
+        return left
+
+    await _follow(ctx, env, consumer, (data.incident_id, data.new_incident_id), record)
 
 
 async def reconcile_units(ctx: Context, tx: Tx, incident: Incident) -> None:

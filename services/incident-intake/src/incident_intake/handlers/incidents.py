@@ -116,11 +116,13 @@ async def split(command: SplitAlarms, ctx: Context) -> tuple[Any, Any]:
         now = utcnow()
         await store.insert_incident(conn, decided.new, rev, now)
         await store.add_timeline(conn, [decided.entry], now)
+        # In this order on the stream: the new incident, the split (dispatch moves back the units
+        # that came with a merge while the new incident is still reported), then its stage.
         uow.emit(envelope(decided.created))
+        await save(uow, decided.left, incident.version, rev)
         carried = decided.new.carried_stage(Stage.reported, command.actor, f"split from {incident.id}")
         if carried is not None:
             uow.emit(envelope(carried))
-        await save(uow, decided.left, incident.version, rev)
         new = await store.get_incident(conn, new_incident_id)
         return await commit(uow, incident.id), new
 
