@@ -15,7 +15,15 @@ import orjson
 import pytest
 
 from ecs.bus import Bus
-from ecs.contracts import IncidentCreated, IncidentMerged, IncidentSplit, LevelChanged, PlanPublished, StageChanged
+from ecs.contracts import (
+    CategoryChanged,
+    IncidentCreated,
+    IncidentMerged,
+    IncidentSplit,
+    LevelChanged,
+    PlanPublished,
+    StageChanged,
+)
 from ecs.envelope import make_event
 from ecs.testing import eventually
 
@@ -543,6 +551,50 @@ async def test_merge_moves_the_units_and_a_returning_unit_leaves_its_incident(
         )
         r = await api.post(f"/v1/units/{uid}/status", json={"status": "available"}, headers=headers)
         assert r.json()["status"] == "available" and r.json()["incident_id"] is None
+
+
+async def test_a_medical_call_that_became_a_crowd_crush_gets_the_crowd_crush_units_at_once(
+    dispatch_app, db_url, wired, operator_headers
+):
+    """In isolation as a medical call (one ambulance), the incident becomes a crowd crush
+    (incident.category.changed): the crowd-crush plan's isolation units go out without waiting for
+    the next stage, and a stage change that left intake before the category change but arrives
+    after it does not make it a medical call again."""
+    intake, facts, bus = wired
+    headers = operator_headers("dispatcher")
+    async with dispatch_app(db_url, min_cover=0) as (_, api):
+        roster = [unit(f"amb-{i}", "ambulance", km_east=i + 1) for i in range(2)]
+        roster += [unit(f"pc-{i}", "patrol_car", km_east=i + 1) for i in range(4)]
+        await api.post("/v1/units:batch", json={"units": roster}, headers=headers)
+        incident = new_incident()
+        await intake.stage_to(incident, "isolation", category="medical")
+
+        async def holding(expected: dict[str, int]) -> dict | None:
+            view = (await api.get(f"/v1/incidents/{incident}", headers=headers)).json()
+            return view if view.get("held") == expected else None
+
+        await eventually(lambda: holding({"ambulance": 1}), "the medical plan's ambulance")
+        changed = CategoryChanged(
+            incident_id=incident,
+            from_category="medical",
+            to_category="crowd_crush",
+            level=4,
+            alarm_id="a-7",
+            reason="a crowd_crush alarm arrived near this medical-only incident",
+            actor="correlation",
+            version=intake.versions[incident] + 5,
+        )
+        await bus.publish_event(
+            make_event("incident.category.changed", changed, source="incident-intake", incident_id=incident)
+        )
+        view = await eventually(lambda: holding({"patrol_car": 3}), "the crowd-crush plan's isolation units")
+        assert view["category"] == "crowd_crush"
+
+        # Older than the category change, newer than the stage dispatch holds: its stage counts,
+        # its category (medical) does not.
+        await intake.stage_to(incident, "handling", category="medical")
+        view = await eventually(lambda: holding({"patrol_car": 3, "ambulance": 1}), "the crowd crush's handling")
+        assert view["category"] == "crowd_crush" and view["stage"] == "handling"
 
 
 async def test_a_split_that_gives_back_a_merged_incident_takes_its_units_back(

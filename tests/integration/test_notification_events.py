@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from ecs.contracts import CategoryChanged
 from ecs.envelope import make_event, utcnow
 from ecs.testing import eventually
 from public_notification import commands
@@ -157,6 +158,38 @@ async def test_a_medical_call_that_became_a_fire_is_a_fire_here_too(notification
         await intake.create(incident, category="medical")
         await known(api, incident, officer, category="medical")
         await intake.stage_to(incident, "isolation", category="fire")
+        await known(api, incident, officer, category="fire", stage="isolation", plan_version=1)
+        r = await draft(api, incident, officer)
+        assert r.status_code == 201, r.text
+        assert r.json()["infos"][0]["headline"].startswith("火灾")
+
+
+async def test_a_medical_call_that_becomes_a_fire_between_stages_is_a_fire_here_at_once(
+    notification_app, db_url, wired, as_
+):
+    """incident.category.changed (no stage change with it): public-notification's copy takes the
+    scene at once, and drafts from the scene's templates."""
+    intake, _ = wired
+    officer = as_("information_officer", "officer-li")
+    async with notification_app(db_url) as api:
+        await intake.publish_plan()  # the fire plan
+        incident = new_incident()
+        await intake.create(incident, category="medical")
+        await intake.stage_to(incident, "isolation", category="medical")
+        await known(api, incident, officer, category="medical", stage="isolation")
+        changed = CategoryChanged(
+            incident_id=incident,
+            from_category="medical",
+            to_category="fire",
+            level=2,
+            alarm_id="a-9",
+            reason="a fire alarm arrived near this medical-only incident",
+            actor="correlation",
+            version=intake.versions[incident] + 1,
+        )
+        await intake.bus.publish_event(
+            make_event("incident.category.changed", changed, source="incident-intake", incident_id=incident)
+        )
         await known(api, incident, officer, category="fire", stage="isolation", plan_version=1)
         r = await draft(api, incident, officer)
         assert r.status_code == 201, r.text

@@ -36,6 +36,8 @@ def incident(**changes: object) -> Incident:
 
 
 def every_kind_of_event() -> list[Event]:
+    # Four fire alarms, then a medical call and the traffic accident it turns out to be, elsewhere.
+    kinds = ["fire"] * 4 + ["medical", "traffic_accident"]
     alarms = [
         to_incoming(
             "gw-a",
@@ -43,8 +45,8 @@ def every_kind_of_event() -> list[Event]:
                 {
                     "alarm_id": f"a-{i}",
                     "received_at": (T0 + timedelta(seconds=i)).isoformat(),
-                    "category": "fire",
-                    "location": {"lat": 31.2, "lon": 121.4},
+                    "category": kind,
+                    "location": {"lat": 31.2, "lon": 121.4} if i < 4 else {"lat": 31.25, "lon": 121.45},
                     "caller": {"number": f"1390000000{i}"},
                     "description": "smoke",
                     "casualties": 12 if i == 3 else None,
@@ -53,7 +55,7 @@ def every_kind_of_event() -> list[Event]:
             "http",
             "pepper",
         )
-        for i in range(4)
+        for i, kind in enumerate(kinds)
     ]
     index = OpenIncidentIndex.for_windows(DEFAULT_WINDOWS)
     events = correlate(alarms, index, {}, (), DEFAULT_WINDOWS, 3, lambda: "inc-9").events

@@ -132,6 +132,21 @@ class LevelChanged(_Strict):
     version: int
 
 
+class CategoryChanged(_Strict):
+    """A medical-only incident became the scene a scene alarm near it reports (a medical call that
+    came first): its plan is the scene's from now on. Categories only ever move that way
+    (``ecs.vocabulary.scene_of``), so a copy applies it whatever order the events arrive in."""
+
+    incident_id: str
+    from_category: Category
+    to_category: Category
+    level: Level = Field(description="the incident's level with the new category")
+    alarm_id: str = Field(description="the alarm that reported the scene")
+    reason: str
+    actor: str
+    version: int
+
+
 class StageChanged(_Strict):
     """Carries what downstream services need to act on the new stage without asking back."""
 
@@ -345,6 +360,9 @@ MESSAGES: tuple[MessageSpec, ...] = (
         "incident.level.changed", LevelChanged, "incident-intake", "The incident's level was raised or lowered"
     ),
     MessageSpec("incident.stage.changed", StageChanged, "incident-intake", "The incident moved to another stage"),
+    MessageSpec(
+        "incident.category.changed", CategoryChanged, "incident-intake", "A medical-only incident became its scene"
+    ),
     MessageSpec("incident.verified", IncidentVerified, "incident-intake", "The incident was verified"),
     MessageSpec("incident.perimeter.set", PerimeterSet, "incident-intake", "A perimeter was set for the incident"),
     MessageSpec("incident.merged", IncidentMerged, "incident-intake", "Another incident was merged into this one"),

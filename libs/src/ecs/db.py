@@ -24,6 +24,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    case,
     event,
     text,
 )
@@ -34,6 +35,7 @@ from sqlalchemy.types import TypeDecorator
 
 from .bus import msg_id_headers
 from .envelope import Envelope
+from .vocabulary import Category
 
 log = structlog.get_logger("ecs.db")
 
@@ -106,6 +108,13 @@ def new_metadata() -> MetaData:
     for table in _platform.tables.values():
         table.to_metadata(md)
     return md
+
+
+def scene_of(column: Any, told: str) -> Any:
+    """SQL for ``ecs.vocabulary.scene_of``: the value to SET a category column to when an event
+    says ``told`` (a medical-only incident becomes the scene; any other category stays), so a
+    late or repeated event never turns a scene back into a medical call."""
+    return case((column == Category.medical.value, Category(told).value), else_=column)
 
 
 def normalise_url(url: str) -> str:

@@ -26,6 +26,15 @@ class Category(StrEnum):
     other = "other"
 
 
+def scene_of(held: Category | str, told: Category | str) -> Category:
+    """The category a copy of an incident keeps when an event says ``told`` and it holds ``held``:
+    a medical-only incident becomes the scene reported near it, and no other category ever
+    changes (incident-intake's correlation, ``joined_category``). So an event arriving late or
+    twice can never turn a scene back into a medical call."""
+    held, told = Category(held), Category(told)
+    return told if held is Category.medical else held
+
+
 class Level(IntEnum):
     """National response levels for sudden public events (突发事件分级, the Emergency Response Law
     of the PRC, art. 42). A lower number is MORE severe, so the worse of two is ``min()``.

@@ -18,6 +18,7 @@ from ecs import streams
 from ecs.bus import decode_envelope
 from ecs.contracts import (
     CATEGORIES,
+    CategoryChanged,
     IncidentCreated,
     IncidentMerged,
     IncidentSplit,
@@ -37,6 +38,7 @@ INCIDENT_EVENTS: dict[str, type[BaseModel]] = {
     "incident.created": IncidentCreated,
     "incident.stage.changed": StageChanged,
     "incident.level.changed": LevelChanged,
+    "incident.category.changed": CategoryChanged,
     "incident.merged": IncidentMerged,
     "incident.split": IncidentSplit,
 }

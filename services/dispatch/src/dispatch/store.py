@@ -41,7 +41,7 @@ from sqlalchemy.engine import Row
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from ecs.db import BigId, UTCDateTime, chunks, new_metadata
+from ecs.db import BigId, UTCDateTime, chunks, new_metadata, scene_of
 from ecs.vocabulary import Category, Level, Stage
 
 from .domain import (
@@ -630,14 +630,26 @@ async def set_stage(
 ) -> bool:
     """Apply a stage change unless a newer one was already applied. The change carries the
     incident's category at that version: a medical call that grew into a crowd crush is
-    dispatched by the crowd-crush plan."""
+    dispatched by the crowd-crush plan (ecs.db.scene_of: never back)."""
     i = incidents.c
     values: dict[str, Any] = {"stage": Stage(stage).value, "stage_version": version, "updated_at": now}
     if category is not None:
-        values["category"] = Category(category).value
+        values["category"] = scene_of(i.category, category)
     if perimeter is not None:
         values["perimeter"] = perimeter
     res = await conn.execute(update(incidents).where(i.id == incident_id, i.stage_version < version).values(**values))
+    return res.rowcount == 1
+
+
+async def set_category(conn: AsyncConnection, incident_id: str, category: Category, now: datetime) -> bool:
+    """A medical-only incident becomes the scene reported near it (ecs.db.scene_of); False when
+    it changed nothing (not known here, or already a scene)."""
+    i = incidents.c
+    res = await conn.execute(
+        update(incidents)
+        .where(i.id == incident_id, i.category == Category.medical.value)
+        .values(category=Category(category).value, updated_at=now)
+    )
     return res.rowcount == 1
 
 

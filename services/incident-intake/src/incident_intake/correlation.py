@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 
 import phonenumbers
 
-from ecs.contracts import AlarmLinked, GatewayAlarm, IncidentVerified, LevelChanged
+from ecs.contracts import AlarmLinked, CategoryChanged, GatewayAlarm, IncidentVerified, LevelChanged
 from ecs.errors import AppError, Conflict, InvalidInput
 from ecs.geo import gcj02_to_wgs84
 
@@ -30,6 +30,7 @@ from .domain import (
     Entry,
     Event,
     Incident,
+    LevelChange,
     absorb,
     auto_verified,
     find_incident,
@@ -416,12 +417,14 @@ def correlate(
             if new_caller:
                 known.add((incident.id, facts.caller_key))  # type: ignore[arg-type]
                 out.callers.append((incident.id, facts.caller_key))  # type: ignore[arg-type]
+            was = incident.category
             became = take_category(incident, facts)
+            raised = absorb(incident, facts, new_caller)
             if became is not None:
                 incident.version += 1
                 detail = {"category": str(incident.category), "alarm_id": item.alarm.alarm_id, "reason": became}
                 out.timeline.append(Entry(incident.id, ACTOR, "category.changed", detail))
-            raised = absorb(incident, facts, new_caller)
+                out.events.append(_category_changed(incident, was, item.alarm.alarm_id, became, raised))
             if raised is not None:
                 incident.version += 1
                 out.events.append(_level_changed(incident, raised.from_level, raised.to_level, raised.reason))
@@ -449,6 +452,24 @@ def correlate(
 
 def _created(incident: Incident, item: IncomingAlarm) -> Event:
     return Event(incident.created(item.gateway_id, item.alarm.alarm_id), incident.exercise, cause=item.ref)
+
+
+def _category_changed(
+    incident: Incident, was: Category, alarm_id: str, reason: str, raised: LevelChange | None
+) -> Event:
+    """``incident.category.changed`` at the version the change gave the incident (a level the
+    same alarm raised follows it as its own event)."""
+    data = CategoryChanged(
+        incident_id=incident.id,
+        from_category=was,
+        to_category=incident.category,
+        level=raised.from_level if raised is not None else incident.level,
+        alarm_id=alarm_id,
+        reason=reason,
+        actor=ACTOR,
+        version=incident.version,
+    )
+    return Event(data, incident.exercise)
 
 
 def _level_changed(incident: Incident, from_level: int, to_level: int, reason: str) -> Event:

@@ -18,6 +18,7 @@ from typing import Any, Literal
 from ecs import errors
 from ecs.contracts import (
     AlarmLinked,
+    CategoryChanged,
     FactRecorded,
     IncidentCreated,
     IncidentMerged,
@@ -462,6 +463,7 @@ IntakeEvent = (
     IncidentCreated
     | AlarmLinked
     | LevelChanged
+    | CategoryChanged
     | IncidentVerified
     | PerimeterSet
     | StageChanged

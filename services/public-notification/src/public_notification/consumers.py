@@ -12,7 +12,7 @@ from pydantic import BaseModel
 
 from ecs import streams
 from ecs.bus import ConsumerSpec, decode_envelope
-from ecs.contracts import IncidentCreated, LevelChanged, PlanPublished, StageChanged
+from ecs.contracts import CategoryChanged, IncidentCreated, LevelChanged, PlanPublished, StageChanged
 from ecs.envelope import Envelope, parse_payload
 from ecs.errors import AppError, Poison
 
@@ -23,6 +23,7 @@ INCIDENT_EVENTS: dict[str, type[BaseModel]] = {
     "incident.created": IncidentCreated,
     "incident.stage.changed": StageChanged,
     "incident.level.changed": LevelChanged,
+    "incident.category.changed": CategoryChanged,
 }
 PLAN_EVENTS: dict[str, type[BaseModel]] = {"dispatch.plan.published": PlanPublished}
 

@@ -38,7 +38,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from ecs.db import UTCDateTime, new_metadata
+from ecs.db import UTCDateTime, new_metadata, scene_of
 from ecs.errors import InvalidInput
 from ecs.vocabulary import Level, Stage
 
@@ -221,6 +221,12 @@ async def follow_incident(conn: AsyncConnection, incident_id: str, version: int,
         .returning(i.id)
     )
     return (await conn.execute(stmt)).first() is not None
+
+
+async def follow_category(conn: AsyncConnection, incident_id: str, version: int, now: datetime, category: str) -> bool:
+    """A medical-only incident became its scene (ecs.db.scene_of), unless a newer event was
+    already taken. Returns True if the row changed."""
+    return await follow_incident(conn, incident_id, version, now, category=scene_of(incidents.c.category, category))
 
 
 async def get_incident(conn: AsyncConnection, incident_id: str) -> Row[Any] | None:

@@ -42,6 +42,7 @@ EVENTS: dict[str, tuple[EventHandler, ...]] = {
     "incident.created": (automation.remember_incident,),
     "incident.stage.changed": (automation.follow_stage,),
     "incident.level.changed": (automation.follow_level,),
+    "incident.category.changed": (automation.follow_category,),
     "incident.merged": (automation.take_over_merged,),
     "incident.split": (automation.give_back_split,),
 }

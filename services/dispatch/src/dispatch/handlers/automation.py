@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 import structlog
 
-from ecs.contracts import IncidentCreated, IncidentMerged, IncidentSplit, LevelChanged, StageChanged
+from ecs.contracts import CategoryChanged, IncidentCreated, IncidentMerged, IncidentSplit, LevelChanged, StageChanged
 from ecs.envelope import Envelope, utcnow
 from ecs.errors import Transient
 from ecs.vocabulary import Level, Stage
@@ -47,6 +47,18 @@ async def follow_stage(ctx: Context, env: Envelope, data: StageChanged, consumer
         )
         await store.set_level(tx.conn, data.incident_id, data.version, data.level, now)
         return await store.get_incident(tx.conn, data.incident_id)
+
+    await _follow(ctx, env, consumer, (data.incident_id,), record)
+
+
+async def follow_category(ctx: Context, env: Envelope, data: CategoryChanged, consumer: str) -> None:
+    """``incident.category.changed``: a medical call became its scene, whose plan rules from now
+    on: past reported, the units that plan wants at the incident's stage go out at once (and
+    automatic ones it does not want come back)."""
+
+    async def record(tx: Tx) -> Incident | None:
+        await store.set_category(tx.conn, data.incident_id, data.to_category, utcnow())
+        return await store.get_incident(tx.conn, data.incident_id)  # None: never heard of, nothing to do
 
     await _follow(ctx, env, consumer, (data.incident_id,), record)
 

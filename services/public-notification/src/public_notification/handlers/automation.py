@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
 
-from ecs.contracts import IncidentCreated, LevelChanged, PlanPublished, StageChanged
+from ecs.contracts import CategoryChanged, IncidentCreated, LevelChanged, PlanPublished, StageChanged
 from ecs.contracts_notification import ClockEvent
 from ecs.envelope import Envelope, utcnow
 from ecs.vocabulary import Level, Stage
@@ -49,6 +49,16 @@ async def follow_stage(ctx: Context, env: Envelope, data: StageChanged, consumer
             level=int(data.level),
             perimeter=data.perimeter,
         )
+
+    await _follow(ctx, env, consumer, data.incident_id, record)
+
+
+async def follow_category(ctx: Context, env: Envelope, data: CategoryChanged, consumer: str) -> None:
+    """``incident.category.changed``: a medical call became its scene (its templates and headline
+    from now on)."""
+
+    async def record(tx: Tx) -> None:
+        await store.follow_category(tx.conn, data.incident_id, data.version, utcnow(), data.to_category.value)
 
     await _follow(ctx, env, consumer, data.incident_id, record)
 
