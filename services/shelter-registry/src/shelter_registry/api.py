@@ -61,7 +61,8 @@ SHELTER_ID = r"^[A-Za-z0-9_-]{1,64}$"
 HOTLINE = r"^[0-9+()\- ]{3,32}$"
 
 
-def _context(request: Request) -> Context:
+async def _context(request: Request) -> Context:
+    # async: FastAPI runs a plain ``def`` dependency in its thread pool, a thread hop a request.
     return request.app.state.shelter
 
 

@@ -9,6 +9,7 @@ numbers only as keyed fingerprints (search) and masked (display).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -24,6 +25,8 @@ from sqlalchemy import (
     Integer,
     String,
     Table,
+    and_,
+    bindparam,
     delete,
     func,
     literal,
@@ -360,6 +363,70 @@ async def take_places(conn: AsyncConnection, shelter_id: str, needs: Needs, exer
         .returning(c.id)
     )
     return (await conn.execute(stmt)).first() is not None
+
+
+def _claim_nearest_statement() -> Any:
+    """``UPDATE shelters SET occupied = occupied + :people, ... WHERE id = (the nearest open shelter
+    of the world that takes the household, locked) AND <the same guards> RETURNING id``: built once.
+
+    The subquery orders by the squared equirectangular distance (``nearest_first``'s order, ties
+    by id) and locks the row it picks (``FOR UPDATE``, PostgreSQL; SQLite's writers are serialised
+    anyway): a racing transaction that filled that shelter first makes PostgreSQL re-check the
+    row and go on to the next nearest. The UPDATE repeats every guard, and the CHECKs stay the
+    last word."""
+    c = shelters.c
+    people, wheelchairs, pets = (
+        bindparam("b_people", type_=Integer),
+        bindparam("b_wheelchairs", type_=Integer),
+        bindparam("b_pets", type_=Integer),
+    )
+    lat, lon, k = bindparam("b_lat", type_=Float), bindparam("b_lon", type_=Float), bindparam("b_k", type_=Float)
+
+    def guards() -> Any:
+        return and_(
+            c.status == ShelterStatus.open.value,
+            c.exercise == bindparam("b_exercise", type_=Boolean),
+            c.occupied + people <= c.capacity,
+            c.accessible_used + wheelchairs <= c.accessible_places,
+            c.pets_used + pets <= c.pet_places,
+        )
+
+    distance = (c.lat - lat) * (c.lat - lat) + k * (c.lon - lon) * (c.lon - lon)
+    nearest = select(c.id).where(guards()).order_by(distance, c.id).limit(1).with_for_update()
+    return (
+        update(shelters)
+        .where(c.id == nearest.scalar_subquery(), guards())
+        .values(
+            occupied=c.occupied + people,
+            accessible_used=c.accessible_used + wheelchairs,
+            pets_used=c.pets_used + pets,
+            changed_at=bindparam("b_now", type_=UTCDateTime),
+        )
+        .returning(c.id)
+    )
+
+
+_CLAIM_NEAREST = _claim_nearest_statement()
+
+
+async def claim_nearest(
+    conn: AsyncConnection, lat: float, lon: float, needs: Needs, exercise: bool, now: datetime
+) -> str | None:
+    """Take ``needs`` places in the nearest open shelter of the same world (``exercise``) that
+    takes the whole household, in one statement (one round trip): the shelter's id, or None when
+    no open shelter took it. ``lat``/``lon`` are WGS-84 degrees; nearest is ``nearest_first``'s
+    order (walking time, ties by id)."""
+    params = {
+        "b_people": needs.people,
+        "b_wheelchairs": needs.wheelchairs,
+        "b_pets": needs.pets,
+        "b_lat": lat,
+        "b_lon": lon,
+        "b_k": math.cos(math.radians(lat)) ** 2,
+        "b_exercise": exercise,
+        "b_now": now,
+    }
+    return (await conn.execute(_CLAIM_NEAREST, params)).scalar_one_or_none()
 
 
 async def give_back_places(conn: AsyncConnection, shelter_id: str, needs: Needs, now: datetime) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from ecs.contracts_shelter import RegistrationChanged
@@ -22,10 +22,8 @@ from ..domain import (
     RegistrationAction,
     RegistrationStatus,
     TooManySearches,
-    choose_shelter,
     mask_id_number,
     mask_phone,
-    nearest_first,
     next_registration_status,
     no_shelter_takes,
     normalise_name,
@@ -40,6 +38,8 @@ from .tx import Tx, incident_lock, transaction
 PLACED = "placed"
 MAX_ROUNDS = 20
 """Times a batch plans again after other transactions took the places it planned with."""
+MAX_CLAIMS = 3
+"""Times one household's claim is tried while an open shelter seems to have room for it."""
 _CARRIED = ("incident_id", "people", "wheelchairs", "pets", "origin_address", "exercise")
 
 
@@ -116,20 +116,14 @@ async def place_household(ctx: Context, cmd: commands.PlaceHousehold) -> Registr
             chosen = await store.shelter(tx.conn, cmd.shelter_id)
             if chosen.status not in TAKES_PEOPLE or chosen.exercise is not exercise:
                 raise Conflict(f"shelter {chosen.id} is {chosen.status.value}: it takes no one", field="shelter_id")
-        rooms = nearest_first(await store.open_rooms(tx.conn, exercise, cmd.needs), cmd.lat, cmd.lon)
-        if cmd.shelter_id is not None:
-            rooms = [r for r in rooms if r.shelter_id == cmd.shelter_id]
-        while True:
-            room = choose_shelter(rooms, cmd.needs)
-            if room is None:
-                largest = await store.largest_room(tx.conn, exercise, cmd.needs)
-                raise no_shelter_takes(cmd.needs, largest)
-            if await store.take_places(tx.conn, room.shelter_id, cmd.needs, exercise, now):
-                break
-            rooms = [r for r in rooms if r.shelter_id != room.shelter_id]  # taken meanwhile
+            if not await store.take_places(tx.conn, chosen.id, cmd.needs, exercise, now):
+                raise no_shelter_takes(cmd.needs, await store.largest_room(tx.conn, exercise, cmd.needs))
+            shelter_id = chosen.id
+        else:
+            shelter_id = await _claim_nearest(tx, cmd, exercise, now)
         row = {
             "id": new_registration_id(),
-            "shelter_id": room.shelter_id,
+            "shelter_id": shelter_id,
             "incident_id": cmd.incident_id,
             "status": RegistrationStatus.planned.value,
             "people": cmd.needs.people,
@@ -153,6 +147,21 @@ async def place_household(ctx: Context, cmd: commands.PlaceHousehold) -> Registr
         return reg
 
     return await transaction(ctx, work, cmd.actor)
+
+
+async def _claim_nearest(tx: Tx, cmd: commands.PlaceHousehold, exercise: bool, now: datetime) -> str:
+    """The nearest open shelter that took the household whole (store.claim_nearest: one
+    statement picks and claims it). A miss is looked at again: when an open shelter could take
+    the household now (places given back meanwhile), claim again; else the 409 naming the
+    largest household one could take."""
+    for _ in range(MAX_CLAIMS):
+        shelter_id = await store.claim_nearest(tx.conn, cmd.lat, cmd.lon, cmd.needs, exercise, now)
+        if shelter_id is not None:
+            return shelter_id
+        largest = await store.largest_room(tx.conn, exercise, cmd.needs)
+        if largest < cmd.needs.people:
+            break
+    raise no_shelter_takes(cmd.needs, largest)
 
 
 @dataclass(frozen=True, slots=True)
