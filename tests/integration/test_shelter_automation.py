@@ -16,7 +16,7 @@ import orjson
 
 from dispatch.domain import parse_plan, plan_published
 from ecs.bus import Bus
-from ecs.contracts import LevelChanged, StageChanged
+from ecs.contracts import CategoryChanged, LevelChanged, StageChanged
 from ecs.envelope import make_event, utcnow
 from ecs.testing import eventually
 from tests.integration import test_shelter_service as service
@@ -186,6 +186,50 @@ async def test_a_level_raise_that_evacuates_farther_opens_more_shelters_and_a_lo
 
         await eventually(handled)
         assert lowered == ["S1", "S2", "S3", "S4"]
+
+
+async def test_a_medical_call_that_becomes_a_gas_leak_opens_shelters_at_once(shelter_app, db_url):
+    """In isolation as a medical call (whose plan evacuates nobody), the incident becomes a gas
+    leak (incident.category.changed, no stage change with it): the gas leak's evacuation opens
+    shelters at once."""
+    async with shelter_app(db_url, evacuation_density_per_km2=500) as (_, client, bus):
+
+        async def answer(request: dict[str, Any]) -> dict[str, Any]:
+            r = 300 if request["category"] == "gas_leak" else 0
+            levels = {name: {"evacuate": r > 0, "evacuation_radius_m": r} for name in ("I", "II", "III", "IV")}
+            return {"category": request["category"], "version": 1, "levels": levels}
+
+        await bus.serve("rpc.dispatch.plan.get", answer)
+        registry = Registry(client, bus)
+        await registry.ok("/v1/shelters:batch", {"shelters": [shelter(f"S{i}", i) for i in (1, 2, 3)]})
+        call = Lifecycle(bus, category="medical", level=3)
+        await call.to("isolation")
+
+        async def known() -> bool:
+            return (await registry.get(f"/v1/incidents/{call.id}/dashboard")).status_code == 200
+
+        await eventually(known, "the medical call known")
+        assert await open_ids(registry) == []
+        call.version += 1
+        changed = CategoryChanged(
+            incident_id=call.id,
+            from_category="medical",
+            to_category="gas_leak",
+            level=3,
+            alarm_id="a-2",
+            reason="a gas_leak alarm arrived near this medical-only incident",
+            actor="correlation",
+            version=call.version,
+        )
+        await bus.publish_event(
+            make_event("incident.category.changed", changed, source="incident-intake", incident_id=call.id)
+        )
+
+        async def opened() -> bool:
+            return await open_ids(registry) == ["S1", "S2"]
+
+        await eventually(opened, "142 people: two shelters of 100")
+        assert (await registry.shelter("S1"))["opened_for"] == call.id
 
 
 async def test_an_operators_expected_evacuees_override_the_plans_estimate(shelter_app, db_url):

@@ -14,10 +14,10 @@ from pydantic import BaseModel
 
 from ecs import streams
 from ecs.bus import Bus, decode_envelope
-from ecs.contracts import LevelChanged, StageChanged
+from ecs.contracts import CategoryChanged, LevelChanged, StageChanged
 from ecs.envelope import Envelope, parse_payload
 from ecs.errors import AppError, Poison, Transient
-from ecs.vocabulary import Level, Stage
+from ecs.vocabulary import Level, Stage, scene_of
 
 from . import views
 from .context import Context
@@ -27,6 +27,7 @@ from .handlers.automation import EVACUATING
 INCIDENT_EVENTS: dict[str, type[BaseModel]] = {
     "incident.stage.changed": StageChanged,
     "incident.level.changed": LevelChanged,
+    "incident.category.changed": CategoryChanged,
 }
 """The payload model of each incident event shelter-registry handles (its handlers: handlers.EVENTS)."""
 INCIDENT_CONSUMER = streams.SHELTER_INCIDENTS.pull(tuple(INCIDENT_EVENTS), ack_wait_s=10)
@@ -96,6 +97,14 @@ async def radius_for(ctx: Context, bus: Bus, data: BaseModel) -> int | None:
         if known is None or known.category is None or Stage(known.stage) not in EVACUATING:
             return None
         return await evacuation_radius(bus, data.incident_id, known.category, Level(data.to_level))
+    if isinstance(data, CategoryChanged):
+        known = await views.incident_plan_facts(ctx.db, data.incident_id)
+        if known is None or Stage(known.stage) not in EVACUATING:
+            return None
+        level = Level(known.level) if known.level is not None else Level(data.level)
+        return await evacuation_radius(
+            bus, data.incident_id, scene_of(known.category or data.to_category, data.to_category), level
+        )
     return None
 
 

@@ -31,13 +31,14 @@ from sqlalchemy import (
     func,
     literal,
     select,
+    text,
     update,
 )
 from sqlalchemy.engine import Row
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from ecs.db import BigId, UTCDateTime, new_metadata
+from ecs.db import BigId, UTCDateTime, new_metadata, scene_of
 from ecs.errors import Conflict, NotFound, StaleVersion
 
 from .domain import (
@@ -429,6 +430,104 @@ async def claim_nearest(
     return (await conn.execute(_CLAIM_NEAREST, params)).scalar_one_or_none()
 
 
+_PLACE_NEAREST_PG = text(
+    """
+WITH claim AS (
+    UPDATE shelters
+    SET occupied = occupied + CAST(:people AS integer),
+        accessible_used = accessible_used + CAST(:wheelchairs AS integer),
+        pets_used = pets_used + CAST(:pets AS integer),
+        changed_at = CAST(:now AS timestamptz)
+    WHERE id = (
+        SELECT id FROM shelters
+        WHERE status = 'open' AND exercise = CAST(:exercise AS boolean)
+            AND occupied + CAST(:people AS integer) <= capacity
+            AND accessible_used + CAST(:wheelchairs AS integer) <= accessible_places
+            AND pets_used + CAST(:pets AS integer) <= pet_places
+        ORDER BY (lat - CAST(:lat AS float8)) * (lat - CAST(:lat AS float8))
+            + CAST(:k AS float8) * (lon - CAST(:lon AS float8)) * (lon - CAST(:lon AS float8)), id
+        LIMIT 1
+        FOR UPDATE
+    )
+    AND status = 'open' AND exercise = CAST(:exercise AS boolean)
+    AND occupied + CAST(:people AS integer) <= capacity
+    AND accessible_used + CAST(:wheelchairs AS integer) <= accessible_places
+    AND pets_used + CAST(:pets AS integer) <= pet_places
+    RETURNING id
+), registration AS (
+    INSERT INTO registrations (id, shelter_id, incident_id, status, people, wheelchairs, pets, origin_address,
+        exercise, moved_to, version, created_at, changed_at, household_ref)
+    SELECT CAST(:registration_id AS varchar), claim.id, CAST(:incident_id AS varchar), 'planned',
+        CAST(:people AS integer), CAST(:wheelchairs AS integer), CAST(:pets AS integer),
+        CAST(:origin_address AS varchar), CAST(:exercise AS boolean), NULL, 1,
+        CAST(:now AS timestamptz), CAST(:now AS timestamptz), NULL
+    FROM claim
+    RETURNING shelter_id
+), placed AS (
+    INSERT INTO registration_history (registration_id, action, from_status, to_status, from_shelter, to_shelter,
+        actor, at)
+    SELECT CAST(:registration_id AS varchar), CAST(:action AS varchar), NULL, 'planned', NULL,
+        registration.shelter_id, CAST(:actor AS varchar), CAST(:now AS timestamptz)
+    FROM registration
+), people AS (
+    INSERT INTO persons (registration_id, name, name_key, id_key, id_masked, phone_key, phone_masked, wheelchair,
+        consent_to_share)
+    SELECT CAST(:registration_id AS varchar), p.name, p.name_key, p.id_key, p.id_masked, p.phone_key,
+        p.phone_masked, p.wheelchair, p.consent_to_share
+    FROM registration, unnest(
+        CAST(:names AS varchar[]), CAST(:name_keys AS varchar[]), CAST(:id_keys AS varchar[]),
+        CAST(:id_masks AS varchar[]), CAST(:phone_keys AS varchar[]), CAST(:phone_masks AS varchar[]),
+        CAST(:wheelchairs_each AS boolean[]), CAST(:consents AS boolean[])
+    ) WITH ORDINALITY AS p(name, name_key, id_key, id_masked, phone_key, phone_masked, wheelchair,
+        consent_to_share, n)
+    ORDER BY p.n
+)
+SELECT shelter_id FROM registration
+"""
+)
+"""``claim_nearest``'s UPDATE, the registration, its people and its history in one PostgreSQL
+statement (data-modifying CTEs): nothing is written unless the claim took a shelter."""
+
+
+async def place_nearest(
+    conn: AsyncConnection,
+    row: dict[str, Any],
+    people: Sequence[dict[str, Any]],
+    lat: float,
+    lon: float,
+    action: str,
+    actor: str,
+) -> str | None:
+    """PostgreSQL: claim the nearest open shelter that takes the household (as ``claim_nearest``)
+    and write its registration ``row`` (``shelter_id`` ignored), its ``people`` (persons rows,
+    in order) and its history line, in one statement and one round trip. Returns the shelter's
+    id, or None (nothing written) when no open shelter took the household."""
+    params = {
+        "people": row["people"],
+        "wheelchairs": row["wheelchairs"],
+        "pets": row["pets"],
+        "exercise": row["exercise"],
+        "lat": lat,
+        "lon": lon,
+        "k": math.cos(math.radians(lat)) ** 2,
+        "now": row["created_at"],
+        "registration_id": row["id"],
+        "incident_id": row["incident_id"],
+        "origin_address": row["origin_address"],
+        "action": action,
+        "actor": actor,
+        "names": [p["name"] for p in people],
+        "name_keys": [p["name_key"] for p in people],
+        "id_keys": [p["id_key"] for p in people],
+        "id_masks": [p["id_masked"] for p in people],
+        "phone_keys": [p["phone_key"] for p in people],
+        "phone_masks": [p["phone_masked"] for p in people],
+        "wheelchairs_each": [p["wheelchair"] for p in people],
+        "consents": [p["consent_to_share"] for p in people],
+    }
+    return (await conn.execute(_PLACE_NEAREST_PG, params)).scalar_one_or_none()
+
+
 async def give_back_places(conn: AsyncConnection, shelter_id: str, needs: Needs, now: datetime) -> None:
     """Free ``needs`` places (a check-out, a move, a cancellation); the CHECKs refuse going below 0."""
     c = shelters.c
@@ -637,6 +736,20 @@ async def follow_level(conn: AsyncConnection, incident_id: str, level: int, vers
     already changed the incident. True when the row changed."""
     c = incidents.c
     values: dict[str, Any] = {"level": level, "version": version}
+    if radius_m is not None:
+        values["evacuation_radius_m"] = radius_m
+    stmt = update(incidents).where(c.id == incident_id, c.version <= version).values(**values).returning(c.id)
+    return (await conn.execute(stmt)).first() is not None
+
+
+async def follow_category(
+    conn: AsyncConnection, incident_id: str, category: str, version: int, radius_m: int | None
+) -> bool:
+    """A medical-only incident became its scene (ecs.db.scene_of), with the scene plan's radius at
+    its level when known, unless a newer event already changed the incident. True when the row
+    changed."""
+    c = incidents.c
+    values: dict[str, Any] = {"category": scene_of(c.category, category), "version": version}
     if radius_m is not None:
         values["evacuation_radius_m"] = radius_m
     stmt = update(incidents).where(c.id == incident_id, c.version <= version).values(**values).returning(c.id)

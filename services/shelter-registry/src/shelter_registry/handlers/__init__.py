@@ -33,6 +33,7 @@ COMMANDS: dict[type, Handler] = {
 EVENTS: dict[str, tuple[EventHandler, ...]] = {
     "incident.stage.changed": (automation.follow_stage,),
     "incident.level.changed": (automation.follow_level,),
+    "incident.category.changed": (automation.follow_category,),
 }
 
 

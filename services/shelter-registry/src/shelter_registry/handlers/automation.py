@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ecs.contracts import LevelChanged, StageChanged
+from ecs.contracts import CategoryChanged, LevelChanged, StageChanged
 from ecs.envelope import Envelope, utcnow
 from ecs.errors import NotFound
 from ecs.vocabulary import Stage
@@ -75,6 +75,30 @@ async def follow_level(
             await tx.uow.commit()
             return
         followed = await store.follow_level(tx.conn, data.incident_id, int(data.to_level), data.version, radius_m)
+        if followed and radius_m and ctx.settings.automatic and Stage(incident.stage) in EVACUATING:
+            await _open_for(tx, ctx, data.incident_id)
+        await tx.uow.commit()
+
+    await transaction(ctx, work, AUTOMATION, env)
+
+
+async def follow_category(
+    ctx: Context, env: Envelope, data: CategoryChanged, consumer: str, radius_m: int | None = None
+) -> None:
+    """A medical call became its scene: keep the scene and its plan's evacuation radius at the
+    incident's level (``radius_m``, None when the consumer did not ask: the incident is not
+    evacuating or unknown); while the incident is evacuating, open the standby shelters the
+    scene's evacuation needs."""
+
+    async def work(tx: Tx) -> None:
+        if not await tx.uow.first_time(consumer, env.id):
+            return
+        await tx.uow.lock(incident_lock(data.incident_id))
+        incident = await store.incident(tx.conn, data.incident_id)
+        if incident is None:
+            await tx.uow.commit()
+            return
+        followed = await store.follow_category(tx.conn, data.incident_id, str(data.to_category), data.version, radius_m)
         if followed and radius_m and ctx.settings.automatic and Stage(incident.stage) in EVACUATING:
             await _open_for(tx, ctx, data.incident_id)
         await tx.uow.commit()
