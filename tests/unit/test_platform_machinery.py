@@ -21,7 +21,7 @@ from ecs.envelope import field_path, make_event, parse_payload
 from ecs.errors import Forbidden, Poison, Transient, Unauthorized
 from ecs.retry import db_error_text, is_retryable, is_unavailable, retrying
 from ecs.signing import matches, signed_headers
-from ecs.vocabulary import Participant
+from ecs.vocabulary import Category, Participant, scene_of
 
 # --- the retry policy ---------------------------------------------------------------------------
 
@@ -413,3 +413,12 @@ def test_in_production_tokens_are_checked_against_the_issuers_published_keys(iss
     assert "invalid token" in refused(tokens, f"Bearer {local}")
     with pytest.raises(RuntimeError, match="^tokens come from the OIDC issuer in this deployment$"):
         tokens.issue("alice", ["dispatcher"])
+
+
+@pytest.mark.parametrize("scene", [c for c in Category if c is not Category.medical])
+def test_a_copy_of_an_incident_only_ever_turns_a_medical_call_into_its_scene(scene):
+    assert scene_of(Category.medical, scene) is scene
+    assert scene_of("medical", str(scene)) is scene  # as events and rows spell them
+    assert scene_of(Category.medical, Category.medical) is Category.medical
+    for other in Category:
+        assert scene_of(scene, other) is scene  # a scene never changes, least of all back to medical
