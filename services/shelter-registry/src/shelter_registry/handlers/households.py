@@ -112,18 +112,9 @@ async def place_household(ctx: Context, cmd: commands.PlaceHousehold) -> Registr
     async def work(tx: Tx) -> Registration:
         now = utcnow()
         exercise = await _exercise_of(tx, cmd.incident_id, cmd.exercise)
-        if cmd.shelter_id is not None:
-            chosen = await store.shelter(tx.conn, cmd.shelter_id)
-            if chosen.status not in TAKES_PEOPLE or chosen.exercise is not exercise:
-                raise Conflict(f"shelter {chosen.id} is {chosen.status.value}: it takes no one", field="shelter_id")
-            if not await store.take_places(tx.conn, chosen.id, cmd.needs, exercise, now):
-                raise no_shelter_takes(cmd.needs, await store.largest_room(tx.conn, exercise, cmd.needs))
-            shelter_id = chosen.id
-        else:
-            shelter_id = await _claim_nearest(tx, cmd, exercise, now)
         row = {
             "id": new_registration_id(),
-            "shelter_id": shelter_id,
+            "shelter_id": "",  # the shelter that takes the household, below
             "incident_id": cmd.incident_id,
             "status": RegistrationStatus.planned.value,
             "people": cmd.needs.people,
@@ -137,9 +128,24 @@ async def place_household(ctx: Context, cmd: commands.PlaceHousehold) -> Registr
             "changed_at": now,
             "household_ref": None,
         }
-        await store.insert_registration(tx.conn, row, [_person_row(ctx, p) for p in cmd.people])
-        reg = Registration(**{**row, "status": RegistrationStatus.planned})
-        await store.record_history(tx.conn, [_history(reg, PLACED, None, tx.actor)])
+        people = [_person_row(ctx, p) for p in cmd.people]
+        if cmd.shelter_id is None and not ctx.db.is_sqlite:
+            # PostgreSQL: the claim, the registration, its people and its history in one statement.
+            row["shelter_id"] = await _place_nearest(tx, cmd, row, people)
+            reg = Registration(**{**row, "status": RegistrationStatus.planned})
+        else:
+            if cmd.shelter_id is not None:
+                chosen = await store.shelter(tx.conn, cmd.shelter_id)
+                if chosen.status not in TAKES_PEOPLE or chosen.exercise is not exercise:
+                    raise Conflict(f"shelter {chosen.id} is {chosen.status.value}: it takes no one", field="shelter_id")
+                if not await store.take_places(tx.conn, chosen.id, cmd.needs, exercise, now):
+                    raise no_shelter_takes(cmd.needs, await store.largest_room(tx.conn, exercise, cmd.needs))
+                row["shelter_id"] = chosen.id
+            else:
+                row["shelter_id"] = await _claim_nearest(tx, cmd, exercise, now)
+            await store.insert_registration(tx.conn, row, people)
+            reg = Registration(**{**row, "status": RegistrationStatus.planned})
+            await store.record_history(tx.conn, [_history(reg, PLACED, None, tx.actor)])
         tx.emit(_changed(reg, PLACED, None, tx.actor), reg.incident_id, reg.exercise)
         if reg.incident_id is not None:
             await settle_if_done(tx, reg.incident_id)
@@ -159,6 +165,22 @@ async def _claim_nearest(tx: Tx, cmd: commands.PlaceHousehold, exercise: bool, n
         if shelter_id is not None:
             return shelter_id
         largest = await store.largest_room(tx.conn, exercise, cmd.needs)
+        if largest < cmd.needs.people:
+            break
+    raise no_shelter_takes(cmd.needs, largest)
+
+
+async def _place_nearest(
+    tx: Tx, cmd: commands.PlaceHousehold, row: dict[str, Any], people: list[dict[str, Any]]
+) -> str:
+    """PostgreSQL's one-statement placement (store.place_nearest): the shelter that took the
+    household, its registration, people and history written. A miss is looked at again as in
+    ``_claim_nearest``; raises the 409 naming the largest household one could take."""
+    for _ in range(MAX_CLAIMS):
+        shelter_id = await store.place_nearest(tx.conn, row, people, cmd.lat, cmd.lon, PLACED, tx.actor)
+        if shelter_id is not None:
+            return shelter_id
+        largest = await store.largest_room(tx.conn, row["exercise"], cmd.needs)
         if largest < cmd.needs.people:
             break
     raise no_shelter_takes(cmd.needs, largest)
