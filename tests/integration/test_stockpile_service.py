@@ -465,6 +465,27 @@ async def test_several_items_at_once_all_or_none(stockpile_app, db_url, headers)
         assert [(a["depot_id"], a["held"]) for a in answers[0]["allocations"]] == [("A", 5), ("B", 3)]
 
 
+async def test_the_same_item_twice_in_one_request_never_counts_a_line_twice(stockpile_app, db_url, headers):
+    async with stockpile_app(db_url) as (_, client, bus):
+        s = Stockpile(client, bus, headers)
+        await s.setup([depot("A", 1.0), depot("B", 2.0)])
+        await s.receive("A", {"item": "stretcher", "lot": "S", "quantity": 5})
+        await s.receive("B", {"item": "stretcher", "lot": "S", "quantity": 5})
+        incident = await s.incident()
+        lines = [{"item": "stretcher", "quantity": 4}, {"item": "stretcher", "quantity": 4}]
+        got = await s.ok(f"/v1/incidents/{incident}/reservations:batch", {"lines": lines})
+        answers = got["reservations"]
+        assert [[(a["depot_id"], a["held"]) for a in r["allocations"]] for r in answers] == [
+            [("A", 4)],
+            [("A", 1), ("B", 3)],
+        ]
+        assert await s.available("A", "stretcher") == 0
+        assert await s.available("B", "stretcher") == 2
+        # The answer written from what was just made is what reading the reservations gives.
+        for answer in answers:
+            assert (await s.get(f"/v1/reservations/{answer['id']}")).json() == answer
+
+
 async def test_a_drill_runner_reserves_for_exercise_incidents_only(stockpile_app, db_url, headers):
     async with stockpile_app(db_url) as (_, client, bus):
         s = Stockpile(client, bus, headers)

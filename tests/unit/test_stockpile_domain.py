@@ -25,6 +25,7 @@ from resource_stockpile.domain import (
     StockLine,
     Topping,
     allocate,
+    allocate_many,
     check_history,
     check_item,
     in_packs,
@@ -142,6 +143,22 @@ def test_a_partial_allocation_says_what_is_missing():
     takes, missing = allocate([Candidate(line(1, "A", 4, reserved=1), 60.0)], 10)
     assert [(t.line_id, t.quantity) for t in takes] == [(1, 3)]
     assert missing == 7
+
+
+def test_requests_for_the_same_item_share_its_lines_and_others_get_their_own():
+    near = Candidate(line(1, "near", 10, reserved=2), 60.0)
+    far = Candidate(line(2, "far", 5), 600.0)
+    kit = Candidate(StockLine(3, "near", "first_aid_kit", "K", None, Condition.good, 4, 0), 60.0)
+    plans = allocate_many(
+        {"stretcher": [far, near], "first_aid_kit": [kit]},
+        [("stretcher", 6), ("first_aid_kit", 5), ("stretcher", 6), ("blanket", 1)],
+    )
+    assert [[(t.line_id, t.quantity) for t in p] for p in plans] == [
+        [(1, 6)],
+        [(3, 4)],  # one short: nothing else has it
+        [(1, 2), (2, 4)],  # what the first left of the nearest line, then the next
+        [],  # no line at all
+    ]
 
 
 def test_travel_time_grows_with_distance():

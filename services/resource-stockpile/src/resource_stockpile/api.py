@@ -406,7 +406,8 @@ async def reserve(
     who: Principal = requires(*SUPPLY),
 ) -> Response:
     """Reserve nearest first across depots; a partial reservation answers 201 with ``missing``."""
-    who.require_scope(SUPPLY, await views.incident_is_exercise(ctx.db, incident_id), "incidents")
+    exercise = await views.incident_is_exercise(ctx.db, incident_id, remembered=True)  # the handler reads it again
+    who.require_scope(SUPPLY, exercise, "incidents")
     near = body.near
     got = await handle(
         ctx,
@@ -421,7 +422,8 @@ async def reserve(
             request_key=_request_key(who, idempotency_key),
         ),
     )
-    return _answer(await views.reservation(ctx.db, got.reservation_id), 201)
+    made = views.just_made([got])
+    return _answer(made.reservations[0] if made else await views.reservation(ctx.db, got.reservation_id), 201)
 
 
 @reservations_api.post("/incidents/{incident_id}/reservations:batch", response_model=ReservationBatch, status_code=201)
@@ -433,7 +435,8 @@ async def reserve_many(
     who: Principal = requires(*SUPPLY),
 ) -> Response:
     """Reserve several items in one request, all or none; each line answers with what is missing."""
-    who.require_scope(SUPPLY, await views.incident_is_exercise(ctx.db, incident_id), "incidents")
+    exercise = await views.incident_is_exercise(ctx.db, incident_id, remembered=True)  # the handler reads it again
+    who.require_scope(SUPPLY, exercise, "incidents")
     near = body.near
     lines = [commands.RequestLine(line.item, line.quantity, line.unit) for line in body.lines]
     cmd = commands.ReserveMany(
@@ -445,7 +448,8 @@ async def reserve_many(
         request_key=_request_key(who, idempotency_key),
     )
     got = await handle(ctx, cmd)
-    return _answer(await views.reservations(ctx.db, [r.reservation_id for r in got]), 201)
+    answer = views.just_made(got) or await views.reservations(ctx.db, [r.reservation_id for r in got])
+    return _answer(answer, 201)
 
 
 ReservationId = Annotated[int, Path(ge=1, le=2**63 - 1, description="a reservation's id (a 64-bit key)")]

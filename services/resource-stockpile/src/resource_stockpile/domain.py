@@ -225,6 +225,30 @@ def allocate(candidates: Sequence[Candidate], wanted: int) -> tuple[list[Take], 
     return takes, max(left, 0)
 
 
+def allocate_many(pools: Mapping[str, Sequence[Candidate]], wanted: Sequence[tuple[str, int]]) -> list[list[Take]]:
+    """What to take for each of several requests ``wanted`` ((item, base units), in order) from
+    each item's candidates ``pools[item]``, nearest first and FEFO within a depot (as
+    ``allocate``); two requests for the same item share its lines (the second gets what the
+    first left). Returns one list of takes per request, in order; what a list does not cover
+    is missing (an item without a pool gets nothing)."""
+    left_on: dict[int, int] = {}
+    ordered = {item: order_candidates(pool) for item, pool in pools.items()}
+    plans: list[list[Take]] = []
+    for item, quantity in wanted:
+        takes: list[Take] = []
+        left = quantity
+        for c in ordered.get(item, ()):
+            if left <= 0:
+                break
+            q = min(left, left_on.get(c.line.id, c.line.available))
+            if q > 0:
+                takes.append(Take(c.line.id, c.line.depot_id, q, c.travel_s))
+                left_on[c.line.id] = left_on.get(c.line.id, c.line.available) - q
+                left -= q
+        plans.append(takes)
+    return plans
+
+
 # --- low stock and expiry ------------------------------------------------------------------------
 
 
@@ -448,6 +472,7 @@ __all__ = [
     "Take",
     "Topping",
     "allocate",
+    "allocate_many",
     "check_history",
     "check_item",
     "expiry_horizon",

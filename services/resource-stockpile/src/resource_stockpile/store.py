@@ -43,6 +43,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ecs.db import BigId, UTCDateTime, new_metadata
 from ecs.errors import Conflict
+from ecs.geo import EARTH_RADIUS_M
 from ecs.vocabulary import Category, Level, Stage
 
 from .domain import Allocation, Bucket, Condition, Depot, Item, StockLine
@@ -478,27 +479,141 @@ async def change_on_hand(conn: AsyncConnection, document_id: int, line_id: int, 
     return True
 
 
-async def candidates(
-    conn: AsyncConnection, item: str, exercise: bool, not_expiring_before: date
-) -> list[tuple[StockLine, Depot]]:
-    """Every good stock line of ``item`` with something available in a depot of the same kind
-    (exercise or live), not expiring before ``not_expiring_before``, with its depot."""
+async def candidates_of(
+    conn: AsyncConnection, codes: Iterable[str], exercise: bool, not_expiring_before: date
+) -> dict[str, list[tuple[StockLine, Depot]]]:
+    """Every good stock line of these items with something available in a depot of the same kind
+    (exercise or live), not expiring before ``not_expiring_before``, with its depot, in one
+    query: by item code (an item with nothing reservable is absent)."""
+    wanted = sorted(set(codes))
+    if not wanted:
+        return {}
+    t = stock_lines.c
     q = (
-        select(stock_lines, depots.c.lat.label("d_lat"), depots.c.lon.label("d_lon"), depots.c.name.label("d_name"))
-        .join(depots, depots.c.id == stock_lines.c.depot_id)
+        select(
+            t.id,
+            t.depot_id,
+            t.item,
+            t.lot,
+            t.expiry,
+            t.on_hand,
+            t.reserved,
+            depots.c.lat.label("d_lat"),
+            depots.c.lon.label("d_lon"),
+            depots.c.name.label("d_name"),
+        )
+        .join(depots, depots.c.id == t.depot_id)
         .where(
-            stock_lines.c.item == item,
-            stock_lines.c.condition == Condition.good.value,
-            stock_lines.c.on_hand > stock_lines.c.reserved,
-            stock_lines.c.exercise == exercise,
-            (stock_lines.c.expiry.is_(None)) | (stock_lines.c.expiry >= not_expiring_before),
+            t.item.in_(wanted),
+            t.condition == Condition.good.value,
+            t.on_hand > t.reserved,
+            t.exercise == exercise,
+            (t.expiry.is_(None)) | (t.expiry >= not_expiring_before),
         )
     )
-    rows = (await conn.execute(q)).all()
-    return [
-        (to_line(r), Depot(id=r.depot_id, name=r.d_name, district="", lat=r.d_lat, lon=r.d_lon, exercise=exercise))
-        for r in rows
-    ]
+    found: dict[str, list[tuple[StockLine, Depot]]] = {}
+    for r in await conn.execute(q):
+        line = StockLine(r.id, r.depot_id, r.item, r.lot, r.expiry, Condition.good, r.on_hand, r.reserved)
+        depot = Depot(id=r.depot_id, name=r.d_name, district="", lat=r.d_lat, lon=r.d_lon, exercise=exercise)
+        found.setdefault(r.item, []).append((line, depot))
+    return found
+
+
+_RESERVE_LINES = text(
+    "WITH v AS (SELECT * FROM unnest(CAST(:ids AS bigint[]), CAST(:qs AS bigint[])) AS v(id, q)),"
+    " locked AS (SELECT s.id FROM stock_lines s WHERE s.id IN (SELECT id FROM v) ORDER BY s.id FOR UPDATE)"
+    " UPDATE stock_lines AS s SET reserved = s.reserved + v.q FROM v JOIN locked ON locked.id = v.id"
+    " WHERE s.id = v.id AND s.condition = 'good' AND s.on_hand - s.reserved >= v.q"
+    " RETURNING s.id"
+)
+
+
+async def reserve_from_lines(conn: AsyncConnection, wanted: dict[int, int]) -> set[int]:
+    """Reserve ``wanted[line_id]`` base units of each good line that still has that much
+    available; returns the lines that gave it (the others, emptied meanwhile by another request,
+    gave nothing). On PostgreSQL one conditional ``UPDATE ... FROM unnest(...) RETURNING`` for
+    every line, the lines locked first in id order (two requests sharing lines never deadlock
+    over them); on SQLite,
+    whose writer lock already serialises writers, ``reserve_from_line`` for each."""
+    ids = sorted(wanted)
+    if not ids:
+        return set()
+    if conn.dialect.name == "postgresql":
+        res = await conn.execute(_RESERVE_LINES, {"ids": ids, "qs": [wanted[i] for i in ids]})
+        return {int(r[0]) for r in res}
+    return {i for i in ids if await reserve_from_line(conn, i, wanted[i])}
+
+
+_RESERVE_NEAREST = text(
+    """
+WITH want AS (
+    SELECT w.item, w.q, w.n
+    FROM unnest(CAST(:items AS text[]), CAST(:qs AS bigint[])) WITH ORDINALITY AS w(item, q, n)
+), cand AS (
+    SELECT s.id, s.depot_id, s.expiry, s.on_hand - s.reserved AS avail, w.n, w.q,
+        2 * CAST(:radius AS float8) * asin(least(1.0, sqrt(
+            power(sin((radians(CAST(:lat AS float8)) - radians(d.lat)) / 2), 2)
+            + cos(radians(d.lat)) * cos(radians(CAST(:lat AS float8)))
+            * power(sin(radians(CAST(:lon AS float8) - d.lon) / 2), 2)
+        ))) * CAST(:s_per_m AS float8) AS travel
+    FROM want w
+    JOIN stock_lines s ON s.item = w.item
+    JOIN depots d ON d.id = s.depot_id
+    WHERE s.condition = 'good' AND s.on_hand > s.reserved AND s.exercise = CAST(:exercise AS boolean)
+        AND (s.expiry IS NULL OR s.expiry >= CAST(:not_before AS date))
+), ranked AS (
+    SELECT cand.*, row_number() OVER w AS k,
+        COALESCE(sum(avail) OVER (w ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS before
+    FROM cand
+    WINDOW w AS (PARTITION BY n ORDER BY round(CAST(travel AS numeric), 3), depot_id COLLATE "C",
+                 expiry NULLS LAST, id)
+), take AS (
+    SELECT id, depot_id, n, k, travel, least(avail, q - before) AS q FROM ranked WHERE before < q
+), locked AS (
+    SELECT s.id FROM stock_lines s WHERE s.id IN (SELECT id FROM take) ORDER BY s.id FOR UPDATE
+), given AS (
+    UPDATE stock_lines s SET reserved = s.reserved + take.q
+    FROM take JOIN locked ON locked.id = take.id
+    WHERE s.id = take.id AND s.condition = 'good' AND s.on_hand - s.reserved >= take.q
+    RETURNING s.id
+)
+SELECT take.n, take.id, take.depot_id, take.q, take.travel, take.id IN (SELECT id FROM given) AS given
+FROM take ORDER BY take.n, take.k
+"""
+)
+
+
+async def reserve_nearest(
+    conn: AsyncConnection,
+    wants: Sequence[tuple[str, int]],
+    lat: float,
+    lon: float,
+    exercise: bool,
+    not_expiring_before: date,
+    seconds_per_m: float,
+) -> list[tuple[int, int, str, int, float, bool]]:
+    """PostgreSQL only, for ``wants`` ((item, base units), no item twice): in one statement, pick
+    each want's lines as the domain does (the good lines of depots of the same kind, not
+    expiring before ``not_expiring_before``; nearest depot first by great-circle distance times
+    ``seconds_per_m``, then earliest expiry, until the quantity is met) and reserve them with a
+    conditional UPDATE each, the lines locked first in id order (two requests sharing lines never
+    deadlock over them). Returns the takes, each want's in order: (index into ``wants``, line
+    id, depot id, base units, travel seconds, given), ``given`` False for a line another request
+    emptied meanwhile (nothing was reserved from it)."""
+    res = await conn.execute(
+        _RESERVE_NEAREST,
+        {
+            "items": [w[0] for w in wants],
+            "qs": [w[1] for w in wants],
+            "radius": EARTH_RADIUS_M,
+            "lat": lat,
+            "lon": lon,
+            "s_per_m": seconds_per_m,
+            "exercise": exercise,
+            "not_before": not_expiring_before,
+        },
+    )
+    return [(int(r.n) - 1, int(r.id), r.depot_id, int(r.q), float(r.travel), bool(r.given)) for r in res]
 
 
 async def reserve_from_line(conn: AsyncConnection, line_id: int, quantity: int) -> bool:
@@ -570,21 +685,23 @@ async def insert_reservation(
     return int(res.scalar_one())
 
 
+async def insert_reservations(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> list[int]:
+    """Record several reservations (each a dict of ``reservations``' columns but ``id``) in one
+    statement; returns their ids in the order of ``rows``."""
+    if not rows:
+        return []
+    res = await conn.execute(
+        insert(reservations).returning(reservations.c.id, sort_by_parameter_order=True), list(rows)
+    )
+    return [int(r[0]) for r in res]
+
+
 async def reservations_of_request(conn: AsyncConnection, request_key: str) -> list[Any]:
     """The reservations an earlier request with this key made, in order."""
     rows = await conn.execute(
         select(reservations).where(reservations.c.request_key == request_key).order_by(reservations.c.id)
     )
     return list(rows)
-
-
-async def set_missing(conn: AsyncConnection, reservation_id: int, missing: int) -> None:
-    """What the reservation could not get."""
-    await conn.execute(
-        update(reservations)
-        .where(reservations.c.id == reservation_id)
-        .values(missing=missing, version=reservations.c.version + 1)
-    )
 
 
 async def bump_reservation(conn: AsyncConnection, reservation_id: int, version: int | None) -> bool:
@@ -596,24 +713,29 @@ async def bump_reservation(conn: AsyncConnection, reservation_id: int, version: 
     return res.rowcount == 1
 
 
-async def add_allocation(
-    conn: AsyncConnection, reservation_id: int, incident_id: str, line: StockLine, quantity: int, travel: float
-) -> None:
-    """Record what a reservation took from a stock line."""
+async def add_allocations(conn: AsyncConnection, rows: Sequence[Allocation], incident_id: str) -> None:
+    """Record what reservations took from stock lines (``held`` of each; ids are given by the
+    database), in one statement."""
+    if not rows:
+        return
     await conn.execute(
-        insert(allocations).values(
-            reservation_id=reservation_id,
-            incident_id=incident_id,
-            line_id=line.id,
-            depot_id=line.depot_id,
-            item=line.item,
-            travel_s=travel,
-            held=quantity,
-            out=0,
-            returned=0,
-            consumed=0,
-            released=0,
-        )
+        insert(allocations),
+        [
+            {
+                "reservation_id": a.reservation_id,
+                "incident_id": incident_id,
+                "line_id": a.line_id,
+                "depot_id": a.depot_id,
+                "item": a.item,
+                "travel_s": a.travel_s,
+                "held": a.held,
+                "out": 0,
+                "returned": 0,
+                "consumed": 0,
+                "released": 0,
+            }
+            for a in rows
+        ],
     )
 
 

@@ -3,7 +3,9 @@ Quantities are in base units, with the same in packs beside them where the item 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta
+from types import SimpleNamespace
 from typing import Any
 
 from pydantic import BaseModel, Field
@@ -290,12 +292,26 @@ async def reservation(db: Database, reservation_id: int) -> ReservationAnswer:
         return _reservation(row, await store.reservation_allocations(conn, reservation_id))
 
 
-async def incident_is_exercise(db: Database, incident_id: str) -> bool:
-    """Whether the incident is an exercise; NotFound for an incident never heard of."""
+_EXERCISE_OF: dict[str, bool] = {}
+"""Incidents' exercise flags as read, by id: a flag never changes once the incident is known
+(store.remember_incident), so a handler that reads the incident again itself (and answers 404
+for one purged since) may be told it without a query. Forgotten whole at _EXERCISE_KEPT."""
+_EXERCISE_KEPT = 50_000
+
+
+async def incident_is_exercise(db: Database, incident_id: str, *, remembered: bool = False) -> bool:
+    """Whether the incident is an exercise; NotFound for an incident never heard of.
+    ``remembered``: answer from what an earlier call read, when there is one (only for a
+    caller whose handler reads the incident anyway)."""
+    if remembered and incident_id in _EXERCISE_OF:
+        return _EXERCISE_OF[incident_id]
     async with db.engine.connect() as conn:
         incident = await store.get_incident(conn, incident_id)
     if incident is None:
         raise NotFound(f"incident {incident_id} not found", incident_id=incident_id)
+    if len(_EXERCISE_OF) >= _EXERCISE_KEPT:
+        _EXERCISE_OF.clear()
+    _EXERCISE_OF[incident_id] = bool(incident.exercise)
     return bool(incident.exercise)
 
 
@@ -309,6 +325,22 @@ async def reservations(db: Database, ids: list[int]) -> ReservationBatch:
     for x in sorted(allocs, key=lambda x: x.id):
         by_reservation.setdefault(x.reservation_id, []).append(x)
     return ReservationBatch(reservations=[_reservation(rows[i], by_reservation.get(i, [])) for i in ids])
+
+
+def just_made(got: Sequence[Any]) -> ReservationBatch | None:
+    """The answer about reservations a handler just made (handlers.reservations.Reserved, each
+    with the columns it wrote and its takes), without reading them back; None when any was only
+    found again (a repeated request), whose answer must be read (``reservations``)."""
+    if any(r.row is None for r in got):
+        return None
+    answers = []
+    for r in got:
+        allocs = [
+            Allocation(0, r.reservation_id, t.line_id, t.depot_id, r.row["item"], t.travel_s, t.quantity, 0)
+            for t in r.parts
+        ]
+        answers.append(_reservation(SimpleNamespace(**r.row), allocs))
+    return ReservationBatch(reservations=answers)
 
 
 async def incident_reservations(db: Database, incident_id: str) -> ReservationList:

@@ -23,7 +23,7 @@ from ecs.vocabulary import Level, Stage
 from .. import store
 from ..context import Context
 from ..domain import RESERVING_STAGES, RETURNING_STAGES, Action, reconcile
-from .reservations import apply_action, publish_settlement, reserve_for
+from .reservations import Want, apply_action, publish_settlement, reserve_lines
 from .tx import AUTOMATION, Tx, incident_lock, transaction
 
 log = structlog.get_logger("resource-stockpile")
@@ -133,11 +133,15 @@ async def reconcile_supplies(ctx: Context, tx: Tx, incident: Any, wanted: Mappin
     for t in toppings:
         if t.item not in known:
             log.warning("stockpile.unknown_plan_item", incident_id=incident.id, item=t.item)
+    adds = [Want(t.item, t.add) for t in toppings if t.add and t.item in known]
+    if adds:  # every item the plan adds, in one round of reads and one conditional UPDATE
+        got = await reserve_lines(ctx, tx, incident, adds, incident.lat, incident.lon, "automatic")
+        for want, made in zip(adds, got, strict=True):
+            if made.missing:
+                log.warning("stockpile.shortfall", incident_id=incident.id, item=want.item, missing=made.missing)
+    for t in toppings:
+        if t.item not in known:
             continue
-        if t.add:
-            got = await reserve_for(ctx, tx, incident, t.item, t.add, incident.lat, incident.lon, "automatic")
-            if got.missing:
-                log.warning("stockpile.shortfall", incident_id=incident.id, item=t.item, missing=got.missing)
         left = t.release
         for reservation_id in reversed(by_item.get(t.item, [])):  # newest first
             if left <= 0:

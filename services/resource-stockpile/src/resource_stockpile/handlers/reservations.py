@@ -3,13 +3,14 @@ depot), and what happens to them afterwards — issue, return, consume, release 
 UPDATE on the allocation and on the stock line, so no count is ever decided in Python.
 
 A stale read costs a round, never an oversell: a line another request emptied meanwhile refuses the
-conditional UPDATE (store.reserve_from_line) and the next nearest is tried.
+conditional UPDATE (store.reserve_from_lines) and the next nearest is tried.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import date, timedelta
 from typing import Any
 
 from prometheus_client import Counter as Metric
@@ -27,12 +28,13 @@ from ..domain import (
     FINISHED_STAGES,
     SOURCE_OF,
     Action,
+    Allocation,
     Candidate,
     Condition,
     DocumentKind,
     Item,
     Take,
-    allocate,
+    allocate_many,
     move,
     settled,
     settled_detail,
@@ -53,12 +55,25 @@ MISSING = Metric("stockpile_missing_base_units_total", "Base units asked for tha
 
 @dataclass(frozen=True, slots=True)
 class Reserved:
-    """What a reservation got: its id, and the base units reserved and missing."""
+    """What a reservation got: its id, the base units reserved and missing, the takes that
+    reserved them, and (when it was just made, not found again for a repeated request) the
+    reservation's columns as written, for the answer."""
 
     reservation_id: int
     reserved: int
     missing: int
     parts: list[Take]
+    row: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Want:
+    """``quantity`` base units of ``item`` wanted for an incident; ``edxl``: the (MessageID,
+    ResourceInfoElementID) of the EDXL-RM request it came from."""
+
+    item: str
+    quantity: int
+    edxl: tuple[str, str] | None = None
 
 
 async def reserve(ctx: Context, cmd: Reserve) -> Reserved:
@@ -90,102 +105,169 @@ async def reserve_many(
         if Stage(incident.stage) in FINISHED_STAGES:
             raise Conflict(f"incident {cmd.incident_id} is {incident.stage}", incident_id=cmd.incident_id)
         catalogue = await store.get_items(tx.conn, [line.item for line in cmd.lines])
-        quantities = []
+        wants = []
         for i, line in enumerate(cmd.lines):
             if line.item not in catalogue:
                 raise NotFound(f"item {line.item} not found", item=line.item)
             where = f"{prefix}{i}.quantity" if prefix else "quantity"
-            quantities.append(to_base(catalogue[line.item], line.quantity, line.unit, where))
+            edxl = (cmd.edxl_message_id, line.edxl_element_id or "") if cmd.edxl_message_id else None
+            wants.append(Want(line.item, to_base(catalogue[line.item], line.quantity, line.unit, where), edxl))
         lat = cmd.lat if cmd.lat is not None else incident.lat
         lon = cmd.lon if cmd.lon is not None else incident.lon
-        got = [
-            await reserve_for(
-                ctx,
-                tx,
-                incident,
-                line.item,
-                q,
-                lat,
-                lon,
-                source or cmd.source,
-                cmd.request_key,
-                (cmd.edxl_message_id, line.edxl_element_id or "") if cmd.edxl_message_id else None,
-            )
-            for line, q in zip(cmd.lines, quantities, strict=True)
-        ]
-        await publish_settlement(tx, incident)
+        got = await reserve_lines(ctx, tx, incident, wants, lat, lon, source or cmd.source, cmd.request_key)
+        await publish_settlement(tx, incident, got)
         await tx.commit()
         return got
 
     return await transaction(ctx, work, cmd.actor)
 
 
-async def reserve_for(
+async def reserve_lines(
     ctx: Context,
     tx: Tx,
     incident: Any,
-    item: str,
-    quantity: int,
+    wants: Sequence[Want],
     lat: float,
     lon: float,
     source: str,
     request_key: str | None = None,
-    edxl: tuple[str, str] | None = None,
-) -> Reserved:
-    """Reserve ``quantity`` base units of ``item`` near (lat, lon) for ``incident`` (a row of
-    store.incidents) in ``tx``: rounds of read candidates → allocate (domain) → conditional
-    UPDATE per line, until met, nothing is left, or the rounds run out. Emits ReservationMade."""
+) -> list[Reserved]:
+    """Reserve each of ``wants`` near (lat, lon) for ``incident`` (a row of store.incidents) in
+    ``tx``, a reservation each, in order. Rounds of: read every wanted item's candidates (one
+    query) → allocate them nearest first, FEFO within a depot (domain.allocate_many) → take them
+    with one conditional UPDATE (store.reserve_from_lines); a line another request emptied
+    meanwhile gives nothing, and only its items are read again next round, until every want is
+    met, nothing is left, or the rounds run out. Then the reservations and their allocations
+    are written with one statement each. Emits ReservationMade per want."""
     now = utcnow()
     settings = ctx.settings
-    reservation_id = await store.insert_reservation(
-        tx.conn, incident.id, item, quantity, lat, lon, source, incident.exercise, tx.actor, now, request_key, edxl
-    )
     not_before = now.date() + timedelta(days=settings.min_shelf_life_days)
-    left = quantity
-    taken: list[Take] = []
-    for _ in range(settings.reserve_rounds):
-        found = await store.candidates(tx.conn, item, incident.exercise, not_before)
-        pool = [
-            Candidate(line, travel_s(depot, lat, lon, settings.road_factor, settings.truck_speed_kmh))
-            for line, depot in found
-        ]
-        takes, _ = allocate(pool, left)
-        if not takes:
+    left = [w.quantity for w in wants]
+    taken: list[list[Take]] = [[] for _ in wants]
+    items = {w.item for w in wants}
+    if tx.conn.dialect.name == "postgresql" and len(items) == len(wants):
+        await _reserve_in_one(ctx, tx, incident, wants, lat, lon, left, taken, not_before)
+        items = set()  # all done: the rounds below are for SQLite, or an item asked for twice
+    for _ in range(settings.reserve_rounds if items else 0):
+        found = await store.candidates_of(tx.conn, items, incident.exercise, not_before)
+        road, speed = settings.road_factor, settings.truck_speed_kmh
+        pools = {
+            item: [Candidate(line, travel_s(depot, lat, lon, road, speed)) for line, depot in rows]
+            for item, rows in found.items()
+        }
+        todo = [i for i, w in enumerate(wants) if left[i] > 0 and w.item in items]
+        plans = allocate_many(pools, [(wants[i].item, left[i]) for i in todo])
+        asked: dict[int, int] = {}
+        for plan in plans:
+            for take in plan:
+                asked[take.line_id] = asked.get(take.line_id, 0) + take.quantity
+        if not asked:
             break
-        lines = {c.line.id: c.line for c in pool}
-        for take in takes:
-            if await store.reserve_from_line(tx.conn, take.line_id, take.quantity):
-                await store.add_allocation(
-                    tx.conn, reservation_id, incident.id, lines[take.line_id], take.quantity, take.travel_s
-                )
-                taken.append(take)
-                tx.touch(take.depot_id, item)
-                left -= take.quantity
-        if left == 0:
+        given = await store.reserve_from_lines(tx.conn, asked)
+        refused: set[str] = set()
+        for i, plan in zip(todo, plans, strict=True):
+            for take in plan:
+                if take.line_id in given:
+                    taken[i].append(take)
+                    left[i] -= take.quantity
+                    tx.touch(take.depot_id, wants[i].item)
+                else:
+                    refused.add(wants[i].item)
+        # Only an item a line was refused for may find more on a second look.
+        items = {wants[i].item for i in todo if left[i] > 0} & refused
+        if not items:
             break
-    await store.set_missing(tx.conn, reservation_id, left)
-    RESERVED.inc(quantity - left)
-    MISSING.inc(left)
-    parts: dict[str, ReservedPart] = {}
-    for t in taken:
-        p = parts.get(t.depot_id)
-        q = t.quantity + (p.quantity if p else 0)
-        parts[t.depot_id] = ReservedPart(depot_id=t.depot_id, quantity=q, travel_s=round(t.travel_s, 1))
-    tx.emit(
-        ReservationMade(
-            incident_id=incident.id,
-            reservation_id=reservation_id,
-            item=item,
-            requested=quantity,
-            reserved=quantity - left,
-            missing=left,
-            parts=list(parts.values()),
-            actor=tx.actor,
-        ),
+    rows = [
+        {
+            "incident_id": incident.id,
+            "item": w.item,
+            "requested": w.quantity,
+            "missing": left[i],
+            "lat": lat,
+            "lon": lon,
+            "source": source,
+            "exercise": incident.exercise,
+            "actor": tx.actor,
+            "version": 1,
+            "created_at": now,
+            "request_key": request_key,
+            "edxl_message_id": w.edxl[0] if w.edxl else None,
+            "edxl_element_id": w.edxl[1] if w.edxl else None,
+        }
+        for i, w in enumerate(wants)
+    ]
+    ids = await store.insert_reservations(tx.conn, rows)
+    await store.add_allocations(
+        tx.conn,
+        [
+            Allocation(0, ids[i], t.line_id, t.depot_id, wants[i].item, t.travel_s, t.quantity, 0)
+            for i in range(len(wants))
+            for t in taken[i]
+        ],
         incident.id,
-        incident.exercise,
     )
-    return Reserved(reservation_id, quantity - left, left, taken)
+    got = []
+    for i, w in enumerate(wants):
+        reserved = w.quantity - left[i]
+        RESERVED.inc(reserved)
+        MISSING.inc(left[i])
+        parts: dict[str, ReservedPart] = {}
+        for t in taken[i]:
+            p = parts.get(t.depot_id)
+            q = t.quantity + (p.quantity if p else 0)
+            parts[t.depot_id] = ReservedPart(depot_id=t.depot_id, quantity=q, travel_s=round(t.travel_s, 1))
+        tx.emit(
+            ReservationMade(
+                incident_id=incident.id,
+                reservation_id=ids[i],
+                item=w.item,
+                requested=w.quantity,
+                reserved=reserved,
+                missing=left[i],
+                parts=list(parts.values()),
+                actor=tx.actor,
+            ),
+            incident.id,
+            incident.exercise,
+        )
+        got.append(Reserved(ids[i], reserved, left[i], taken[i], {"id": ids[i], **rows[i]}))
+    return got
+
+
+async def _reserve_in_one(
+    ctx: Context,
+    tx: Tx,
+    incident: Any,
+    wants: Sequence[Want],
+    lat: float,
+    lon: float,
+    left: list[int],
+    taken: list[list[Take]],
+    not_before: date,
+) -> None:
+    """``reserve_lines``' rounds on PostgreSQL, for wants of distinct items: each round one
+    statement picks and reserves every want's lines (store.reserve_nearest); only the wants a
+    line was refused for (another request emptied it meanwhile) go to the next round. Fills
+    ``left`` and ``taken`` in place."""
+    settings = ctx.settings
+    seconds_per_m = settings.road_factor / (settings.truck_speed_kmh / 3.6)
+    todo = list(range(len(wants)))
+    for _ in range(settings.reserve_rounds):
+        found = await store.reserve_nearest(
+            tx.conn, [(wants[i].item, left[i]) for i in todo], lat, lon, incident.exercise, not_before, seconds_per_m
+        )
+        refused: set[int] = set()
+        for n, line_id, depot_id, q, travel, given in found:
+            i = todo[n]
+            if given:
+                taken[i].append(Take(line_id, depot_id, q, travel))
+                left[i] -= q
+                tx.touch(depot_id, wants[i].item)
+            else:
+                refused.add(i)
+        todo = [i for i in todo if i in refused and left[i] > 0]
+        if not todo:
+            return
 
 
 async def act_on_reservation(ctx: Context, cmd: ActOnReservation) -> int:
@@ -263,10 +345,23 @@ async def apply_action(
     return moved
 
 
-async def publish_settlement(tx: Tx, incident: Any) -> None:
+async def publish_settlement(tx: Tx, incident: Any, made: Sequence[Reserved] | None = None) -> None:
     """Tell the lifecycle whether the incident still holds supplies, when that changed since it
-    was last told (``stockpile.incident.settled``)."""
-    allocs = await store.incident_allocations(tx.conn, incident.id)
+    was last told (``stockpile.incident.settled``). ``made``: the reservations this transaction
+    made, when that is all it changed of the incident (under its lock): then nothing needs
+    reading once the incident was told anything — reserving nothing changes nothing, reserving
+    something unsettles it, and what it holds is then exactly what was just reserved."""
+    if made is not None and incident.settled is not None:
+        if not incident.settled or not any(r.reserved for r in made):
+            return
+        allocs = [
+            Allocation(0, r.reservation_id, t.line_id, t.depot_id, str(r.row["item"]), t.travel_s, t.quantity, 0)
+            for r in made
+            if r.row is not None
+            for t in r.parts
+        ]
+    else:
+        allocs = await store.incident_allocations(tx.conn, incident.id)
     now_settled = settled(allocs)
     if incident.settled is not None and bool(incident.settled) == now_settled:
         return
@@ -292,10 +387,11 @@ async def _item(tx: Tx, code: str) -> Item:
 
 __all__ = [
     "Reserved",
+    "Want",
     "act_on_reservation",
     "apply_action",
     "publish_settlement",
     "reserve",
-    "reserve_for",
+    "reserve_lines",
     "reserve_many",
 ]
