@@ -26,6 +26,7 @@ from sqlalchemy import (
     Text,
     case,
     event,
+    exc,
     text,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -164,11 +165,11 @@ class Database:
                 self.url,
                 pool_size=pool_size,
                 max_overflow=pool_size,
-                pool_pre_ping=True,
                 pool_recycle=1800,
                 # SQL parameter values (callers' numbers among them) never reach an error or a log.
                 hide_parameters=True,
             )
+            _drop_closed_connections(self.engine)
         self.outbox_written = asyncio.Event()
 
     def uow(self) -> UnitOfWork:
@@ -212,6 +213,20 @@ class Database:
         """INSERT ... ON CONFLICT DO NOTHING, in the dialect at hand."""
         ins = sqlite.insert(table) if self.is_sqlite else postgresql.insert(table)
         return ins.on_conflict_do_nothing()
+
+
+def _drop_closed_connections(engine: AsyncEngine) -> None:
+    """A pooled connection whose server went away (a PostgreSQL restart closes every session's
+    socket) is replaced at checkout, without a round trip: SQLAlchemy's ``pool_pre_ping`` costs
+    three on asyncpg (BEGIN, a ping, ROLLBACK) on every checkout, the largest part of a small
+    request. A connection that breaks while in use still invalidates the pool (SQLAlchemy's
+    disconnect handling) and the transaction answers ``Transient`` (ecs.retry)."""
+
+    @event.listens_for(engine.sync_engine, "checkout")
+    def on_checkout(dbapi_conn: Any, _record: Any, _proxy: Any) -> None:
+        driver = getattr(dbapi_conn, "driver_connection", None)
+        if driver is not None and driver.is_closed():
+            raise exc.DisconnectionError("the database closed this connection")
 
 
 def _sqlite_pragmas(engine: AsyncEngine) -> None:
