@@ -236,6 +236,39 @@ async def test_ping_tells_whether_the_database_answers(db_url, tmp_path):
         await unreachable.dispose()
 
 
+async def test_pooled_connections_the_server_ended_are_replaced_before_a_unit_of_work_uses_them(pg_url):
+    db = Database(pg_url)
+    admin = Database(pg_url)
+    try:
+        async with db.engine.begin() as conn:
+            await conn.run_sync(md.create_all)
+        held = [db.uow() for _ in range(3)]  # three sessions, back in the pool afterwards
+        pids = []
+        for uow in held:
+            await uow.__aenter__()
+            pids.append(int(await uow.conn.scalar(text("SELECT pg_backend_pid()"))))
+        for uow in held:
+            await uow.__aexit__(None, None, None)
+        async with admin.engine.connect() as conn:  # the server ends them, as a restart does
+            await conn.execute(
+                text("SELECT pg_terminate_backend(p) FROM unnest(CAST(:pids AS int[])) AS p"), {"pids": pids}
+            )
+            alive = 1
+            while alive:
+                alive = await conn.scalar(
+                    text("SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(CAST(:pids AS int[]))"), {"pids": pids}
+                )
+            await conn.rollback()
+        for i in range(3):  # each pooled session in turn: replaced, not failed
+            async with db.uow() as uow:
+                await uow.conn.execute(COUNTERS.insert().values(name=f"after-{i}", value=i))
+                await uow.commit()
+        assert await count(db, COUNTERS) == 3
+    finally:
+        await admin.dispose()
+        await db.dispose()
+
+
 @pytest.mark.parametrize(
     ("given", "driver"),
     [
