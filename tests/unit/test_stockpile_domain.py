@@ -22,14 +22,18 @@ from resource_stockpile.domain import (
     Depot,
     Item,
     NegativeBalance,
+    PartsShort,
     StockLine,
     Topping,
     allocate,
     allocate_many,
     check_history,
     check_item,
+    check_kits,
     in_packs,
     move,
+    plan_assembly,
+    plan_disassembly,
     reconcile,
     reservable,
     settled,
@@ -272,3 +276,73 @@ def test_the_expiry_horizon_counts_days_from_today():
 
     assert expiry_horizon(date(2026, 12, 1), 60) == date(2027, 1, 30)
     assert expiry_horizon(date(2026, 12, 1), -5) == date(2026, 12, 1)
+
+
+# --- kits ------------------------------------------------------------------------------------------
+
+KIT = Item("trauma_kit", "trauma kit", "创伤急救包", "kit", kit_of={"bandage": 2, "tourniquet": 1})
+PART_ITEMS = {c: Item(c, c, c, "piece") for c in ("bandage", "tourniquet")}
+
+
+def part(line_id: int, item: str, on_hand: int, expiry: date | None = None, **kw) -> StockLine:
+    return StockLine(
+        line_id, "A", item, f"L{line_id}", expiry, kw.get("condition", Condition.good), on_hand, kw.get("reserved", 0)
+    )
+
+
+def test_an_assembly_takes_parts_fefo_from_good_unexpired_stock_and_the_kit_gets_the_earliest_expiry():
+    stock = [
+        part(1, "bandage", 10, TODAY + timedelta(days=300)),
+        part(2, "bandage", 3, TODAY + timedelta(days=20), reserved=1),
+        part(3, "bandage", 50, TODAY - timedelta(days=1)),  # expired
+        part(4, "bandage", 50, condition=Condition.damaged),
+        part(5, "tourniquet", 9),
+    ]
+    takes, expiry = plan_assembly(KIT, 4, "A", stock, TODAY)
+    assert [(x.id, q) for x, q in takes] == [(2, 2), (1, 6), (5, 4)]
+    assert expiry == TODAY + timedelta(days=20)
+
+
+def test_not_enough_parts_names_every_short_part_and_the_depot():
+    with pytest.raises(PartsShort) as refused:
+        plan_assembly(KIT, 10, "A", [part(1, "bandage", 15), part(5, "tourniquet", 9)], TODAY)
+    assert refused.value.extra == {"depot_id": "A", "part": "bandage", "short": {"bandage": 5, "tourniquet": 1}}
+    assert refused.value.status == 409
+
+
+def test_a_disassembly_takes_kits_not_reserved_earliest_expiry_first():
+    kits = [
+        StockLine(7, "A", "trauma_kit", "A1", TODAY + timedelta(days=99), Condition.good, 3, 3),
+        StockLine(8, "A", "trauma_kit", "A2", TODAY + timedelta(days=50), Condition.good, 2, 0),
+        StockLine(9, "A", "trauma_kit", "A3", None, Condition.good, 5, 0),
+    ]
+    takes, expiry = plan_disassembly(KIT, 4, "A", kits)
+    assert [(x.id, q) for x, q in takes] == [(8, 2), (9, 2)]
+    assert expiry == TODAY + timedelta(days=50)
+    with pytest.raises(PartsShort):
+        plan_disassembly(KIT, 8, "A", kits)
+
+
+@pytest.mark.parametrize(
+    ("new", "field"),
+    [
+        ([Item("k", "k", "k", "kit", kit_of={"k": 1})], "items.0.kit_of.k"),
+        (
+            [Item("a", "a", "a", "kit", kit_of={"b": 1}), Item("b", "b", "b", "kit", kit_of={"c": 1})],
+            "items.0.kit_of.b",  # a contains itself through b
+        ),
+        ([Item("x", "x", "x", "kit", kit_of={"ghost": 1})], "items.0.kit_of.ghost"),
+        ([Item("x", "x", "x", "kit", kit_of={"bandage": 0})], "items.0.kit_of.bandage"),
+    ],
+)
+def test_a_kit_containing_itself_an_unknown_part_or_a_part_below_one_is_refused(new, field):
+    # c is a kit in the catalogue already, containing a: a -> b -> c -> a.
+    known = {**PART_ITEMS, "c": Item("c", "c", "c", "kit", kit_of={"a": 1})}
+    with pytest.raises(InvalidInput) as refused:
+        check_kits(new, known)
+    assert refused.value.extra["field"] == field
+
+
+def test_kits_of_kits_are_fine():
+    team_pack = Item("team_pack", "t", "t", "pack", kit_of={"trauma_kit": 3, "bandage": 1})
+    assert check_kits([team_pack], {**PART_ITEMS, "trauma_kit": KIT}) is None  # refusing raises

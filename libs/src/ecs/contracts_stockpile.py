@@ -70,10 +70,11 @@ class StockLineChange(_Strict):
 
 class StockDocumentPosted(_Strict):
     """``stockpile.document.posted``: a ledger document (receipt, issue, return, transfer,
-    adjustment) changed stock on hand."""
+    adjustment, assembly of kits from their parts, disassembly of kits into them) changed stock
+    on hand."""
 
     document_id: int
-    kind: Literal["receipt", "issue", "return", "transfer", "adjustment"]
+    kind: Literal["receipt", "issue", "return", "transfer", "adjustment", "assembly", "disassembly"]
     reason: str | None = None
     lines: list[StockLineChange]
     effective_at: datetime

@@ -102,6 +102,12 @@ class ItemIn(_Body):
         default_factory=dict, max_length=10
     )
     shelf_life_days: int | None = Field(default=None, ge=1, le=36500)
+    kit_of: dict[Annotated[str, Field(pattern=CODE)], Annotated[int, Field(ge=1, le=1_000_000_000)]] = Field(
+        default_factory=dict,
+        max_length=100,
+        description="a kit's parts: item code -> base units of it in one kit (empty: not a kit); kits are"
+        " made and broken only by assembly and disassembly documents",
+    )
 
 
 class ItemBatch(_Body):
@@ -167,6 +173,17 @@ class TransferIn(_Body):
     quantity: Quantity
     unit: str | None = Field(default=None, max_length=32)
     effective_at: AwareDatetime | None = None
+    note: str = Field(default="", max_length=2000)
+
+
+class KitDocumentIn(_Body):
+    """Kits made from their parts (an assembly) or broken back into them (a disassembly) at one
+    depot; ``quantity`` in ``unit`` (the kit's base unit or one of its packs)."""
+
+    depot_id: str = Field(pattern=ID)
+    item: str = Field(pattern=CODE, description="the kit's item code")
+    quantity: Quantity
+    unit: str | None = Field(default=None, max_length=32)
     note: str = Field(default="", max_length=2000)
 
 
@@ -243,6 +260,7 @@ async def add_items(body: ItemBatch, ctx: Ctx, who: Principal = requires(*CATALO
             base_unit=i.base_unit,
             packs=dict(i.packs),
             shelf_life_days=i.shelf_life_days,
+            kit_of=dict(i.kit_of),
         )
         for i in body.items
     ]
@@ -326,6 +344,26 @@ async def post_transfer(body: TransferIn, ctx: Ctx, who: Principal = requires(*S
         body.effective_at,
         body.note,
     )
+    return _answer(DocumentAnswer(document_id=await handle(ctx, cmd)), 201)
+
+
+@stock_api.post("/documents/assemblies", response_model=DocumentAnswer, status_code=201)
+async def post_assembly(body: KitDocumentIn, ctx: Ctx, who: Principal = requires(*SUPPLY)) -> Response:
+    """An assembly: kits made at a depot from its good, unexpired parts, earliest expiry first;
+    the kits get the earliest expiry of the parts taken (404: unknown depot or kit; 422: ``item``
+    is not a kit, ``quantity`` or ``unit``; 409 naming each short part, the depot and how much)."""
+    await _own_depots(ctx, who, body.depot_id)
+    cmd = commands.AssembleKits(body.depot_id, body.item, body.quantity, who.subject, body.unit, body.note)
+    return _answer(DocumentAnswer(document_id=await handle(ctx, cmd)), 201)
+
+
+@stock_api.post("/documents/disassemblies", response_model=DocumentAnswer, status_code=201)
+async def post_disassembly(body: KitDocumentIn, ctx: Ctx, who: Principal = requires(*SUPPLY)) -> Response:
+    """A disassembly: kits at a depot (good, not reserved, earliest expiry first) broken back into
+    their parts, which get the kits' expiry (404: unknown depot or kit; 422: ``item`` is not a
+    kit, ``quantity`` or ``unit``; 409 when too few kits are available)."""
+    await _own_depots(ctx, who, body.depot_id)
+    cmd = commands.DisassembleKits(body.depot_id, body.item, body.quantity, who.subject, body.unit, body.note)
     return _answer(DocumentAnswer(document_id=await handle(ctx, cmd)), 201)
 
 

@@ -168,3 +168,28 @@ class SetMinimum:
     actor: str
     unit: str | None = None
     version: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AssembleKits:
+    """An assembly document: ``quantity`` kits of ``kit`` (in ``unit``: the kit's base unit or
+    one of its packs) made at a depot from its good, unexpired parts, earliest expiry first."""
+
+    depot_id: str
+    kit: str
+    quantity: Decimal
+    actor: str
+    unit: str | None = None
+    note: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class DisassembleKits:
+    """A disassembly document: ``quantity`` kits of ``kit`` at a depot broken back into their parts."""
+
+    depot_id: str
+    kit: str
+    quantity: Decimal
+    actor: str
+    unit: str | None = None
+    note: str = ""

@@ -45,6 +45,8 @@ class DocumentKind(StrEnum):
     return_ = "return"
     transfer = "transfer"
     adjustment = "adjustment"
+    assembly = "assembly"  # parts consumed, kits received, at one depot
+    disassembly = "disassembly"  # kits consumed, their parts received, at one depot
 
 
 class AdjustmentReason(StrEnum):
@@ -74,6 +76,9 @@ class Item:
     gb_code: str | None = None
     shelf_life_days: int | None = None
     version: int = 1
+    kit_of: Mapping[str, int] = field(default_factory=dict)
+    """A kit's parts: item code -> base units of it in one kit (empty: not a kit). Kits are made
+    and broken only by assembly and disassembly documents."""
 
 
 def check_item(item: Item) -> None:
@@ -89,6 +94,110 @@ def check_item(item: Item) -> None:
                 f"pack {name!r} must hold a whole number of {item.base_unit} from 2 to {MAX_QUANTITY}",
                 field=f"packs.{name}",
             )
+
+
+def check_kits(new: Sequence[Item], known: Mapping[str, Item]) -> None:
+    """Refuse (InvalidInput naming ``items.<i>.kit_of.<part>``) a kit among ``new`` whose part is
+    neither in the catalogue (``known``, by code) nor among ``new``, a part quantity that is not a
+    whole number from 1 to MAX_QUANTITY base units, or a kit that contains itself, directly or
+    through another kit."""
+    everything = {**known, **{i.code: i for i in new}}
+    for n, item in enumerate(new):
+        for part, q in item.kit_of.items():
+            where = f"items.{n}.kit_of.{part}"
+            if part not in everything:
+                raise errors.InvalidInput(f"kit {item.code}: part {part} is not in the catalogue", field=where)
+            if not isinstance(q, int) or isinstance(q, bool) or q < 1 or q > MAX_QUANTITY:
+                raise errors.InvalidInput(
+                    f"kit {item.code}: part {part} must be a whole number of base units from 1 to {MAX_QUANTITY}",
+                    field=where,
+                )
+        # Walk the parts (iteratively: a chain of kits may be long) looking for the kit itself.
+        seen: set[str] = set()
+        stack = [(part, part) for part in item.kit_of]
+        while stack:
+            code, via = stack.pop()
+            if code == item.code:
+                raise errors.InvalidInput(
+                    f"kit {item.code} contains itself (through {via})"
+                    if via != item.code
+                    else f"kit {item.code} lists itself as a part",
+                    field=f"items.{n}.kit_of.{via}",
+                )
+            if code in seen:
+                continue
+            seen.add(code)
+            if code in everything:
+                stack.extend((p, via) for p in everything[code].kit_of)
+
+
+class PartsShort(errors.Conflict):
+    """A depot has too little of a kit's parts (or, to break kits down, of the kit) available
+    (409): names each short item, the depot and how many base units are short."""
+
+    def __init__(self, depot_id: str, short: Mapping[str, int], kits: int, kit: str) -> None:
+        listed = ", ".join(f"{code} short by {n}" for code, n in short.items())
+        super().__init__(
+            f"depot {depot_id} has too little good, unexpired stock for {kits} {kit}: {listed}",
+            depot_id=depot_id,
+            part=next(iter(short)),
+            short=dict(short),
+        )
+
+
+def _fefo(lines: Iterable[StockLine]) -> list[StockLine]:
+    return sorted(lines, key=lambda x: (x.expiry or date.max, x.id))
+
+
+def plan_assembly(
+    kit: Item, kits: int, depot_id: str, lines: Iterable[StockLine], today: date
+) -> tuple[list[tuple[StockLine, int]], date | None]:
+    """What ``kits`` kits of ``kit`` take from a depot's ``lines``: for each part, kits x its
+    quantity, from its good, unexpired (expiry on or after ``today``) lines, earliest expiry
+    first (FEFO), never more than a line has available. Returns the takes (line, base units)
+    and the kits' expiry, the earliest of the lines taken (None when nothing taken expires).
+    Raises PartsShort naming every part short and by how much."""
+    by_part: dict[str, list[StockLine]] = {}
+    for x in lines:
+        if x.condition is Condition.good and x.available > 0 and (x.expiry is None or x.expiry >= today):
+            by_part.setdefault(x.item, []).append(x)
+    takes: list[tuple[StockLine, int]] = []
+    short: dict[str, int] = {}
+    for part, per_kit in sorted(kit.kit_of.items()):
+        left = per_kit * kits
+        for x in _fefo(by_part.get(part, [])):
+            if left <= 0:
+                break
+            q = min(left, x.available)
+            takes.append((x, q))
+            left -= q
+        if left > 0:
+            short[part] = left
+    if short:
+        raise PartsShort(depot_id, short, kits, kit.code)
+    expiries = [x.expiry for x, _ in takes if x.expiry is not None]
+    return takes, min(expiries) if expiries else None
+
+
+def plan_disassembly(
+    kit: Item, kits: int, depot_id: str, lines: Iterable[StockLine]
+) -> tuple[list[tuple[StockLine, int]], date | None]:
+    """What breaking ``kits`` kits of ``kit`` down takes from a depot's good ``lines`` of the kit
+    (what is not reserved; earliest expiry first), and the expiry its parts get back: the
+    earliest of the kits taken (a kit's expiry is its earliest part's). Raises PartsShort naming
+    the kit and how many are short."""
+    takes: list[tuple[StockLine, int]] = []
+    left = kits
+    for x in _fefo(x for x in lines if x.item == kit.code and x.condition is Condition.good and x.available > 0):
+        if left <= 0:
+            break
+        q = min(left, x.available)
+        takes.append((x, q))
+        left -= q
+    if left > 0:
+        raise PartsShort(depot_id, {kit.code: left}, kits, kit.code)
+    expiries = [x.expiry for x, _ in takes if x.expiry is not None]
+    return takes, min(expiries) if expiries else None
 
 
 def to_base(item: Item, quantity: Decimal | int | float | str, unit: str | None, where: str = "quantity") -> int:
@@ -473,6 +582,10 @@ __all__ = [
     "Topping",
     "allocate",
     "allocate_many",
+    "check_kits",
+    "plan_assembly",
+    "plan_disassembly",
+    "PartsShort",
     "check_history",
     "check_item",
     "expiry_horizon",

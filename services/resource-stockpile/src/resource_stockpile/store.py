@@ -62,6 +62,8 @@ items = Table(
     Column("shelf_life_days", Integer, nullable=True),
     Column("version", Integer, nullable=False),
     Column("created_at", UTCDateTime, nullable=False),
+    # A kit's parts (item code -> base units in one kit); NULL: not a kit.
+    Column("kit_of", JSON, nullable=True),
 )
 
 depots = Table(
@@ -264,6 +266,7 @@ def to_item(row: Any) -> Item:
         packs=dict(row.packs or {}),
         shelf_life_days=row.shelf_life_days,
         version=row.version,
+        kit_of=dict(row.kit_of or {}),
     )
 
 
@@ -294,6 +297,7 @@ async def insert_items(conn: AsyncConnection, new: Sequence[Item], now: datetime
                 "shelf_life_days": i.shelf_life_days,
                 "version": 1,
                 "created_at": now,
+                "kit_of": dict(i.kit_of) or None,
             }
             for i in new
         ],
@@ -457,6 +461,21 @@ async def line_history(conn: AsyncConnection, line_id: int) -> list[tuple[dateti
         select(ledger.c.effective_at, ledger.c.delta).where(ledger.c.line_id == line_id).order_by(ledger.c.effective_at)
     )
     return [(r.effective_at, r.delta) for r in rows]
+
+
+async def lock_depot_lines(conn: AsyncConnection, depot_id: str, codes: Iterable[str]) -> list[StockLine]:
+    """A depot's stock lines of these items with something on hand, each row held until the
+    transaction ends (PostgreSQL, in id order, so two documents wait for each other instead of
+    deadlocking; SQLite's writer lock already is one): what an assembly or disassembly plans
+    from is what it then changes."""
+    wanted = sorted(set(codes))
+    if not wanted:
+        return []
+    t = stock_lines.c
+    q = select(stock_lines).where(t.depot_id == depot_id, t.item.in_(wanted), t.on_hand > 0).order_by(t.id)
+    if conn.dialect.name == "postgresql":
+        q = q.with_for_update()
+    return [to_line(r) for r in await conn.execute(q)]
 
 
 async def lock_line(conn: AsyncConnection, line_id: int) -> None:

@@ -29,6 +29,7 @@ class ItemAnswer(BaseModel):
     packs: dict[str, int]
     shelf_life_days: int | None
     version: int
+    kit_of: dict[str, int] = Field(description="a kit's parts: item code -> base units in one kit (empty: not a kit)")
 
 
 class ItemList(BaseModel):
@@ -213,6 +214,7 @@ def item_answer(i: Item) -> ItemAnswer:
         packs=dict(i.packs),
         shelf_life_days=i.shelf_life_days,
         version=i.version,
+        kit_of=dict(i.kit_of),
     )
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from .. import commands
 from ..context import Context
-from . import alerts, automation, catalogue, edxl, exercise, reservations, stock
+from . import alerts, automation, catalogue, edxl, exercise, kits, reservations, stock
 
 Handler = Callable[[Context, Any], Awaitable[Any]]
 EventHandler = Callable[[Context, Any, Any, str], Awaitable[None]]
@@ -24,6 +24,8 @@ COMMANDS: dict[type, Handler] = {
     commands.ReceiveStock: stock.receive_stock,
     commands.AdjustStock: stock.adjust_stock,
     commands.TransferStock: stock.transfer_stock,
+    commands.AssembleKits: kits.assemble_kits,
+    commands.DisassembleKits: kits.disassemble_kits,
     commands.Reserve: reservations.reserve,
     commands.ReserveMany: reservations.reserve_many,
     commands.ActOnReservation: reservations.act_on_reservation,

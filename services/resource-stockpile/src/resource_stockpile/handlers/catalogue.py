@@ -8,17 +8,28 @@ from ecs.errors import Conflict
 from .. import store
 from ..commands import AddDepots, AddItems
 from ..context import Context
-from ..domain import Depot, Item, check_item
+from ..domain import Depot, Item, check_item, check_kits
 from .tx import Tx, transaction
 
 
 async def add_items(ctx: Context, cmd: AddItems) -> list[Item]:
-    """Put items in the catalogue, all or none. Raises InvalidInput (a bad code or pack) or
-    Conflict naming the codes already there."""
+    """Put items in the catalogue, all or none. Raises InvalidInput (a bad code or pack; a kit
+    with an unknown part, a part quantity below 1, or containing itself: ``items.<i>.kit_of.<part>``)
+    or Conflict naming the codes already there."""
     for item in cmd.items:
         check_item(item)
 
     async def work(tx: Tx) -> list[Item]:
+        parts = {p for item in cmd.items for p in item.kit_of}
+        if parts:
+            known = await store.get_items(tx.conn, parts)
+            # A part's own parts, so a kit containing itself through another kit is seen.
+            more = {p for item in known.values() for p in item.kit_of} - set(known)
+            while more:
+                found = await store.get_items(tx.conn, more)
+                known.update(found)
+                more = {p for item in found.values() for p in item.kit_of} - set(known)
+            check_kits(cmd.items, known)
         existing = await store.insert_items(tx.conn, cmd.items, utcnow())
         if existing:
             raise Conflict(f"items already in the catalogue: {', '.join(sorted(existing))}", codes=sorted(existing))
