@@ -7,7 +7,7 @@ from typing import Any
 
 from ecs.contracts import ParticipantSettled
 from ecs.errors import Forbidden, NotFound
-from ecs.vocabulary import Participant
+from ecs.vocabulary import Participant, Stage
 
 from .. import store
 from ..domain import SETTLING_STAGES, unsettled_reasons
@@ -29,12 +29,14 @@ async def load_incident(tx: Tx, incident_id: str, drill_only: bool) -> Any:
 async def publish_settlement(tx: Tx, incident_id: str) -> None:
     """Publish ``notification.incident.settled`` when the incident's settlement changed (once per
     change: store.set_settled decides), with what still keeps it unsettled as the detail."""
+    incident = await store.get_incident(tx.conn, incident_id)
+    if incident is None:
+        return
+    if incident.settled is None and Stage(incident.stage) not in SETTLING_STAGES:
+        return  # nothing to say before aftermath: the lifecycle does not ask yet (nor read the holdings)
     holdings = await store.holdings(tx.conn, incident_id)
     if holdings is None:
         return
-    incident = await store.get_incident(tx.conn, incident_id)
-    if incident.settled is None and holdings.stage not in SETTLING_STAGES:
-        return  # nothing to say before aftermath: the lifecycle does not ask yet
     reasons = unsettled_reasons(holdings)
     settled = not reasons
     if await store.set_settled(tx.conn, incident_id, settled):
