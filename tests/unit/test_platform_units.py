@@ -328,6 +328,23 @@ def test_a_bad_token_is_unauthorized(authorization):
     assert caught.value.status == 401
 
 
+def test_a_remembered_token_ends_at_its_expiry_and_is_checked_again_after_a_while():
+    verifier = TokenVerifier(AUTH)
+    token = verifier.issue("alice", ["dispatcher"], ttl_s=600)
+    now = time.time()
+    verifier._clock = lambda: now
+    assert verifier.verify(f"Bearer {token}").subject == "alice"  # checked, then remembered
+    verifier._clock = lambda: now + 590
+    assert verifier.verify(f"Bearer {token}").subject == "alice"  # remembered and still valid
+    verifier._clock = lambda: now + 601
+    with pytest.raises(Unauthorized) as caught:
+        verifier.verify(f"Bearer {token}")
+    assert "expired" in caught.value.detail
+    other = TokenVerifier("another-secret-0123456789abcdef!")  # remembered by one verifier only
+    with pytest.raises(Unauthorized):
+        other.verify(f"Bearer {token}")
+
+
 def test_issuer_and_audience_are_checked_when_configured():
     strict = TokenVerifier(AUTH, issuer="https://sso.city.example", audience="ecs")
     assert strict.verify("Bearer " + strict.issue("alice", ["dispatcher"])).subject == "alice"

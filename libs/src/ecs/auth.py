@@ -63,7 +63,20 @@ class Principal:
             raise Forbidden(f"a drill runner acts on exercise {what} only")
 
 
+VERIFIED_CACHE_SIZE = 4096
+"""Tokens a TokenVerifier remembers as verified (forgotten all at once when full)."""
+VERIFIED_CACHE_S = 60.0
+"""At most this long a verified token is taken again without checking its signature (never past
+its ``exp``): a key the issuer withdrew stops working within this time."""
+
+
 class TokenVerifier:
+    """Bearer tokens (HS256 under the local secret, or RS256/ES256 from the OIDC issuer's keys).
+
+    A token verified once is remembered for up to ``VERIFIED_CACHE_S`` seconds and never past its
+    ``exp``: checking a signature and the claims again on every request of a client costs more
+    than the rest of a small request's authorisation."""
+
     def __init__(
         self,
         secret: str,
@@ -75,6 +88,8 @@ class TokenVerifier:
         self.issuer = issuer
         self.audience = audience
         self._jwks = jwt.PyJWKClient(jwks_url, cache_keys=True) if jwks_url else None
+        self._verified: dict[str, tuple[Principal, float, float]] = {}  # token: (principal, exp, until)
+        self._clock = time.time
 
     def issue(self, subject: str, roles: list[str], ttl_s: int = 12 * 3600) -> str:
         if self._jwks is not None:
@@ -98,6 +113,15 @@ class TokenVerifier:
         scheme, _, token = authorization.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise Unauthorized("the Authorization header must be 'Bearer <token>'")
+        now = self._clock()
+        known = self._verified.get(token)
+        if known is not None:
+            principal, exp, until = known
+            if now < exp and now < until:
+                return principal
+            del self._verified[token]
+            if now >= exp:
+                raise Unauthorized("invalid token: Signature has expired")
         try:
             if self._jwks is not None:
                 key = self._jwks.get_signing_key_from_jwt(token).key
@@ -122,4 +146,10 @@ class TokenVerifier:
         roles = claims.get("roles") or []
         if isinstance(roles, str):
             roles = roles.split()
-        return Principal(subject=str(claims["sub"]), roles=frozenset(str(r) for r in roles))
+        principal = Principal(subject=str(claims["sub"]), roles=frozenset(str(r) for r in roles))
+        exp = claims.get("exp")
+        if isinstance(exp, int | float) and "nbf" not in claims:
+            if len(self._verified) >= VERIFIED_CACHE_SIZE:
+                self._verified.clear()
+            self._verified[token] = (principal, float(exp), now + VERIFIED_CACHE_S)
+        return principal
