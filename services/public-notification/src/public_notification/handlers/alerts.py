@@ -216,7 +216,7 @@ async def step_alert(ctx: Context, cmd: StepAlert) -> Any:
             changed = await store.move_alert(tx.conn, alert.id, status, target, now, cmd.version, **extra)
         if changed is None:
             raise StaleVersion(f"alert {alert.id} changed meanwhile; read it again", field="version")
-        await publish_settlement(tx, incident.id)
+        await publish_settlement(tx, incident.id, incident)  # a step changes no incident row
         await tx.uow.commit()
         return changed
 

@@ -26,10 +26,13 @@ async def load_incident(tx: Tx, incident_id: str, drill_only: bool) -> Any:
     return incident
 
 
-async def publish_settlement(tx: Tx, incident_id: str) -> None:
+async def publish_settlement(tx: Tx, incident_id: str, incident: Any = None) -> None:
     """Publish ``notification.incident.settled`` when the incident's settlement changed (once per
-    change: store.set_settled decides), with what still keeps it unsettled as the detail."""
-    incident = await store.get_incident(tx.conn, incident_id)
+    change: store.set_settled decides), with what still keeps it unsettled as the detail.
+    ``incident``: its row as ``load_incident`` read it in this transaction, when nothing since
+    changed it (saves reading it again under the lock)."""
+    if incident is None or incident.id != incident_id:
+        incident = await store.get_incident(tx.conn, incident_id)
     if incident is None:
         return
     if incident.settled is None and Stage(incident.stage) not in SETTLING_STAGES:
