@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ecs.bus import Bus
+from ecs.contracts import CategoryChanged
 from ecs.envelope import make_event
 from ecs.testing import eventually
 from tests.integration import test_stockpile_service as service
@@ -211,3 +212,49 @@ async def test_a_level_change_follows_the_plan_of_the_category_the_incident_beca
 
         await eventually(level_one, what="level I crowd-crush top-up")
         assert "medical" not in asked
+
+
+async def test_a_medical_call_in_handling_that_becomes_a_crowd_crush_gets_its_supplies_at_once(
+    stockpile_app, db_url, headers
+):
+    """incident.category.changed while the incident is in handling (no stage change with it):
+    the crowd-crush plan's supplies are reserved at once."""
+    async with stockpile_app(db_url) as (_, client, bus):
+        asked = await serve_plans(bus)
+        s = Stockpile(client, bus, headers)
+        intake = Intake(bus)
+        await s.setup([depot("near", 1.0)])
+        await s.receive(
+            "near",
+            {"item": "stretcher", "lot": "n", "quantity": 300},
+            {"item": "first_aid_kit", "lot": "n", "quantity": 300},
+        )
+        incident = await s.incident(category="medical", level=2)
+        await intake.stage_to(incident, "isolation", level=2, category="medical")
+        await intake.stage_to(incident, "handling", level=2, category="medical")
+
+        async def asked_for_medical():
+            return "medical" in asked
+
+        await eventually(asked_for_medical, what="handling as a medical call")
+        assert await holding(s, incident) == {}  # no medical plan here: nothing to reserve
+        changed = CategoryChanged(
+            incident_id=incident,
+            from_category="medical",
+            to_category="crowd_crush",
+            level=2,
+            alarm_id="a-2",
+            reason="a crowd_crush alarm arrived near this medical-only incident",
+            actor="correlation",
+            version=intake.versions[incident] + 1,
+        )
+        await bus.publish_event(
+            make_event("incident.category.changed", changed, source="incident-intake", incident_id=incident)
+        )
+
+        async def crowd_crush():
+            return await holding(s, incident) == {"stretcher": (40, 0), "first_aid_kit": (80, 0)}
+
+        await eventually(crowd_crush, what="level II crowd-crush supplies reserved")
+        view = (await s.get(f"/v1/incidents/{incident}/reservations")).json()
+        assert {r["item"] for r in view["reservations"]} == {"stretcher", "first_aid_kit"}

@@ -41,7 +41,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from ecs.db import BigId, UTCDateTime, new_metadata
+from ecs.db import BigId, UTCDateTime, new_metadata, scene_of
 from ecs.errors import Conflict
 from ecs.geo import EARTH_RADIUS_M
 from ecs.vocabulary import Category, Level, Stage
@@ -864,9 +864,21 @@ async def set_stage(
     the scene it reported) as of ``version``, unless a newer one is already recorded."""
     values: dict[str, Any] = {"stage": stage.value, "stage_version": version, "updated_at": now}
     if category is not None:
-        values["category"] = Category(category).value
+        values["category"] = scene_of(incidents.c.category, category)  # never back to medical
     res = await conn.execute(
         update(incidents).where(incidents.c.id == incident_id, incidents.c.stage_version < version).values(**values)
+    )
+    return res.rowcount == 1
+
+
+async def set_category(conn: AsyncConnection, incident_id: str, category: Category, now: datetime) -> bool:
+    """A medical-only incident becomes the scene reported near it (ecs.db.scene_of); False when
+    it changed nothing (not known here, or already a scene)."""
+    i = incidents.c
+    res = await conn.execute(
+        update(incidents)
+        .where(i.id == incident_id, i.category == Category.medical.value)
+        .values(category=Category(category).value, updated_at=now)
     )
     return res.rowcount == 1
 

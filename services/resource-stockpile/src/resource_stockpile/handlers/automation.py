@@ -15,10 +15,10 @@ from typing import Any
 
 import structlog
 
-from ecs.contracts import IncidentCreated, LevelChanged, StageChanged
+from ecs.contracts import CategoryChanged, IncidentCreated, LevelChanged, StageChanged
 from ecs.contracts_stockpile import ReturnsRequested
 from ecs.envelope import Envelope, utcnow
-from ecs.vocabulary import Level, Stage
+from ecs.vocabulary import Level, Stage, scene_of
 
 from .. import store
 from ..context import Context
@@ -53,7 +53,13 @@ async def remember_incident(ctx: Context, env: Envelope, data: IncidentCreated, 
 async def follow_stage(ctx: Context, env: Envelope, data: StageChanged, consumer: str) -> None:
     """``incident.stage.changed``: reserve the plan's supplies on handling, release and ask back on
     aftermath."""
-    wanted = await _wanted(ctx, data.category, data.level) if Stage(data.to_stage) in RESERVING_STAGES else {}
+    wanted: dict[str, int] = {}
+    if Stage(data.to_stage) in RESERVING_STAGES:
+        async with ctx.db.uow() as uow:
+            known = await store.get_incident(uow.conn, data.incident_id)
+        # A category change taken before this older stage change stays (ecs.vocabulary.scene_of).
+        category = scene_of(known.category, data.category) if known is not None else data.category
+        wanted = await _wanted(ctx, category, data.level)
 
     async def record(tx: Tx) -> Any:
         now = utcnow()
@@ -84,6 +90,21 @@ async def follow_level(ctx: Context, env: Envelope, data: LevelChanged, consumer
 
     async def record(tx: Tx) -> Any:
         await store.set_level(tx.conn, data.incident_id, data.version, data.to_level, utcnow())
+        return await store.get_incident(tx.conn, data.incident_id)
+
+    await _follow(ctx, env, consumer, data.incident_id, record, wanted)
+
+
+async def follow_category(ctx: Context, env: Envelope, data: CategoryChanged, consumer: str) -> None:
+    """``incident.category.changed``: a medical call became its scene, whose plan's supplies rule
+    from now on: in handling, top up to them and release what only the medical plan wanted."""
+    async with ctx.db.uow() as uow:
+        known = await store.get_incident(uow.conn, data.incident_id)
+    category = scene_of(known.category, data.to_category) if known is not None else data.to_category
+    wanted = await _wanted(ctx, category, Level(known.level)) if known is not None else {}
+
+    async def record(tx: Tx) -> Any:
+        await store.set_category(tx.conn, data.incident_id, data.to_category, utcnow())
         return await store.get_incident(tx.conn, data.incident_id)
 
     await _follow(ctx, env, consumer, data.incident_id, record, wanted)
