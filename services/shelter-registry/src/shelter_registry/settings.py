@@ -36,9 +36,6 @@ class ShelterSettings(ServiceSettings):
     evacuation_density_per_km2: float = Field(default=4000.0, ge=0, le=100_000)
     default_expected_evacuees: int = Field(default=500, ge=0, le=1_000_000)
     incident_batch: int = Field(default=50, ge=1, le=500)
-    # PostgreSQL connections opened at start, before the first request (at most the pool's 10): a
-    # connection opened on demand costs its request tens of milliseconds.
-    db_warm_connections: int = Field(default=4, ge=0, le=10)
     # PFIF 1.4 export: the domain in its record ids (<domain>/person.<...>) and its source_name,
     # and the author its notes name. Give the domain your organisation controls.
     pfif_domain: str = Field(
