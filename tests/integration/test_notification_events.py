@@ -43,16 +43,40 @@ async def test_malformed_events_are_dead_lettered_with_the_reason(notification_a
         await intake.bus.publish("incident.created", b"not an envelope", {"Nats-Msg-Id": "garbage-1"})
         plan = make_event("dispatch.plan.published", {"category": "volcano", "version": 1}, source="dispatch")
         await intake.bus.publish_event(plan)
+        # A version past what any service stores (a database overflow retried for ever before),
+        # and a category "change" that is not medical to a scene.
+        huge = {
+            "incident_id": "y",
+            "from_category": "medical",
+            "to_category": "fire",
+            "level": 3,
+            "alarm_id": "a-1",
+            "reason": "r",
+            "actor": "correlation",
+            "version": 2**63,
+        }
+        await intake.bus.publish_event(
+            make_event("incident.category.changed", huge, source="incident-intake", incident_id="y")
+        )
+        back = {**huge, "from_category": "fire", "to_category": "medical", "version": 5}
+        await intake.bus.publish_event(
+            make_event("incident.category.changed", back, source="incident-intake", incident_id="y")
+        )
         good = new_incident()
         await intake.create(good)  # the consumer keeps going
 
-        async def three_dead():
-            return dead if len(dead) == 3 else None
+        async def five_dead():
+            return dead if len(dead) == 5 else None
 
-        reasons = dict(await eventually(three_dead, "three messages dead-lettered"))
+        found = await eventually(five_dead, "five messages dead-lettered")
+        reasons = dict(found)
         assert "data.from_stage: Field required" in reasons["deadletter.incident.stage.changed"]
         assert "not a valid envelope" in reasons["deadletter.incident.created"]
         assert "data.category" in reasons["deadletter.dispatch.plan.published"]
+        changed = sorted(reason for subject, reason in found if subject == "deadletter.incident.category.changed")
+        assert len(changed) == 2
+        assert any("data.version" in r and "less than or equal to 2147483647" in r for r in changed), changed
+        assert any("only from medical to a scene" in r for r in changed), changed
 
         async def known():
             return (await api.get(f"/v1/incidents/{good}", headers=as_("auditor"))).status_code == 200

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictBool, StrictInt
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictBool, StrictInt, model_validator
 
 from .vocabulary import Category, Level, Participant, Stage
 
@@ -26,6 +26,14 @@ MAX_BATCH = 500
 
 Latitude = Annotated[float, Field(ge=-90, le=90, allow_inf_nan=False, strict=True)]
 Longitude = Annotated[float, Field(ge=-180, le=180, allow_inf_nan=False, strict=True)]
+
+
+MAX_VERSION = 2**31 - 1
+"""The largest version any service stores (a 32-bit integer column, as the operator APIs bound it)."""
+
+Version = Annotated[int, Field(ge=1, le=MAX_VERSION, description="the version after this change")]
+"""An incident version in an event: refused (dead letter) outside 1..MAX_VERSION, never a
+database overflow retried again and again."""
 
 
 class _Strict(BaseModel):
@@ -129,7 +137,7 @@ class LevelChanged(_Strict):
     to_level: Level
     reason: str
     actor: str
-    version: int
+    version: Version
 
 
 class CategoryChanged(_Strict):
@@ -144,7 +152,13 @@ class CategoryChanged(_Strict):
     alarm_id: str = Field(description="the alarm that reported the scene")
     reason: str
     actor: str
-    version: int
+    version: Version
+
+    @model_validator(mode="after")
+    def _medical_to_scene(self) -> CategoryChanged:
+        if self.from_category is not Category.medical or self.to_category is Category.medical:
+            raise ValueError("a category changes only from medical to a scene")
+        return self
 
 
 class StageChanged(_Strict):
@@ -154,7 +168,7 @@ class StageChanged(_Strict):
     from_stage: StageName
     to_stage: StageName
     actor: str
-    version: int
+    version: Version
     category: CategoryName
     level: Level
     lat: float
@@ -167,14 +181,14 @@ class IncidentVerified(_Strict):
     incident_id: str
     actor: str
     automatic: bool
-    version: int
+    version: Version
 
 
 class PerimeterSet(_Strict):
     incident_id: str
     perimeter: dict[str, object]
     actor: str
-    version: int
+    version: Version
 
 
 class IncidentMerged(_Strict):
@@ -200,7 +214,7 @@ class FactRecorded(_Strict):
     incident_id: str
     fact: Literal["hazard_under_control", "after_action_report"]
     actor: str
-    version: int
+    version: Version
 
 
 # --- facts other services publish about an incident (lifecycle guards) -----------------------
@@ -335,7 +349,7 @@ class PlanPublished(_Strict):
     ``{"category": "<name>"}``."""
 
     category: CategoryName
-    version: int
+    version: Version
     levels: dict[LevelName, PlanLevel]
     actor: str
     published_at: datetime

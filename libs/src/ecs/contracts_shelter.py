@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .contracts import MessageSpec
+from .contracts import MessageSpec, Version
 
 
 class _Strict(BaseModel):
@@ -24,7 +24,7 @@ class ShelterStatusChanged(_Strict):
     capacity: int = Field(description="people it sleeps")
     occupied: int
     actor: str
-    version: int
+    version: Version
     incident_id: str | None = Field(default=None, description="the incident whose evacuation opened it")
 
 
