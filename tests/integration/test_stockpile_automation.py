@@ -258,3 +258,40 @@ async def test_a_medical_call_in_handling_that_becomes_a_crowd_crush_gets_its_su
         await eventually(crowd_crush, what="level II crowd-crush supplies reserved")
         view = (await s.get(f"/v1/incidents/{incident}/reservations")).json()
         assert {r["item"] for r in view["reservations"]} == {"stretcher", "first_aid_kit"}
+
+
+async def test_a_shortfall_is_asked_for_once_whatever_repeats(stockpile_app, db_url, headers):
+    """Too few first-aid kits for the plan: the reservation records what is missing; another event
+    that changes nothing (a second stage change into handling) reserves nothing more, and a raise
+    asks only for what the new level adds."""
+    async with stockpile_app(db_url) as (_, client, bus):
+        await serve_plans(bus)
+        s = Stockpile(client, bus, headers)
+        intake = Intake(bus)
+        await s.setup([depot("near", 1.0)])
+        await s.receive(
+            "near",
+            {"item": "stretcher", "lot": "n", "quantity": 300},
+            {"item": "first_aid_kit", "lot": "n", "quantity": 15},
+        )
+        incident = await s.incident(category="crowd_crush", level=2)
+        await intake.stage_to(incident, "isolation", level=2, category="crowd_crush")
+        await intake.stage_to(incident, "handling", level=2, category="crowd_crush")
+
+        async def reservations() -> list[dict[str, Any]]:
+            return (await s.get(f"/v1/incidents/{incident}/reservations")).json()["reservations"]
+
+        async def level_two():
+            return await holding(s, incident) == {"stretcher": (40, 0), "first_aid_kit": (15, 0)}
+
+        await eventually(level_two, what="level II supplies reserved, first-aid kits short")
+        await intake.stage_to(incident, "handling", level=2, category="crowd_crush")  # changes nothing
+        await intake.level_to(incident, 2, 1)  # I wants 100 stretchers and 200 kits
+
+        async def level_one():
+            return await holding(s, incident) == {"stretcher": (100, 0), "first_aid_kit": (15, 0)}
+
+        await eventually(level_one, what="level I top-up")
+        kits = [r for r in await reservations() if r["item"] == "first_aid_kit"]
+        # 80 asked at level II (15 got, 65 missing), 120 more at level I (all missing): never again.
+        assert sorted((r["requested"], r["missing"]) for r in kits) == [(80, 65), (120, 120)]

@@ -259,6 +259,21 @@ def test_reconcile_over_every_stage(stage):
         assert got == []
 
 
+def test_what_was_asked_for_and_not_got_is_not_asked_for_again():
+    # The plan wants 80; 15 were got, 65 were missing: a repeat of the event asks nothing more.
+    assert reconcile(Stage.handling, {"first_aid_kit": 80}, {"first_aid_kit": (15, 0)}, {"first_aid_kit": 65}) == []
+    # A raise to 200 asks for the 120 more only, once.
+    assert reconcile(Stage.handling, {"first_aid_kit": 200}, {"first_aid_kit": (15, 0)}, {"first_aid_kit": 65}) == [
+        Topping("first_aid_kit", add=120)
+    ]
+    # Missing stock is not held: a lowering releases only what is held beyond the plan.
+    assert reconcile(Stage.handling, {"first_aid_kit": 10}, {"first_aid_kit": (15, 0)}, {"first_aid_kit": 65}) == [
+        Topping("first_aid_kit", release=5)
+    ]
+    # An item missing whole (nothing got) is not asked for again either.
+    assert reconcile(Stage.handling, {"loudspeaker": 25}, {}, {"loudspeaker": 25}) == []
+
+
 def test_a_lower_level_releases_only_what_is_still_held():
     assert reconcile(Stage.handling, {"stretcher": 10}, {"stretcher": (5, 20)}) == [Topping("stretcher", release=5)]
     assert reconcile(Stage.handling, {"stretcher": 10}, {"stretcher": (0, 20)}) == []

@@ -537,19 +537,31 @@ class Topping:
     release: int = 0
 
 
-def reconcile(stage: Stage, wanted: Mapping[str, int], holding: Mapping[str, tuple[int, int]]) -> list[Topping]:
+def reconcile(
+    stage: Stage,
+    wanted: Mapping[str, int],
+    holding: Mapping[str, tuple[int, int]],
+    missing: Mapping[str, int] | None = None,
+) -> list[Topping]:
     """What to reserve or release for an incident in ``stage`` whose plan wants ``wanted``
     ({item: base units}) and who has ``holding`` ({item: (held, out)}): in the reserving stages,
-    top up to the plan or release the surplus still held; later, release everything held."""
+    top up to the plan or release the surplus still held; later, release everything held.
+
+    ``missing`` ({item: base units}) is what the incident's automatic reservations already asked
+    for and could not get: it is not asked for again, so an event that changes nothing (a repeat,
+    a no-op change) reserves nothing and a shortfall is counted once.
+    """
     out: list[Topping] = []
+    missing = missing or {}
     items = sorted(set(wanted) | set(holding))
     for item in items:
         held, issued = holding.get(item, (0, 0))
         if stage in RESERVING_STAGES:
             want = wanted.get(item, 0)
             have = held + issued
-            if have < want:
-                out.append(Topping(item, add=want - have))
+            asked = have + missing.get(item, 0)
+            if asked < want:
+                out.append(Topping(item, add=want - asked))
             elif have > want and held > 0:
                 out.append(Topping(item, release=min(held, have - want)))
         elif (stage in RETURNING_STAGES or stage in FINISHED_STAGES) and held > 0:

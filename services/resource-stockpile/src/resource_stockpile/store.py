@@ -796,6 +796,17 @@ async def incident_allocations(conn: AsyncConnection, incident_id: str) -> list[
     return [to_allocation(r) for r in rows]
 
 
+async def automatic_missing(conn: AsyncConnection, incident_id: str) -> dict[str, int]:
+    """What the incident's automatic reservations asked for and could not get, by item."""
+    r = reservations.c
+    rows = await conn.execute(
+        select(r.item, func.sum(r.missing))
+        .where(r.incident_id == incident_id, r.source == "automatic", r.missing > 0)
+        .group_by(r.item)
+    )
+    return {item: int(total) for item, total in rows}
+
+
 async def incident_reservation_ids(conn: AsyncConnection, incident_id: str) -> dict[str, list[int]]:
     """The incident's reservation ids by item, oldest first."""
     rows = await conn.execute(

@@ -148,7 +148,7 @@ async def reconcile_supplies(ctx: Context, tx: Tx, incident: Any, wanted: Mappin
         holding[a.item] = (held + a.held, out + a.out)
     if stage not in RESERVING_STAGES:
         wanted = {}
-    toppings = reconcile(stage, wanted, holding)
+    toppings = reconcile(stage, wanted, holding, await store.automatic_missing(tx.conn, incident.id))
     known = await store.get_items(tx.conn, [t.item for t in toppings])
     by_item = await store.incident_reservation_ids(tx.conn, incident.id)
     for t in toppings:
