@@ -361,3 +361,17 @@ def test_a_kit_containing_itself_an_unknown_part_or_a_part_below_one_is_refused(
 def test_kits_of_kits_are_fine():
     team_pack = Item("team_pack", "t", "t", "pack", kit_of={"trauma_kit": 3, "bandage": 1})
     assert check_kits([team_pack], {**PART_ITEMS, "trauma_kit": KIT}) is None  # refusing raises
+
+
+def test_a_catalogue_of_many_kits_of_kits_is_walked_once_and_a_deep_circle_still_found():
+    # 1,000 kits, each made of the 100 before it: fine (each kit explored once, not per kit).
+    plain = Item("k0", "k0", "k0", "piece")
+    kits = [
+        Item(f"k{i}", "k", "k", "kit", kit_of={f"k{j}": 1 for j in range(max(0, i - 100), i)}) for i in range(1, 1001)
+    ]
+    assert check_kits(kits, {"k0": plain}) is None
+    # The first of them made of the last closes a circle through all of them.
+    kits[0] = Item("k1", "k", "k", "kit", kit_of={"k0": 1, "k1000": 1})
+    with pytest.raises(InvalidInput) as refused:
+        check_kits(kits, {"k0": plain})
+    assert refused.value.extra["field"].startswith("items.") and "contains itself" in str(refused.value)

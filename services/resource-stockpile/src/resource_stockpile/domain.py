@@ -112,23 +112,42 @@ def check_kits(new: Sequence[Item], known: Mapping[str, Item]) -> None:
                     f"kit {item.code}: part {part} must be a whole number of base units from 1 to {MAX_QUANTITY}",
                     field=where,
                 )
-        # Walk the parts (iteratively: a chain of kits may be long) looking for the kit itself.
-        seen: set[str] = set()
-        stack = [(part, part) for part in item.kit_of]
-        while stack:
-            code, via = stack.pop()
-            if code == item.code:
-                raise errors.InvalidInput(
-                    f"kit {item.code} contains itself (through {via})"
-                    if via != item.code
-                    else f"kit {item.code} lists itself as a part",
-                    field=f"items.{n}.kit_of.{via}",
-                )
-            if code in seen:
+    _refuse_cycles(new, everything)
+
+
+def _refuse_cycles(new: Sequence[Item], everything: Mapping[str, Item]) -> None:
+    """One walk over the kits' parts, each kit explored once whatever the number of kits (a
+    thousand kits of a hundred parts each is linear, not a walk per kit), refusing the first kit
+    that contains itself. The catalogue already stored has no cycle, so any cycle runs through
+    ``new``."""
+    index = {item.code: n for n, item in enumerate(new)}
+    ON_PATH, DONE = 1, 2
+    state: dict[str, int] = {}
+    for root in new:
+        if state.get(root.code) == DONE:
+            continue
+        path, parts = [root.code], [iter(root.kit_of)]
+        state[root.code] = ON_PATH
+        while parts:
+            code = next(parts[-1], None)
+            if code is None:
+                state[path.pop()] = DONE
+                parts.pop()
                 continue
-            seen.add(code)
-            if code in everything:
-                stack.extend((p, via) for p in everything[code].kit_of)
+            if state.get(code) == ON_PATH:  # back to a kit on the way: it contains itself
+                at = path.index(code)
+                via = path[at + 1] if at + 1 < len(path) else code
+                raise errors.InvalidInput(
+                    f"kit {code} contains itself (through {via})"
+                    if via != code
+                    else f"kit {code} lists itself as a part",
+                    field=f"items.{index.get(code, index[root.code])}.kit_of.{via}",
+                )
+            if state.get(code) == DONE or code not in everything:
+                continue
+            state[code] = ON_PATH
+            path.append(code)
+            parts.append(iter(everything[code].kit_of))
 
 
 class PartsShort(errors.Conflict):
