@@ -71,7 +71,7 @@ async def test_malformed_events_are_dead_lettered_with_the_reason(notification_a
         found = await eventually(five_dead, "five messages dead-lettered")
         reasons = dict(found)
         assert "data.from_stage: Field required" in reasons["deadletter.incident.stage.changed"]
-        assert "not a valid envelope" in reasons["deadletter.incident.created"]
+        assert "not a valid envelope: envelope: Invalid JSON" in reasons["deadletter.incident.created"]
         assert "data.category" in reasons["deadletter.dispatch.plan.published"]
         changed = sorted(reason for subject, reason in found if subject == "deadletter.incident.category.changed")
         assert len(changed) == 2

@@ -415,7 +415,7 @@ async def test_a_draft_from_templates_before_the_plan_arrives_is_refused_naming_
         view = await known(api, incident, officer, stage="isolation")
         assert view["plan_version"] is None
         for path, body, field in (
-            (f"/v1/incidents/{incident}/alerts", {"values": {"address": "南京东路100号"}}, "template"),
+            (f"/v1/incidents/{incident}/alerts", {"values": {"address": "南京东路100号"}}, "description_en"),
             (f"/v1/incidents/{incident}/statements", {"values": {"address": "南京东路100号"}}, "text_en"),
         ):
             r = await api.post(path, json=body, headers=officer)
@@ -440,7 +440,7 @@ async def test_a_draft_from_templates_before_the_plan_arrives_is_refused_naming_
         ({"area": {"polygon": ring(3)}}, 422, "area.polygon", "at least 4"),
         ({"area": {"polygon": ring(101)}}, 422, "area.polygon", "at most 100"),
         ({"area": {"polygon": ring(6)[:-1]}}, 422, "area.polygon", "not closed"),
-        ({"values": {"address": "X"}}, 422, "cap_alert", "shelter"),
+        ({"values": {"address": "X"}}, 422, "values.shelter", "cap_alert"),
         ({"msg_type": "Update"}, 409, "references", "live alert"),
         ({"area": {"circle": {"lat": 91, "lon": 0, "radius_m": 10}}}, 422, "area.circle.lat", ""),
         ({"expires": "2026-12-01T08:00:00"}, 422, "expires", ""),

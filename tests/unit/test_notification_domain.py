@@ -162,6 +162,7 @@ def test_a_template_variable_the_incident_lacks_is_named():
     with pytest.raises(errors.InvalidInput) as caught:
         render("go to {shelter}, call {hotline}", {"hotline": "12345", "shelter": None})
     assert caught.value.extra["missing"] == ["shelter"]
+    assert caught.value.extra["field"] == "values.shelter"  # where the request may give it
     assert "shelter" in caught.value.detail
 
 

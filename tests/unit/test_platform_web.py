@@ -143,6 +143,12 @@ async def test_refusals_are_problem_json(env):
     assert "dispatcher" in forbidden["detail"]
     invalid = assert_problem(await env.add(-1), 422, "invalid_input")
     assert invalid["errors"][0]["field"] == "n" and invalid["detail"].startswith("n: ")
+    # A body that is not JSON is the body at fault, at a character (not a field named "8").
+    broken = await env.client.post(
+        "/add", content=b'{"n": 1,', headers={**signed_in(), "content-type": "application/json"}
+    )
+    broken = assert_problem(broken, 422, "invalid_input")
+    assert broken["errors"] == [{"field": "body", "message": "JSON decode error at character 8"}], broken
     assert invalid["title"] == "Invalid input"
     conflict = assert_problem(await env.add(13), 409, "conflict")
     assert conflict["detail"] == "13 is refused" and conflict["total"] == 0

@@ -21,6 +21,7 @@ import structlog
 from nats.aio.msg import Msg
 from nats.js import api
 from prometheus_client import Counter, Histogram
+from pydantic import ValidationError
 
 from .envelope import Envelope
 from .errors import Poison, Transient
@@ -93,12 +94,21 @@ def decode_envelope(msg: Msg) -> Envelope:
     try:
         env = Envelope.from_bytes(msg.data)
     except ValueError as exc:
-        raise Poison(f"not a valid envelope: {_first_line(exc)}") from exc
+        raise Poison(f"not a valid envelope: {_envelope_errors(exc)}") from exc
     # Imported here: the identities are derived from ecs.streams, which imports this module.
     from .identities import check_source
 
     check_source(msg.subject, env.source)
     return env
+
+
+def _envelope_errors(exc: ValueError) -> str:
+    """What is wrong with an envelope, field by field (at most five): ``id: Field required``,
+    ``envelope: Invalid JSON: ...`` for bytes that are not a JSON object at all."""
+    if not isinstance(exc, ValidationError):
+        return _first_line(exc)
+    parts = [f"{'.'.join(str(p) for p in e['loc']) or 'envelope'}: {e['msg']}" for e in exc.errors()[:5]]
+    return "; ".join(parts)[:300]
 
 
 def _first_line(exc: BaseException) -> str:

@@ -63,15 +63,20 @@ def problem(status: int, title: str, detail: str, /, code: str | None = None, **
 
 
 def validation_problem(errors: Sequence[dict[str, Any]], prefix: str = "") -> JSONResponse:
-    items = [
-        {
-            "field": prefix + field_path(e.get("loc", ())),
-            "message": e.get("msg", "invalid"),
-        }
-        for e in errors
-    ]
+    """422 problem+json naming each invalid field (pydantic's ``errors()``, at most five in the
+    detail). A body that is not JSON at all is the ``body`` field, its error at a character
+    position (pydantic puts the position where a field name would be)."""
+    items = [_invalid_field(e, prefix) for e in errors]
     detail = "; ".join(f"{i['field']}: {i['message']}" for i in items[:5])
     return problem(422, "Invalid input", detail, code="invalid_input", errors=items)
+
+
+def _invalid_field(error: dict[str, Any], prefix: str) -> dict[str, str]:
+    loc, message = tuple(error.get("loc", ())), str(error.get("msg", "invalid"))
+    if error.get("type") == "json_invalid":
+        at = loc[-1] if loc and isinstance(loc[-1], int) else None
+        return {"field": prefix + "body", "message": message + (f" at character {at}" if at is not None else "")}
+    return {"field": prefix + field_path(loc), "message": message}
 
 
 PROBLEM_SCHEMA: dict[str, Any] = {

@@ -326,7 +326,8 @@ def render(template: str, values: Mapping[str, object], what: str = "template") 
     """``template`` filled from ``values``.
 
     Raises InvalidInput (422) naming every placeholder the incident does not provide (a value of
-    None counts as not provided), and a placeholder that is not a plain name.
+    None counts as not provided; the field is the first of them under ``values``, where the
+    request may give it), and a placeholder that is not a plain name.
     """
     fields = template_fields(template)
     bad = [f for f in fields if not f.isidentifier()]
@@ -335,7 +336,10 @@ def render(template: str, values: Mapping[str, object], what: str = "template") 
     missing = [f for f in fields if values.get(f) is None]
     if missing:
         raise errors.InvalidInput(
-            f"{what} needs {', '.join(missing)}, which the incident does not provide", field=what, missing=missing
+            f"{what} needs {', '.join(missing)}, which the incident does not provide: give them in values",
+            field=f"values.{missing[0]}",
+            missing=missing,
+            template=what,
         )
     return template.format_map({f: values[f] for f in fields})
 
@@ -387,7 +391,7 @@ def compose_infos(
         known = ", ".join(sorted(templates)) or "none"
         raise errors.InvalidInput(
             f"the response plan has no cap_alert template for this level (it has: {known}); write the text by hand",
-            field="template",
+            field="description_en",
         )
     zh_values = {**values, "category_zh": CATEGORY_ZH[category]}
     zh = templates.get("cap_alert_zh", ZH_ALERT)

@@ -105,7 +105,7 @@ async def draft_alert(ctx: Context, cmd: DraftAlert) -> Any:
                 Info("en-US", headline_en(level, category), cmd.description_en),
             )
         else:
-            templates = await store.plan_templates(tx.conn, category, level, field="template")
+            templates = await store.plan_templates(tx.conn, category, level, field="description_en")
             infos = compose_infos(templates, values, level, category)
         infos = tuple(
             Info(
