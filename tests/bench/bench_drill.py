@@ -129,11 +129,26 @@ async def run(quick: bool) -> None:
         row("events taken in by the runner", f"{received}", f"{received / elapsed:.1f}/s")
         ratings = " ".join(f"{o['id']}={o['rating']}" for o in result["objectives"])
         row("objective ratings", ratings)
+        print_objectives(workdir / "report")
     finally:
         for p in procs:
             p.stop()
         server.stop()
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def print_objectives(folder: Path) -> None:
+    """The after-action report's objective table (targets, measurements, ratings), as written."""
+    found = sorted(folder.rglob("report.md"))
+    if not found:
+        print("  (no report.md written)")
+        return
+    lines = found[0].read_text().splitlines()
+    start = next((n for n, line in enumerate(lines) if line.startswith("#") and "Objectives" in line), None)
+    if start is None:
+        return
+    end = next((n for n in range(start + 1, len(lines)) if lines[n].startswith("#")), len(lines))
+    print("\n".join(lines[start:end]).rstrip())
 
 
 if __name__ == "__main__":
