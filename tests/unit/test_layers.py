@@ -114,3 +114,50 @@ def test_the_openapi_describes_every_answer(package: str):
                 if "$ref" not in schema and not (set(content) == {"application/xml"} and xml.get("type")):
                     undescribed.append(f"{method.upper()} {path} {status}")
     assert undescribed == []
+
+
+SERVICE_APPS = [
+    ("incident_intake", "incident_intake.main"),
+    ("dispatch", "dispatch.main"),
+    ("resource_stockpile", "resource_stockpile.main"),
+    ("shelter_registry", "shelter_registry.main"),
+    ("public_notification", "public_notification.main"),
+]
+
+
+def _routes(routes):
+    """Every route of an app, through the routers it includes (included lazily or not)."""
+    for route in routes:
+        inner = getattr(route, "original_router", None)
+        if inner is not None:
+            yield from _routes(inner.routes)
+        else:
+            yield route
+
+
+def _dependencies(dependant):
+    for dep in dependant.dependencies:
+        if dep.call is not None:
+            yield dep.call
+        yield from _dependencies(dep)
+
+
+@pytest.mark.parametrize(("package", "module"), SERVICE_APPS, ids=[p for p, _ in SERVICE_APPS])
+def test_no_route_dependency_hops_to_the_thread_pool(package, module, monkeypatch):
+    """FastAPI runs a plain ``def`` dependency in its thread pool: a thread hop, and a wait for a
+    free thread under load, on every request. Every dependency of every route is async."""
+    import importlib
+    import inspect
+
+    monkeypatch.setenv("ECS_DEV_SECRETS", "true")
+    app = importlib.import_module(module).build_app()
+    sync = set()
+    for route in _routes(app.routes):
+        dependant = getattr(route, "dependant", None)
+        if dependant is None:
+            continue
+        for call in _dependencies(dependant):
+            target = call if inspect.isfunction(call) or inspect.ismethod(call) else type(call).__call__
+            if not inspect.iscoroutinefunction(target):
+                sync.add(f"{route.path}: {getattr(call, '__qualname__', type(call).__qualname__)}")
+    assert not sync, sorted(sync)

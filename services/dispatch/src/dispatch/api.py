@@ -52,7 +52,8 @@ UNIT_ID = r"^[A-Za-z0-9_-]{1,64}$"
 PLAN_TYPES = ("application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml", "text/plain")
 
 
-def _context(request: Request) -> Context:
+async def _context(request: Request) -> Context:
+    # async: FastAPI runs a plain ``def`` dependency in its thread pool, a thread hop a request.
     return request.app.state.dispatch
 
 

@@ -66,12 +66,13 @@ operator = APIRouter(prefix="/v1", tags=["incidents"])
 # --- what routes depend on -------------------------------------------------------------------
 
 
-def context(request: Request) -> Context:
-    """The handlers' context, built at start-up."""
+async def context(request: Request) -> Context:
+    """The handlers' context, built at start-up (async: FastAPI runs a plain ``def`` dependency
+    in its thread pool, a thread hop a request)."""
     return request.app.state.context
 
 
-def gateway_registry(request: Request) -> GatewayRegistry:
+async def gateway_registry(request: Request) -> GatewayRegistry:
     """The gateways this intake accepts."""
     return request.app.state.gateways
 

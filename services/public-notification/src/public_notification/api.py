@@ -59,7 +59,8 @@ ID = r"^[A-Za-z0-9_-]{1,64}$"
 CAP_XML = "application/cap+xml"
 
 
-def _context(request: Request) -> Context:
+async def _context(request: Request) -> Context:
+    # async: FastAPI runs a plain ``def`` dependency in its thread pool, a thread hop a request.
     return request.app.state.notification
 
 

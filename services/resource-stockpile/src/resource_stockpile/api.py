@@ -60,7 +60,8 @@ ID = r"^[A-Za-z0-9_-]{1,64}$"
 Quantity = Annotated[Decimal, Field(gt=0, le=1_000_000_000, allow_inf_nan=False, description="in `unit`")]
 
 
-def _context(request: Request) -> Context:
+async def _context(request: Request) -> Context:
+    # async: FastAPI runs a plain ``def`` dependency in its thread pool, a thread hop a request.
     return request.app.state.stockpile
 
 
