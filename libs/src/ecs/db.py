@@ -118,6 +118,19 @@ def scene_of(column: Any, told: str) -> Any:
     return case((column == Category.medical.value, Category(told).value), else_=column)
 
 
+async def take_scene(conn: AsyncConnection, incidents: Table, incident_id: str, told: str, **values: Any) -> bool:
+    """A service's copy of an incident (``incidents``: columns ``id`` and ``category``) becomes
+    the scene ``told`` if it is still a medical call, with ``values`` set too; False when it
+    changed nothing (not known here, or already a scene). ``scene_of`` as one conditional UPDATE."""
+    c = incidents.c
+    stmt = (
+        incidents.update()
+        .where(c.id == incident_id, c.category == Category.medical.value)
+        .values(category=Category(told).value, **values)
+    )
+    return (await conn.execute(stmt)).rowcount == 1
+
+
 def normalise_url(url: str) -> str:
     """Accept plain postgresql:// and sqlite:// URLs and pick the async drivers."""
     u = make_url(url)

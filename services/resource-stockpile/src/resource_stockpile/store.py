@@ -41,7 +41,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from ecs.db import BigId, UTCDateTime, new_metadata, scene_of
+from ecs.db import BigId, UTCDateTime, new_metadata, scene_of, take_scene
 from ecs.errors import Conflict
 from ecs.geo import EARTH_RADIUS_M
 from ecs.vocabulary import Category, Level, Stage
@@ -883,15 +883,9 @@ async def set_stage(
 
 
 async def set_category(conn: AsyncConnection, incident_id: str, category: Category, now: datetime) -> bool:
-    """A medical-only incident becomes the scene reported near it (ecs.db.scene_of); False when
+    """A medical-only incident becomes the scene reported near it (ecs.db.take_scene); False when
     it changed nothing (not known here, or already a scene)."""
-    i = incidents.c
-    res = await conn.execute(
-        update(incidents)
-        .where(i.id == incident_id, i.category == Category.medical.value)
-        .values(category=Category(category).value, updated_at=now)
-    )
-    return res.rowcount == 1
+    return await take_scene(conn, incidents, incident_id, category, updated_at=now)
 
 
 async def set_level(conn: AsyncConnection, incident_id: str, version: int, level: Level, now: datetime) -> bool:

@@ -8,6 +8,8 @@ only: nothing here runs unless an operator posts the document."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from ecs.envelope import utcnow
 from ecs.errors import Conflict, InvalidInput
 
@@ -26,20 +28,11 @@ async def assemble_kits(ctx: Context, cmd: AssembleKits) -> int:
     now = utcnow()
 
     async def work(tx: Tx) -> int:
-        depot = await _depot(tx, cmd.depot_id)
-        kit = (await _items(tx, [cmd.kit]))[cmd.kit]
-        if not kit.kit_of:
-            raise InvalidInput(f"{kit.code} is not a kit (it declares no kit_of)", field="item")
-        kits = to_base(kit, cmd.quantity, cmd.unit)
+        depot, kit, kits = await _kit_order(tx, cmd)
         lines = await store.lock_depot_lines(tx.conn, depot.id, kit.kit_of)
         takes, expiry = plan_assembly(kit, kits, depot.id, lines, now.date())
         doc = await store.new_document(tx.conn, DocumentKind.assembly, tx.actor, now, now, note=cmd.note)
-        changes = []
-        for line, q in takes:
-            if not await store.change_on_hand(tx.conn, doc, line.id, -q, now):
-                raise Conflict(f"stock line {line.id} changed meanwhile; try again")  # locked: never
-            tx.touch(depot.id, line.item)
-            changes.append(_change(line, -q))
+        changes = await _take(tx, doc, depot.id, takes, now)
         made = await store.ensure_line(tx.conn, depot, kit.code, f"A{doc}", expiry, Condition.good)
         await store.change_on_hand(tx.conn, doc, made.id, kits, now)
         tx.touch(depot.id, kit.code)
@@ -59,20 +52,11 @@ async def disassemble_kits(ctx: Context, cmd: DisassembleKits) -> int:
     now = utcnow()
 
     async def work(tx: Tx) -> int:
-        depot = await _depot(tx, cmd.depot_id)
-        kit = (await _items(tx, [cmd.kit]))[cmd.kit]
-        if not kit.kit_of:
-            raise InvalidInput(f"{kit.code} is not a kit (it declares no kit_of)", field="item")
-        kits = to_base(kit, cmd.quantity, cmd.unit)
+        depot, kit, kits = await _kit_order(tx, cmd)
         lines = await store.lock_depot_lines(tx.conn, depot.id, [kit.code])
         takes, expiry = plan_disassembly(kit, kits, depot.id, lines)
         doc = await store.new_document(tx.conn, DocumentKind.disassembly, tx.actor, now, now, note=cmd.note)
-        changes = []
-        for line, q in takes:
-            if not await store.change_on_hand(tx.conn, doc, line.id, -q, now):
-                raise Conflict(f"stock line {line.id} changed meanwhile; try again")  # locked: never
-            changes.append(_change(line, -q))
-        tx.touch(depot.id, kit.code)
+        changes = await _take(tx, doc, depot.id, takes, now)
         for part, per_kit in sorted(kit.kit_of.items()):
             back = await store.ensure_line(tx.conn, depot, part, f"D{doc}", expiry, Condition.good)
             await store.change_on_hand(tx.conn, doc, back.id, per_kit * kits, now)
@@ -83,3 +67,25 @@ async def disassemble_kits(ctx: Context, cmd: DisassembleKits) -> int:
         return doc
 
     return await transaction(ctx, work, cmd.actor)
+
+
+async def _kit_order(tx: Tx, cmd: AssembleKits | DisassembleKits) -> tuple[Any, Any, int]:
+    """The depot, the kit and how many kits (base units) an assembly or disassembly names.
+    Raises NotFound (depot, item), InvalidInput (``item`` is not a kit; ``quantity``, ``unit``)."""
+    depot = await _depot(tx, cmd.depot_id)
+    kit = (await _items(tx, [cmd.kit]))[cmd.kit]
+    if not kit.kit_of:
+        raise InvalidInput(f"{kit.code} is not a kit (it declares no kit_of)", field="item")
+    return depot, kit, to_base(kit, cmd.quantity, cmd.unit)
+
+
+async def _take(tx: Tx, doc: int, depot_id: str, takes: Any, now: Any) -> list[Any]:
+    """Take ``takes`` ((locked line, base units) pairs) off their lines under document ``doc``;
+    returns the ledger changes."""
+    changes = []
+    for line, q in takes:
+        if not await store.change_on_hand(tx.conn, doc, line.id, -q, now):
+            raise Conflict(f"stock line {line.id} changed meanwhile; try again")  # locked: never
+        tx.touch(depot_id, line.item)
+        changes.append(_change(line, -q))
+    return changes

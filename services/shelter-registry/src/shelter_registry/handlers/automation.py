@@ -6,6 +6,7 @@ when the incident's evacuees are all out."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ecs.contracts import CategoryChanged, LevelChanged, StageChanged
@@ -66,20 +67,10 @@ async def follow_level(
     evacuating, open more standby shelters when the new estimate no longer fits. A lowering keeps
     every open shelter open."""
 
-    async def work(tx: Tx) -> None:
-        if not await tx.uow.first_time(consumer, env.id):
-            return
-        await tx.uow.lock(incident_lock(data.incident_id))
-        incident = await store.incident(tx.conn, data.incident_id)
-        if incident is None:
-            await tx.uow.commit()
-            return
-        followed = await store.follow_level(tx.conn, data.incident_id, int(data.to_level), data.version, radius_m)
-        if followed and radius_m and ctx.settings.automatic and Stage(incident.stage) in EVACUATING:
-            await _open_for(tx, ctx, data.incident_id)
-        await tx.uow.commit()
+    async def change(tx: Tx) -> bool:
+        return await store.follow_level(tx.conn, data.incident_id, int(data.to_level), data.version, radius_m)
 
-    await transaction(ctx, work, AUTOMATION, env)
+    await _follow_plan(ctx, env, consumer, data.incident_id, radius_m, change)
 
 
 async def follow_category(
@@ -90,17 +81,32 @@ async def follow_category(
     evacuating or unknown); while the incident is evacuating, open the standby shelters the
     scene's evacuation needs."""
 
+    async def change(tx: Tx) -> bool:
+        return await store.follow_category(tx.conn, data.incident_id, str(data.to_category), data.version, radius_m)
+
+    await _follow_plan(ctx, env, consumer, data.incident_id, radius_m, change)
+
+
+async def _follow_plan(
+    ctx: Context,
+    env: Envelope,
+    consumer: str,
+    incident_id: str,
+    radius_m: int | None,
+    change: Callable[[Tx], Awaitable[bool]],
+) -> None:
+    """One event that may move the plan's evacuation radius (a level or a category change), once
+    per consumer: ``change`` the known incident (True when it changed), then, while the incident
+    is evacuating, open the standby shelters the new radius needs."""
+
     async def work(tx: Tx) -> None:
         if not await tx.uow.first_time(consumer, env.id):
             return
-        await tx.uow.lock(incident_lock(data.incident_id))
-        incident = await store.incident(tx.conn, data.incident_id)
-        if incident is None:
-            await tx.uow.commit()
-            return
-        followed = await store.follow_category(tx.conn, data.incident_id, str(data.to_category), data.version, radius_m)
-        if followed and radius_m and ctx.settings.automatic and Stage(incident.stage) in EVACUATING:
-            await _open_for(tx, ctx, data.incident_id)
+        await tx.uow.lock(incident_lock(incident_id))
+        incident = await store.incident(tx.conn, incident_id)
+        changed = incident is not None and await change(tx)  # the change runs whatever the radius
+        if changed and radius_m and ctx.settings.automatic and Stage(incident.stage) in EVACUATING:
+            await _open_for(tx, ctx, incident_id)
         await tx.uow.commit()
 
     await transaction(ctx, work, AUTOMATION, env)
