@@ -13,6 +13,7 @@ from sqlalchemy import Column, Integer, MetaData, String, Table, func, inspect, 
 from ecs.db import IDEMPOTENCY_KEYS, INBOX, OUTBOX, Database, UTCDateTime, new_metadata, normalise_url
 from ecs.envelope import make_event
 from ecs.migrations import upgrade
+from ecs.testing import eventually
 from incident_intake.main import MIGRATIONS, VERSION_TABLE
 
 PLATFORM_TABLES = {"outbox", "inbox", "idempotency_keys"}
@@ -253,12 +254,17 @@ async def test_pooled_connections_the_server_ended_are_replaced_before_a_unit_of
             await conn.execute(
                 text("SELECT pg_terminate_backend(p) FROM unnest(CAST(:pids AS int[])) AS p"), {"pids": pids}
             )
-            alive = 1
-            while alive:
-                alive = await conn.scalar(
+            await conn.commit()
+
+        async def ended() -> bool | None:
+            # A fresh transaction each look: pg_stat_activity is a snapshot held for a transaction.
+            async with admin.engine.connect() as look:
+                alive = await look.scalar(
                     text("SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(CAST(:pids AS int[]))"), {"pids": pids}
                 )
-            await conn.rollback()
+            return True if alive == 0 else None
+
+        await eventually(ended, "the terminated sessions gone")
         for i in range(3):  # each pooled session in turn: replaced, not failed
             async with db.uow() as uow:
                 await uow.conn.execute(COUNTERS.insert().values(name=f"after-{i}", value=i))
