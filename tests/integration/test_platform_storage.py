@@ -275,6 +275,46 @@ async def test_pooled_connections_the_server_ended_are_replaced_before_a_unit_of
         await db.dispose()
 
 
+def _end_worker_thread(driver_connection) -> None:
+    """End an aiosqlite connection's worker thread without closing the connection, as happens when
+    the event loop it answered to goes away."""
+    from aiosqlite.core import _STOP_RUNNING_SENTINEL
+
+    driver_connection._tx.put_nowait((None, lambda: _STOP_RUNNING_SENTINEL))
+    driver_connection._thread.join()
+
+
+@pytest.mark.parametrize("when", ["in use", "pooled"])
+async def test_a_sqlite_connection_whose_worker_thread_ended_does_not_hang_the_engine(tmp_path, when):
+    """Every call on such a connection used to wait forever (it is queued to the dead thread), the
+    pool's rollback and the engine's dispose among them, and a service's stop with them: now the
+    connection counts as lost, is dropped, and its write lock goes with it."""
+    from sqlalchemy.exc import DBAPIError
+
+    db = Database(f"sqlite:///{tmp_path}/worker.db")
+    try:
+        async with db.engine.connect() as conn:
+            await conn.execute(text("CREATE TABLE t (x INTEGER)"))
+            await conn.commit()
+            raw = (await conn.get_raw_connection()).driver_connection
+            if when == "in use":
+                await conn.execute(text("INSERT INTO t VALUES (1)"))  # holds the write lock
+                _end_worker_thread(raw)
+                with pytest.raises(DBAPIError) as lost:
+                    await conn.execute(text("SELECT count(*) FROM t"))
+                assert lost.value.connection_invalidated
+        if when == "pooled":
+            _end_worker_thread(raw)
+        assert not raw._thread.is_alive()
+        await db.dispose()
+        async with db.engine.begin() as conn:  # a new connection, not blocked by the lost one's lock
+            await conn.execute(text("INSERT INTO t VALUES (2)"))
+        async with db.engine.connect() as conn:
+            assert await conn.scalar(text("SELECT sum(x) FROM t")) == 2
+    finally:
+        await db.dispose()
+
+
 @pytest.mark.parametrize(
     ("given", "driver"),
     [

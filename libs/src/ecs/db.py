@@ -11,6 +11,7 @@ from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+import aiosqlite
 import orjson
 import structlog
 from sqlalchemy import (
@@ -248,9 +249,47 @@ def _drop_closed_connections(engine: AsyncEngine) -> None:
             raise exc.DisconnectionError("the database closed this connection")
 
 
+class _OrphanSafeConnection(aiosqlite.Connection):
+    """aiosqlite's connection, safe once its worker thread has ended.
+
+    aiosqlite runs each connection on a worker thread and queues every call to it, the close
+    included. When that thread has ended with the connection still open (the event loop it answered
+    to went away), every later call, a pool's rollback on check-in or the engine's dispose among
+    them, waits forever, and neither a timeout nor a cancellation ends the wait. Here such a call
+    closes the orphaned sqlite3 connection at once (left to the collector it would keep its write
+    lock against every other connection) and answers "Connection closed", which SQLAlchemy takes
+    for a lost connection: it is dropped from the pool and replaced.
+    """
+
+    def _worker_gone(self) -> bool:
+        return self._thread.ident is not None and not self._thread.is_alive()
+
+    def _close_orphan(self) -> None:
+        orphan, self._connection, self._running = self._connection, None, False
+        if orphan is not None:
+            try:
+                orphan.close()  # nothing else uses it: its thread is gone
+            except Exception as error:
+                log.warning("db.sqlite_orphan_not_closed", error=str(error))
+
+    async def _execute(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        if self._worker_gone():
+            self._close_orphan()
+            raise ValueError("Connection closed")
+        return await super()._execute(fn, *args, **kwargs)
+
+    async def close(self) -> None:
+        if self._worker_gone():
+            self._close_orphan()
+            return
+        await super().close()
+
+
 def _sqlite_pragmas(engine: AsyncEngine) -> None:
     @event.listens_for(engine.sync_engine, "connect")
     def on_connect(dbapi_conn: Any, _: Any) -> None:
+        if type(dbapi_conn.driver_connection) is aiosqlite.Connection:
+            dbapi_conn.driver_connection.__class__ = _OrphanSafeConnection
         # Own the transactions ourselves so writers take the lock at BEGIN, not mid-way.
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
