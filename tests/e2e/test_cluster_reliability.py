@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 import nats.errors
+import nats.js.errors
 import pytest
 
 from ecs.testing import NatsCluster, create_database, drop_database, eventually, settled_exact_delivery
@@ -114,13 +115,14 @@ async def test_a_cluster_node_killed_mid_load_loses_and_doubles_nothing(
 
 
 async def through_elections(check: Callable[[], Awaitable[None]], attempts: int = 20) -> None:
-    """Run a check whose JetStream API calls may time out while the cluster moves a consumer's or
-    stream's leadership after a restart; its assertions are never retried."""
+    """Run a check whose JetStream API calls may time out, or answer 503 (no leader yet), while the
+    cluster moves a consumer's or stream's leadership after a restart; its assertions are never
+    retried."""
     for attempt in range(attempts):
         try:
             await check()
             return
-        except nats.errors.TimeoutError:
+        except (nats.errors.TimeoutError, nats.js.errors.ServiceUnavailableError):
             if attempt == attempts - 1:
                 raise
             await asyncio.sleep(0.5)
