@@ -288,3 +288,157 @@ def test_fingerprints_are_keyed_and_kind_separated_and_masks_hide_the_middle():
     assert mask_id_number("11010519491231002X") == "110105********002X"
     assert mask_name("欧阳修") == "欧**"
     assert normalise_name("  Wang   Fang ") == normalise_name("wang fang")
+
+
+# --- edges of each rule ---------------------------------------------------------------------------
+
+
+def test_capacity_takes_no_negative_area_and_only_a_positive_area_a_person():
+    assert capacity_from_area(0) == 0  # an empty plot is a shelter of nobody, not an error
+    assert capacity_from_area(0.5) == 0
+    assert capacity_from_area(10, 0.5) == 20  # less than 1 m² a person is a figure the caller may give
+    for area, per_person in [(-1, 1.5), (10, 0), (10, -1)]:
+        with pytest.raises(ValueError, match="^area must be ≥ 0 and the area a person > 0$"):
+            capacity_from_area(area, per_person)
+
+
+def test_a_hand_set_capacity_may_equal_the_area_and_uses_the_given_area_a_person():
+    assert effective_capacity(3000, 1.5, 2000) == 2000
+    assert effective_capacity(3000, 2.0, None) == 1500
+    with pytest.raises(InvalidInput) as exc:
+        effective_capacity(3000, 2.0, 1501)
+    assert "exceeds the 1500 people" in exc.value.detail
+
+
+def test_the_estimate_takes_a_density_of_zero_or_below_one_and_refuses_negatives_saying_so():
+    assert estimate_evacuees(1000, 0) == 0
+    assert estimate_evacuees(1000, 0.5) == 2  # pi × 0.5, rounded up
+    for radius, density in [(-1, 10), (100, -0.1)]:
+        with pytest.raises(ValueError, match="^radius and density must be ≥ 0$"):
+            estimate_evacuees(radius, density)
+
+
+def test_a_household_of_wheelchair_users_only_is_a_household_and_impossible_ones_are_named():
+    assert Needs(2, wheelchairs=2).wheelchairs == 2
+    with pytest.raises(ValueError, match="^a household has ≥ 1 person, 0..people wheelchair users and ≥ 0 pets$"):
+        Needs(2, wheelchairs=3)
+
+
+def test_a_room_with_exactly_the_places_needed_fits():
+    r = Room("a", *P, free=4, accessible_free=1, pet_free=1)
+    assert r.fits(Needs(4, 1, 1))
+    assert not r.fits(Needs(5)) and not r.fits(Needs(2, 2)) and not r.fits(Needs(2, 0, 2))
+
+
+def placed_at(sid: str, km_north: float, km_east: float) -> Room:
+    return Room(sid, P[0] + km_north * KM, P[1] + km_east * KM * 1.17, 10, 0, 0)
+
+
+def test_nearest_first_orders_by_walking_time_in_every_direction():
+    rooms = [
+        placed_at("north", 1.0, 0),
+        placed_at("east", 0, 0.9),
+        placed_at("west", 0, -1.05),
+        placed_at("south", -1.2, 0),
+        placed_at("south-west", -0.2, -0.3),
+    ]
+    ordered = [r.shelter_id for r in nearest_first(rooms, *P)]
+    assert ordered == ["south-west", "east", "north", "west", "south"]
+    by_time = sorted(rooms, key=lambda r: walking_time_s(*P, r.lat, r.lon))
+    assert ordered == [r.shelter_id for r in by_time]
+
+
+def test_a_refused_state_change_names_the_state_and_lists_what_is_allowed():
+    with pytest.raises(IllegalTransition) as exc:
+        next_status(S.open, A.close)
+    assert exc.value.extra["shelter_status"] == "open"
+    assert "a shelter that is open cannot close; allowed: begin_closing, take_out_of_service" in exc.value.detail
+
+
+def test_a_refused_registration_step_names_the_state_and_what_is_allowed_or_nothing():
+    with pytest.raises(IllegalTransition) as exc:
+        next_registration_status(R.planned, RA.check_out)
+    assert exc.value.extra["registration_status"] == "planned"
+    assert exc.value.detail.endswith("a registration that is planned cannot check_out; allowed: cancel, check_in, move")
+    with pytest.raises(IllegalTransition) as exc:
+        next_registration_status(R.checked_out, RA.check_in)
+    assert exc.value.extra == {"registration_status": "checked_out", "allowed": []}
+    assert exc.value.detail.endswith("allowed: nothing")
+
+
+def test_the_refusal_of_a_household_describes_it():
+    err = refuse_household([room("a", 1, 3)], Needs(5, wheelchairs=1, pets=2))
+    assert err.detail == (
+        "no open shelter takes a household of 5 (1 wheelchair users, 2 pets);"
+        " the largest such household one could take is 0"
+    )
+
+
+def test_a_batch_counts_down_accessible_and_pet_places_and_sums_them_per_shelter():
+    rooms = [room("near", 1, 20, accessible=1, pets=1), room("far", 3, 20, accessible=5, pets=5)]
+    households = [Needs(2, 1, 0), Needs(2, 1, 0), Needs(2, 0, 1), Needs(2, 0, 1), Needs(2, 1, 0)]
+    plan = place_households(rooms, *P, households)
+    assert plan.placed == ["near", "far", "near", "far", "far"]
+    assert plan.taken == {"near": Needs(4, 1, 1), "far": Needs(6, 2, 1)}
+
+
+def test_a_batch_does_not_take_pet_places_for_wheelchairs():
+    rooms = [room("near", 1, 20, accessible=0, pets=3), room("far", 3, 20, accessible=3, pets=0)]
+    plan = place_households(rooms, *P, [Needs(1, 1, 0), Needs(1, 0, 1), Needs(1, 0, 1), Needs(1, 0, 1)])
+    assert plan.placed == ["far", "near", "near", "near"]
+    assert plan.taken == {"far": Needs(1, 1, 0), "near": Needs(3, 0, 3)}
+
+
+def test_a_shelter_that_took_a_single_person_is_in_the_sums():
+    assert place_households([room("a", 1, 5)], *P, [Needs(1)]).taken == {"a": Needs(1)}
+
+
+def test_a_split_puts_the_pets_and_wheelchair_users_with_the_first_groups():
+    assert split_household(Needs(5, 2, 1), 2) == [Needs(3, 2, 1), Needs(2, 0, 0)]
+    assert split_household(Needs(5, 4, 2), 3) == [Needs(2, 2, 2), Needs(2, 2, 0), Needs(1, 0, 0)]
+
+
+def test_the_check_character_needs_exactly_17_digits():
+    for wrong in ["1101051949123100", "110105194912310020"]:
+        with pytest.raises(ValueError):
+            id_check_character(wrong)
+
+
+def test_an_id_number_with_spaces_and_the_default_field_name():
+    assert normalise_id_number(" 110105 19491231 002x ") == "11010519491231002X"
+    with pytest.raises(InvalidInput) as exc:
+        normalise_id_number("123")
+    assert exc.value.extra["field"] == "id_number"
+
+
+@pytest.mark.parametrize(
+    ("number", "valid"),
+    [
+        ("310101200002290015", True),  # 29 February 2000: a leap year
+        ("310101190002290019", False),  # 29 February 1900: not one
+        ("310101194904310013", False),  # 31 April
+    ],
+)
+def test_the_birth_date_is_checked_whole(number, valid):
+    if valid:
+        assert normalise_id_number(number) == number
+    else:
+        with pytest.raises(InvalidInput, match="impossible birth date"):
+            normalise_id_number(number)
+
+
+def test_a_name_is_searched_with_single_spaces_and_folded_case():
+    assert normalise_name("  Wang   FANG ") == "wang fang"
+
+
+def test_a_phone_with_the_0086_prefix_and_the_default_field_name():
+    assert normalise_phone("0086 138 1234 5678") == "13812345678"
+    with pytest.raises(InvalidInput) as exc:
+        normalise_phone("12345")
+    assert exc.value.extra["field"] == "phone"
+    assert "phone is not a PRC mobile or landline number" in exc.value.detail
+
+
+def test_an_empty_or_one_character_name_shows_no_stars():
+    assert mask_name("") == ""
+    assert mask_name(" 张 ") == "张"
