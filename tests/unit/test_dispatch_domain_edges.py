@@ -577,9 +577,9 @@ def _at(site: tuple[float, float], north_m: float, east_m: float) -> tuple[float
 
 
 def _index_around(
-    reference_lat: float, site: tuple[float, float], offsets: dict[str, tuple[float, float]]
+    reference_lat: float, site: tuple[float, float], offsets: dict[str, tuple[float, float]], cell_m: float = 2_000.0
 ) -> UnitIndex:
-    index = UnitIndex(reference_lat=reference_lat)
+    index = UnitIndex(cell_m=cell_m, reference_lat=reference_lat)
     for uid, (north_m, east_m) in offsets.items():
         lat, lon = _at(site, north_m, east_m)
         index.upsert(UnitView(uid, "fire", "fire_engine", frozenset(), "D", lat, lon, "available"))
@@ -602,6 +602,22 @@ def _index_around(
 def test_the_nearest_unit_is_found_whatever_latitude_the_cells_were_laid_at(reference_lat, site_lat, offsets):
     site = _grid_site(reference_lat, site_lat, 10.0)
     index = _index_around(reference_lat, site, offsets)
+    by_distance = sorted(offsets, key=lambda uid: math.hypot(*offsets[uid]))
+    assert ids(index.recommend({T.FIRE_ENGINE: 1}, *site, 2, False)) == by_distance[:1]
+    assert ids(index.recommend({T.FIRE_ENGINE: 3}, *site, 2, False)) == by_distance
+
+
+@pytest.mark.parametrize(
+    "offsets",
+    [
+        {"north": (150_000.0, 0.0), "east": (0.0, 160_000.0), "west": (0.0, -170_000.0)},
+        {"east": (0.0, 150_000.0), "north": (160_000.0, 0.0), "south": (-170_000.0, 0.0)},
+    ],
+)
+def test_cells_wider_than_a_degree_still_find_the_nearest_unit(offsets):
+    # 200 km cells: every unit is in the ring next to the incident's cell; the nearest wins.
+    site = _grid_site(30.0, 30.0, 10.0, cell_m=200_000.0)
+    index = _index_around(30.0, site, offsets, cell_m=200_000.0)
     by_distance = sorted(offsets, key=lambda uid: math.hypot(*offsets[uid]))
     assert ids(index.recommend({T.FIRE_ENGINE: 1}, *site, 2, False)) == by_distance[:1]
     assert ids(index.recommend({T.FIRE_ENGINE: 3}, *site, 2, False)) == by_distance
