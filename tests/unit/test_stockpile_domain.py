@@ -24,6 +24,7 @@ from resource_stockpile.domain import (
     NegativeBalance,
     PartsShort,
     StockLine,
+    Take,
     Topping,
     allocate,
     allocate_many,
@@ -375,3 +376,262 @@ def test_a_catalogue_of_many_kits_of_kits_is_walked_once_and_a_deep_circle_still
     with pytest.raises(InvalidInput) as refused:
         check_kits(kits, {"k0": plain})
     assert refused.value.extra["field"].startswith("items.") and "contains itself" in str(refused.value)
+
+
+# --- the edges of each rule -------------------------------------------------------------------------
+
+
+def test_a_good_catalogue_entry_passes_with_packs_from_2_to_the_largest_quantity():
+    assert check_item(WATER) is None  # refusing raises
+    assert check_item(Item("x", "x", "x", "piece", {"pair": 2, "container": MAX_QUANTITY})) is None
+
+
+def test_a_bad_catalogue_entry_says_what_is_wrong():
+    with pytest.raises(InvalidInput) as err:
+        check_item(Item("x", "x", "x", "piece", gb_code="301"))
+    assert err.value.detail == "gb_code must be 7 digits (GB/T 38565-2020)"
+    with pytest.raises(InvalidInput) as err:
+        check_item(Item("x", "x", "x", "piece", {"piece": 2}))
+    assert err.value.detail == "pack 'piece' has the base unit's name"
+    with pytest.raises(InvalidInput) as err:
+        check_item(Item("x", "x", "x", "piece", {"box": MAX_QUANTITY + 1}))
+    assert err.value.extra["field"] == "packs.box"
+    assert err.value.detail == f"pack 'box' must hold a whole number of piece from 2 to {MAX_QUANTITY}"
+
+
+@pytest.mark.parametrize("q", [True, 1.5, 0, MAX_QUANTITY + 1])
+def test_a_kit_part_is_a_whole_number_of_base_units_from_1_to_the_largest_quantity(q):
+    with pytest.raises(InvalidInput) as refused:
+        check_kits([Item("k", "k", "k", "kit", kit_of={"bandage": q})], PART_ITEMS)
+    assert refused.value.extra["field"] == "items.0.kit_of.bandage"
+    assert refused.value.detail == f"kit k: part bandage must be a whole number of base units from 1 to {MAX_QUANTITY}"
+
+
+def test_a_kit_of_the_largest_quantity_of_a_part_is_fine_and_an_unknown_part_is_named():
+    assert check_kits([Item("k", "k", "k", "kit", kit_of={"bandage": MAX_QUANTITY})], PART_ITEMS) is None
+    with pytest.raises(InvalidInput) as refused:
+        check_kits([Item("k", "k", "k", "kit", kit_of={"ghost": 1})], PART_ITEMS)
+    assert refused.value.detail == "kit k: part ghost is not in the catalogue"
+
+
+def test_every_new_kit_is_checked_even_after_one_already_walked():
+    new = [
+        Item("x", "x", "x", "kit", kit_of={"y": 1}),
+        Item("y", "y", "y", "kit", kit_of={"bandage": 1}),  # walked through x already
+        Item("z", "z", "z", "kit", kit_of={"z": 1}),
+    ]
+    with pytest.raises(InvalidInput) as refused:
+        check_kits(new, PART_ITEMS)
+    assert refused.value.extra["field"] == "items.2.kit_of.z"
+    assert refused.value.detail == "kit z lists itself as a part"
+
+
+def test_parts_short_says_which_depot_and_by_how_much():
+    with pytest.raises(PartsShort) as refused:
+        plan_assembly(KIT, 10, "A", [part(1, "bandage", 15), part(5, "tourniquet", 9)], TODAY)
+    assert refused.value.detail == (
+        "depot A has too little good, unexpired stock for 10 trauma_kit: bandage short by 5, tourniquet short by 1"
+    )
+
+
+def test_an_assembly_takes_a_last_unit_and_what_expires_today_and_skips_what_is_all_reserved():
+    stock = [
+        part(1, "bandage", 5, TODAY, reserved=5),  # nothing available
+        part(2, "bandage", 1, TODAY),  # one left, expiring today: still good today
+        part(3, "bandage", 2, TODAY + timedelta(days=10)),
+        part(4, "bandage", 9, TODAY + timedelta(days=20)),  # not needed
+        part(5, "tourniquet", 2),
+        part(6, "tourniquet", 9),  # not needed
+    ]
+    takes, expiry = plan_assembly(KIT, 1, "A", stock, TODAY)
+    assert [(x.id, q) for x, q in takes] == [(2, 1), (3, 1), (5, 1)]
+    assert expiry == TODAY
+    takes, _ = plan_assembly(KIT, 2, "A", stock, TODAY)
+    assert [(x.id, q) for x, q in takes] == [(2, 1), (3, 2), (4, 1), (5, 2)]
+
+
+def test_an_assembly_of_parts_that_never_expire_gives_kits_that_never_expire():
+    takes, expiry = plan_assembly(KIT, 1, "A", [part(1, "bandage", 2), part(5, "tourniquet", 1)], TODAY)
+    assert [(x.id, q) for x, q in takes] == [(1, 2), (5, 1)]
+    assert expiry is None
+
+
+def test_an_assembly_with_a_part_never_stocked_names_it_short():
+    with pytest.raises(PartsShort) as refused:
+        plan_assembly(KIT, 3, "A", [part(1, "bandage", 10)], TODAY)
+    assert refused.value.extra["short"] == {"tourniquet": 3}
+
+
+def kit_line(line_id: int, on_hand: int, reserved: int = 0, expiry: date | None = None) -> StockLine:
+    return StockLine(line_id, "A", "trauma_kit", f"K{line_id}", expiry, Condition.good, on_hand, reserved)
+
+
+def test_a_disassembly_takes_a_last_kit_stops_when_met_and_names_what_is_short():
+    kits = [kit_line(1, 1, expiry=TODAY), kit_line(2, 2), kit_line(3, 4, reserved=4), kit_line(4, 5)]
+    takes, expiry = plan_disassembly(KIT, 2, "A", kits)
+    assert [(x.id, q) for x, q in takes] == [(1, 1), (2, 1)]
+    assert expiry == TODAY
+    takes, expiry = plan_disassembly(KIT, 3, "A", kits[1:])
+    assert [(x.id, q) for x, q in takes] == [(2, 2), (4, 1)]
+    assert expiry is None
+    with pytest.raises(PartsShort) as refused:
+        plan_disassembly(KIT, 9, "B", kits)
+    assert refused.value.extra == {"depot_id": "B", "part": "trauma_kit", "short": {"trauma_kit": 1}}
+    assert refused.value.detail == (
+        "depot B has too little good, unexpired stock for 9 trauma_kit: trauma_kit short by 1"
+    )
+
+
+def test_a_quantity_that_is_not_a_number_or_a_unit_that_is_not_the_items_is_refused_saying_so():
+    with pytest.raises(InvalidInput) as err:
+        to_base(WATER, "a dozen", None)
+    assert err.value.detail == "quantity must be a number"
+    assert err.value.extra == {"field": "quantity"}
+    with pytest.raises(InvalidInput) as err:
+        to_base(WATER, 3, "pallet")
+    assert err.value.detail == "'pallet' is not a unit of drinking_water_bottle; one of: bottle, case"
+    assert err.value.extra == {"field": "unit", "item": "drinking_water_bottle"}
+    with pytest.raises(InvalidInput) as err:
+        to_base(WATER, Decimal("1.5"), None)
+    assert err.value.detail == "quantity must be a whole number of bottle (1.5 bottle is not)"
+
+
+def test_the_largest_quantity_itself_is_allowed():
+    assert to_base(WATER, MAX_QUANTITY, None) == MAX_QUANTITY
+
+
+def test_packs_are_counted_in_the_largest_pack_whatever_its_name():
+    item = Item("water", "water", "水", "bottle", {"case": 24, "pack": 6})
+    assert in_packs(item, 98) == {"case": 4, "bottle": 2}
+
+
+def test_a_last_unit_is_reservable_and_with_no_shelf_life_asked_so_is_what_expires_today():
+    assert reservable(line(1, "A", 5, reserved=4), TODAY, 30)
+    assert reservable(line(1, "A", 5, expiry=TODAY), TODAY, 0)
+    assert not reservable(line(1, "A", 5, expiry=TODAY - timedelta(days=1)), TODAY, 0)
+
+
+def test_travel_times_equal_to_the_millisecond_are_one_distance_and_the_depot_decides():
+    b = Candidate(line(1, "B", 10), 100.0001)
+    a = Candidate(line(2, "A", 10), 100.0002)
+    takes, _ = allocate([b, a], 5)
+    assert [t.depot_id for t in takes] == ["A"]
+    nearer = Candidate(line(3, "Z", 10), 100.2)
+    farther = Candidate(line(4, "Y", 10), 100.4)
+    takes, _ = allocate([farther, nearer], 5)
+    assert [t.depot_id for t in takes] == ["Z"]
+
+
+def test_an_allocation_takes_a_last_unit_stops_when_met_and_skips_empty_lines():
+    empty = Candidate(line(1, "A", 4, reserved=4), 10.0)
+    one = Candidate(line(2, "A", 1), 20.0)
+    more = Candidate(line(3, "B", 5), 30.0)
+    spare = Candidate(line(4, "C", 5), 40.0)
+    takes, missing = allocate([spare, more, one, empty], 6)
+    assert takes == [Take(2, "A", 1, 20.0), Take(3, "B", 5, 30.0)]
+    assert missing == 0
+
+
+def test_requests_for_one_line_count_it_down_across_every_request():
+    only = Candidate(line(1, "A", 10), 60.0)
+    other = Candidate(line(2, "B", 5), 90.0)
+    plans = allocate_many({"stretcher": [other, only]}, [("stretcher", 4), ("stretcher", 4), ("stretcher", 4)])
+    assert plans == [
+        [Take(1, "A", 4, 60.0)],
+        [Take(1, "A", 4, 60.0)],
+        [Take(1, "A", 2, 60.0), Take(2, "B", 2, 90.0)],
+    ]
+
+
+def test_a_request_after_a_line_was_used_up_skips_it_and_takes_a_last_unit():
+    first = Candidate(line(1, "A", 3), 60.0)
+    last = Candidate(line(2, "B", 1), 90.0)
+    spare = Candidate(line(3, "C", 5), 120.0)
+    plans = allocate_many({"stretcher": [first, last, spare]}, [("stretcher", 3), ("stretcher", 1)])
+    assert plans == [[Take(1, "A", 3, 60.0)], [Take(2, "B", 1, 90.0)]]
+
+
+def test_a_minimum_of_one_counts():
+    from resource_stockpile.domain import is_below
+
+    assert is_below(0, 1) and not is_below(1, 1)
+
+
+def test_an_illegal_action_names_the_bucket_the_action_and_what_is_allowed():
+    with pytest.raises(IllegalTransition) as err:
+        move(Bucket.out, Action.issue)
+    assert err.value.detail == "cannot issue what is out; allowed: return, consume"
+    assert err.value.extra == {"bucket": "out", "action": "issue"}
+    with pytest.raises(IllegalTransition) as err:
+        move(Bucket.returned, Action.release)
+    assert err.value.detail == "cannot release what is returned; allowed: none, it is done"
+
+
+def test_more_than_there_is_says_how_much_is_there():
+    with pytest.raises(Conflict) as err:
+        spread([alloc(1, 1.0, 10, out=2)], Action.return_, 3)
+    assert err.value.detail == "cannot return 3: 2 are out"
+    assert err.value.extra == {"action": "return", "available": 2}
+    with pytest.raises(Conflict) as err:
+        spread([alloc(1, 1.0, 10, out=1)], Action.consume, 3)
+    assert err.value.detail == "cannot consume 3: 1 is out"
+
+
+def test_an_action_skips_allocations_with_nothing_there_and_takes_a_last_unit():
+    allocs = [alloc(1, 10.0, 0, out=5), alloc(2, 20.0, 1), alloc(3, 30.0, 5), alloc(4, 40.0, 5)]
+    assert [(a.id, q) for a, q in spread(allocs, Action.issue, 3)] == [(2, 1), (3, 2)]
+    assert [(a.id, q) for a, q in spread(allocs, Action.issue, 1)] == [(2, 1)]
+
+
+def test_the_settled_detail_lists_every_item_holding_anything():
+    allocs = [alloc(1, 1.0, 4, out=1), alloc(2, 1.0, 3, item="blanket"), alloc(3, 1.0, 0, out=2, item="tent")]
+    assert settled_detail(allocs) == "blanket: 3 held, 0 out; stretcher: 4 held, 1 out; tent: 0 held, 2 out"
+
+
+def test_an_issue_is_checked_at_its_own_date_and_entries_at_one_instant_keep_their_order():
+    with pytest.raises(NegativeBalance) as err:
+        check_history([(at(1), 3)], at(5), -5, "stretcher", "A")
+    assert err.value.extra["date"] == "2026-11-05"
+    # A receipt and an issue booked at the same instant, in that order: the balance never dips.
+    check_history([(at(1), 2), (at(5), 5), (at(5), -5)], at(3), -2, "stretcher", "A")
+
+
+def test_a_plan_met_exactly_changes_nothing_and_a_single_unit_is_released():
+    assert reconcile(Stage.handling, {"stretcher": 10}, {"stretcher": (10, 0)}) == []
+    assert reconcile(Stage.handling, {"stretcher": 5}, {"stretcher": (1, 5)}) == [Topping("stretcher", release=1)]
+    assert reconcile(Stage.aftermath, {"stretcher": 5}, {"stretcher": (1, 5)}) == [Topping("stretcher", release=1)]
+
+
+def test_an_allocation_takes_the_last_unit_it_needs_from_the_next_line():
+    takes, missing = allocate([Candidate(line(1, "A", 5), 10.0), Candidate(line(2, "B", 5), 20.0)], 6)
+    assert takes == [Take(1, "A", 5, 10.0), Take(2, "B", 1, 20.0)]
+    assert missing == 0
+
+
+def test_a_circle_of_two_new_kits_names_the_kit_and_the_part_through_which():
+    new = [Item("a", "a", "a", "kit", kit_of={"b": 1}), Item("b", "b", "b", "kit", kit_of={"a": 1})]
+    with pytest.raises(InvalidInput) as refused:
+        check_kits(new, PART_ITEMS)
+    assert refused.value.extra["field"] == "items.0.kit_of.b"
+    assert refused.value.detail == "kit a contains itself (through b)"
+
+
+def test_a_circle_found_below_the_first_kit_names_the_new_kit_in_it():
+    new = [
+        Item("x", "x", "x", "kit", kit_of={"a": 1}),
+        Item("a", "a", "a", "kit", kit_of={"b": 1}),
+        Item("b", "b", "b", "kit", kit_of={"a": 1}),
+    ]
+    with pytest.raises(InvalidInput) as refused:
+        check_kits(new, PART_ITEMS)
+    assert refused.value.extra["field"] == "items.1.kit_of.b"
+
+
+def test_a_circle_through_a_stored_kit_names_a_new_item():
+    # c is stored and lists n; the new n lists c: c now contains itself, found from r.
+    known = {**PART_ITEMS, "c": Item("c", "c", "c", "kit", kit_of={"n": 1})}
+    new = [Item("r", "r", "r", "kit", kit_of={"c": 1}), Item("n", "n", "n", "kit", kit_of={"c": 1})]
+    with pytest.raises(InvalidInput) as refused:
+        check_kits(new, known)
+    assert refused.value.detail == "kit c contains itself (through n)"
+    assert refused.value.extra["field"].split(".")[1] in {"0", "1"}
