@@ -67,8 +67,13 @@ token:
 	@if [ ! -s var/auth_secret ]; then echo "var/auth_secret is missing: run 'make up' first" >&2; exit 1; fi
 	@ECS_AUTH_SECRET="$$(cat var/auth_secret)" .venv/bin/ecs token --role '$(ROLE)' --subject '$(SUBJECT)'
 
+# Tests run in TEST_WORKERS processes (pytest-xdist; most of a test's time is spent waiting on
+# services, brokers and databases, so more processes than cores pay off); TEST_WORKERS=0 runs
+# them in this process, one after another.
+TEST_WORKERS ?= 3
+
 test: setup postgres-for-tests
-	$(PY) -m pytest tests -q -p no:cacheprovider
+	$(PY) -m pytest tests -q -p no:cacheprovider $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist worksteal)
 
 # The tests need a PostgreSQL: DATABASE_URL, else one on 127.0.0.1:5432, else Docker, else a private
 # cluster of their own, for which PostgreSQL's server binaries must be installed (Debian's package).

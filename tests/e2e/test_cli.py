@@ -19,7 +19,7 @@ import httpx
 import pytest
 from typer.testing import CliRunner, Result
 
-from ecs.cli import app
+from ecs.cli import app, output
 from ecs.gateway_client import GatewayClient
 from ecs.testing import console_script, free_port, observer_credentials
 from resource_stockpile import seed as stockpile_seed
@@ -66,6 +66,9 @@ class Operator:
             **{f"ECS_{k.upper()}_URL": v for k, v in urls.items()},
         }
         self.runner = CliRunner()
+        # The CLI's console took its width from COLUMNS when it was imported, and a pytest-xdist
+        # worker's environment says 80: without this, tables are cut to 80 columns there.
+        output.out.width = 200
 
     def __call__(self, *args: str, code: int = 0) -> Result:
         result = self.runner.invoke(app, list(args), env=self.env)
