@@ -10,7 +10,18 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 from sqlalchemy import Column, Integer, MetaData, String, Table, func, inspect, select, text, update
 
-from ecs.db import IDEMPOTENCY_KEYS, INBOX, OUTBOX, Database, UTCDateTime, new_metadata, normalise_url
+from ecs.db import (
+    IDEMPOTENCY_KEYS,
+    INBOX,
+    OUTBOX,
+    Database,
+    UTCDateTime,
+    chunks,
+    new_metadata,
+    normalise_url,
+    scene_of,
+    take_scene,
+)
 from ecs.envelope import make_event
 from ecs.migrations import upgrade
 from ecs.testing import eventually
@@ -26,6 +37,13 @@ COUNTERS = Table(
     Column("name", String(32), primary_key=True),
     Column("value", Integer, nullable=False),
     Column("at", UTCDateTime, nullable=True),
+)
+SCENES = Table(
+    "scenes",
+    md,
+    Column("id", String(32), primary_key=True),
+    Column("category", String(32), nullable=False),
+    Column("level", Integer, nullable=False),
 )
 
 
@@ -273,6 +291,49 @@ async def test_pooled_connections_the_server_ended_are_replaced_before_a_unit_of
     finally:
         await admin.dispose()
         await db.dispose()
+
+
+async def test_a_medical_call_becomes_the_scene_once_and_a_scene_never_turns_back(db):
+    """take_scene and scene_of: only a still-medical incident takes the scene's category (and the
+    values given with it); a scene, or an incident not known here, is left as it is."""
+    async with db.uow() as uow:
+        await uow.conn.execute(
+            SCENES.insert(),
+            [
+                {"id": "med", "category": "medical", "level": 4},
+                {"id": "fire", "category": "fire", "level": 3},
+                {"id": "med2", "category": "medical", "level": 4},
+                {"id": "fire2", "category": "fire", "level": 3},
+            ],
+        )
+        assert await take_scene(uow.conn, SCENES, "med", "crowd_crush", level=2) is True
+        assert await take_scene(uow.conn, SCENES, "med", "fire", level=1) is False  # already a scene
+        assert await take_scene(uow.conn, SCENES, "fire", "crowd_crush", level=1) is False
+        assert await take_scene(uow.conn, SCENES, "nobody", "fire") is False
+        for incident_id in ("med2", "fire2"):
+            await uow.conn.execute(
+                SCENES.update()
+                .where(SCENES.c.id == incident_id)
+                .values(category=scene_of(SCENES.c.category, "traffic_accident"))
+            )
+        await uow.commit()
+    async with db.engine.connect() as conn:
+        rows = {r.id: (r.category, r.level) for r in await conn.execute(select(SCENES))}
+    assert rows == {
+        "med": ("crowd_crush", 2),
+        "fire": ("fire", 3),
+        "med2": ("traffic_accident", 4),
+        "fire2": ("fire", 3),
+    }
+    with pytest.raises(ValueError):
+        scene_of(SCENES.c.category, "not-a-category")
+
+
+def test_chunks_keep_every_item_in_order_in_lists_of_at_most_the_size():
+    assert list(chunks([], 3)) == []
+    assert list(chunks(range(7), 3)) == [[0, 1, 2], [3, 4, 5], [6]]
+    assert list(chunks((1, 2), 2)) == [[1, 2]]
+    assert [len(c) for c in chunks(list(range(1001)))] == [500, 500, 1]
 
 
 def _end_worker_thread(driver_connection) -> None:
