@@ -1,0 +1,51 @@
+"""ecs.db's pure pieces: UTC timestamps, advisory lock keys and constraint names."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+from sqlalchemy import Column, Integer, String, Table
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.schema import CreateTable
+
+from ecs.db import NAMING_CONVENTION, UTCDateTime, lock_key, new_metadata
+
+BEIJING = timezone(timedelta(hours=8))
+
+
+def test_a_timestamp_is_stored_in_utc_and_a_naive_one_is_refused():
+    column = UTCDateTime()
+    stored = column.process_bind_param(datetime(2026, 12, 1, 18, 30, tzinfo=BEIJING), None)
+    assert stored == datetime(2026, 12, 1, 10, 30, tzinfo=UTC)
+    assert stored.tzinfo is UTC and stored.hour == 10
+    assert column.process_bind_param(None, None) is None
+    with pytest.raises(ValueError, match="^naive datetime$"):
+        column.process_bind_param(datetime(2026, 12, 1, 10, 30), None)
+
+
+def test_a_timestamp_comes_back_aware_and_in_utc_whether_the_store_kept_a_zone_or_not():
+    column = UTCDateTime()
+    naive = column.process_result_value(datetime(2026, 12, 1, 10, 30), None)  # SQLite keeps no zone
+    assert naive == datetime(2026, 12, 1, 10, 30, tzinfo=UTC) and naive.tzinfo is UTC
+    aware = column.process_result_value(datetime(2026, 12, 1, 18, 30, tzinfo=BEIJING), None)
+    assert aware.tzinfo is UTC and aware.hour == 10 and aware == datetime(2026, 12, 1, 10, 30, tzinfo=UTC)
+    assert column.process_result_value(None, None) is None
+
+
+def test_lock_keys_are_stable_positive_32_bit_and_tell_names_apart():
+    names = [f"incident-{i}" for i in range(2000)]
+    keys = [lock_key(n) for n in names]
+    assert keys == [lock_key(n) for n in names]
+    assert all(0 <= k <= 0x7FFFFFFF for k in keys)  # pg_advisory_xact_lock's bigint, kept in int4
+    assert len(set(keys)) >= 1995  # crc32: a collision only makes two names share a lock
+
+
+def test_a_service_metadata_names_its_constraints_by_the_convention_and_has_the_platform_tables():
+    md = new_metadata()
+    assert md.naming_convention == NAMING_CONVENTION
+    assert {"outbox", "inbox", "idempotency_keys"} <= set(md.tables)
+    things = Table("things", md, Column("id", Integer, primary_key=True), Column("code", String(8), unique=True))
+    ddl = str(CreateTable(things).compile(dialect=postgresql.dialect()))
+    assert "CONSTRAINT pk_things PRIMARY KEY" in ddl
+    assert "CONSTRAINT uq_things_code UNIQUE" in ddl
