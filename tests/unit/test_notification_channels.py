@@ -159,3 +159,21 @@ async def test_an_exercise_statement_on_a_live_channel_is_refused_and_never_writ
     assert not gateway.path("live").exists()
     assert statement_text(ChannelKind.sms, "通报", "statement") == "通报"
     assert statement_text(ChannelKind.social, "通报", "statement") == "通报\n\nstatement"
+
+
+def test_only_a_polygon_perimeter_of_three_points_or_more_is_a_ring():
+    triangle = [[0, 0], [0, 1], [1, 1]]
+    assert reach_of_perimeter({"kind": "polygon", "points": triangle}).ring == ((0, 0), (0, 1), (1, 1), (0, 0))
+    assert reach_of_perimeter({"kind": "polygon", "points": triangle[:2]}) is None
+    assert reach_of_perimeter({"kind": "line", "points": triangle}) is None
+
+
+def test_a_circle_reach_gives_the_targets_inside_the_circle_and_an_empty_reach_none():
+    index = TargetIndex([Target("in", "cell", 0.5, 0.5), Target("out", "cell", 1.5, 0.5)])
+    assert [t.id for t in index.within(Reach(circle=(0.5, 0.5, 1000)))] == ["in"]
+    assert index.within(Reach()) == []
+
+
+def test_a_skip_lists_every_kind_of_target_the_channel_reaches():
+    plans = plan_deliveries([("sms", ChannelKind.sms)], [("x", "other")], "the alert's area")
+    assert plans[0].reason == "sms: no target (cell, district, subscribers) inside the alert's area"

@@ -3,19 +3,25 @@ two-person approval, references, polygons, templates, headlines and the release 
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from xml.etree import ElementTree as ET
 
 import pytest
 
 from ecs import errors
 from ecs.vocabulary import Category, Level, Stage
+from public_notification.capdoc import cap_errors
 from public_notification.domain import (
     RUMOR_TRANSITIONS,
     STATEMENT_TRANSITIONS,
     TRANSITIONS,
     AlertAction,
     AlertStatus,
+    Area,
+    CapAlert,
     CapStatus,
+    Circle,
     Clock,
     ClockKind,
     ClockState,
@@ -23,13 +29,17 @@ from public_notification.domain import (
     IllegalAlertStep,
     IllegalRumorStep,
     IllegalStatementStep,
+    Info,
     MsgType,
+    Polygon,
     RumorAction,
     RumorStatus,
     StatementAction,
     StatementKind,
     StatementStatus,
+    cap_reference,
     cap_status,
+    cap_xml,
     check_approver,
     check_editable,
     check_reference,
@@ -37,6 +47,7 @@ from public_notification.domain import (
     clock_state,
     clocks_met_by,
     compose_infos,
+    headline_en,
     headline_zh,
     next_rumor_status,
     next_statement_status,
@@ -249,3 +260,263 @@ def test_settled_only_in_aftermath_with_nothing_live_or_open():
         "1 statement(s) not published",
         "1 rumor(s) open",
     ]
+
+
+# --- the CAP 1.2 document ---------------------------------------------------------------------------
+
+CAP = "{urn:oasis:names:tc:emergency:cap:1.2}"
+
+
+def children(element) -> list[tuple[str, str | None]]:
+    return [(child.tag.removeprefix(CAP), child.text) for child in element]
+
+
+def cap_alert(**changes) -> CapAlert:
+    base = CapAlert(
+        identifier="ECS-2",
+        sender="ecs@sh.gov.cn",
+        sender_name="Shanghai ECS",
+        sent=T0.replace(microsecond=123456),
+        status="Actual",
+        msg_type=MsgType.Update,
+        category=Category.hazmat,
+        level=Level.II,
+        event="Chemical leak",
+        infos=(Info("zh-CN", "危险化学品泄漏", "描述", "关闭门窗"), Info("en-US", "Hazmat", "A leak")),
+        area=Area(
+            "Bund",
+            Circle(31.24, 121.49, 1500),
+            Polygon(((31.0, 121.0), (31.0, 121.1), (31.1, 121.1), (31.0, 121.0))),
+            (("GB/T 2260", "310101"),),
+        ),
+        references=cap_reference("ecs@sh.gov.cn", "ECS-1", T0 - timedelta(hours=1)),
+        expires=T0 + timedelta(hours=6),
+        note="second update",
+    )
+    return replace(base, **changes)
+
+
+def test_the_cap_document_has_every_element_in_the_schemas_order():
+    document = cap_xml(cap_alert())
+    assert document.startswith(
+        b"<?xml version='1.0' encoding='utf-8'?>\n<alert xmlns=\"urn:oasis:names:tc:emergency:cap:1.2\">"
+    )
+    assert cap_errors(document) == []
+    root = ET.fromstring(document)
+    assert root.tag == CAP + "alert"
+    assert children(root)[:8] == [
+        ("identifier", "ECS-2"),
+        ("sender", "ecs@sh.gov.cn"),
+        ("sent", "2026-12-01T08:00:00+00:00"),  # seconds, an explicit offset
+        ("status", "Actual"),
+        ("msgType", "Update"),
+        ("scope", "Public"),
+        ("note", "second update"),
+        ("references", "ecs@sh.gov.cn,ECS-1,2026-12-01T07:00:00+00:00"),
+    ]
+    zh, en = root.findall(CAP + "info")
+    assert [tag for tag, _ in children(root)] == [*(tag for tag, _ in children(root)[:8]), "info", "info"]
+    assert children(zh)[:-1] == [
+        ("language", "zh-CN"),
+        ("category", "CBRNE"),
+        ("event", "Chemical leak"),
+        ("responseType", "Avoid"),
+        ("urgency", "Immediate"),
+        ("severity", "Severe"),
+        ("certainty", "Observed"),
+        ("expires", "2026-12-01T14:00:00+00:00"),
+        ("senderName", "Shanghai ECS"),
+        ("headline", "危险化学品泄漏"),
+        ("description", "描述"),
+        ("instruction", "关闭门窗"),
+    ]
+    area = zh.find(CAP + "area")
+    assert children(area)[:3] == [
+        ("areaDesc", "Bund"),
+        ("polygon", "31.000000,121.000000 31.000000,121.100000 31.100000,121.100000 31.000000,121.000000"),
+        ("circle", "31.240000,121.490000 1.500"),  # CAP writes kilometres
+    ]
+    assert [children(code) for code in area.findall(CAP + "geocode")] == [
+        [("valueName", "GB/T 2260"), ("value", "310101")]
+    ]
+    assert [tag for tag, _ in children(area)] == ["areaDesc", "polygon", "circle", "geocode"]
+    assert [tag for tag, _ in children(en)][-3:] == ["headline", "description", "area"]  # no instruction
+    assert (en.findtext(CAP + "language"), en.findtext(CAP + "headline")) == ("en-US", "Hazmat")
+
+
+def test_a_cancel_is_an_all_clear_of_the_past_and_what_is_not_given_is_left_out():
+    document = cap_xml(
+        cap_alert(msg_type=MsgType.Cancel, note="", references=None, expires=None, area=Area(""), level=Level.IV)
+    )
+    assert cap_errors(document) == []
+    root = ET.fromstring(document)
+    assert [tag for tag, _ in children(root)] == [
+        "identifier",
+        "sender",
+        "sent",
+        "status",
+        "msgType",
+        "scope",
+        "info",
+        "info",
+    ]
+    info = root.find(CAP + "info")
+    assert info.findtext(CAP + "responseType") == "AllClear"
+    assert info.findtext(CAP + "urgency") == "Past"
+    assert info.findtext(CAP + "severity") == "Minor"
+    assert info.find(CAP + "expires") is None
+    assert children(info.find(CAP + "area")) == [("areaDesc", "-")]
+
+
+# --- what each refusal says ------------------------------------------------------------------------
+
+
+def test_an_illegal_alert_step_names_the_status_the_action_and_what_is_allowed():
+    with pytest.raises(IllegalAlertStep) as caught:
+        next_status(AlertStatus.draft, AlertAction.approve)
+    assert caught.value.detail == "cannot 'approve' an alert that is 'draft'; allowed: submit, withdraw"
+    assert caught.value.extra == {"current": "draft", "action": "approve", "allowed": ["submit", "withdraw"]}
+    with pytest.raises(IllegalAlertStep) as caught:
+        next_status(AlertStatus.published, AlertAction.submit)
+    assert caught.value.detail == (
+        "cannot 'submit' an alert that is 'published'; allowed: supersede, cancel, expire;"
+        " a published alert changes only by a new Update or Cancel"
+    )
+    with pytest.raises(IllegalAlertStep) as caught:
+        next_status(AlertStatus.expired, AlertAction.publish)
+    assert caught.value.detail == "cannot 'publish' an alert that is 'expired'; allowed: none, the alert is finished"
+    assert caught.value.extra["allowed"] == []
+
+
+def test_an_illegal_statement_step_names_the_status_the_action_and_what_is_allowed():
+    with pytest.raises(IllegalStatementStep) as caught:
+        next_statement_status(StatementStatus.draft, StatementAction.approve)
+    assert caught.value.detail == "cannot 'approve' a statement that is 'draft'; allowed: submit, withdraw"
+    assert caught.value.extra == {"current": "draft", "action": "approve", "allowed": ["submit", "withdraw"]}
+    with pytest.raises(IllegalStatementStep) as caught:
+        next_statement_status(StatementStatus.published, StatementAction.withdraw)
+    assert caught.value.detail == (
+        "cannot 'withdraw' a statement that is 'published'; allowed: none, the statement is final"
+    )
+
+
+def test_an_illegal_rumor_step_names_the_status_the_action_and_what_is_allowed():
+    with pytest.raises(IllegalRumorStep) as caught:
+        next_rumor_status(RumorStatus.unverified, RumorAction.close)
+    assert caught.value.detail == "cannot 'close' a rumor that is 'unverified'; allowed: confirm, refute, answer"
+    assert caught.value.extra == {
+        "current": "unverified",
+        "action": "close",
+        "allowed": ["confirm", "refute", "answer"],
+    }
+    with pytest.raises(IllegalRumorStep) as caught:
+        next_rumor_status(RumorStatus.closed, RumorAction.close)
+    assert caught.value.detail == "cannot 'close' a rumor that is 'closed'; allowed: none, the rumor is closed"
+
+
+def test_the_two_person_refusal_names_the_approver_field_and_what_was_approved():
+    with pytest.raises(errors.Forbidden) as caught:
+        check_approver("officer-li", "officer-li")
+    assert caught.value.detail == "the author of an alert cannot approve it; a second person must"
+    assert caught.value.extra == {"field": "approver"}
+    with pytest.raises(errors.Forbidden, match="^the author of an official statement cannot"):
+        check_approver("officer-li", "officer-li", "official statement")
+
+
+def test_an_edit_refusal_says_what_to_do_instead():
+    with pytest.raises(errors.Conflict) as caught:
+        check_editable(AlertStatus.published)
+    assert caught.value.detail == "a published alert cannot be edited: issue an Update that references it"
+    with pytest.raises(errors.Conflict) as caught:
+        check_editable(AlertStatus.approved)
+    assert caught.value.detail == "an alert that is 'approved' cannot be edited; only a draft can"
+
+
+def test_a_reference_refusal_names_the_references_field_and_why():
+    cases = [
+        (MsgType.Alert, AlertStatus.published, True, "an Alert references nothing; use msg_type Update or Cancel"),
+        (MsgType.Update, None, True, "an Update needs a live alert to reference"),
+        (MsgType.Cancel, AlertStatus.published, False, "the referenced alert is about another incident"),
+        (
+            MsgType.Update,
+            AlertStatus.expired,
+            True,
+            "an Update must reference a published alert; the referenced one is 'expired'",
+        ),
+    ]
+    for msg_type, referenced, same, detail in cases:
+        with pytest.raises(errors.AppError) as caught:
+            check_reference(msg_type, referenced, same)
+        assert caught.value.detail == detail
+        assert caught.value.extra == {"field": "references"}
+
+
+def test_a_polygon_spans_the_whole_of_wgs84_and_is_written_as_space_separated_pairs():
+    world = parse_polygon([[-90, -180], [90, -180], [90, 180], [-90, -180]])
+    assert world.cap() == "-90.000000,-180.000000 90.000000,-180.000000 90.000000,180.000000 -90.000000,-180.000000"
+    for lat, lon in [(-90.5, 0.0), (90.5, 0.0), (0.0, -180.5), (0.0, 180.5)]:
+        with pytest.raises(errors.InvalidInput, match="outside WGS-84") as caught:
+            parse_polygon([[1.0, 1.0], [lat, lon], [1.0, 0.0], [1.0, 1.0]])
+        assert caught.value.extra["field"] == "area.polygon[1]"
+
+
+def test_a_bad_polygon_names_the_field_it_came_from():
+    with pytest.raises(errors.InvalidInput) as caught:
+        parse_polygon(square(101), "alert.area")
+    assert caught.value.extra == {"field": "alert.area"}
+    with pytest.raises(errors.InvalidInput) as caught:
+        parse_polygon([[0.0, 0.0], [0.0, 1.0, 2.0], [1.0, 1.0], [0.0, 0.0]], "alert.area")
+    assert caught.value.detail == "point 1 must be [lat, lon]"
+    assert caught.value.extra == {"field": "alert.area[1]"}
+    with pytest.raises(errors.InvalidInput) as caught:
+        parse_polygon(square(5)[:-1] + [[0.0, 0.0]], "alert.area")
+    assert caught.value.detail == "the polygon is not closed: its last point must repeat its first"
+    assert caught.value.extra == {"field": "alert.area"}
+
+
+def test_the_english_headline_names_the_category_in_words():
+    assert headline_en(Level.II, Category.gas_leak) == "Gas leak Orange Warning (level II)"
+    assert headline_en(Level.IV, Category.public_security) == "Public security Blue Warning (level IV)"
+
+
+def test_a_template_refusal_names_the_template_and_each_placeholder():
+    with pytest.raises(errors.InvalidInput) as caught:
+        render("{0} at {a.b}", {"0": "x"})
+    assert caught.value.detail == "template has placeholders that are not plain names: 0, a.b"
+    assert caught.value.extra == {"field": "template"}
+    with pytest.raises(errors.InvalidInput) as caught:
+        render("{x} and {y}", {})
+    assert caught.value.detail == "template needs x, y, which the incident does not provide: give them in values"
+    assert caught.value.extra == {"field": "values.x", "missing": ["x", "y"], "template": "template"}
+
+
+def test_compose_uses_the_plans_chinese_template_and_names_the_template_a_value_is_missing_from():
+    templates = {"cap_alert": "Fire at {address}", "cap_alert_zh": "{address}{category_zh}"}
+    zh, en = compose_infos(templates, {"address": "外滩"}, Level.III, Category.fire)
+    assert (zh.description, en.description) == ("外滩火灾", "Fire at 外滩")
+    with pytest.raises(errors.InvalidInput) as caught:
+        compose_infos({"cap_alert": "Fire", "cap_alert_zh": "{shelter}"}, {}, Level.III, Category.fire)
+    assert caught.value.extra["template"] == "cap_alert_zh"
+    with pytest.raises(errors.InvalidInput) as caught:
+        compose_infos({"cap_alert": "Fire at {address}", "cap_alert_zh": "火"}, {}, Level.III, Category.fire)
+    assert caught.value.extra["template"] == "cap_alert"
+
+
+def test_compose_without_an_english_template_lists_what_the_plan_has():
+    with pytest.raises(errors.InvalidInput) as caught:
+        compose_infos({"official_statement": "x", "cap_alert_zh": "y"}, {}, Level.II, Category.fire)
+    assert caught.value.detail == (
+        "the response plan has no cap_alert template for this level (it has: cap_alert_zh, official_statement);"
+        " write the text by hand"
+    )
+    assert caught.value.extra == {"field": "description_en"}
+    with pytest.raises(errors.InvalidInput, match=r"\(it has: none\)"):
+        compose_infos({}, {}, Level.II, Category.fire)
+
+
+def test_a_clock_met_at_its_due_time_is_met_and_due_soon_starts_exactly_at_the_warning():
+    due = T0 + timedelta(hours=5)
+    assert clock_state(Clock("INC-1", ClockKind.first_information, T0, due, met_at=due), due, 3600) is ClockState.met
+    clock = Clock("INC-1", ClockKind.first_information, T0, due)
+    assert clock_state(clock, due - timedelta(hours=1), 3600) is ClockState.due_soon
+    assert clock_state(clock, due - timedelta(hours=1, microseconds=1), 3600) is ClockState.running
