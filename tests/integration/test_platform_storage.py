@@ -8,12 +8,14 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
-from sqlalchemy import Column, Integer, MetaData, String, Table, func, inspect, select, text, update
+from sqlalchemy import JSON, Column, Integer, MetaData, String, Table, event, func, inspect, select, text, update
 
 from ecs.db import (
+    COPY_FROM_ROWS,
     IDEMPOTENCY_KEYS,
     INBOX,
     OUTBOX,
+    BigId,
     Database,
     UTCDateTime,
     chunks,
@@ -398,3 +400,180 @@ def test_platform_tables_come_with_every_service_metadata():
     fresh = new_metadata()
     assert set(fresh.tables) >= PLATFORM_TABLES
     assert isinstance(fresh, MetaData) and fresh is not md
+
+
+async def test_a_failure_to_close_an_orphaned_sqlite_connection_is_logged_and_does_not_stop_the_engine(tmp_path):
+    """A sqlite3 connection that refuses to close once its worker thread ended is left to the
+    collector: the engine's dispose still ends, and the log says which error it was."""
+    import sqlite3
+
+    from structlog.testing import capture_logs
+
+    class RefusesToClose:
+        def close(self) -> None:
+            raise sqlite3.ProgrammingError("cannot close it now")
+
+    db = Database(f"sqlite:///{tmp_path}/stuck.db")
+    async with db.engine.connect() as conn:
+        await conn.execute(text("SELECT 1"))
+        raw = (await conn.get_raw_connection()).driver_connection
+    _end_worker_thread(raw)
+    real, raw._connection = raw._connection, RefusesToClose()
+    try:
+        with capture_logs() as logs:
+            await db.dispose()
+    finally:
+        real.close()
+    assert raw._connection is None
+    assert [(e["event"], e["log_level"], e["error"]) for e in logs if e["event"].startswith("db.")] == [
+        ("db.sqlite_orphan_not_closed", "warning", "cannot close it now")
+    ]
+
+
+async def test_a_sqlite_connection_passes_keyword_arguments_to_its_worker(tmp_path):
+    """The orphan-safe connection queues every call as aiosqlite does, keyword arguments included:
+    a function created as deterministic may be used in an index."""
+    db = Database(f"sqlite:///{tmp_path}/fn.db")
+    try:
+        async with db.engine.connect() as conn:
+            raw = (await conn.get_raw_connection()).driver_connection
+            await raw.create_function("twice", 1, lambda x: 2 * x, deterministic=True)
+            await conn.execute(text("CREATE TABLE t (x INTEGER)"))
+            await conn.execute(text("CREATE INDEX ix_t_twice ON t (twice(x))"))
+            await conn.execute(text("INSERT INTO t VALUES (21)"))
+            assert await conn.scalar(text("SELECT twice(x) FROM t")) == 42
+    finally:
+        await db.dispose()
+
+
+async def test_first_time_tells_a_new_message_from_one_the_consumer_already_processed(db):
+    async with db.uow() as uow:
+        assert await uow.first_time("worker", "m-1") is True
+        assert await uow.first_time("worker", "m-1") is False
+        assert await uow.first_time("worker", "m-2") is True
+        assert await uow.first_time("auditor", "m-1") is True  # each consumer has its own inbox
+        await uow.commit()
+    async with db.uow() as uow:
+        assert await uow.first_time("worker", "m-2") is False
+    assert await count(db, INBOX) == 3
+
+
+async def test_outbox_rows_carry_the_event_s_correlation_as_trace_context(db):
+    from ecs.bus import msg_id_headers
+
+    event = make_event("thing.happened", {"n": 1}, source="test", correlation_id="c" * 32)
+    async with db.uow() as uow:
+        uow.emit(event)
+        await uow.commit()
+    async with db.engine.connect() as conn:
+        headers = await conn.scalar(select(OUTBOX.c.headers))
+    assert headers == msg_id_headers(event.id, event.correlation_id)
+    assert headers["traceparent"].startswith(f"00-{'c' * 32}-")
+
+
+# --- insert_many on PostgreSQL: COPY from COPY_FROM_ROWS rows on -----------------------------
+
+BULK = Table(
+    "bulk",
+    md,
+    Column("seq", BigId, primary_key=True, autoincrement=True),
+    Column("name", String(32), nullable=False),
+    Column("n", Integer, nullable=False),
+    Column("doc", JSON, nullable=True),
+    Column("tags", JSON, nullable=False),
+    Column("note", JSON(none_as_null=True), nullable=True),
+)
+
+
+def bulk_rows(count: int) -> list[dict]:
+    """Keys in another order than the table's columns; every third ``doc`` and ``note`` is None."""
+    return [
+        {
+            "note": None if i % 3 == 0 else [i],
+            "tags": ["a", str(i)],
+            "doc": None if i % 3 == 0 else {"i": i, "name": f"row {i}"},
+            "n": i,
+            "name": f"row-{i}",
+        }
+        for i in range(count)
+    ]
+
+
+@pytest.fixture
+async def pg_db(pg_url) -> AsyncIterator[Database]:
+    database = Database(pg_url)
+    async with database.engine.begin() as conn:
+        await conn.run_sync(md.create_all)
+    yield database
+    await database.dispose()
+
+
+async def stored_bulk(db: Database) -> tuple[list[dict], tuple[int, int]]:
+    """The rows read back, and how many ``doc`` and ``note`` values are SQL NULL."""
+    async with db.engine.connect() as conn:
+        rows = [
+            {"note": r.note, "tags": r.tags, "doc": r.doc, "n": r.n, "name": r.name}
+            for r in await conn.execute(select(BULK).order_by(BULK.c.seq))
+        ]
+        nulls = [
+            int(await conn.scalar(select(func.count()).select_from(BULK).where(column.is_(None))))
+            for column in (BULK.c.doc, BULK.c.note)
+        ]
+    return rows, (nulls[0], nulls[1])
+
+
+def expected_nulls(rows: list[dict]) -> tuple[int, int]:
+    """None is the JSON null in a JSON column, SQL NULL in one that says none_as_null: as
+    SQLAlchemy's INSERT writes them, so whether the rows were copied or inserted does not show."""
+    return 0, len([r for r in rows if r["note"] is None])
+
+
+@pytest.mark.parametrize("size", [COPY_FROM_ROWS - 1, COPY_FROM_ROWS, 40])
+async def test_insert_many_stores_every_row_as_given_and_uses_copy_from_the_threshold_on(pg_db, size):
+    statements: list[str] = []
+
+    def seen(_conn, _cursor, statement, *_rest) -> None:
+        statements.append(statement)
+
+    rows = bulk_rows(size)
+    event.listen(pg_db.engine.sync_engine, "before_cursor_execute", seen)
+    try:
+        async with pg_db.uow() as uow:
+            await pg_db.insert_many(uow.conn, BULK, rows)
+            await uow.commit()
+    finally:
+        event.remove(pg_db.engine.sync_engine, "before_cursor_execute", seen)
+    assert await stored_bulk(pg_db) == (rows, expected_nulls(rows))
+    inserts = [s for s in statements if s.lstrip().upper().startswith("INSERT")]
+    assert len(inserts) == (1 if size < COPY_FROM_ROWS else 0)
+
+
+async def test_insert_many_copies_inside_the_unit_of_work_even_as_its_first_statement(pg_db):
+    async with pg_db.uow() as uow:
+        await pg_db.insert_many(uow.conn, BULK, bulk_rows(COPY_FROM_ROWS))
+        assert await uow.conn.scalar(select(func.count()).select_from(BULK)) == COPY_FROM_ROWS
+        # no commit: the copied rows go with the rollback
+    assert await count(pg_db, BULK) == 0
+
+
+async def test_insert_many_refuses_to_copy_without_a_transaction(pg_db):
+    async with pg_db.engine.connect() as conn:
+        autocommit = await conn.execution_options(isolation_level="AUTOCOMMIT")
+        with pytest.raises(RuntimeError, match="^insert_many needs an open transaction$"):
+            await pg_db.insert_many(autocommit, BULK, bulk_rows(COPY_FROM_ROWS))
+        await pg_db.insert_many(autocommit, BULK, [])  # nothing to insert: nothing asked of the driver
+    assert await count(pg_db, BULK) == 0
+
+
+async def test_insert_many_on_sqlite_inserts_every_row_whatever_their_number(tmp_path):
+    db = Database(f"sqlite:///{tmp_path}/bulk.db")
+    try:
+        async with db.engine.begin() as conn:
+            await conn.run_sync(md.create_all)
+        rows = bulk_rows(COPY_FROM_ROWS + 4)
+        async with db.uow() as uow:
+            await db.insert_many(uow.conn, BULK, rows)
+            await uow.commit()
+        assert await stored_bulk(db) == (rows, expected_nulls(rows))
+    finally:
+        await db.dispose()

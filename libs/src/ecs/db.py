@@ -215,9 +215,15 @@ class Database:
             await conn.execute(table.insert(), list(rows))
             return
         columns = list(rows[0])
-        json_columns = {c.name for c in table.columns if isinstance(c.type, JSON)}
+        # JSON columns go as their text. None is the JSON null, as SQLAlchemy's INSERT writes it
+        # (so the rows are the same whichever way they went), or SQL NULL where the column's type
+        # says none_as_null.
+        json_columns = {c.name: c.type.none_as_null for c in table.columns if isinstance(c.type, JSON)}
         records = [
-            tuple(orjson.dumps(r[c]).decode() if c in json_columns and r[c] is not None else r[c] for c in columns)
+            tuple(
+                r[c] if c not in json_columns or (r[c] is None and json_columns[c]) else orjson.dumps(r[c]).decode()
+                for c in columns
+            )
             for r in rows
         ]
         driver = (await conn.get_raw_connection()).driver_connection
