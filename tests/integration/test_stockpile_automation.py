@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ecs.bus import Bus
-from ecs.contracts import CategoryChanged
+from ecs.contracts import CategoryChanged, IncidentMerged
 from ecs.envelope import make_event
 from ecs.testing import eventually
 from tests.integration import test_stockpile_service as service
@@ -295,3 +295,63 @@ async def test_a_shortfall_is_asked_for_once_whatever_repeats(stockpile_app, db_
         kits = [r for r in await reservations() if r["item"] == "first_aid_kit"]
         # 80 asked at level II (15 got, 65 missing), 120 more at level I (all missing): never again.
         assert sorted((r["requested"], r["missing"]) for r in kits) == [(80, 65), (120, 120)]
+
+
+async def test_a_merged_incidents_supplies_go_with_it_and_the_surplus_is_released(stockpile_app, db_url, headers):
+    """X and Y, both crowd crushes at level II in handling, each hold the plan's supplies, and 10 of
+    X's stretchers are out. X merged into Y: Y answers for X's reservations (what is out too),
+    releases what it now holds beyond its plan, X holds nothing and is settled, and what came from
+    X counts toward Y's plan afterwards."""
+    async with stockpile_app(db_url) as (_, client, bus):
+        await serve_plans(bus)
+        s = Stockpile(client, bus, headers)
+        intake = Intake(bus)
+        await s.setup([depot("near", 1.0)])
+        await s.receive(
+            "near",
+            {"item": "stretcher", "lot": "n", "quantity": 300},
+            {"item": "first_aid_kit", "lot": "n", "quantity": 300},
+        )
+        x, y = await s.incident(level=2), await s.incident(level=2)
+        for incident in (x, y):
+            await intake.stage_to(incident, "isolation", level=2, category="crowd_crush")
+            await intake.stage_to(incident, "handling", level=2, category="crowd_crush")
+
+        async def both_served():
+            held = [await holding(s, i) for i in (x, y)]
+            return all(h == {"stretcher": (40, 0), "first_aid_kit": (80, 0)} for h in held)
+
+        await eventually(both_served, what="each incident's level II supplies reserved")
+        x_view = (await s.get(f"/v1/incidents/{x}/reservations")).json()["reservations"]
+        x_stretchers = next(r for r in x_view if r["item"] == "stretcher")
+        issued = await s.post(f"/v1/reservations/{x_stretchers['id']}/issue", {"quantity": 10})
+        assert issued.status_code == 200, issued.text
+
+        merged = make_event(
+            "incident.merged",
+            IncidentMerged(incident_id=y, merged_incident_id=x, alarms_moved=3, actor="dispatcher-2"),
+            source="incident-intake",
+            incident_id=y,
+        )
+        await bus.publish_event(merged)
+
+        async def taken_over():
+            h = await holding(s, y)
+            return h if h == {"stretcher": (30, 10), "first_aid_kit": (80, 0)} else None
+
+        await eventually(taken_over, what="y holding x's supplies, its surplus released")
+        y_view = (await s.get(f"/v1/incidents/{y}/reservations")).json()["reservations"]
+        assert x_stretchers["id"] in {r["id"] for r in y_view}
+        assert (await s.get(f"/v1/incidents/{x}/reservations")).json()["reservations"] == []
+
+        async def x_settled():
+            facts = [e for e in await events(bus, "stockpile.incident.settled") if e["incident_id"] == x]
+            return facts and facts[-1]["data"]["settled"]
+
+        await eventually(x_settled, what="x told settled")
+        await intake.level_to(y, 2, 1)  # what came from x counts toward y's plan: I tops up the rest
+
+        async def topped_up():
+            return await holding(s, y) == {"stretcher": (90, 10), "first_aid_kit": (200, 0)}
+
+        await eventually(topped_up, what="y topped up to level I, x's stretchers counted")

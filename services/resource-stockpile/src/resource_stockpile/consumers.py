@@ -12,7 +12,7 @@ from pydantic import BaseModel, ValidationError
 
 from ecs import streams
 from ecs.bus import Bus, decode_envelope
-from ecs.contracts import CategoryChanged, IncidentCreated, LevelChanged, PlanLevel, StageChanged
+from ecs.contracts import CategoryChanged, IncidentCreated, IncidentMerged, LevelChanged, PlanLevel, StageChanged
 from ecs.envelope import Envelope, parse_payload
 from ecs.errors import AppError, Poison, Transient
 
@@ -24,6 +24,7 @@ INCIDENT_EVENTS: dict[str, type[BaseModel]] = {
     "incident.stage.changed": StageChanged,
     "incident.level.changed": LevelChanged,
     "incident.category.changed": CategoryChanged,
+    "incident.merged": IncidentMerged,
 }
 """The payload model of each incident event resource-stockpile handles."""
 INCIDENT_CONSUMER = streams.STOCKPILE_INCIDENTS.pull(tuple(INCIDENT_EVENTS), ack_wait_s=10)

@@ -820,6 +820,20 @@ async def incident_reservation_ids(conn: AsyncConnection, incident_id: str) -> d
     return found
 
 
+async def move_incident_reservations(conn: AsyncConnection, from_incident: str, to_incident: str) -> int:
+    """Every reservation of ``from_incident`` (and its allocations) belongs to ``to_incident`` from
+    now on, as it stands (held, out, returned...); each moved reservation's version goes up.
+    Returns how many reservations moved."""
+    r, a = reservations.c, allocations.c
+    moved = await conn.execute(
+        update(reservations)
+        .where(r.incident_id == from_incident)
+        .values(incident_id=to_incident, version=r.version + 1)
+    )
+    await conn.execute(update(allocations).where(a.incident_id == from_incident).values(incident_id=to_incident))
+    return int(moved.rowcount)
+
+
 async def move_bucket(conn: AsyncConnection, allocation_id: int, source: Bucket, target: Bucket, quantity: int) -> bool:
     """Move ``quantity`` of an allocation from ``source`` to ``target``, only if that much is in
     ``source`` (one conditional UPDATE)."""

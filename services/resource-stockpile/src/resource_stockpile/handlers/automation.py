@@ -15,7 +15,7 @@ from typing import Any
 
 import structlog
 
-from ecs.contracts import CategoryChanged, IncidentCreated, LevelChanged, StageChanged
+from ecs.contracts import CategoryChanged, IncidentCreated, IncidentMerged, LevelChanged, StageChanged
 from ecs.contracts_stockpile import ReturnsRequested
 from ecs.envelope import Envelope, utcnow
 from ecs.vocabulary import Level, Stage, scene_of
@@ -108,6 +108,38 @@ async def follow_category(ctx: Context, env: Envelope, data: CategoryChanged, co
         return await store.get_incident(tx.conn, data.incident_id)
 
     await _follow(ctx, env, consumer, data.incident_id, record, wanted)
+
+
+async def follow_merge(ctx: Context, env: Envelope, data: IncidentMerged, consumer: str) -> None:
+    """``incident.merged``: what the merged incident held or had out is the absorbing incident's
+    from now on (its returns are asked for, and its settlement waited for, there); then the
+    absorbing incident's plan rules as on a level change (in handling, what it holds beyond the
+    plan is released), and both incidents' settlements are told. Raises nothing for an incident
+    not known here: the reservations move all the same."""
+    async with ctx.db.uow() as uow:
+        known = await store.get_incident(uow.conn, data.incident_id)
+    wanted = await _wanted(ctx, known.category, Level(known.level)) if known is not None else {}
+
+    async def work(tx: Tx) -> None:
+        if not await tx.uow.first_time(consumer, env.id):
+            return
+        for incident_id in sorted({data.incident_id, data.merged_incident_id}):  # one order: no deadlock
+            await tx.uow.lock(incident_lock(incident_id))
+        moved = await store.move_incident_reservations(tx.conn, data.merged_incident_id, data.incident_id)
+        target = await store.get_incident(tx.conn, data.incident_id)
+        if target is not None and moved and ctx.settings.automatic:
+            await reconcile_supplies(ctx, tx, target, wanted)
+        for incident_id in (data.merged_incident_id, data.incident_id):
+            row = await store.get_incident(tx.conn, incident_id)
+            if row is not None:
+                await publish_settlement(tx, row)
+        if moved:
+            log.info(
+                "stockpile.reservations_moved", incident_id=data.incident_id, merged=data.merged_incident_id, n=moved
+            )
+        await tx.commit()
+
+    await transaction(ctx, work, AUTOMATION, env)
 
 
 async def _wanted(ctx: Context, category: str, level: Level) -> dict[str, int]:
