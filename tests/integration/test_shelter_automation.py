@@ -16,7 +16,7 @@ import orjson
 
 from dispatch.domain import parse_plan, plan_published
 from ecs.bus import Bus
-from ecs.contracts import CategoryChanged, LevelChanged, StageChanged
+from ecs.contracts import CategoryChanged, IncidentMerged, LevelChanged, StageChanged
 from ecs.envelope import make_event, utcnow
 from ecs.testing import eventually
 from tests.integration import test_shelter_service as service
@@ -407,3 +407,47 @@ async def test_reunification_records_expire_after_the_incident_closed(shelter_ap
         kept = (await registry.get(f"/v1/registrations/{reg['id']}")).json()
         assert kept["persons"] == [] and kept["people"] == 4  # the counts and the history stay
         assert len((await registry.get(f"/v1/registrations/{reg['id']}/history")).json()["items"]) == 2
+
+
+async def test_a_merged_incidents_households_go_with_it_and_its_settlement_waits_for_them(shelter_app, db_url):
+    """X's household, checked in, becomes Y's when X is merged into Y: Y's dashboard counts it, X
+    holds nobody, and Y in aftermath is settled only once the household checked out."""
+    async with shelter_app(db_url, default_expected_evacuees=10) as (_, client, bus):
+        await serve_plans(bus)
+        registry = Registry(client, bus)
+        await registry.ok("/v1/shelters", shelter("S1", 1))
+        x, y = Lifecycle(bus), Lifecycle(bus)
+        for incident in (x, y):
+            await incident.to("isolation")
+
+        async def known() -> bool:
+            for incident in (x, y):
+                if (await registry.get(f"/v1/incidents/{incident.id}/dashboard")).status_code != 200:
+                    return False
+            return (await registry.shelter("S1"))["status"] == "open"
+
+        await eventually(known, "both incidents known and S1 open")
+        reg = await registry.ok("/v1/allocations", family(incident_id=x.id))
+        await registry.ok(f"/v1/registrations/{reg['id']}/check-in", {}, 200)
+        merged = IncidentMerged(incident_id=y.id, merged_incident_id=x.id, alarms_moved=2, actor="dispatcher-2")
+        await bus.publish_event(make_event("incident.merged", merged, source="incident-intake", incident_id=y.id))
+
+        async def moved() -> bool:
+            d = (await registry.get(f"/v1/incidents/{y.id}/dashboard")).json()
+            return d["households"] == 1 and d["checked_in_people"] == 4
+
+        await eventually(moved, "x's household counted on y")
+        d = (await registry.get(f"/v1/incidents/{x.id}/dashboard")).json()
+        assert (d["households"], d["checked_in_people"]) == (0, 0)
+        for stage in ("handling", "opinion_control", "aftermath"):
+            await y.to(stage)
+
+        async def facts(expected: list[bool]):
+            async def probe() -> bool:
+                return await settled_facts(bus, y.id) == expected
+
+            return probe
+
+        await eventually(await facts([False]), "y not settled while x's household is in the shelter")
+        await registry.ok(f"/v1/registrations/{reg['id']}/check-out", {}, 200)
+        await eventually(await facts([False, True]), "y settled once the household checked out")

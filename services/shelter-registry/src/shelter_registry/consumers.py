@@ -14,7 +14,7 @@ from pydantic import BaseModel
 
 from ecs import streams
 from ecs.bus import Bus, decode_envelope
-from ecs.contracts import CategoryChanged, LevelChanged, StageChanged
+from ecs.contracts import CategoryChanged, IncidentMerged, LevelChanged, StageChanged
 from ecs.envelope import Envelope, parse_payload
 from ecs.errors import AppError, Poison, Transient
 from ecs.vocabulary import Level, Stage, scene_of
@@ -28,6 +28,7 @@ INCIDENT_EVENTS: dict[str, type[BaseModel]] = {
     "incident.stage.changed": StageChanged,
     "incident.level.changed": LevelChanged,
     "incident.category.changed": CategoryChanged,
+    "incident.merged": IncidentMerged,
 }
 """The payload model of each incident event shelter-registry handles (its handlers: handlers.EVENTS)."""
 INCIDENT_CONSUMER = streams.SHELTER_INCIDENTS.pull(tuple(INCIDENT_EVENTS), ack_wait_s=10)

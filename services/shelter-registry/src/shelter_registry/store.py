@@ -28,8 +28,10 @@ from sqlalchemy import (
     and_,
     bindparam,
     delete,
+    exists,
     func,
     literal,
+    or_,
     select,
     text,
     update,
@@ -703,6 +705,25 @@ async def forget_people(conn: AsyncConnection, closed_before: datetime) -> int:
 
 
 # --- incidents ----------------------------------------------------------------------------------
+
+
+async def move_incident_registrations(
+    conn: AsyncConnection, from_incident: str, to_incident: str, now: datetime
+) -> tuple[int, int]:
+    """Every registration of ``from_incident`` belongs to ``to_incident`` from now on, as it
+    stands (its shelter, status and people; its version goes up), except a household the absorbing
+    incident already has under the same ``household_ref``: that one stays, so a reference names one
+    household per incident. Returns (moved, stayed)."""
+    r = registrations.c
+    other = registrations.alias("other")
+    taken = exists().where(other.c.incident_id == to_incident, other.c.household_ref == r.household_ref)
+    moved = await conn.execute(
+        update(registrations)
+        .where(r.incident_id == from_incident, or_(r.household_ref.is_(None), ~taken))
+        .values(incident_id=to_incident, version=r.version + 1, changed_at=now)
+    )
+    stayed = await conn.scalar(select(func.count()).select_from(registrations).where(r.incident_id == from_incident))
+    return int(moved.rowcount), int(stayed or 0)
 
 
 async def incident(conn: AsyncConnection, incident_id: str) -> Row[Any] | None:

@@ -34,6 +34,7 @@ EVENTS: dict[str, tuple[EventHandler, ...]] = {
     "incident.stage.changed": (automation.follow_stage,),
     "incident.level.changed": (automation.follow_level,),
     "incident.category.changed": (automation.follow_category,),
+    "incident.merged": (automation.follow_merge,),
 }
 
 

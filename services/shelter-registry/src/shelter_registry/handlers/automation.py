@@ -9,7 +9,9 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from ecs.contracts import CategoryChanged, LevelChanged, StageChanged
+import structlog
+
+from ecs.contracts import CategoryChanged, IncidentMerged, LevelChanged, StageChanged
 from ecs.envelope import Envelope, utcnow
 from ecs.errors import NotFound
 from ecs.vocabulary import Stage
@@ -20,6 +22,8 @@ from ..domain import ShelterAction, ShelterStatus, expected_evacuees, next_statu
 from .settlement import settle_if_done
 from .shelters import emit_status
 from .tx import AUTOMATION, Tx, incident_lock, transaction
+
+log = structlog.get_logger("shelter.automation")
 
 EVACUATING: frozenset[Stage] = frozenset({Stage.isolation, Stage.handling})
 """Stages in which an evacuation order opens shelters."""
@@ -85,6 +89,38 @@ async def follow_category(
         return await store.follow_category(tx.conn, data.incident_id, str(data.to_category), data.version, radius_m)
 
     await _follow_plan(ctx, env, consumer, data.incident_id, radius_m, change)
+
+
+async def follow_merge(
+    ctx: Context, env: Envelope, data: IncidentMerged, consumer: str, radius_m: int | None = None
+) -> None:
+    """``incident.merged``: the absorbed incident's households, where they are, are the absorbing
+    incident's from now on (its dashboard counts them, its settlement waits for them), except one
+    the absorbing incident already has under the same household reference, which stays (logged);
+    both incidents' settlements are told. ``radius_m`` is not used: a merge moves no evacuation
+    radius (the absorbing incident's own stage and level events do)."""
+
+    async def work(tx: Tx) -> None:
+        if not await tx.uow.first_time(consumer, env.id):
+            return
+        for incident_id in sorted({data.incident_id, data.merged_incident_id}):  # one order: no deadlock
+            await tx.uow.lock(incident_lock(incident_id))
+        moved, stayed = await store.move_incident_registrations(
+            tx.conn, data.merged_incident_id, data.incident_id, utcnow()
+        )
+        if moved or stayed:
+            log.info(
+                "shelter.registrations_moved",
+                incident_id=data.incident_id,
+                merged=data.merged_incident_id,
+                moved=moved,
+                stayed_same_household_ref=stayed,
+            )
+        for incident_id in (data.merged_incident_id, data.incident_id):
+            await settle_if_done(tx, incident_id)
+        await tx.uow.commit()
+
+    await transaction(ctx, work, AUTOMATION, env)
 
 
 async def _follow_plan(
