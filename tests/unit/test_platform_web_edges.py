@@ -1,0 +1,532 @@
+"""ecs.web at its edges: the OpenAPI document finish_openapi makes of any spec (schemas hoisted
+out of request bodies, the error statuses each method can answer, what the public routes keep),
+a body that is not JSON at all, the exact problem+json of a refused U+0000 and of an unavailable
+or crashed request, what an Idempotency-Key stores and for whom, the metrics of a crash, and the
+default body limit."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import Response
+from prometheus_client import REGISTRY
+from pydantic import BaseModel, ValidationError
+from sqlalchemy import insert, select
+from structlog.testing import capture_logs
+
+from ecs.auth import Principal, Role, TokenVerifier
+from ecs.db import IDEMPOTENCY_KEYS, Database, new_metadata
+from ecs.web import (
+    IDEMPOTENCY_LEASE,
+    PROBLEM_SCHEMA,
+    NulRefusalMiddleware,
+    create_app,
+    finish_openapi,
+    requires,
+    validation_problem,
+)
+
+TOKENS = TokenVerifier("web-edges-test-secret-0123456789abcdef")
+PROBLEM_CONTENT = {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
+ALWAYS = {"401", "403", "404", "422", "503"}
+WRITE = ALWAYS | {"400", "409", "413", "415"}
+
+
+def ok() -> dict[str, Any]:
+    return {"responses": {"200": {"description": "OK", "content": {"application/json": {"schema": {}}}}}}
+
+
+def a_spec() -> dict[str, Any]:
+    """A spec as FastAPI or a hand-written service could hand it over, with no components yet."""
+    body_schema = {
+        "type": "object",
+        "properties": {
+            "alarm": {"$ref": "#/components/schemas/Alarm"},
+            "extra": {"anyOf": [{"type": "null"}, {"$defs": {"Deep": {"type": "integer"}}, "type": "object"}]},
+        },
+        "$defs": {
+            "Alarm": {"type": "object", "$defs": {"Place": {"type": "string"}}},
+            "Existing": {"title": "from the body"},
+        },
+    }
+    return {
+        "openapi": "3.1.0",
+        "paths": {
+            "/healthz": {"get": ok()},
+            "/readyz": {"get": ok()},
+            "/metrics": {"get": ok()},
+            "/docs/oauth2-redirect": {"get": ok()},
+            "/v1/things": {
+                # path-level members that are not operations come first: they are skipped, not the end
+                "summary": "things",
+                "parameters": [{"name": "x", "in": "header"}],
+                "x-owner": {"team": "ops"},
+                "get": {
+                    "responses": {
+                        "200": {"description": "OK", "content": {"application/json": {"schema": {}}}},
+                        "default": {"description": "anything else"},
+                    }
+                },
+                "post": {
+                    "requestBody": {"content": {"application/json": {"schema": body_schema}}},
+                    "responses": {
+                        "201": {"description": "Created"},
+                        "409": {"description": "the version moved"},
+                        "422": {"description": "Validation Error"},
+                        "429": {},
+                    },
+                },
+            },
+            "/v1/things/{id}": {"put": ok(), "patch": ok(), "delete": ok()},
+        },
+    }
+
+
+def test_finish_openapi_documents_the_errors_each_method_can_answer():
+    spec = finish_openapi(a_spec())
+    ops = spec["paths"]["/v1/things"]
+    assert set(ops["get"]["responses"]) == {"200", "default"} | ALWAYS
+    assert set(ops["post"]["responses"]) == {"201", "429"} | WRITE
+    one = spec["paths"]["/v1/things/{id}"]
+    assert set(one["put"]["responses"]) == {"200"} | WRITE
+    assert set(one["patch"]["responses"]) == {"200"} | WRITE
+    assert set(one["delete"]["responses"]) == {"200", "409"} | ALWAYS
+    # the path-level members are left as they were
+    assert ops["summary"] == "things" and ops["x-owner"] == {"team": "ops"}
+
+
+def test_finish_openapi_answers_every_error_as_problem_json_and_leaves_successes_alone():
+    spec = finish_openapi(a_spec())
+    for path in ("/v1/things", "/v1/things/{id}"):
+        for method, op in spec["paths"][path].items():
+            if not isinstance(op, dict) or "responses" not in op:
+                continue
+            for status, answer in op["responses"].items():
+                if status.isdigit() and int(status) >= 400:
+                    assert answer["content"] == PROBLEM_CONTENT, (path, method, status)
+                else:
+                    assert answer.get("content", {}) != PROBLEM_CONTENT, (path, method, status)
+    get = spec["paths"]["/v1/things"]["get"]["responses"]
+    assert get["200"]["content"] == {"application/json": {"schema": {}}}
+    assert get["default"] == {"description": "anything else"}
+
+
+def test_finish_openapi_describes_errors_keeping_a_description_of_their_own():
+    post = finish_openapi(a_spec())["paths"]["/v1/things"]["post"]["responses"]
+    assert post["409"]["description"] == "the version moved"
+    assert post["422"]["description"] == "invalid input, naming each field"  # FastAPI's "Validation Error" replaced
+    assert post["404"]["description"] == "no such object"
+    assert post["413"]["description"] == "the body is larger than the limit"
+    assert post["429"]["description"] == "error"  # a status without a text of its own
+    assert post["201"] == {"description": "Created"}
+
+
+def test_finish_openapi_leaves_the_public_routes_undocumented_but_readyz_may_be_503():
+    paths = finish_openapi(a_spec())["paths"]
+    for path in ("/healthz", "/metrics", "/docs/oauth2-redirect"):
+        assert paths[path]["get"] == ok(), path
+    readyz = paths["/readyz"]["get"]["responses"]
+    assert set(readyz) == {"200", "503"}
+    assert readyz["503"] == {} and readyz["200"] == ok()["responses"]["200"]
+
+
+def test_finish_openapi_moves_nested_defs_into_components_without_overwriting():
+    spec = a_spec()
+    spec["components"] = {
+        "schemas": {"Existing": {"title": "kept"}, "HTTPValidationError": {}, "ValidationError": {}},
+    }
+    schemas = finish_openapi(spec)["components"]["schemas"]
+    assert schemas["Problem"] == PROBLEM_SCHEMA
+    assert "HTTPValidationError" not in schemas and "ValidationError" not in schemas
+    assert schemas["Existing"] == {"title": "kept"}
+    assert schemas["Alarm"] == {"type": "object"}  # its own $defs moved out too
+    assert schemas["Place"] == {"type": "string"}
+    assert schemas["Deep"] == {"type": "integer"}  # from a schema inside a list (anyOf)
+    body = spec["paths"]["/v1/things"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert "$defs" not in body and "$defs" not in body["properties"]["extra"]["anyOf"][1]
+    assert set(schemas) == {"Problem", "Existing", "Alarm", "Place", "Deep"}
+
+
+def test_finish_openapi_of_a_bare_spec_adds_the_problem_schema():
+    spec = finish_openapi({"openapi": "3.1.0"})
+    assert spec["components"] == {"schemas": {"Problem": PROBLEM_SCHEMA}}
+    only_components = finish_openapi({"components": {}})
+    assert only_components["components"]["schemas"] == {"Problem": PROBLEM_SCHEMA}
+
+
+def test_a_body_that_is_not_json_names_the_body_without_a_position_when_pydantic_gives_none():
+    class Model(BaseModel):
+        n: int
+
+    try:
+        Model.model_validate_json('{"n": 1,')
+    except ValidationError as exc:
+        errors = exc.errors()
+    assert errors[0]["loc"] == ()
+    body = orjson.loads(validation_problem(errors, prefix="alarm.").body)
+    assert body["errors"] == [{"field": "alarm.body", "message": errors[0]["msg"]}]
+    named = orjson.loads(validation_problem([{"type": "json_invalid", "loc": ("body",), "msg": "bad JSON"}]).body)
+    assert named["errors"] == [{"field": "body", "message": "bad JSON"}]
+    assert named["detail"] == "body: bad JSON"
+
+
+# --- U+0000 ----------------------------------------------------------------------------------------
+
+
+class Inner(BaseModel):
+    label: str
+
+
+class Body(BaseModel):
+    name: str
+    items: list[Inner]
+
+
+@contextlib.asynccontextmanager
+async def things(seen: list[Any]) -> AsyncIterator[httpx.AsyncClient]:
+    router = APIRouter()
+
+    @router.post("/things", status_code=201)
+    async def add(body: Body, principal: Principal = requires(Role.DISPATCHER)) -> dict[str, str]:
+        seen.append(body)
+        return {"name": body.name}
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.tokens = TOKENS
+        yield
+
+    app = create_app(title="t", version="1", lifespan=lifespan, routers=[router])
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client,
+    ):
+        yield client
+
+
+def bearer() -> dict[str, str]:
+    return {"Authorization": f"Bearer {TOKENS.issue('alice', ['dispatcher'])}", "Content-Type": "application/json"}
+
+
+async def test_u0000_is_refused_as_invalid_input_with_the_whole_problem():
+    seen: list[Any] = []
+    async with things(seen) as client:
+        r = await client.post("/things", content=b'{"name": "a\\u0000", "items": []}', headers=bearer())
+    assert r.status_code == 422 and r.headers["content-type"] == "application/problem+json"
+    assert r.json() == {
+        "type": "urn:ecs:problem:invalid_input",
+        "title": "Invalid input",
+        "status": 422,
+        "detail": "name: text must not contain the character U+0000",
+        "field": "name",
+        "errors": [{"field": "name", "message": "text must not contain the character U+0000"}],
+    }
+    assert seen == []
+
+
+async def test_u0000_in_a_member_name_names_the_object_holding_it():
+    seen: list[Any] = []
+    async with things(seen) as client:
+        r = await client.post(
+            "/things", content=b'{"name": "a", "items": [{"label": "x", "b\\u0000d": 1}]}', headers=bearer()
+        )
+    assert r.status_code == 422 and r.json()["field"] == "items[0]"
+    assert seen == []
+
+
+# --- Idempotency-Key: what is stored, and for whom ---------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def keyed(tmp_path: Path) -> AsyncIterator[tuple[httpx.AsyncClient, Database, list[str]]]:
+    """An app over SQLite whose POST /seen reports the caller and its own key's stored status while
+    it runs, and whose POST /raw answers bytes that are not UTF-8."""
+    db = Database(f"sqlite:///{tmp_path / 'web.db'}")
+    async with db.engine.begin() as conn:
+        await conn.run_sync(new_metadata().create_all)
+    runs: list[str] = []
+    router = APIRouter()
+
+    @router.post("/seen", status_code=201)
+    async def seen(request: Request, principal: Principal = requires(Role.DISPATCHER)) -> dict[str, Any]:
+        runs.append(principal.subject)
+        key = request.headers["idempotency-key"].strip()
+        async with db.engine.connect() as conn:
+            rows = (await conn.execute(select(IDEMPOTENCY_KEYS).where(IDEMPOTENCY_KEYS.c.key == key))).all()
+        return {
+            "caller": request.state.principal.subject,
+            "stored": sorted((r.principal, r.status, r.body) for r in rows),
+        }
+
+    @router.post("/raw")
+    async def raw(principal: Principal = requires(Role.DISPATCHER)) -> Response:
+        runs.append(principal.subject)
+        return Response(b"\xff ok", status_code=201, media_type="application/octet-stream")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.db = db
+        app.state.tokens = TOKENS
+        yield
+
+    app = create_app(title="t", version="1", lifespan=lifespan, routers=[router])
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app, raise_app_exceptions=False), base_url="http://t"
+        ) as client,
+    ):
+        yield client, db, runs
+    await db.dispose()
+
+
+def as_(subject: str, key: str) -> dict[str, str]:
+    return {**bearer_of(subject), "Idempotency-Key": key}
+
+
+def bearer_of(subject: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {TOKENS.issue(subject, ['dispatcher'])}", "Content-Type": "application/json"}
+
+
+async def test_a_key_is_held_in_progress_while_its_request_runs_and_the_route_knows_its_caller(tmp_path):
+    async with keyed(tmp_path) as (client, _, runs):
+        first = await client.post("/seen", json={}, headers=as_("alice", "k-1"))
+    assert first.status_code == 201
+    assert first.json() == {"caller": "alice", "stored": [["alice", 0, ""]]}
+    assert runs == ["alice"]
+
+
+async def test_two_holders_of_the_same_key_each_get_their_own_answer_again(tmp_path):
+    async with keyed(tmp_path) as (client, _, runs):
+        alice = await client.post("/seen", json={}, headers=as_("alice", "k-1"))
+        bob = await client.post("/seen", json={}, headers=as_("bob", "k-1"))
+        assert bob.json()["caller"] == "bob" and "idempotent-replay" not in bob.headers
+        alice_again = await client.post("/seen", json={}, headers=as_("alice", "k-1"))
+        bob_again = await client.post("/seen", json={}, headers=as_("bob", "k-1"))
+    assert alice_again.headers["Idempotent-Replay"] == "true" and alice_again.json() == alice.json()
+    assert bob_again.headers["Idempotent-Replay"] == "true" and bob_again.json() == bob.json()
+    assert runs == ["alice", "bob"]
+
+
+async def test_taking_over_a_stale_key_leaves_another_holders_key_alone(tmp_path):
+    body = b"{}"
+    fingerprint = hashlib.sha256(b"POST/seen\n" + body).hexdigest()
+    stale = datetime.now(UTC) - IDEMPOTENCY_LEASE - timedelta(seconds=5)
+    async with keyed(tmp_path) as (client, db, runs):
+        async with db.engine.begin() as conn:
+            for holder in ("alice", "bob"):
+                await conn.execute(
+                    insert(IDEMPOTENCY_KEYS).values(
+                        principal=holder, key="k-dead", fingerprint=fingerprint, status=0, body="",
+                        created_at=stale,
+                    )
+                )  # fmt: skip
+        taken = await client.post("/seen", content=body, headers=as_("alice", "k-dead"))
+        assert taken.status_code == 201 and runs == ["alice"]
+        assert taken.json()["stored"] == [["alice", 0, ""], ["bob", 0, ""]]
+        async with db.engine.connect() as conn:
+            bob = (await conn.execute(select(IDEMPOTENCY_KEYS).where(IDEMPOTENCY_KEYS.c.principal == "bob"))).one()
+    assert bob.status == 0 and bob.created_at == stale
+
+
+async def test_an_answer_that_is_not_utf8_is_stored_and_replayed_without_a_failure(tmp_path):
+    async with keyed(tmp_path) as (client, _, runs):
+        first = await client.post("/raw", json={}, headers=as_("alice", "k-raw"))
+        again = await client.post("/raw", json={}, headers=as_("alice", "k-raw"))
+    assert first.status_code == 201 and first.content == b"\xff ok"
+    assert again.status_code == 201 and again.headers["Idempotent-Replay"] == "true"
+    assert again.content == "\ufffd ok".encode() and again.headers["content-type"] == "application/octet-stream"
+    assert runs == ["alice"]
+
+
+async def test_a_body_whose_first_message_carries_no_body_member_is_read_whole():
+    """ASGI lets an ``http.request`` message leave ``body`` out (it means b"")."""
+    received: list[bytes] = []
+
+    async def app(scope, receive, send):
+        message = await receive()
+        received.append(message["body"])
+        await send({"type": "http.response.start", "status": 201, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    messages = [
+        {"type": "http.request", "more_body": True},
+        {"type": "http.request", "body": b'{"a": "b"}', "more_body": False},
+    ]
+
+    async def receive():
+        return messages.pop(0)
+
+    sent: list[dict[str, Any]] = []
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/",
+        "headers": [(b"authorization", f"Bearer {TOKENS.issue('alice', ['dispatcher'])}".encode())],
+        "query_string": b"",
+    }
+    await NulRefusalMiddleware(app)(scope, receive, send)
+    assert received == [b'{"a": "b"}'] and sent[0]["status"] == 201
+
+
+# --- more of what a keyed request stores --------------------------------------------------------
+
+
+async def test_a_key_is_trimmed_so_surrounding_spaces_name_the_same_key(tmp_path):
+    async with keyed(tmp_path) as (client, _, runs):
+        first = await client.post("/seen", json={}, headers=as_("alice", "  k-1 "))
+        again = await client.post("/seen", json={}, headers=as_("alice", "k-1"))
+    assert first.json()["stored"] == [["alice", 0, ""]]
+    assert again.headers["Idempotent-Replay"] == "true" and again.json() == first.json()
+    assert runs == ["alice"]
+
+
+# --- the app's own answers ----------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def failing() -> AsyncIterator[httpx.AsyncClient]:
+    from sqlalchemy.exc import OperationalError
+
+    from ecs.errors import Transient
+
+    router = APIRouter()
+
+    @router.get("/v1/transient")
+    async def transient() -> None:
+        raise Transient("the broker is restarting")
+
+    @router.get("/v1/lost")
+    async def lost() -> None:
+        raise OperationalError("SELECT 1", {}, ConnectionRefusedError("connection refused"))
+
+    @router.get("/v1/bug")
+    async def bug() -> None:
+        raise ZeroDivisionError("a defect")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+
+    app = create_app(title="t", version="1", lifespan=lifespan, routers=[router])
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        yield client
+
+
+async def test_unavailable_and_crashed_requests_answer_the_whole_problem_and_log_it():
+    async with failing() as client:
+        with capture_logs() as logs:
+            transient = await client.get("/v1/transient")
+            lost = await client.get("/v1/lost")
+            bug = await client.get("/v1/bug")
+    assert transient.status_code == 503 and transient.json() == {
+        "type": "urn:ecs:problem:unavailable",
+        "title": "Try again",
+        "status": 503,
+        "detail": "the service is unavailable: the broker is restarting; nothing was changed",
+    }
+    assert lost.status_code == 503 and lost.json() == {
+        "type": "urn:ecs:problem:unavailable",
+        "title": "Try again",
+        "status": 503,
+        "detail": "the database is out of reach; nothing was changed",
+    }
+    assert bug.status_code == 500 and bug.json() == {
+        "type": "urn:ecs:problem:500",
+        "title": "Internal error",
+        "status": 500,
+        "detail": "the request failed; nothing was changed unless the response said so",
+    }
+    events = [(e["event"], e["log_level"]) for e in logs]
+    assert events == [
+        ("http.unavailable", "warning"),
+        ("http.database_unavailable", "warning"),
+        ("http.unhandled", "error"),
+    ]
+    assert logs[0]["error"] == "the broker is restarting"
+    assert "connection refused" in logs[1]["error"] and logs[2]["error"] == "a defect"
+
+
+async def test_starlettes_own_refusals_are_problem_json():
+    async with failing() as client:
+        missing = await client.get("/v1/nowhere")
+        wrong = await client.post("/v1/bug")
+    assert missing.status_code == 404 and missing.headers["content-type"] == "application/problem+json"
+    assert missing.json() == {"type": "urn:ecs:problem:404", "title": "Not Found", "status": 404, "detail": "Not Found"}
+    assert wrong.status_code == 405 and wrong.json()["title"] == "Method Not Allowed"
+
+
+async def test_metrics_count_a_crash_as_500_and_an_unknown_route_as_unmatched():
+    def count(route: str, status: str) -> float:
+        return (
+            REGISTRY.get_sample_value("ecs_http_requests_total", {"method": "GET", "route": route, "status": status})
+            or 0.0
+        )
+
+    def observed(route: str) -> float:
+        return REGISTRY.get_sample_value("ecs_http_request_seconds_count", {"method": "GET", "route": route}) or 0.0
+
+    before = (count("/v1/bug", "500"), count("unmatched", "404"), observed("/v1/bug"), observed("unmatched"))
+    async with failing() as client:
+        with capture_logs():
+            await client.get("/v1/bug")
+        await client.get("/v1/nowhere")
+    after = (count("/v1/bug", "500"), count("unmatched", "404"), observed("/v1/bug"), observed("unmatched"))
+    assert [b - a for a, b in zip(before, after, strict=True)] == [1, 1, 1, 1]
+
+
+def test_the_document_carries_the_title_version_and_description_given():
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+
+    app = create_app(title="intake", version="2.1", description="takes calls", lifespan=lifespan, routers=[])
+    info = app.openapi()["info"]
+    assert (info["title"], info["version"], info["description"]) == ("intake", "2.1", "takes calls")
+    assert app.openapi() is app.openapi()  # made once
+
+
+async def test_the_default_body_limit_is_4_mib():
+    seen: list[Any] = []
+    async with things(seen) as client:
+        over = await client.post("/things", content=b" " * (4 * 1024 * 1024 + 1), headers=bearer())
+        at = await client.post(
+            "/things", content=b'{"name": "a", "items": []}' + b" " * (4 * 1024 * 1024 - 26), headers=bearer()
+        )
+    assert over.status_code == 413 and over.json()["detail"] == "the body is larger than 4194304 bytes"
+    assert at.status_code == 201 and len(seen) == 1
+
+
+async def test_u0000_from_a_caller_without_a_bearer_token_is_left_to_the_route():
+    seen: list[Any] = []
+    async with things(seen) as client:
+        r = await client.post(
+            "/things", content=b'{"name": "a\\u0000", "items": []}', headers={"Content-Type": "application/json"}
+        )
+        lower = await client.post(
+            "/things",
+            content=b'{"name": "a\\u0000", "items": []}',
+            headers={**bearer(), "Authorization": bearer()["Authorization"].replace("Bearer", "bearer")},
+        )
+    assert r.status_code == 401  # the route's own refusal, not the U+0000 one
+    assert lower.status_code == 422 and lower.json()["field"] == "name"
+
+
+async def test_u0000_in_a_body_that_is_not_json_names_the_body():
+    seen: list[Any] = []
+    async with things(seen) as client:
+        r = await client.post("/things", content=b'{"name": "a\\u0000", "items": [', headers=bearer())
+    assert r.status_code == 422 and r.json()["field"] == "body" and seen == []
