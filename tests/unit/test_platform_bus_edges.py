@@ -726,3 +726,82 @@ async def test_a_runner_starts_its_fetchers_by_name_and_stops_them():
     assert [arg for name, arg in js.calls if name == "bind"] == [("edge-worker", "THINGS")] * 2
     assert [s.unsubscribed for s in subs] == [1, 1] and runner._subs == []
     assert all(t.done() for t in runner._tasks)
+
+
+async def test_a_runner_waits_out_empty_and_failed_fetches_and_logs_a_batch_it_could_not_settle():
+    js = FakeJetStream()
+    handled: list[list[bytes]] = []
+    script: list[Any] = [
+        nats.errors.TimeoutError(),
+        RuntimeError("consumer deleted\ndetail"),
+        [],
+        [FakeMsg(b"ok")],
+        [FakeMsg(b"refused")],
+    ]
+    script_done = asyncio.Event()
+
+    class Sub:
+        def __init__(self) -> None:
+            self.fetches: list[tuple[int, float]] = []
+
+        async def fetch(self, batch: int, **options: float) -> list[Any]:
+            self.fetches.append((batch, options["timeout"]))
+            if not script:
+                script_done.set()
+                await asyncio.Event().wait()
+            step = script.pop(0)
+            if isinstance(step, BaseException):
+                raise step
+            return step
+
+        async def unsubscribe(self) -> None:
+            pass
+
+    subs: list[Sub] = []
+
+    class Js(FakeJetStream):
+        async def pull_subscribe_bind(self, durable: str, stream: str) -> Sub:
+            subs.append(Sub())
+            return subs[-1]
+
+        async def publish(self, subject: str, payload: bytes, headers: dict[str, str] | None = None) -> None:
+            raise nats.errors.ConnectionClosedError()
+
+    async def handle(batch: list[Any]) -> dict[int, str]:
+        handled.append([m.data for m in batch])
+        return {0: "refused"} if batch[0].data == b"refused" else {}
+
+    js = Js()
+    runner = runner_with(handle, js, batch=7, fetch_timeout_s=0.25)
+    with capture_logs() as logs:
+        await runner.start()
+        await script_done.wait()
+        await runner.stop()
+    assert len(subs) == 1  # bound once, kept through the failures
+    assert subs[0].fetches == [(7, 0.25)] * 6
+    assert handled == [[b"ok"], [b"refused"]]
+    assert [(e["event"], e["consumer"], e["error"]) for e in logs if e["event"].startswith("consumer.")] == [
+        ("consumer.fetch_failed", "edge-worker", "consumer deleted"),
+        ("consumer.settle_failed", "edge-worker", _first_line(nats.errors.ConnectionClosedError())),
+    ]
+
+
+async def test_a_shutdown_step_that_fails_is_logged_by_name_and_the_connection_still_closed():
+    class Failing(FakeConnection):
+        async def drain(self) -> None:
+            self.drained += 1
+            raise nats.errors.ConnectionClosedError()
+
+        async def close(self) -> None:
+            self.closed += 1
+            raise OSError("socket gone")
+
+    bus = bus_with(service="svc")
+    bus.nc = nc = Failing()
+    with capture_logs() as logs:
+        await bus.close()
+    assert (nc.drained, nc.closed) == (1, 1)
+    assert [(e["event"], e["step"]) for e in logs] == [
+        ("stop.step_failed", "svc: drain the NATS connection"),
+        ("stop.step_failed", "svc: close the NATS connection"),
+    ]
