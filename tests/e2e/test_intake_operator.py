@@ -413,6 +413,7 @@ async def test_level_raise_and_lower_each_emit_incident_level_changed(gw, ops, j
     for bad in (
         {"version": lowered["version"], "level": 5, "reason": "x"},
         {"version": lowered["version"], "level": 1},
+        {"version": lowered["version"], "level": True, "reason": "a client's slip: not level I"},
     ):
         assert_problem(await ops.post(f"/v1/incidents/{inc['id']}/level", bad, ("commander",)), 422)
 

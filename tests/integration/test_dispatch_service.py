@@ -368,6 +368,48 @@ async def test_plans_are_versioned_and_a_bad_one_changes_nothing(dispatch_app, d
         assert "error" in await bus.request("rpc.dispatch.plan.get", {"category": "volcano"})
 
 
+async def test_a_position_fixed_in_the_future_is_refused_and_never_freezes_the_unit(
+    dispatch_app, db_url, wired, operator_headers
+):
+    """A fix stamped 2099 (a vehicle clock gone wrong) used to be stored and, newer than every true
+    fix after it, froze the unit there: now 422 naming ``at`` over HTTP, a dead letter with the
+    reason on the feed, and the next true fix moves the unit."""
+    _, _, bus = wired
+    headers = operator_headers("dispatcher")
+    dead: list[tuple[str, str]] = []
+
+    async def on_dead(msg):
+        dead.append((msg.subject, msg.headers.get("Ecs-Reason", "")))
+
+    await bus.nc.subscribe("deadletter.vehicle.>", cb=on_dead)
+    async with dispatch_app(db_url) as (_, api):
+        await api.post("/v1/units:batch", json={"units": [unit("fe-0", "fire_engine")]}, headers=headers)
+        r = await api.put(
+            "/v1/units/fe-0/location", json={"lat": 31.24, "lon": 121.48, "at": "2099-01-01T00:00:00Z"}, headers=headers
+        )
+        assert r.status_code == 422, r.text
+        assert r.json()["field"] == "at" and "ahead of dispatch's clock" in r.json()["detail"]
+        assert (await api.get("/v1/units/fe-0", headers=headers)).json()["location"]["lat"] == CENTRE[0]
+        await bus.publish(
+            "vehicle.location.fe-0", orjson.dumps({"lat": 31.3, "lon": 121.5, "at": "2099-01-01T00:00:00+00:00"})
+        )
+
+        async def dead_lettered():
+            return [reason for subject, reason in dead if subject == "deadletter.vehicle.location.fe-0"]
+
+        [reason] = await eventually(dead_lettered, "the future fix dead-lettered")
+        assert reason.startswith("at: ") and "ahead of dispatch's clock" in reason
+        now = datetime.now(UTC).isoformat()
+        await bus.publish("vehicle.location.fe-0", orjson.dumps({"lat": 31.25, "lon": 121.5, "at": now}))
+
+        async def moved():
+            return (await api.get("/v1/units/fe-0", headers=headers)).json()["location"]["lat"] == 31.25
+
+        await eventually(moved, "the next true fix taken")
+        r = await api.put("/v1/units/fe-0/location", json={"lat": 31.26, "lon": 121.5}, headers=headers)
+        assert r.status_code == 200 and r.json()["location"]["lat"] == 31.26
+
+
 async def test_location_feed_keeps_the_newest_position_and_dead_letters_bad_reports(
     dispatch_app, db_url, wired, operator_headers
 ):
@@ -435,7 +477,7 @@ async def test_location_feed_keeps_the_newest_position_and_dead_letters_bad_repo
         older = {"lat": 30.0, "lon": 121.0, "at": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(base))}
         answer = await api.put("/v1/units/fe-0/location", json=older, headers=headers)
         assert answer.status_code == 200 and answer.json()["location"] == row["location"]
-        newer = {**older, "at": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(base + 1000))}
+        newer = {**older, "at": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(base + 250))}
         answer = await api.put("/v1/units/fe-0/location", json=newer, headers=headers)
         assert answer.status_code == 200 and answer.json()["location"]["lat"] == 30.0
 

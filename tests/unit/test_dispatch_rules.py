@@ -533,3 +533,20 @@ def test_a_new_plan_version():
         check_next_version(plan, 1)
     event = plan_published(plan, "commander-1", NOW)
     assert event.category == "fire" and set(event.levels) == {"I", "II", "III", "IV"}
+
+
+def test_a_fix_more_than_the_skew_ahead_of_the_clock_is_refused_with_both_times():
+    from datetime import UTC, datetime, timedelta
+
+    from dispatch.domain import fix_ahead_of_clock
+
+    now = datetime(2026, 12, 1, 10, 0, tzinfo=UTC)
+    assert fix_ahead_of_clock(now, now, 300) is None
+    assert fix_ahead_of_clock(now + timedelta(seconds=300), now, 300) is None  # at the bound: taken
+    assert fix_ahead_of_clock(now - timedelta(days=400), now, 300) is None  # old fixes are only older
+    why = fix_ahead_of_clock(now + timedelta(seconds=301), now, 300)
+    assert why == (
+        "the position is fixed at 2026-12-01T10:05:01+00:00, 301 s ahead of dispatch's clock "
+        "(2026-12-01T10:00:00+00:00); at most 300 s ahead is accepted"
+    )
+    assert fix_ahead_of_clock(now + timedelta(seconds=1), now, 0) is not None

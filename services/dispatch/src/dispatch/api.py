@@ -11,9 +11,10 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request
 from fastapi.responses import Response
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AwareDatetime, BaseModel, Field
 
 from ecs.auth import COMMANDERS, OPERATORS, READERS, Principal, Role
+from ecs.bodies import RequestBody
 from ecs.errors import InvalidInput, UnsupportedMediaType
 from ecs.vocabulary import Stage
 from ecs.web import json_response, requires
@@ -69,16 +70,9 @@ def _answer(model: BaseModel, status: int = 200) -> Response:
 # --- request bodies -----------------------------------------------------------------------------
 
 
-class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    @field_validator("*")
-    @classmethod
-    def _storable(cls, value: Any) -> Any:
-        # PostgreSQL's text cannot hold U+0000: refuse it here, naming the field, not as a 500.
-        if isinstance(value, str) and "\x00" in value:
-            raise ValueError("must not hold U+0000")
-        return value
+class _Body(RequestBody):
+    """Every request body of this service (ecs.bodies.RequestBody: no unknown field, no U+0000, no
+    true or false for a number)."""
 
 
 class Location(_Body):

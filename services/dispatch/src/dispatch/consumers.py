@@ -26,12 +26,12 @@ from ecs.contracts import (
     StageChanged,
     VehicleLocation,
 )
-from ecs.envelope import Envelope, parse_payload
+from ecs.envelope import Envelope, parse_payload, utcnow
 from ecs.errors import AppError, Poison, Transient
 
 from . import commands, views
 from .context import Context
-from .domain import Position
+from .domain import Position, fix_ahead_of_clock
 from .handlers import EVENTS, handle
 
 INCIDENT_EVENTS: dict[str, type[BaseModel]] = {
@@ -131,7 +131,7 @@ def locations_handler(ctx: Context) -> Any:
         where: dict[str, list[int]] = defaultdict(list)
         for i, msg in enumerate(msgs):
             try:
-                report = _position(msg)
+                report = _position(msg, ctx.settings.max_clock_skew_s)
             except Poison as exc:
                 rejected[i] = exc.reason
                 continue
@@ -147,13 +147,18 @@ def locations_handler(ctx: Context) -> Any:
     return handle_batch
 
 
-def _position(msg: Msg) -> Position:
+def _position(msg: Msg, max_ahead_s: float) -> Position:
+    """The report on ``msg``. Raises Poison with the reason: a subject that names no one unit, an
+    oversized or malformed report, or a fix more than ``max_ahead_s`` ahead of the clock."""
     unit_id = msg.subject.removeprefix(LOCATION_PREFIX)
     if not unit_id or "." in unit_id:
         raise Poison(f"subject {msg.subject} does not name one unit")
     if len(msg.data) > MAX_POSITION_BYTES:
         raise Poison(f"position report is {len(msg.data)} bytes; at most {MAX_POSITION_BYTES} are accepted")
     report = parse_payload(VehicleLocation, msg.data, "position report", prefix="")
+    ahead = fix_ahead_of_clock(report.at, utcnow(), max_ahead_s)
+    if ahead is not None:
+        raise Poison(f"at: {ahead}")
     return unit_id, report.lat, report.lon, report.at
 
 

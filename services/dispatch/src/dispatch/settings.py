@@ -36,5 +36,8 @@ class DispatchSettings(ServiceSettings):
     # How often this replica re-reads units changed by others (its own changes apply at once).
     refresh_interval_s: float = Field(default=0.5, gt=0, le=60)
     location_sweep_s: float = Field(default=5.0, gt=0, le=600)
+    # A position fixed more than this far ahead of dispatch's clock (seconds) is refused: stored, it
+    # would count as newer than every true fix after it and freeze the unit where it claims to be.
+    max_clock_skew_s: int = Field(default=300, ge=0, le=86_400)
     # A full re-read also forgets units another replica removed.
     full_reload_s: float = Field(default=300.0, gt=0, le=3600)

@@ -10,9 +10,10 @@ from typing import Annotated, Any, Literal
 import orjson
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, ValidationError
 
 from ecs.auth import COMMANDERS, OPERATORS, READERS, Principal, Role
+from ecs.bodies import RequestBody
 from ecs.contracts import (
     ALARM_ID_PATTERN,
     MAX_ALARM_BYTES,
@@ -280,16 +281,9 @@ def _refused_item(i: int, alarm_id: str, exc: AppError) -> dict[str, Any]:
 # --- operator API ----------------------------------------------------------------------------
 
 
-class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    @field_validator("*")
-    @classmethod
-    def _storable(cls, value: Any) -> Any:
-        # PostgreSQL's text cannot hold U+0000: refuse it here, naming the field, not as a 500.
-        if isinstance(value, str) and "\x00" in value:
-            raise ValueError("must not hold U+0000")
-        return value
+class _Body(RequestBody):
+    """Every request body of this service (ecs.bodies.RequestBody: no unknown field, no U+0000, no
+    true or false for a number)."""
 
 
 class Versioned(_Body):

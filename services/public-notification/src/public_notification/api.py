@@ -12,9 +12,10 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, HttpUrl
+from pydantic import AwareDatetime, BaseModel, Field, HttpUrl
 
 from ecs.auth import READERS, Principal, Role
+from ecs.bodies import RequestBody
 from ecs.envelope import utcnow
 from ecs.errors import InvalidInput
 from ecs.web import json_response, requires
@@ -79,8 +80,9 @@ def _drill_only(principal: Principal, roles: tuple[Role, ...]) -> bool:
 # --- request bodies ----------------------------------------------------------------------------
 
 
-class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class _Body(RequestBody):
+    """Every request body of this service (ecs.bodies.RequestBody: no unknown field, no U+0000, no
+    true or false for a number)."""
 
 
 class CircleIn(_Body):

@@ -15,9 +15,10 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request
 from fastapi.responses import Response
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, Field
 
 from ecs.auth import READERS, Principal, Role
+from ecs.bodies import RequestBody
 from ecs.errors import InvalidInput, UnsupportedMediaType
 from ecs.web import json_response, requires
 
@@ -87,8 +88,9 @@ async def _own_depots(ctx: Context, who: Principal, *depot_ids: str) -> None:
             who.require_scope(SUPPLY, await views.depot_is_exercise(ctx.db, depot_id), "depots")
 
 
-class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class _Body(RequestBody):
+    """Every request body of this service (ecs.bodies.RequestBody: no unknown field, no U+0000, no
+    true or false for a number)."""
 
 
 class ItemIn(_Body):

@@ -13,9 +13,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from ecs.auth import READERS, Principal, Role
+from ecs.bodies import RequestBody
 from ecs.errors import InvalidInput
 from ecs.privacy import EVACUEES_NEED_TO_KNOW, may_see_personal
 from ecs.web import json_response, requires
@@ -76,8 +77,9 @@ def _answer(model: BaseModel, status: int = 200) -> Response:
 # --- request bodies -----------------------------------------------------------------------------
 
 
-class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class _Body(RequestBody):
+    """Every request body of this service (ecs.bodies.RequestBody: no unknown field, no U+0000, no
+    true or false for a number)."""
 
 
 class Location(_Body):

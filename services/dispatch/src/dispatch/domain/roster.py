@@ -38,6 +38,7 @@ __all__ = [
     "check_status_change",
     "check_unique_units",
     "check_version",
+    "fix_ahead_of_clock",
     "latest_positions",
     "new_unit",
     "next_statuses",
@@ -423,6 +424,19 @@ def drill_may_drive(unit: Unit, serves_live_incident: bool) -> bool:
 
 Position = tuple[str, float, float, datetime]
 """A position report: unit id, latitude and longitude (WGS-84 degrees), when it was fixed (UTC)."""
+
+
+def fix_ahead_of_clock(at: datetime, now: datetime, max_ahead_s: float) -> str | None:
+    """Why a position fixed at ``at`` cannot be taken: it is more than ``max_ahead_s`` seconds
+    ahead of ``now`` (both aware, UTC), so it would count as newer than every true fix after it and
+    freeze the unit there. None when it can be taken."""
+    ahead = (at - now).total_seconds()
+    if ahead > max_ahead_s:
+        return (
+            f"the position is fixed at {at.isoformat()}, {ahead:.0f} s ahead of dispatch's clock "
+            f"({now.isoformat(timespec='seconds')}); at most {max_ahead_s:g} s ahead is accepted"
+        )
+    return None
 
 
 def latest_positions(reports: Iterable[Position]) -> dict[str, Position]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from prometheus_client import Counter as Metric
 
 from ecs.envelope import utcnow
-from ecs.errors import Conflict, StaleVersion
+from ecs.errors import Conflict, InvalidInput, StaleVersion
 from ecs.retry import retrying
 
 from .. import store
@@ -30,6 +30,7 @@ from ..domain import (
     check_lendable,
     check_not_registered,
     check_unique_units,
+    fix_ahead_of_clock,
     latest_positions,
     new_unit,
     reclaim_releases,
@@ -157,8 +158,13 @@ async def change_status(ctx: Context, cmd: ReportStatus) -> Unit:
 
 
 async def move_unit(ctx: Context, cmd: MoveUnit) -> Unit:
-    """Set a unit's position unless a newer one is known."""
-    at = cmd.at or utcnow()
+    """Set a unit's position unless a newer one is known. Raises InvalidInput (``at``) for a fix
+    more than ``max_clock_skew_s`` ahead of the clock."""
+    now = utcnow()
+    at = cmd.at or now
+    ahead = fix_ahead_of_clock(at, now, ctx.settings.max_clock_skew_s)
+    if ahead is not None:
+        raise InvalidInput(ahead, field="at")
 
     async def work(tx: Tx) -> Unit:
         await store.move_units(tx.conn, [(cmd.unit_id, cmd.lat, cmd.lon, at)])

@@ -1,0 +1,102 @@
+"""Request bodies refuse a JSON boolean where a number (or a name) is wanted, in every service: a
+client's ``"level": true`` used to raise a live incident to level I."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from typing import Any, Literal
+
+import pytest
+from pydantic import BaseModel, Field, ValidationError
+
+from ecs.bodies import RequestBody, admits_bool
+
+SERVICE_APIS = [
+    "incident_intake.api",
+    "dispatch.api",
+    "resource_stockpile.api",
+    "shelter_registry.api",
+    "public_notification.api",
+]
+
+
+def errors_of(model: type[BaseModel], data: dict[str, Any]) -> dict[tuple[Any, ...], str]:
+    try:
+        model.model_validate(data)
+    except ValidationError as exc:
+        return {tuple(e["loc"]): e["msg"] for e in exc.errors()}
+    return {}
+
+
+def test_the_level_true_that_raised_an_incident_to_level_one_is_refused_naming_level():
+    from incident_intake.api import LevelChange
+
+    assert errors_of(LevelChange, {"version": 3, "level": True, "reason": "typo"}) == {
+        ("level",): "Value error, must not be true or false here"
+    }
+    assert errors_of(LevelChange, {"version": True, "level": 2, "reason": "typo"}) == {
+        ("version",): "Value error, must not be true or false here"
+    }
+    assert LevelChange.model_validate({"version": 3, "level": 2, "reason": "more callers"}).level == 2
+
+
+def request_body_fields() -> list[tuple[str, str]]:
+    found = []
+    for name in SERVICE_APIS:
+        module = importlib.import_module(name)
+        for cls_name, cls in inspect.getmembers(module, inspect.isclass):
+            if issubclass(cls, RequestBody) and cls.__module__ == name and cls.model_fields:
+                found += [
+                    (f"{name}.{cls_name}", f)
+                    for f, info in cls.model_fields.items()
+                    if not admits_bool(info.annotation)
+                ]
+    return found
+
+
+@pytest.mark.parametrize(("model", "field"), request_body_fields())
+def test_no_field_of_any_request_body_takes_true_unless_it_is_a_flag(model, field):
+    module, _, cls_name = model.rpartition(".")
+    cls = getattr(importlib.import_module(module), cls_name)
+    for value in (True, False):
+        assert errors_of(cls, {field: value}).get((field,)) == "Value error, must not be true or false here"
+
+
+def test_every_service_request_body_is_a_request_body():
+    """The refusals hold only where the models share the base: no model an api module defines (its
+    request bodies; responses are views') is a bare BaseModel."""
+    bare = []
+    for name in SERVICE_APIS:
+        module = importlib.import_module(name)
+        for cls_name, cls in inspect.getmembers(module, inspect.isclass):
+            if cls.__module__ == name and issubclass(cls, BaseModel) and not issubclass(cls, RequestBody):
+                bare.append(f"{name}.{cls_name}")
+    assert bare == []
+
+
+class Sample(RequestBody):
+    version: int = Field(ge=1)
+    level: Literal[1, 2, 3, 4]
+    exercise: bool = False
+    maybe: bool | None = None
+    either: Literal[True, "auto"] = "auto"
+    note: str = ""
+    count: int | None = None
+    anything: Any = None
+
+
+def test_flags_still_take_booleans_and_numbers_do_not():
+    ok = Sample.model_validate(
+        {"version": 1, "level": 2, "exercise": True, "maybe": False, "either": True, "anything": True}
+    )
+    assert (ok.exercise, ok.maybe, ok.either, ok.anything) == (True, False, True, True)
+    assert set(errors_of(Sample, {"version": 1, "level": 2, "count": False})) == {("count",)}
+    assert set(errors_of(Sample, {"version": 1, "level": 2, "note": True})) == {("note",)}
+
+
+def test_unknown_fields_and_u0000_are_refused_naming_the_field():
+    assert errors_of(Sample, {"version": 1, "level": 2, "extra": 1}) == {("extra",): "Extra inputs are not permitted"}
+    assert errors_of(Sample, {"version": 1, "level": 2, "note": "a\x00b"}) == {
+        ("note",): "Value error, must not hold U+0000"
+    }
