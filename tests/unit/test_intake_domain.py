@@ -27,8 +27,10 @@ from incident_intake.domain import (
     check_guard,
     estimate_level,
     find_incident,
+    joined_category,
     next_stage,
     open_incident,
+    trigger_for,
 )
 
 T0 = datetime(2024, 12, 31, 23, 30, tzinfo=UTC)
@@ -563,3 +565,51 @@ def test_bad_polygon_is_refused(points, message):
 def test_bad_perimeter_dict_is_refused(data, message):
     with pytest.raises(ValueError, match=message):
         Perimeter.from_dict(data)
+
+
+# --- edges --------------------------------------------------------------------------------------
+
+
+def test_a_threshold_of_one_caller_is_allowed_and_below_one_is_refused_saying_so():
+    assert auto_verified(1, False, threshold=1) is True
+    assert auto_verified(0, False, threshold=1) is False
+    with pytest.raises(ValueError, match="^auto-verification threshold must be at least 1$"):
+        auto_verified(5, False, threshold=0)
+
+
+@pytest.mark.parametrize(
+    ("incident_category", "alarm_category", "joined"),
+    [
+        (Category.medical, Category.crowd_crush, Category.crowd_crush),  # the casualties are the scene's
+        (Category.fire, Category.explosion, Category.fire),  # a scene keeps its own category
+        (Category.fire, Category.medical, Category.fire),
+        (Category.medical, Category.medical, Category.medical),
+    ],
+)
+def test_only_a_medical_only_incident_takes_the_category_of_a_scene(incident_category, alarm_category, joined):
+    assert joined_category(incident_category, alarm_category) is joined
+
+
+def test_a_raise_after_an_operators_lowering_says_what_is_new_since():
+    inc = open_incident("inc-1", alarm(casualties=3))  # level III
+    decided = inc.change_level(Level.IV, "alice", "only smoke")
+    inc.level, inc.facts = Level.IV, decided.values["facts"]
+    change = absorb(inc, alarm(caller="c2", casualties=12), new_caller=True)
+    assert change == LevelChange(
+        Level.IV,
+        Level.II,
+        "12 casualties reported, 2 callers, category fire; new since alice set level IV: "
+        "casualties 3 -> 12, callers 1 -> 2",
+    )
+
+
+def test_a_negative_count_is_refused_saying_so():
+    with pytest.raises(ValueError, match="^casualties and callers cannot be negative$"):
+        estimate_level(Category.fire, 0, -1)
+
+
+def test_no_step_leads_back_to_reported_and_the_refusal_names_the_stage_field():
+    with pytest.raises(errors.InvalidInput) as refused:
+        trigger_for(Stage.reported)
+    assert refused.value.detail == "no transition leads to stage reported"
+    assert refused.value.extra == {"field": "stage"}

@@ -4,6 +4,7 @@ operator command decides in every stage: the change to save, or the refusal an o
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
@@ -32,6 +33,7 @@ from incident_intake.domain import (
     Participant,
     Perimeter,
     Stage,
+    absorb,
     refuse_self_merge,
 )
 
@@ -404,3 +406,279 @@ def test_split_opens_a_new_incident_for_the_alarms_that_left():
     assert left.event.data == IncidentSplit(
         incident_id="inc-1", new_incident_id="inc-2", alarm_ids=["gw:a-2", "gw-b:a-1"], actor="alice"
     )
+
+
+# --- what each decision records, in full ---------------------------------------------------------
+
+
+def test_a_stale_version_says_which_version_the_incident_is_at():
+    with pytest.raises(errors.StaleVersion) as stale:
+        incident().expect_version(4)
+    assert stale.value.detail == "incident inc-1 is at version 5, not 4: reload and decide again"
+
+
+@pytest.mark.parametrize("stage", FINISHED)
+def test_a_finished_incident_says_what_it_refused(stage):
+    with pytest.raises(errors.Conflict) as refused:
+        incident(stage).record_fact("hazard_under_control", "a")
+    assert refused.value.detail == f"cannot record hazard_under_control: incident inc-1 is {stage}"
+    with pytest.raises(errors.Conflict) as refused:
+        incident(stage).plan_split(ALARMS, {("gw", "a-1")})
+    assert refused.value.detail == f"cannot split: incident inc-1 is {stage}"
+
+
+def test_a_settled_report_is_kept_as_reported_on_the_incidents_own_timeline():
+    change = incident(Stage.aftermath).apply_fact("settled", True, "dispatch", "msg-3", Participant.dispatch)
+    assert change.values == {"facts": {"settled": {"dispatch": True}}}
+    assert change.incident_id == "inc-1" and change.entry.incident_id == "inc-1"
+
+
+def test_a_carried_stage_is_announced_with_the_incidents_place_perimeter_and_reason():
+    inc = incident(Stage.handling, perimeter=CORDON, exercise=True, version=7, level=Level.II)
+    carried = inc.carried_stage(Stage.isolation, "alice", "merged with inc-2")
+    assert carried.exercise is True
+    assert carried.data == StageChanged(
+        incident_id="inc-1",
+        from_stage=Stage.isolation,
+        to_stage=Stage.handling,
+        actor="alice",
+        version=7,
+        category=Category.fire,
+        level=Level.II,
+        lat=BUND[0],
+        lon=BUND[1],
+        perimeter=CORDON.to_dict(),
+        reason="merged with inc-2",
+    )
+    without = incident(Stage.handling).carried_stage(Stage.reported, "alice", "split")
+    assert without.exercise is False and without.data.perimeter is None
+    assert incident(Stage.handling).carried_stage(Stage.handling, "alice", "split") is None
+
+
+@pytest.mark.parametrize(
+    ("wanted", "error", "detail"),
+    [
+        (set(), errors.InvalidInput, "name at least one alarm to split out"),
+        ({("gw", "a-9")}, errors.InvalidInput, "alarm gw:a-9 does not belong to incident inc-1"),
+        (
+            set(ALARMS),
+            errors.Conflict,
+            "splitting out every alarm would leave the incident empty: cancel or merge instead",
+        ),
+    ],
+    ids=["none", "unknown", "every-alarm"],
+)
+def test_a_split_refusal_names_the_alarms_field_and_why(wanted, error, detail):
+    with pytest.raises(error) as refused:
+        incident().plan_split(ALARMS, wanted)
+    assert refused.value.detail == detail
+    if error is errors.InvalidInput:
+        assert refused.value.extra == {"field": "alarms"}
+
+
+def test_a_split_level_is_estimated_from_the_alarms_that_left_and_the_timeline_names_who_split():
+    inc = incident(level=Level.III)
+    first = AlarmFacts(Category.fire, 31.3, 121.5, T0 + timedelta(minutes=3))  # no casualties of its own
+    new_counts = Counts(2, first.received_at, first.received_at, casualties=12, caller_count=0)
+    split = inc.split("inc-2", first, [("gw", "a-2")], new_counts, COUNTS, "alice")
+    assert split.new.level == Level.II  # 12 casualties among the alarms that left
+    assert split.entry.actor == "alice"
+    assert (split.left.entry.actor, split.left.entry.kind) == ("alice", "split")
+    assert split.left.event.data.state_of is None
+
+
+def test_a_split_giving_back_a_merged_incident_restores_its_state():
+    inc = incident(Stage.handling, level=Level.II, verified=True, perimeter=CORDON)
+    origin = incident(
+        Stage.isolation,
+        id="inc-0",
+        category=Category.gas_leak,
+        lat=31.25,
+        lon=121.45,
+        verified=True,
+        perimeter=Perimeter.circle(31.25, 121.45, 200),
+        facts={"hazard_under_control": True},
+        level=Level.I,
+    )
+    first = AlarmFacts(Category.fire, 31.3, 121.5, T0 + timedelta(minutes=3))
+    split = inc.split("inc-2", first, [("gw", "a-2")], COUNTS, COUNTS, "alice", origin)
+    new = split.new
+    assert (new.category, new.lat, new.lon, new.stage, new.verified, new.level) == (
+        Category.gas_leak,
+        31.25,
+        121.45,
+        Stage.isolation,
+        True,
+        Level.I,  # the origin's, not the estimate from the alarms (level III)
+    )
+    assert new.perimeter == origin.perimeter and new.facts == {"hazard_under_control": True}
+    assert new.split_from == "inc-1"
+    assert split.entry.detail == {"incident_id": "inc-1", "alarms": 1, "state_of": "inc-0"}
+    assert split.left.event.data == IncidentSplit(
+        incident_id="inc-1", new_incident_id="inc-2", alarm_ids=["gw:a-2"], actor="alice", state_of="inc-0"
+    )
+
+
+def test_a_point_exactly_on_the_circle_is_inside_the_cordon():
+    from ecs.geo import haversine_m
+
+    edge = (BUND[0] + 0.002, BUND[1] + 0.001)
+    cordon = Perimeter.circle(*BUND, haversine_m(*BUND, *edge))
+    assert cordon.contains(*edge)
+
+
+@pytest.mark.parametrize("stage", FINISHED)
+def test_each_refusal_of_a_finished_incident_names_the_command(stage):
+    for attempt, words in (
+        (lambda: incident(stage).verify("a"), "verify"),
+        (lambda: incident(stage).set_perimeter(CORDON, "a"), "set a perimeter"),
+        (lambda: incident().check_merge(incident(stage, id="inc-2")), "merge"),
+    ):
+        with pytest.raises(errors.Conflict) as refused:
+            attempt()
+        assert refused.value.detail.startswith(f"cannot {words}: incident inc-")
+
+
+def test_a_participant_this_version_does_not_know_is_skipped_and_the_rest_still_read():
+    inc = incident(facts={"settled": {"ambulance-service": True, "dispatch": True, "shelter": False}})
+    assert inc.guard_facts().settled == {Participant.dispatch: True, Participant.shelter: False}
+
+
+def test_the_perimeter_and_fact_entries_name_who_decided():
+    change = incident().set_perimeter(CORDON, "cmdr-zhou")
+    assert (change.entry.actor, change.entry.kind) == ("cmdr-zhou", "perimeter.set")
+    assert incident().record_fact("after_action_report", "cmdr-zhou").entry.actor == "cmdr-zhou"
+
+
+def test_a_drill_and_a_live_incident_refusal_and_a_self_merge_refusal_say_so():
+    with pytest.raises(errors.Conflict) as refused:
+        incident().check_merge(incident(id="inc-2", exercise=True))
+    assert refused.value.detail == "an exercise incident and a live incident cannot be merged"
+    with pytest.raises(errors.InvalidInput) as refused:
+        refuse_self_merge("inc-1", "inc-1")
+    assert refused.value.detail == "an incident cannot be merged into itself"
+
+
+def test_a_merge_says_which_incident_each_kept_state_came_from_and_who_merged():
+    target = incident(level=Level.II, verified=True, perimeter=CORDON)
+    source = incident(id="inc-2", level=Level.II, verified=True, perimeter=Perimeter.circle(*BUND, 900))
+    gone, merged = target.merge(source, "alice", moved=1, counts=COUNTS)
+    assert (gone.incident_id, gone.entry.incident_id, gone.entry.actor) == ("inc-2", "inc-2", "alice")
+    assert merged.entry.actor == "alice"
+    assert merged.entry.detail["kept_from"] == {
+        "stage": "inc-1",
+        "perimeter": "inc-1",
+        "level": "inc-1",  # equal levels: the incident merged into keeps its own
+        "verified": "inc-1",
+    }
+    _, neither = incident().merge(incident(id="inc-2"), "alice", moved=1, counts=COUNTS)
+    assert neither.entry.detail["kept_from"]["verified"] is None
+
+
+def test_a_finished_incident_or_a_drill_alarm_at_a_live_one_says_why_it_takes_no_alarm():
+    with pytest.raises(ValueError, match="^incident inc-1 is closed; it takes no more alarms$"):
+        absorb(incident(Stage.closed), AlarmFacts(Category.fire, *BUND, T0), new_caller=True)
+    with pytest.raises(ValueError, match="^exercise and live alarms never share an incident$"):
+        absorb(incident(), AlarmFacts(Category.fire, *BUND, T0, exercise=True), new_caller=True)
+
+
+def test_the_incidents_own_category_floor_counts_when_an_alarm_without_one_joins():
+    inc = incident(category=Category.crowd_crush, level=Level.IV, casualties=0)
+    change = absorb(inc, AlarmFacts(Category.medical, *BUND, T0), new_caller=False)
+    assert change is not None and (change.from_level, change.to_level) == (Level.IV, Level.III)
+
+
+@pytest.mark.parametrize("stage", FINISHED)
+def test_a_level_change_refused_in_a_finished_incident_says_so(stage):
+    with pytest.raises(errors.Conflict) as refused:
+        incident(stage).change_level(Level.II, "a", "why")
+    assert refused.value.detail == f"cannot change the level: incident inc-1 is {stage}"
+
+
+def test_an_alarm_time_without_an_offset_is_refused_saying_so():
+    with pytest.raises(ValueError, match="^received_at must carry a timezone offset$"):
+        AlarmFacts(Category.fire, *BUND, T0.replace(tzinfo=None))
+
+
+def test_a_level_change_records_who_on_the_incidents_timeline_and_the_categorys_floor_as_known():
+    inc = incident(category=Category.crowd_crush, level=Level.IV, casualties=0, caller_count=0)
+    change = inc.change_level(Level.II, "cmdr-zhou", "crowd growing")
+    assert (change.entry.incident_id, change.entry.actor, change.entry.kind) == ("inc-1", "cmdr-zhou", "level.changed")
+    assert change.values["facts"]["operator_level"]["estimate"] == int(Level.III)  # a crowd crush is at least III
+
+
+def test_a_circle_needs_a_centre_and_a_radius_and_stores_the_centre_as_numbers():
+    with pytest.raises(ValueError, match="^circle perimeter needs a center and a radius_m$"):
+        Perimeter("circle", center=BUND)
+    with pytest.raises(ValueError, match="^circle perimeter needs a center and a radius_m$"):
+        Perimeter("circle", radius_m=300)
+    cordon = Perimeter("circle", center=[31, 121], radius_m=300)
+    assert cordon.center == (31.0, 121.0) and isinstance(cordon.center, tuple)
+    with pytest.raises(ValueError, match=r"^center lat must be in \[-90, 90\], got 91$"):
+        Perimeter.circle(91, 121, 300)
+
+
+def test_polygon_points_that_are_not_a_list_are_refused_saying_what_is_wanted():
+    with pytest.raises(ValueError, match=r"^polygon points must be a list of \[lat, lon\] pairs$"):
+        Perimeter.polygon(None)
+
+
+def test_a_radius_below_a_metre_is_allowed_and_stored_as_a_float():
+    assert Perimeter.circle(*BUND, 0.5).radius_m == 0.5
+    assert type(Perimeter.circle(*BUND, 300).radius_m) is float
+
+
+@pytest.mark.parametrize(("lat", "lon"), [(-90, -180), (90, 180), (-90, 180), (90, -180)])
+def test_a_centre_on_the_edges_of_wgs84_is_allowed(lat, lon):
+    assert Perimeter.circle(lat, lon, 300).center == (lat, lon)
+
+
+@pytest.mark.parametrize(
+    ("lat", "lon", "message"),
+    [
+        (-90.5, 0, r"^center lat must be in \[-90, 90\], got -90.5$"),
+        (0, 180.5, r"^center lon must be in \[-180, 180\], got 180.5$"),
+        (0, -180.5, r"^center lon must be in \[-180, 180\], got -180.5$"),
+    ],
+)
+def test_a_centre_just_outside_wgs84_is_refused(lat, lon, message):
+    with pytest.raises(ValueError, match=message):
+        Perimeter.circle(lat, lon, 300)
+
+
+@pytest.mark.parametrize(
+    ("points", "count"),
+    [([(31.0, 121.0)], 1), ([(31.0, 121.0), (31.0, 121.0)], 1)],
+)
+def test_a_ring_of_one_point_closed_or_not_counts_one_point(points, count):
+    with pytest.raises(ValueError, match=f"3 to 500 distinct points, got {count}$"):
+        Perimeter.polygon(points)
+
+
+def test_a_ring_of_500_points_is_the_largest_allowed():
+    ring = [
+        (31.0 + 0.01 * math.cos(2 * math.pi * i / 500), 121.0 + 0.01 * math.sin(2 * math.pi * i / 500))
+        for i in range(500)
+    ]
+    assert len(Perimeter.polygon(ring).ring) == 500
+
+
+def test_a_flat_ring_or_an_unknown_kind_is_refused_saying_so():
+    with pytest.raises(ValueError, match=r"^polygon has no area \(its points are on one line\)$"):
+        Perimeter.polygon([(31.0, 121.0), (31.1, 121.0), (31.2, 121.0)])
+    with pytest.raises(ValueError, match="^perimeter kind must be 'circle' or 'polygon', got 'square'$"):
+        Perimeter("square")  # type: ignore[arg-type]
+
+
+def test_a_blocked_step_lists_everything_missing_in_one_sentence():
+    with pytest.raises(errors.IllegalTransition) as refused:
+        incident().change_stage(Stage.isolation, "alice", None, EVERYONE)
+    assert refused.value.detail == (
+        "cannot move incident inc-1 from reported to isolation: incident not verified by a dispatcher; no perimeter set"
+    )
+
+
+def test_a_stage_change_records_who_moved_it():
+    change = ready(Stage.reported).change_stage(Stage.isolation, "alice", "cordon up", EVERYONE)
+    assert (change.entry.actor, change.entry.kind) == ("alice", "stage.changed")
+    assert change.entry.detail == {"from": "reported", "to": "isolation", "reason": "cordon up"}

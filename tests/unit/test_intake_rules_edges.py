@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from ecs.geo import haversine_m
 from incident_intake.domain import (
     DEFAULT_WINDOWS,
     AlarmFacts,
@@ -15,9 +16,11 @@ from incident_intake.domain import (
     CorrelationWindow,
     IllegalTransition,
     Incident,
+    Level,
     Stage,
     Trigger,
     find_incident,
+    gap_to_span,
     merged_facts,
     open_incident,
     windows_from,
@@ -86,6 +89,12 @@ def test_a_step_the_lifecycle_does_not_have_names_the_allowed_ones():
             {"settled": {"dispatch": False, "shelter": True}},
         ),
         ({"settled": {"dispatch": True}}, {"settled": {"dispatch": True}}, {"settled": {"dispatch": True}}),
+        (
+            {"settled": {"dispatch": False}},
+            {"settled": {"dispatch": True, "shelter": True}},
+            {"settled": {"dispatch": False, "shelter": True}},
+        ),
+        ({"statement_published": None}, {"statement_published": True}, {"statement_published": True}),
     ],
 )
 def test_merged_facts_a_fact_true_for_either_and_settled_only_if_settled_for_both(a, b, merged):
@@ -156,3 +165,27 @@ def test_a_medical_call_is_judged_by_the_window_of_the_scene_it_joins():
     crush = incident("crush", at=north(DEFAULT_WINDOWS[Category.medical].distance_m * 2), category=Category.crowd_crush)
     assert DEFAULT_WINDOWS[Category.crowd_crush].distance_m > DEFAULT_WINDOWS[Category.medical].distance_m * 2
     assert find_incident(facts(category=Category.medical), [crush]) is crush
+
+
+def test_find_incident_joins_at_exactly_the_window_distance():
+    far = incident("far", at=north(150))
+    exact = {Category.fire: CorrelationWindow(haversine_m(*SPOT, *north(150)), 3600)}
+    assert find_incident(facts(), [far], exact) is far
+
+
+def test_a_medical_only_incident_is_judged_by_the_window_of_the_scene_an_alarm_reports():
+    medical = incident("medical", category=Category.medical)
+    crush = facts(at=north(300), category=Category.crowd_crush)  # medical's 100 m, a crowd crush's 400 m
+    assert find_incident(crush, [medical]) is medical
+
+
+def test_an_alarm_inside_the_span_is_no_time_away():
+    assert gap_to_span(T0 + timedelta(minutes=1), T0, T0 + timedelta(minutes=2)) == 0.0
+    assert gap_to_span(T0 - timedelta(seconds=5), T0, T0 + timedelta(minutes=2)) == 5.0
+    assert gap_to_span(T0 + timedelta(minutes=3), T0, T0 + timedelta(minutes=2)) == 60.0
+
+
+def test_a_new_incident_without_reported_casualties_has_none_and_its_categorys_floor():
+    inc = open_incident("inc-1", facts(category=Category.crowd_crush))
+    assert (inc.casualties, inc.caller_count, inc.level) == (0, 0, Level.III)
+    assert open_incident("inc-2", facts()).level is Level.IV
