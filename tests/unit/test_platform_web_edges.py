@@ -6,6 +6,7 @@ default body limit."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 from collections.abc import AsyncIterator
@@ -530,3 +531,43 @@ async def test_u0000_in_a_body_that_is_not_json_names_the_body():
     async with things(seen) as client:
         r = await client.post("/things", content=b'{"name": "a\\u0000", "items": [', headers=bearer())
     assert r.status_code == 422 and r.json()["field"] == "body" and seen == []
+
+
+async def test_the_app_starts_and_stops_through_the_asgi_lifespan_as_a_server_runs_it():
+    """A server sends the ``lifespan`` scope through every middleware: each lets it pass."""
+    events: list[str] = []
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async def readiness() -> dict[str, bool]:
+            return {"database": True}
+
+        app.state.readiness = readiness
+        events.append("started")
+        yield
+        events.append("stopped")
+
+    app = create_app(title="t", version="1", lifespan=lifespan, routers=[])
+    inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    answers: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    server = asyncio.create_task(
+        app({"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}, inbox.get, answers.put)
+    )
+
+    async def answer() -> str:
+        """The app's next lifespan message, or the error the app failed with."""
+        getter = asyncio.ensure_future(answers.get())
+        done, _ = await asyncio.wait({getter, server}, return_when=asyncio.FIRST_COMPLETED)
+        if getter not in done:
+            getter.cancel()
+            server.result()
+        return getter.result()["type"]
+
+    await inbox.put({"type": "lifespan.startup"})
+    assert await answer() == "lifespan.startup.complete" and events == ["started"]
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+        assert (await client.get("/readyz")).json() == {"status": "ready", "checks": {"database": True}}
+    await inbox.put({"type": "lifespan.shutdown"})
+    assert await answer() == "lifespan.shutdown.complete"
+    await server
+    assert events == ["started", "stopped"]
