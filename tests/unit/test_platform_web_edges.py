@@ -571,3 +571,29 @@ async def test_the_app_starts_and_stops_through_the_asgi_lifespan_as_a_server_ru
     assert await answer() == "lifespan.shutdown.complete"
     await server
     assert events == ["started", "stopped"]
+
+
+def test_the_document_describes_the_ops_routes():
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+
+    paths = create_app(title="t", version="1", lifespan=lifespan, routers=[]).openapi()["paths"]
+    readiness = {
+        "type": "object",
+        "properties": {
+            "status": {"type": "string", "enum": ["ready", "not ready"]},
+            "checks": {"type": "object", "additionalProperties": {"type": "boolean"}},
+        },
+    }
+    healthz, readyz, metrics = paths["/healthz"]["get"], paths["/readyz"]["get"], paths["/metrics"]["get"]
+    assert [op["tags"] for op in (healthz, readyz, metrics)] == [["ops"]] * 3
+    assert healthz["summary"] == "The process is alive"
+    assert readyz["summary"] == "NATS and the database are reachable"
+    assert metrics["summary"] == "Prometheus metrics"
+    assert readyz["responses"]["200"]["content"] == {"application/json": {"schema": readiness}}
+    assert readyz["responses"]["503"] == {
+        "description": "not ready",
+        "content": {"application/json": {"schema": readiness}},
+    }
+    assert metrics["responses"]["200"]["content"] == {"text/plain": {"schema": {"type": "string"}}}
