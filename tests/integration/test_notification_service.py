@@ -530,3 +530,35 @@ async def test_roles_readers_read_and_only_writers_write(notification_app, sqlit
         assert r.status_code == 403
         r = await api.get(f"/v1/incidents/{incident}")
         assert r.status_code == 401
+
+
+async def test_a_closed_incident_gets_no_new_alert_statement_or_rumor(notification_app, db_url, wired, as_):
+    """Once closed (or cancelled), nothing new is said about an incident: a draft alert, a statement
+    and a rumor are each 409 naming incident_id, nothing is stored and no settled fact is told."""
+    intake, facts = wired
+    officer = as_("information_officer")
+    async with notification_app(db_url) as api:
+        incident = new_incident()
+        await ready_incident(api, intake, incident, officer)
+        for stage in ("aftermath", "closed"):
+            await intake.stage_to(incident, stage)
+        await known(api, incident, officer, stage="closed")
+        told = len(facts.of("notification.incident.settled", incident))
+        before = (await api.get(f"/v1/incidents/{incident}", headers=officer)).json()
+        now = datetime.now(UTC).isoformat()
+        for path, body in (
+            (
+                "alerts",
+                {"description_zh": "测试", "description_en": "test", "values": {"address": "a", "shelter": "b"}},
+            ),
+            ("statements", {"text_zh": "说明", "text_en": "statement"}),
+            ("rumors", {"source": "weibo", "text": "a rumor", "first_seen": now}),
+        ):
+            r = await api.post(f"/v1/incidents/{incident}/{path}", json=body, headers=officer)
+            assert r.status_code == 409, (path, r.text)
+            assert r.json()["field"] == "incident_id" and "is closed" in r.json()["detail"], r.text
+        listed = (await api.get("/v1/alerts", params={"incident_id": incident}, headers=officer)).json()
+        assert listed["alerts"] == []
+        after = (await api.get(f"/v1/incidents/{incident}", headers=officer)).json()
+        assert {k: v for k, v in after.items() if k != "clocks"} == {k: v for k, v in before.items() if k != "clocks"}
+        assert len(facts.of("notification.incident.settled", incident)) == told

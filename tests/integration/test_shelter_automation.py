@@ -451,3 +451,36 @@ async def test_a_merged_incidents_households_go_with_it_and_its_settlement_waits
         await eventually(await facts([False]), "y not settled while x's household is in the shelter")
         await registry.ok(f"/v1/registrations/{reg['id']}/check-out", {}, 200)
         await eventually(await facts([False, True]), "y settled once the household checked out")
+
+
+async def test_nobody_is_placed_for_a_closed_incident_and_its_settlement_stays(shelter_app, db_url):
+    """A household placed for a closed incident used to be taken, and told the lifecycle the
+    incident was unsettled again: now 409 naming incident_id, and nothing is stored or told."""
+    async with shelter_app(db_url) as (_, client, bus):
+        registry = Registry(client, bus)
+        await registry.ok("/v1/shelters", shelter("S1", 1))
+        done = Lifecycle(bus, category="fire", level=4)
+        for stage in ("isolation", "handling", "opinion_control", "aftermath", "closed"):
+            await done.to(stage)
+
+        async def settled() -> bool:
+            return await settled_facts(bus, done.id) == [True]
+
+        await eventually(settled, "the closed incident settled")
+        for path, body in (
+            ("/v1/allocations", family(incident_id=done.id)),
+            (
+                "/v1/allocations:batch",
+                {
+                    "incident_id": done.id,
+                    "near": {"lat": CENTRE[0], "lon": CENTRE[1]},
+                    "households": [{"ref": "h-1", "people": 2}],
+                },
+            ),
+        ):
+            r = await registry.post(path, body)
+            assert r.status_code == 409, (path, r.text)
+            assert r.json()["field"] == "incident_id" and "is closed" in r.json()["detail"]
+        d = (await registry.get(f"/v1/incidents/{done.id}/dashboard")).json()
+        assert (d["households"], d["occupied"]) == (0, 0)
+        assert await settled_facts(bus, done.id) == [True]

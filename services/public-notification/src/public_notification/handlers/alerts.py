@@ -86,7 +86,7 @@ async def draft_alert(ctx: Context, cmd: DraftAlert) -> Any:
     Conflict for an Update or Cancel without a live alert to reference."""
 
     async def work(tx: Tx) -> Any:
-        incident = await load_incident(tx, cmd.incident_id, cmd.drill_only)
+        incident = await load_incident(tx, cmd.incident_id, cmd.drill_only, new_work=True)
         level = Level(incident.level)
         category = Category(incident.category)
         referenced = await store.get_alert(tx.conn, cmd.references) if cmd.references else None

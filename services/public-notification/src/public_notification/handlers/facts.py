@@ -6,23 +6,27 @@ from __future__ import annotations
 from typing import Any
 
 from ecs.contracts import ParticipantSettled
-from ecs.errors import Forbidden, NotFound
-from ecs.vocabulary import Participant, Stage
+from ecs.errors import Conflict, Forbidden, NotFound
+from ecs.vocabulary import TERMINAL_STAGES, Participant, Stage
 
 from .. import store
 from ..domain import SETTLING_STAGES, unsettled_reasons
 from .tx import Tx
 
 
-async def load_incident(tx: Tx, incident_id: str, drill_only: bool) -> Any:
+async def load_incident(tx: Tx, incident_id: str, drill_only: bool, new_work: bool = False) -> Any:
     """The incident as this service knows it; NotFound (404) if it never heard of it, Forbidden
-    (403) when a drill runner reaches for a live one. Takes the incident's lock."""
+    (403) when a drill runner reaches for a live one, and with ``new_work`` (a new alert, statement
+    or rumor) Conflict (409) when it is closed or cancelled: nothing new is said about it, and its
+    settlement stays. Takes the incident's lock."""
     await tx.uow.lock(f"notification:incident:{incident_id}")
     incident = await store.get_incident(tx.conn, incident_id)
     if incident is None:
         raise NotFound(f"no incident {incident_id!r} known to public-notification", field="incident_id")
     if drill_only and not incident.exercise:
         raise Forbidden("a drill runner acts on exercise incidents only")
+    if new_work and Stage(incident.stage) in TERMINAL_STAGES:
+        raise Conflict(f"incident {incident_id} is {incident.stage}: nothing new is said about it", field="incident_id")
     return incident
 
 

@@ -21,7 +21,7 @@ async def report_rumor(ctx: Context, cmd: ReportRumor) -> Any:
     """Register a rumor about the incident; returns it."""
 
     async def work(tx: Tx) -> Any:
-        incident = await load_incident(tx, cmd.incident_id, cmd.drill_only)
+        incident = await load_incident(tx, cmd.incident_id, cmd.drill_only, new_work=True)
         now = utcnow()
         rumor_id = new_id()
         await store.insert_rumor(

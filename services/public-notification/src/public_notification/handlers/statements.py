@@ -69,7 +69,7 @@ async def draft_statement(ctx: Context, cmd: DraftStatement) -> Any:
     incident lacks, no template and no text, a rumor of another incident)."""
 
     async def work(tx: Tx) -> Any:
-        incident = await load_incident(tx, cmd.incident_id, cmd.drill_only)
+        incident = await load_incident(tx, cmd.incident_id, cmd.drill_only, new_work=True)
         level, category = Level(incident.level), Category(incident.category)
         plan = await store.plan_values(tx.conn, category, level)
         values = {**incident_values(incident, plan, ctx, dict(cmd.values)), "category_zh": CATEGORY_ZH[category]}

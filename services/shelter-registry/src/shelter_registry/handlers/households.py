@@ -11,6 +11,7 @@ from typing import Any
 from ecs.contracts_shelter import RegistrationChanged
 from ecs.envelope import utcnow
 from ecs.errors import Conflict, NotFound
+from ecs.vocabulary import TERMINAL_STAGES, Stage
 
 from .. import commands, store
 from ..context import Context
@@ -94,12 +95,15 @@ def _history(
 
 async def _exercise_of(tx: Tx, incident_id: str | None, exercise: bool) -> bool:
     """An incident's evacuees live in the incident's world: an exercise incident never takes live
-    places. Raises NotFound for an incident shelter-registry has not heard of."""
+    places. Raises NotFound for an incident shelter-registry has not heard of, Conflict for one
+    that is closed or cancelled (placing for it would reopen its settlement)."""
     if incident_id is None:
         return exercise
     row = await store.incident(tx.conn, incident_id)
     if row is None:
         raise NotFound(f"no incident {incident_id!r} known to shelter-registry", field="incident_id")
+    if Stage(row.stage) in TERMINAL_STAGES:
+        raise Conflict(f"incident {incident_id} is {row.stage}: nobody is placed for it any more", field="incident_id")
     return bool(row.exercise)
 
 
