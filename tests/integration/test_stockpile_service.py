@@ -502,3 +502,33 @@ async def test_a_drill_runner_reserves_for_exercise_incidents_only(stockpile_app
             f"/v1/incidents/{drill}/reservations", {"item": "stretcher", "quantity": 1}, ("drill_runner",)
         )
         assert allowed.status_code == 201, allowed.text
+
+
+async def test_a_lot_keeps_one_expiry_and_a_receipt_that_disagrees_is_409_and_writes_nothing(
+    stockpile_app, db_url, headers
+):
+    """Stock received under a lot already held with another expiry used to merge into its line and
+    take the line's expiry (5 bottles expiring in 4 days shown as 2028: no warning, wrong FEFO)."""
+    async with stockpile_app(db_url) as (_, client, bus):
+        s = Stockpile(client, bus, headers)
+        await s.setup([depot("near", 1.0)])
+        await s.receive("near", {"item": "stretcher", "lot": "L-1", "quantity": 4, "expiry": "2028-01-01"})
+        before = await s.stock(depot_id="near")
+        for lines, field in (
+            ([{"item": "stretcher", "lot": "L-1", "quantity": 5, "expiry": "2026-12-05"}], "lines.0.expiry"),
+            ([{"item": "stretcher", "lot": "L-1", "quantity": 5}], "lines.0.expiry"),
+            (
+                [
+                    {"item": "stretcher", "lot": "D", "quantity": 1},
+                    {"item": "stretcher", "lot": "D", "quantity": 1, "expiry": "2030-01-01"},
+                ],
+                "lines.1.expiry",
+            ),
+        ):
+            r = await s.post("/v1/documents/receipts", {"depot_id": "near", "lines": lines})
+            assert r.status_code == 409, r.text
+            assert r.json()["field"] == field and "a lot has one expiry" in r.json()["detail"], r.text
+            assert await s.stock(depot_id="near") == before  # nothing of the document was written
+        await s.receive("near", {"item": "stretcher", "lot": "L-1", "quantity": 6, "expiry": "2028-01-01"})
+        [line] = [x for x in await s.stock(depot_id="near") if x["lot"] == "L-1"]
+        assert (line["on_hand"], line["expiry"]) == (10, "2028-01-01")

@@ -393,6 +393,14 @@ async def find_line(
     return to_line(row) if row is not None else None
 
 
+async def lot_expiries(conn: AsyncConnection, depot_id: str, item: str, lot: str) -> set[date | None]:
+    """The expiry dates the lines of this depot, item and lot carry (one per condition; a lot has
+    one expiry, so at most one date unless older data disagreed); empty for a lot not yet held."""
+    c = stock_lines.c
+    rows = await conn.execute(select(c.expiry).where(c.depot_id == depot_id, c.item == item, c.lot == lot).distinct())
+    return {r.expiry for r in rows}
+
+
 async def ensure_line(
     conn: AsyncConnection,
     depot: Depot,

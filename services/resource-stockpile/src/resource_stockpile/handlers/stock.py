@@ -8,7 +8,7 @@ from datetime import datetime
 
 from ecs.contracts_stockpile import StockDocumentPosted, StockLineChange
 from ecs.envelope import utcnow
-from ecs.errors import InvalidInput, NotFound
+from ecs.errors import Conflict, InvalidInput, NotFound
 
 from .. import store
 from ..commands import AdjustStock, ReceiveStock, TransferStock
@@ -18,8 +18,9 @@ from .tx import Tx, transaction
 
 
 async def receive_stock(ctx: Context, cmd: ReceiveStock) -> int:
-    """Post a receipt; returns the document id. Raises NotFound (depot, item) or InvalidInput
-    (quantity, unit, a future date)."""
+    """Post a receipt; returns the document id. Raises NotFound (depot, item), InvalidInput
+    (quantity, unit, a future date) or Conflict (``lines.<i>.expiry``: a lot already held with
+    another expiry; nothing of the document is written)."""
     now = utcnow()
     at = _effective(cmd.effective_at, now)
 
@@ -32,7 +33,17 @@ async def receive_stock(ctx: Context, cmd: ReceiveStock) -> int:
         ]
         doc = await store.new_document(tx.conn, DocumentKind.receipt, tx.actor, at, now, note=cmd.note)
         changes = []
-        for line, q in zip(cmd.lines, quantities, strict=True):
+        for i, (line, q) in enumerate(zip(cmd.lines, quantities, strict=True)):
+            held = await store.lot_expiries(tx.conn, depot.id, line.item, line.lot)
+            if held and line.expiry not in held:
+                said = ", ".join(sorted(str(d) if d else "no expiry" for d in held))
+                raise Conflict(
+                    f"lot {line.lot} of {line.item} at {depot.id} is held with {said}; this line says "
+                    f"{line.expiry or 'no expiry'}: a lot has one expiry, so receive this stock under a lot of its own",
+                    field=f"lines.{i}.expiry",
+                    item=line.item,
+                    lot=line.lot,
+                )
             stock = await store.ensure_line(tx.conn, depot, line.item, line.lot, line.expiry, line.condition)
             await store.change_on_hand(tx.conn, doc, stock.id, q, at)
             tx.touch(depot.id, line.item)
