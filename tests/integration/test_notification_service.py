@@ -444,6 +444,13 @@ async def test_a_draft_from_templates_before_the_plan_arrives_is_refused_naming_
         ({"msg_type": "Update"}, 409, "references", "live alert"),
         ({"area": {"circle": {"lat": 91, "lon": 0, "radius_m": 10}}}, 422, "area.circle.lat", ""),
         ({"expires": "2026-12-01T08:00:00"}, 422, "expires", ""),
+        ({"expires": "2000-01-01T00:00:00Z"}, 422, "expires", "must be in the future"),
+        (
+            {"area": {"circle": {"lat": 31.23, "lon": 121.47, "radius_m": 500}, "polygon": ring(6)}},
+            422,
+            "area.polygon",
+            "a circle or a polygon, not both",
+        ),
         ({"colour": "red"}, 422, "colour", ""),
     ],
 )

@@ -8,11 +8,12 @@ every role reads; a drill runner acts on exercise incidents only (DESIGN §8).
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
-from pydantic import AwareDatetime, BaseModel, Field, HttpUrl
+from pydantic import AfterValidator, AwareDatetime, BaseModel, Field, HttpUrl, ValidationInfo, field_validator
 
 from ecs.auth import READERS, Principal, Role
 from ecs.bodies import RequestBody
@@ -103,12 +104,31 @@ class AreaIn(_Body):
     polygon: list[list[float]] | None = Field(default=None, description="closed ring of [lat, lon] points")
     geocodes: dict[str, Annotated[str, Field(min_length=1, max_length=64)]] = Field(default_factory=dict, max_length=50)
 
+    @field_validator("polygon")
+    @classmethod
+    def _one_shape(cls, polygon: list[list[float]] | None, info: ValidationInfo) -> list[list[float]] | None:
+        # Both used to be taken and the circle silently dropped from the CAP area.
+        if polygon is not None and info.data.get("circle") is not None:
+            raise ValueError("give a circle or a polygon, not both")
+        return polygon
+
     def spec(self) -> commands.AreaSpec:
         circle = (self.circle.lat, self.circle.lon, self.circle.radius_m) if self.circle else None
         return commands.AreaSpec(self.description, circle, self.polygon, self.geocodes)
 
 
 Text = Annotated[str, Field(min_length=1, max_length=4000)]
+
+
+def _not_past(expires: datetime | None) -> datetime | None:
+    """An alert that expires before it is drafted would be published already expired (CAP 1.2
+    ``expires``)."""
+    if expires is not None and expires <= datetime.now(UTC):
+        raise ValueError("must be in the future")
+    return expires
+
+
+Expires = Annotated[AwareDatetime | None, AfterValidator(_not_past)]
 
 
 class AlertIn(_Body):
@@ -125,7 +145,7 @@ class AlertIn(_Body):
     description_en: Text | None = None
     instruction_zh: str = Field(default="", max_length=2000)
     instruction_en: str = Field(default="", max_length=2000)
-    expires: AwareDatetime | None = None
+    expires: Expires = None
 
 
 class AlertChange(_Body):
@@ -137,7 +157,7 @@ class AlertChange(_Body):
     description_en: Text | None = None
     instruction_zh: str | None = Field(default=None, max_length=2000)
     instruction_en: str | None = Field(default=None, max_length=2000)
-    expires: AwareDatetime | None = None
+    expires: Expires = None
 
 
 class Seen(_Body):
