@@ -328,6 +328,19 @@ def test_a_missing_malformed_forged_or_expired_token_is_401():
     assert refused(tokens, f"Bearer {jwt.encode({'sub': 'a', 'exp': int(time.time()) + 60}, SECRET, 'HS384')}")
 
 
+@pytest.mark.parametrize("subject", ["", " ", "\t", "a\x00b", "a\nb", "a\x85b", "x" * 256])
+def test_a_token_whose_subject_cannot_name_who_acted_is_401(subject):
+    """The subject is the actor of every change and keeps an alert's approver apart from its
+    author: a blank one, one with a control character or one past 255 characters is refused."""
+    tokens = TokenVerifier(SECRET)
+    token = jwt.encode({"sub": subject, "roles": ["commander"], "exp": int(time.time()) + 60}, SECRET)
+    assert refused(tokens, f"Bearer {token}") == (
+        "invalid token: 'sub' must be 1 to 255 printable characters, not blank"
+    )
+    assert tokens.verify(f"Bearer {tokens.issue('x' * 255, ['commander'])}").subject == "x" * 255
+    assert tokens.verify(f"Bearer {tokens.issue('王 芳-1', ['commander'])}").subject == "王 芳-1"
+
+
 def test_a_role_that_may_not_act_is_403_naming_the_roles():
     Principal("alice", frozenset({"commander"})).require(*COMMANDERS)
     with pytest.raises(Forbidden) as caught:

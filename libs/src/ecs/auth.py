@@ -70,6 +70,20 @@ VERIFIED_CACHE_S = 60.0
 its ``exp``): a key the issuer withdrew stops working within this time."""
 
 
+MAX_SUBJECT = 255
+"""The longest token subject taken (characters): it is stored as the actor of every change."""
+
+
+def usable_subject(subject: str) -> bool:
+    """Whether ``subject`` can name who acted: 1 to MAX_SUBJECT characters, not blank, none of
+    them a control character (U+0000–U+001F, U+007F–U+009F)."""
+    return (
+        0 < len(subject) <= MAX_SUBJECT
+        and bool(subject.strip())
+        and not any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in subject)
+    )
+
+
 class TokenVerifier:
     """Bearer tokens (HS256 under the local secret, or RS256/ES256 from the OIDC issuer's keys).
 
@@ -146,7 +160,11 @@ class TokenVerifier:
         roles = claims.get("roles") or []
         if isinstance(roles, str):
             roles = roles.split()
-        principal = Principal(subject=str(claims["sub"]), roles=frozenset(str(r) for r in roles))
+        subject = claims.get("sub")
+        if not isinstance(subject, str) or not usable_subject(subject):
+            # It signs every change on the timeline and keeps an approver apart from an author.
+            raise Unauthorized(f"invalid token: 'sub' must be 1 to {MAX_SUBJECT} printable characters, not blank")
+        principal = Principal(subject=subject, roles=frozenset(str(r) for r in roles))
         exp = claims.get("exp")
         if isinstance(exp, int | float) and "nbf" not in claims:
             if len(self._verified) >= VERIFIED_CACHE_SIZE:
