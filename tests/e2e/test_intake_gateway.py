@@ -239,12 +239,18 @@ async def test_bad_alarm_is_refused_naming_the_field_and_changes_nothing(intake,
 
 @pytest.mark.parametrize(
     "body",
-    [b'{"alarm_id": "a-1", "category": ', b"not json at all", b"", b'{"alarm_id": "a-1"} trailing'],
-    ids=["truncated", "not json", "empty", "trailing text"],
+    [
+        b'{"alarm_id": "a-1", "category": ',
+        b"not json at all",
+        b"",
+        b'{"alarm_id": "a-1"} trailing',
+        b'{"alarm_id": "a-1", "description": "\\ud800x"}',
+    ],
+    ids=["truncated", "not json", "empty", "trailing text", "lone surrogate"],
 )
-async def test_invalid_json_is_400_and_changes_nothing(intake, ops, body):
+async def test_invalid_json_is_400_naming_the_body_and_changes_nothing(intake, ops, body):
     before = await holdings(ops)
-    problem = assert_problem(await post_raw(intake, body), 400)
+    problem = assert_problem(await post_raw(intake, body), 400, "body")
     assert "json" in (problem["title"] + problem["detail"]).lower()
     assert await holdings(ops) == before
 
@@ -487,7 +493,7 @@ async def test_malformed_batch_is_refused_and_changes_nothing(intake, ops, body)
 
 async def test_batch_with_invalid_json_is_400(intake, ops):
     before = await holdings(ops)
-    assert_problem(await post_raw(intake, b'{"alarms": [', path="/v1/alarms:batch"), 400)
+    assert_problem(await post_raw(intake, b'{"alarms": [', path="/v1/alarms:batch"), 400, "body")
     assert await holdings(ops) == before
 
 

@@ -163,7 +163,7 @@ def _invalid_alarm(exc: ValidationError) -> Response:
         and errors[0]["field"] == "body"
         and "JSON" in errors[0]["message"]
     ):
-        return problem(400, "Invalid JSON", errors[0]["message"], code="invalid_json")
+        return problem(400, "Invalid JSON", errors[0]["message"], code="invalid_json", field="body")
     detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors[:5])
     return problem(422, "Invalid alarm", detail, code="invalid_input", errors=errors)
 
@@ -201,7 +201,7 @@ async def post_alarm_batch(request: Request, registry: Gateways, ctx: Ctx) -> Re
     try:
         raw = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        return problem(400, "Invalid JSON", str(exc), code="invalid_json")
+        return problem(400, "Invalid JSON", str(exc), code="invalid_json", field="body")
     items = raw.get("alarms") if isinstance(raw, dict) else None
     if not isinstance(items, list) or set(raw) != {"alarms"}:
         return problem(
