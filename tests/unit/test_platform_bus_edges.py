@@ -684,10 +684,13 @@ async def test_an_unexpected_failure_is_isolated_message_by_message_and_retried_
         await runner_with(handle, js, max_deliver=5).process(msgs)
     isolating = [e for e in logs if e["event"] == "consumer.batch_failed_isolating"]
     assert [(e["consumer"], e["size"], e["error"]) for e in isolating] == [("edge-worker", 3, "'boom'")]
-    assert [e["subject"] for e in logs if e["event"] == "consumer.message_failed"] == ["thing.happened"]
+    assert [(e["consumer"], e["subject"]) for e in logs if e["event"] == "consumer.message_failed"] == [
+        ("edge-worker", "thing.happened")
+    ]
     assert (msgs[0].acks, msgs[0].naks) == (1, [])
     assert (msgs[1].acks, msgs[1].naks) == (0, [0.5])  # delivered twice: retried later
     assert dead_lettered(js) == [(b"last", "failed 5 times: 'boom'")]  # the last delivery allowed
+    assert js.published[0][2]["Ecs-Consumer"] == "edge-worker"
     assert (msgs[2].acks, msgs[2].naks) == (1, [])
 
 

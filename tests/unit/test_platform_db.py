@@ -49,3 +49,32 @@ def test_a_service_metadata_names_its_constraints_by_the_convention_and_has_the_
     ddl = str(CreateTable(things).compile(dialect=postgresql.dialect()))
     assert "CONSTRAINT pk_things PRIMARY KEY" in ddl
     assert "CONSTRAINT uq_things_code UNIQUE" in ddl
+
+
+async def test_sql_parameters_never_reach_an_error_and_a_sqlite_file_s_folders_are_created(tmp_path):
+    from sqlalchemy import text
+
+    from ecs.db import Database
+
+    db = Database(f"sqlite:///{tmp_path}/a/b/store.db")
+    try:
+        async with db.engine.begin() as conn:
+            await conn.execute(text("CREATE TABLE callers (number TEXT PRIMARY KEY)"))
+            await conn.execute(text("INSERT INTO callers VALUES (:n)"), {"n": "13800138000"})
+        with pytest.raises(Exception) as refused:
+            async with db.engine.begin() as conn:
+                await conn.execute(text("INSERT INTO callers VALUES (:n)"), {"n": "13800138000"})
+        assert "UNIQUE" in str(refused.value) and "13800138000" not in str(refused.value)
+        assert (tmp_path / "a" / "b" / "store.db").exists()
+    finally:
+        await db.dispose()
+
+
+def test_a_postgresql_engine_pools_as_told_recycles_its_sessions_and_hides_parameters():
+    from ecs.db import Database
+
+    db = Database("postgresql://u:p@127.0.0.1:1/none", pool_size=4)
+    pool = db.engine.sync_engine.pool
+    assert (pool.size(), pool._max_overflow, pool._recycle) == (4, 4, 1800)  # noqa: SLF001
+    assert db.engine.sync_engine.hide_parameters is True
+    assert Database("sqlite:///:memory:").engine.sync_engine.hide_parameters is True
