@@ -95,7 +95,7 @@ async def test_batches_and_households_racing_across_shelters_stay_within_capacit
 
         def batch(tag: str) -> dict[str, Any]:
             households = [
-                {"ref": f"{tag}-{i}", "people": 1 + i % 4, "wheelchairs": i % 3 == 0, "pets": i % 5 == 0}
+                {"ref": f"{tag}-{i}", "people": 1 + i % 4, "wheelchairs": int(i % 3 == 0), "pets": int(i % 5 == 0)}
                 for i in range(25)
             ]
             return {"near": near, "households": households}
