@@ -14,6 +14,7 @@ import jwt
 import pytest
 from pydantic import BaseModel, Field
 from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from ecs import retry as retry_module
 from ecs.auth import COMMANDERS, OPERATORS, Principal, Role, TokenVerifier
@@ -152,6 +153,16 @@ def test_what_counts_as_retryable_or_unavailable():
     assert is_unavailable(OSError()) and is_unavailable(ConnectionError())
     assert is_unavailable(db_error(invalidated=True))
     assert not is_unavailable(db_error()) and not is_unavailable(ValueError())
+    assert is_unavailable(PoolTimeout("QueuePool limit of size 10 overflow 10 reached"))
+
+
+async def test_a_pool_that_gives_no_connection_in_time_is_transient_not_a_crash():
+    """Under a load the database cannot keep up with, the pool's wait runs out: a 503 to retry,
+    never a 500."""
+    work = Work(PoolTimeout("QueuePool limit of size 10 overflow 10 reached, connection timed out"))
+    with pytest.raises(Transient, match="^database unavailable: QueuePool limit"):
+        await retrying(work, attempts=3)
+    assert work.calls == 1
 
 
 def test_db_error_text_is_the_first_line_at_most_200_characters():

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from .errors import Transient
 
@@ -40,8 +41,10 @@ def is_retryable(exc: DBAPIError) -> bool:
 
 
 def is_unavailable(exc: BaseException) -> bool:
-    """The database could not be reached or the connection broke mid-way."""
-    if isinstance(exc, OSError | ConnectionError):
+    """The database could not be reached, the connection broke mid-way, or no pooled connection
+    came free in time (the pool's wait, ``sqlalchemy.exc.TimeoutError``: under a load the database
+    cannot keep up with, which a caller should retry as it would a lost database)."""
+    if isinstance(exc, OSError | ConnectionError | PoolTimeout):
         return True
     if isinstance(exc, DBAPIError):
         return bool(exc.connection_invalidated) or isinstance(exc.orig, OSError | ConnectionError)
@@ -64,7 +67,7 @@ async def retrying(
             return await work()
         except IntegrityError:
             raise
-        except (DBAPIError, OSError, ConnectionError) as exc:
+        except (DBAPIError, OSError, ConnectionError, PoolTimeout) as exc:
             if is_unavailable(exc):
                 raise Transient(f"database unavailable: {db_error_text(exc)}") from exc
             if not isinstance(exc, DBAPIError) or not is_retryable(exc):
