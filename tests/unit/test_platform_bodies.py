@@ -100,3 +100,21 @@ def test_unknown_fields_and_u0000_are_refused_naming_the_field():
     assert errors_of(Sample, {"version": 1, "level": 2, "note": "a\x00b"}) == {
         ("note",): "Value error, must not hold U+0000"
     }
+
+
+@pytest.mark.parametrize("given", ["١٢", "1_000", "  5 ", "0x10", "12abc", ""])
+def test_a_stockpile_quantity_given_as_a_string_is_a_plain_number_or_refused(given):
+    """Python's Decimal reads other scripts' digits, '_' separators and surrounding blanks: a
+    reservation of "١٢" took 12 blankets."""
+    from resource_stockpile.api import ReservationIn
+
+    assert errors_of(ReservationIn, {"item": "blanket", "quantity": given}) == {
+        ("quantity",): "Value error, must be a number such as 12 or 2.5"
+    }
+
+
+@pytest.mark.parametrize(("given", "taken"), [(12, 12), (2.5, 2.5), ("12", 12), ("2.5", 2.5), ("1e3", 1000)])
+def test_a_stockpile_quantity_as_a_json_number_or_a_plain_numeric_string_is_taken(given, taken):
+    from resource_stockpile.api import ReservationIn
+
+    assert ReservationIn.model_validate({"item": "blanket", "quantity": given}).quantity == taken

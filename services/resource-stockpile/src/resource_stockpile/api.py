@@ -9,13 +9,14 @@ item's base unit by default, or one of its packs) and answered in base units.
 
 from __future__ import annotations
 
+import re
 from datetime import date
 from decimal import Decimal
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request
 from fastapi.responses import Response
-from pydantic import AwareDatetime, BaseModel, Field
+from pydantic import AwareDatetime, BaseModel, BeforeValidator, Field
 
 from ecs.auth import READERS, Principal, Role
 from ecs.bodies import RequestBody
@@ -58,7 +59,19 @@ PURGE: tuple[Role, ...] = (Role.DRILL_RUNNER,)
 
 CODE = r"^[a-z0-9_]{1,64}$"
 ID = r"^[A-Za-z0-9_-]{1,64}$"
-Quantity = Annotated[Decimal, Field(gt=0, le=1_000_000_000, allow_inf_nan=False, description="in `unit`")]
+_NUMBER = re.compile(r"-?[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?", re.ASCII)
+
+
+def _plain_number(value: object) -> object:
+    """A quantity given as a string is a plain JSON-style number: no other script's digits, no
+    ``_`` separators, no surrounding blanks (Python's Decimal takes all three)."""
+    if isinstance(value, str) and not _NUMBER.fullmatch(value):
+        raise ValueError("must be a number such as 12 or 2.5")
+    return value
+
+
+Number = Annotated[Decimal, BeforeValidator(_plain_number)]
+Quantity = Annotated[Number, Field(gt=0, le=1_000_000_000, allow_inf_nan=False, description="in `unit`")]
 
 
 async def _context(request: Request) -> Context:
@@ -159,7 +172,7 @@ class AdjustmentIn(_Body):
     item: str = Field(pattern=CODE)
     lot: str = Field(min_length=1, max_length=64)
     condition: Condition = Condition.good
-    delta: Annotated[Decimal, Field(ge=-1_000_000_000, le=1_000_000_000, allow_inf_nan=False)]
+    delta: Annotated[Number, Field(ge=-1_000_000_000, le=1_000_000_000, allow_inf_nan=False)]
     unit: str | None = Field(default=None, max_length=32)
     reason: AdjustmentReason
     effective_at: AwareDatetime | None = None
@@ -232,7 +245,7 @@ class ActionIn(_Body):
 class MinimumIn(_Body):
     """The least the depot should keep of the item, in ``unit`` (0: no minimum)."""
 
-    minimum: Annotated[Decimal, Field(ge=0, le=1_000_000_000, allow_inf_nan=False, description="in `unit`")]
+    minimum: Annotated[Number, Field(ge=0, le=1_000_000_000, allow_inf_nan=False, description="in `unit`")]
     unit: str | None = Field(default=None, max_length=32, description="the base unit (default) or a pack")
     version: int | None = Field(
         default=None,
