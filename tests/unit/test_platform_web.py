@@ -392,32 +392,9 @@ async def test_an_error_whose_details_name_a_problem_member_keeps_them_under_con
 
 
 async def test_a_lost_database_answers_503_and_a_transient_failure_too():
-    from fastapi import APIRouter
-    from sqlalchemy.exc import OperationalError
+    from tests.unit.test_platform_web_edges import failing
 
-    from ecs.errors import Transient
-
-    router = APIRouter()
-
-    @router.get("/v1/transient")
-    async def transient() -> None:
-        raise Transient("the broker is restarting")
-
-    @router.get("/v1/lost")
-    async def lost() -> None:
-        raise OperationalError("SELECT 1", {}, ConnectionRefusedError("connection refused"))
-
-    @router.get("/v1/bug")
-    async def bug() -> None:
-        raise ZeroDivisionError("a defect")
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        yield
-
-    app = create_app(title="t", version="1", lifespan=lifespan, routers=[router])
-    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-    async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+    async with failing() as c:
         for path in ("/v1/transient", "/v1/lost"):
             r = await c.get(path)
             assert r.status_code == 503 and r.headers["content-type"] == "application/problem+json", (path, r.text)
