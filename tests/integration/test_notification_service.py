@@ -550,7 +550,11 @@ async def test_a_closed_incident_gets_no_new_alert_statement_or_rumor(notificati
         for stage in ("aftermath", "closed"):
             await intake.stage_to(incident, stage)
         await known(api, incident, officer, stage="closed")
-        told = len(facts.of("notification.incident.settled", incident))
+
+        async def settled_told() -> int:
+            return len(facts.of("notification.incident.settled", incident))
+
+        told = await eventually(settled_told, "the settled fact of the closed incident")
         before = (await api.get(f"/v1/incidents/{incident}", headers=officer)).json()
         now = datetime.now(UTC).isoformat()
         for path, body in (

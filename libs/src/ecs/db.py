@@ -6,6 +6,7 @@ outbox is ``ecs.outbox``; the retry policy for transactions is ``ecs.retry``."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import zlib
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
@@ -333,7 +334,16 @@ class UnitOfWork:
     async def __aexit__(self, *exc: Any) -> None:
         try:
             if not self._committed and self.conn.in_transaction():
-                await self.conn.rollback()
+                try:
+                    await self.conn.rollback()
+                except Exception:
+                    if exc[0] is None:
+                        raise
+                    # The error on its way says what went wrong (a connection cut mid-statement is
+                    # unavailable: a 503); the rollback's own failure on that broken connection
+                    # ("another operation is in progress") must not replace it with a 500.
+                    with contextlib.suppress(Exception):
+                        await self.conn.invalidate()
         finally:
             await self._ctx.__aexit__(*exc)
 
