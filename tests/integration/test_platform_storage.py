@@ -17,6 +17,7 @@ from ecs.db import (
     OUTBOX,
     BigId,
     Database,
+    DriverConnectionLost,
     UTCDateTime,
     chunks,
     new_metadata,
@@ -25,6 +26,8 @@ from ecs.db import (
     take_scene,
 )
 from ecs.envelope import make_event
+from ecs.errors import Transient
+from ecs.retry import is_unavailable, retrying
 from ecs.migrations import upgrade
 from ecs.testing import eventually
 from incident_intake.main import MIGRATIONS, VERSION_TABLE
@@ -563,6 +566,46 @@ async def test_insert_many_refuses_to_copy_without_a_transaction(pg_db):
             await pg_db.insert_many(autocommit, BULK, bulk_rows(COPY_FROM_ROWS))
         await pg_db.insert_many(autocommit, BULK, [])  # nothing to insert: nothing asked of the driver
     assert await count(pg_db, BULK) == 0
+
+
+async def test_a_copy_on_a_connection_the_server_ended_is_a_lost_database_and_the_connection_is_dropped(pg_db):
+    """COPY goes to the driver directly, past SQLAlchemy: a connection the server ended mid-unit of
+    work (its FATAL read while the connection was idle) made asyncpg answer "another operation is
+    in progress", which reached the API as a 500. It must be a lost database (Transient through
+    ecs.retry, a 503), and the pool must not hand the broken connection out again."""
+    admin = Database(pg_db.url)
+    try:
+
+        async def work() -> None:
+            async with pg_db.uow() as uow:
+                pid = int(await uow.conn.scalar(text("SELECT pg_backend_pid()")))
+                async with admin.engine.connect() as conn:
+                    await conn.execute(text("SELECT pg_terminate_backend(:p)"), {"p": pid})
+                    await conn.commit()
+
+                async def ended() -> bool | None:
+                    async with admin.engine.connect() as look:
+                        alive = await look.scalar(
+                            text("SELECT count(*) FROM pg_stat_activity WHERE pid = :p"), {"p": pid}
+                        )
+                    return True if alive == 0 else None
+
+                await eventually(ended, "the terminated session gone")
+                await asyncio.sleep(0.05)  # let the client read the server's goodbye, as when idle
+                await pg_db.insert_many(uow.conn, BULK, bulk_rows(COPY_FROM_ROWS))
+                await uow.commit()
+
+        with pytest.raises(DriverConnectionLost) as lost:
+            await work()
+        assert is_unavailable(lost.value)
+        with pytest.raises(Transient, match="^database unavailable: the connection broke during COPY"):
+            await retrying(work)
+        async with pg_db.uow() as uow:  # the next unit of work gets a sound connection
+            await pg_db.insert_many(uow.conn, BULK, bulk_rows(COPY_FROM_ROWS))
+            await uow.commit()
+        assert await count(pg_db, BULK) == COPY_FROM_ROWS
+    finally:
+        await admin.dispose()
 
 
 async def test_insert_many_on_sqlite_inserts_every_row_whatever_their_number(tmp_path):

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import aiosqlite
+import asyncpg
 import orjson
 import structlog
 from sqlalchemy import (
@@ -234,12 +235,39 @@ class Database:
             await conn.execute(text("SELECT 1"))
             if not driver.is_in_transaction():
                 raise RuntimeError("insert_many needs an open transaction")
-        await driver.copy_records_to_table(table.name, records=records, columns=columns)
+        try:
+            await driver.copy_records_to_table(table.name, records=records, columns=columns)
+        except _DRIVER_LOST as exc:
+            # A call on the driver itself passes SQLAlchemy by: it neither translates the error
+            # nor learns that the connection is broken. Say both, so that the pool drops the
+            # connection and the caller sees a lost database (Transient, a 503), not a 500.
+            with contextlib.suppress(Exception):
+                await conn.invalidate()
+            raise DriverConnectionLost(f"the connection broke during COPY: {exc}") from exc
 
     def insert_ignore(self, table: Table) -> Any:
         """INSERT ... ON CONFLICT DO NOTHING, in the dialect at hand."""
         ins = sqlite.insert(table) if self.is_sqlite else postgresql.insert(table)
         return ins.on_conflict_do_nothing()
+
+
+_DRIVER_LOST = (
+    asyncpg.exceptions.InterfaceError,
+    asyncpg.exceptions.InternalClientError,
+    asyncpg.exceptions.PostgresConnectionError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CrashShutdownError,
+    asyncpg.exceptions.CannotConnectNowError,
+)
+"""What asyncpg raises when a connection broke under a call made on it directly: the client's own
+state errors ("another operation is in progress" once the server ended the session while the
+connection was idle), SQLSTATE class 08 (connection exception) and 57P01–57P03 (the server shut
+down or is starting: PostgreSQL Appendix A)."""
+
+
+class DriverConnectionLost(ConnectionError):
+    """The database connection broke under a statement sent on the driver directly (COPY). A
+    ``ConnectionError``, so ``ecs.retry`` reads it as a lost database (Transient)."""
 
 
 def _drop_closed_connections(engine: AsyncEngine) -> None:
