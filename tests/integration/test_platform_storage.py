@@ -27,8 +27,8 @@ from ecs.db import (
 )
 from ecs.envelope import make_event
 from ecs.errors import Transient
-from ecs.retry import is_unavailable, retrying
 from ecs.migrations import upgrade
+from ecs.retry import is_unavailable, retrying
 from ecs.testing import eventually
 from incident_intake.main import MIGRATIONS, VERSION_TABLE
 
