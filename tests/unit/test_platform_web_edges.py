@@ -243,6 +243,24 @@ async def test_u0000_in_a_member_name_names_the_object_holding_it():
     assert seen == []
 
 
+async def test_the_text_backslash_u0000_is_not_a_u0000_and_reaches_the_route():
+    """The bytes \\u0000 of an escaped backslash followed by "u0000" are six characters of text,
+    not U+0000: the route gets them unchanged (they used to be refused as U+0000)."""
+    seen: list[Any] = []
+    async with things(seen) as client:
+        r = await client.post("/things", content=b'{"name": "C:\\\\u0000", "items": []}', headers=bearer())
+    assert r.status_code == 201, r.text
+    assert r.json() == {"name": "C:\\u0000"} and len(seen) == 1
+
+
+async def test_u0000_in_a_body_that_is_a_bare_string_names_the_body():
+    seen: list[Any] = []
+    async with things(seen) as client:
+        r = await client.post("/things", content=b'"a\\u0000"', headers=bearer())
+    assert r.status_code == 422 and r.json()["field"] == "body"
+    assert seen == []
+
+
 # --- Idempotency-Key: what is stored, and for whom ---------------------------------------------
 
 

@@ -358,12 +358,15 @@ class NulRefusalMiddleware:
             return
         body = await _read_body(receive)
         if b"\\u0000" in body:
+            # The bytes \u0000 may also be text: a backslash written as \\ followed by "u0000".
+            # Only a U+0000 in the parsed body is refused.
             try:
-                field = _nul_path(orjson.loads(body), "") or "body"
+                field = _nul_path(orjson.loads(body), "")
             except orjson.JSONDecodeError:
                 field = "body"
-            await _nul_problem(field)(scope, receive, send)
-            return
+            if field is not None:
+                await _nul_problem(field or "body")(scope, receive, send)
+                return
         sent = False
 
         async def replay() -> Message:
