@@ -83,6 +83,7 @@ ODD_INPUT = [
     ("/v1/incidents", {"cursor": "bm90IGEgY3Vyc29y"}, 422),
     ("/v1/incidents", {"cursor": NUL_CURSOR}, 422),
     ("/v1/incidents", {"stage": "reported\x00"}, 422),
+    ("/v1/incidents", {"stage": "bogus"}, 422),  # a stage no incident can be in: 422, not an empty page
     ("/v1/units", {"cursor": "\x00"}, 422),
     ("/v1/units", {"cursor": "not a unit id!"}, 422),  # one rule: a cursor of another form is 422
     ("/v1/units", {"agency": "fire\x00"}, 422),

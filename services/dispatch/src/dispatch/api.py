@@ -409,7 +409,7 @@ async def _own_assignment(ctx: Context, principal: Principal, assignment_id: int
 async def list_incidents(
     ctx: Ctx,
     principal: Principal = requires(*READERS),
-    stage: Annotated[list[str] | None, Query()] = None,
+    stage: Annotated[list[Stage] | None, Query(description="any of these stages")] = None,
     exercise: bool | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
