@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import pytest
 from pydantic import BaseModel, Field, ValidationError
@@ -100,6 +100,46 @@ def test_unknown_fields_and_u0000_are_refused_naming_the_field():
     assert errors_of(Sample, {"version": 1, "level": 2, "note": "a\x00b"}) == {
         ("note",): "Value error, must not hold U+0000"
     }
+
+
+def text_fields_that_must_say_something() -> list[tuple[str, str]]:
+    """Every request body field of every service that asks for at least one character."""
+    found = []
+    for name in SERVICE_APIS:
+        module = importlib.import_module(name)
+        for cls_name, cls in inspect.getmembers(module, inspect.isclass):
+            if issubclass(cls, RequestBody) and cls.__module__ == name:
+                found += [
+                    (f"{name}.{cls_name}", f)
+                    for f, info in cls.model_fields.items()
+                    if (info.annotation is str or str in get_args(info.annotation))
+                    and any(getattr(m, "min_length", 0) >= 1 for m in info.metadata)
+                ]
+    return found
+
+
+def test_the_required_text_fields_are_many_and_include_the_names():
+    fields = {f"{model.rsplit('.', 1)[1]}.{field}" for model, field in text_fields_that_must_say_something()}
+    assert {"DepotIn.name", "ItemIn.name_zh", "ShelterIn.name_zh", "ChannelIn.name"} <= fields, sorted(fields)
+
+
+@pytest.mark.parametrize(("model", "field"), text_fields_that_must_say_something())
+def test_a_required_text_of_blanks_alone_is_refused_naming_the_field(model, field):
+    """A name or a reason of spaces, tabs or newlines says nothing: refused as if it were empty."""
+    module, _, cls_name = model.rpartition(".")
+    cls = getattr(importlib.import_module(module), cls_name)
+    shortest = max(getattr(m, "min_length", 0) for m in cls.model_fields[field].metadata)
+    for blanks in (" ", "  \t", "\n\r\n", "\u3000"):  # U+3000: the ideographic space
+        blanks = blanks * shortest
+        assert errors_of(cls, {field: blanks}).get((field,)) == "Value error, must not be blank"
+
+
+def test_text_with_something_in_it_keeps_its_blanks_and_an_optional_text_may_be_blank():
+    class Named(RequestBody):
+        name: str = Field(min_length=1)
+        note: str = ""
+
+    assert Named.model_validate({"name": " a ", "note": "  "}).model_dump() == {"name": " a ", "note": "  "}
 
 
 @pytest.mark.parametrize("given", ["١٢", "1_000", "  5 ", "0x10", "12abc", ""])

@@ -13,6 +13,7 @@ import types
 from functools import cache
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
+import annotated_types
 from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
 
 
@@ -32,6 +33,14 @@ def admits_bool(annotation: Any) -> bool:
 
 
 @cache
+def _must_have_text(model: type[BaseModel], field: str) -> bool:
+    """Whether the field asks for at least one character (``min_length`` 1 or more): text that must
+    say something, which blanks do not."""
+    info = model.model_fields.get(field)
+    return info is not None and any(isinstance(m, annotated_types.MinLen) and m.min_length >= 1 for m in info.metadata)
+
+
+@cache
 def _takes_bool(model: type[BaseModel], field: str) -> bool:
     info = model.model_fields.get(field)
     return info is None or admits_bool(info.annotation)
@@ -40,7 +49,8 @@ def _takes_bool(model: type[BaseModel], field: str) -> bool:
 class RequestBody(BaseModel):
     """Base of a request body model: extra fields are refused (422 naming them), a string holding
     U+0000 is refused (PostgreSQL's text cannot hold it), and so is a boolean where the field
-    wants a number or a name."""
+    wants a number or a name, and blanks alone (spaces, tabs, newlines) where the field asks for
+    at least one character (a name, a reason)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -53,9 +63,12 @@ class RequestBody(BaseModel):
 
     @field_validator("*")
     @classmethod
-    def _storable(cls, value: Any) -> Any:
-        if isinstance(value, str) and "\x00" in value:
-            raise ValueError("must not hold U+0000")
+    def _storable(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, str):
+            if "\x00" in value:
+                raise ValueError("must not hold U+0000")
+            if value and value.isspace() and info.field_name and _must_have_text(cls, info.field_name):
+                raise ValueError("must not be blank")
         return value
 
 
