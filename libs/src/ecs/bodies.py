@@ -9,6 +9,7 @@ boolean given for a field that does not take one is refused, naming the field.
 
 from __future__ import annotations
 
+import re
 import types
 from functools import cache
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
@@ -32,12 +33,50 @@ def admits_bool(annotation: Any) -> bool:
     return False
 
 
+def min_length_of(annotation: Any, metadata: list[Any]) -> int:
+    """The ``min_length`` a text field asks for, from its own constraints or those of its type
+    (``Annotated[str, Field(min_length=1)] | None``); 0 for none."""
+    found = [m.min_length for m in metadata if isinstance(m, annotated_types.MinLen)]
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        inner, *extra = get_args(annotation)
+        nested = [m for e in extra for m in ([e, *getattr(e, "metadata", [])])]
+        found.append(min_length_of(inner, nested))
+    elif origin is Union or origin is types.UnionType:
+        found += [min_length_of(a, []) for a in get_args(annotation)]
+    return max(found, default=0)
+
+
 @cache
 def _must_have_text(model: type[BaseModel], field: str) -> bool:
     """Whether the field asks for at least one character (``min_length`` 1 or more): text that must
     say something, which blanks do not."""
     info = model.model_fields.get(field)
-    return info is not None and any(isinstance(m, annotated_types.MinLen) and m.min_length >= 1 for m in info.metadata)
+    return info is not None and min_length_of(info.annotation, info.metadata) >= 1
+
+
+_NOT_IN_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+"""Characters XML 1.0 cannot carry (its production ``Char``, W3C XML 1.0 §2.2): the C0 controls but
+tab, line feed and carriage return; lone surrogates; U+FFFE and U+FFFF."""
+
+
+def _first_unwritable(value: Any) -> str | None:
+    """The first character of ``value`` (a string, or the strings and keys of lists and objects in
+    it) that no store and no XML document (CAP 1.2, EDXL-RM, PFIF) can carry; None if none."""
+    if isinstance(value, str):
+        found = _NOT_IN_XML.search(value)
+        return found.group() if found else None
+    if isinstance(value, dict):
+        items: list[Any] = [*value.keys(), *value.values()]
+    elif isinstance(value, list | tuple | set | frozenset):
+        items = list(value)
+    else:
+        return None
+    for item in items:
+        char = _first_unwritable(item)
+        if char is not None:
+            return char
+    return None
 
 
 @cache
@@ -48,9 +87,12 @@ def _takes_bool(model: type[BaseModel], field: str) -> bool:
 
 class RequestBody(BaseModel):
     """Base of a request body model: extra fields are refused (422 naming them), a string holding
-    U+0000 is refused (PostgreSQL's text cannot hold it), and so is a boolean where the field
-    wants a number or a name, and blanks alone (spaces, tabs, newlines) where the field asks for
-    at least one character (a name, a reason)."""
+    U+0000 is refused (PostgreSQL's text cannot hold it), and so is one holding another character
+    XML 1.0 cannot carry (a C0 control but tab, LF and CR; a lone surrogate; U+FFFE, U+FFFF),
+    which would be stored and then break the CAP, EDXL-RM or PFIF document made from it. Refused
+    too: a boolean where the field wants a number or a name, and blanks alone (spaces, tabs,
+    newlines) where the field asks for at least one character (a name, a reason). Each refusal
+    names the field (inside lists and objects too)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -64,12 +106,15 @@ class RequestBody(BaseModel):
     @field_validator("*")
     @classmethod
     def _storable(cls, value: Any, info: ValidationInfo) -> Any:
-        if isinstance(value, str):
-            if "\x00" in value:
-                raise ValueError("must not hold U+0000")
-            if value and value.isspace() and info.field_name and _must_have_text(cls, info.field_name):
-                raise ValueError("must not be blank")
+        char = _first_unwritable(value)
+        if char == "\x00":
+            raise ValueError("must not hold U+0000")
+        if char is not None:
+            raise ValueError(f"must not hold U+{ord(char):04X}, a character XML cannot carry")
+        blank = isinstance(value, str) and value != "" and value.isspace()
+        if blank and info.field_name and _must_have_text(cls, info.field_name):
+            raise ValueError("must not be blank")
         return value
 
 
-__all__ = ["RequestBody", "admits_bool"]
+__all__ = ["RequestBody", "admits_bool", "min_length_of"]
