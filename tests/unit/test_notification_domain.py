@@ -417,9 +417,10 @@ def test_an_illegal_rumor_step_names_the_status_the_action_and_what_is_allowed()
 def test_the_two_person_refusal_names_the_approver_field_and_what_was_approved():
     with pytest.raises(errors.Forbidden) as caught:
         check_approver("officer-li", "officer-li")
-    assert caught.value.detail == "the author of an alert cannot approve it; a second person must"
+    assert caught.value.detail == "the author of the alert cannot approve it; a second person must"
     assert caught.value.extra == {"field": "approver"}
-    with pytest.raises(errors.Forbidden, match="^the author of an official statement cannot"):
+    assert caught.value.title == "Forbidden"  # not "Missing role": the approver may hold every role
+    with pytest.raises(errors.Forbidden, match="^the author of the official statement cannot"):
         check_approver("officer-li", "officer-li", "official statement")
 
 
@@ -436,6 +437,13 @@ def test_a_reference_refusal_names_the_references_field_and_why():
     cases = [
         (MsgType.Alert, AlertStatus.published, True, "an Alert references nothing; use msg_type Update or Cancel"),
         (MsgType.Update, None, True, "an Update needs a live alert to reference"),
+        (MsgType.Cancel, None, True, "a Cancel needs a live alert to reference"),
+        (
+            MsgType.Cancel,
+            AlertStatus.withdrawn,
+            True,
+            "a Cancel must reference a published alert; the referenced one is 'withdrawn'",
+        ),
         (MsgType.Cancel, AlertStatus.published, False, "the referenced alert is about another incident"),
         (
             MsgType.Update,

@@ -140,7 +140,7 @@ async def test_refusals_are_problem_json(env):
     assert "bearer" in missing["detail"].lower()
     reader = {"Authorization": f"Bearer {TOKENS.issue('eve', ['auditor'])}"}
     forbidden = assert_problem(await env.client.post("/add", json={"n": 1}, headers=reader), 403, "forbidden")
-    assert "dispatcher" in forbidden["detail"]
+    assert "dispatcher" in forbidden["detail"] and forbidden["title"] == "Missing role"
     invalid = assert_problem(await env.add(-1), 422, "invalid_input")
     assert invalid["errors"][0]["field"] == "n" and invalid["detail"].startswith("n: ")
     # A body that is not JSON is the body at fault, at a character (not a field named "8").

@@ -9,7 +9,7 @@ from enum import StrEnum
 
 import jwt
 
-from .errors import Forbidden, Unauthorized
+from .errors import Forbidden, MissingRole, Unauthorized
 
 
 class Role(StrEnum):
@@ -40,10 +40,10 @@ class Principal:
     roles: frozenset[str]
 
     def require(self, *roles: Role) -> None:
-        """Raises Forbidden (403) naming the roles wanted unless the caller holds one of them."""
+        """Raises MissingRole (403) naming the roles wanted unless the caller holds one of them."""
         if not self.roles.intersection(roles):
             wanted = ", ".join(sorted(r.value for r in roles))
-            raise Forbidden(
+            raise MissingRole(
                 f"this action needs one of the roles: {wanted}",
                 required_roles=sorted(roles),
             )

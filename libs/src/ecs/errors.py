@@ -25,7 +25,16 @@ class Unauthorized(AppError):
 
 
 class Forbidden(AppError):
-    status, code, title = 403, "forbidden", "Missing role"
+    """403: the caller may not do this (a drill runner on live data, an author approving their own
+    alert); the detail says why."""
+
+    status, code, title = 403, "forbidden", "Forbidden"
+
+
+class MissingRole(Forbidden):
+    """403: the caller's token holds none of the roles the action needs."""
+
+    title = "Missing role"
 
 
 class NotFound(AppError):

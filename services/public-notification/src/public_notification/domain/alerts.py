@@ -129,10 +129,16 @@ def next_status(status: AlertStatus, action: AlertAction) -> AlertStatus:
         raise IllegalAlertStep(status, action) from None
 
 
+def _article(msg_type: object) -> str:
+    """ "an Update", "a Cancel": the article for a CAP msgType named in a sentence."""
+    return "an" if str(msg_type)[:1] in "AEIOU" else "a"
+
+
 def check_approver(author: str, approver: str, what: str = "alert") -> None:
-    """Two-person rule: raises Forbidden (403) when the author approves their own ``what``."""
+    """Two-person rule: raises Forbidden (403) when the author approves their own ``what``
+    (an "alert" or a "statement")."""
     if author == approver:
-        raise errors.Forbidden(f"the author of an {what} cannot approve it; a second person must", field="approver")
+        raise errors.Forbidden(f"the author of the {what} cannot approve it; a second person must", field="approver")
 
 
 def check_editable(status: AlertStatus) -> None:
@@ -172,12 +178,13 @@ def check_reference(msg_type: MsgType, referenced_status: AlertStatus | None, sa
             raise errors.InvalidInput("an Alert references nothing; use msg_type Update or Cancel", field="references")
         return
     if referenced_status is None:
-        raise errors.Conflict(f"an {msg_type} needs a live alert to reference", field="references")
+        raise errors.Conflict(f"{_article(msg_type)} {msg_type} needs a live alert to reference", field="references")
     if not same_incident:
         raise errors.InvalidInput("the referenced alert is about another incident", field="references")
     if referenced_status not in LIVE:
         raise errors.Conflict(
-            f"an {msg_type} must reference a published alert; the referenced one is '{referenced_status!s}'",
+            f"{_article(msg_type)} {msg_type} must reference a published alert; "
+            f"the referenced one is '{referenced_status!s}'",
             field="references",
         )
 
