@@ -1,6 +1,7 @@
 import pytest
 
 from ecs.geo import (
+    first_crossing,
     gcj02_to_wgs84,
     haversine_m,
     out_of_china,
@@ -115,3 +116,29 @@ def test_centroid_is_area_weighted_not_the_vertex_mean():
     lat, lon = polygon_centroid(ring)
     assert lat == pytest.approx(1.0)
     assert lon == pytest.approx(1.0)
+
+
+SIMPLE_SQUARE = [(31.0, 121.0), (31.0, 121.1), (31.1, 121.1), (31.1, 121.0)]
+BOW_TIE = [(31.0, 121.0), (31.1, 121.1), (31.0, 121.1), (31.1, 121.0)]  # two triangles tip to tip
+
+
+@pytest.mark.parametrize("closed", [False, True])
+def test_a_simple_ring_has_no_crossing_closed_or_open(closed):
+    ring = SIMPLE_SQUARE + SIMPLE_SQUARE[:1] if closed else SIMPLE_SQUARE
+    assert first_crossing(ring) is None
+    assert first_crossing([(31.0, 121.0), (31.0, 121.1), (31.1, 121.05)]) is None  # a triangle
+    concave = [(31.0, 121.0), (31.0, 121.2), (31.2, 121.2), (31.1, 121.1), (31.2, 121.0)]
+    assert first_crossing(concave) is None
+
+
+@pytest.mark.parametrize("closed", [False, True])
+def test_a_bow_tie_crosses_itself_and_says_which_edges(closed):
+    ring = BOW_TIE + BOW_TIE[:1] if closed else BOW_TIE
+    assert first_crossing(ring) == (0, 2)
+
+
+def test_a_ring_that_comes_back_to_a_point_of_its_own_touches_itself():
+    figure_eight = [(31.0, 121.0), (31.1, 121.0), (31.05, 121.05), (31.1, 121.1), (31.0, 121.1), (31.05, 121.05)]
+    assert first_crossing(figure_eight) == (1, 4)
+    spike_on_an_edge = [(31.0, 121.0), (31.0, 121.2), (31.2, 121.2), (31.0, 121.1)]  # the last point on edge 0
+    assert first_crossing(spike_on_an_edge) == (0, 2)

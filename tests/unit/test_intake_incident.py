@@ -663,6 +663,19 @@ def test_a_ring_of_500_points_is_the_largest_allowed():
     assert len(Perimeter.polygon(ring).ring) == 500
 
 
+def test_a_bow_tie_perimeter_is_refused_as_crossing_itself_not_as_flat():
+    """A bow-tie's shoelace area is zero, so it was refused as "points on one line", which they
+    are not: the refusal says what is wrong and which edges meet."""
+    bow_tie = [(31.0, 121.0), (31.1, 121.1), (31.0, 121.1), (31.1, 121.0)]
+    with pytest.raises(ValueError) as caught:
+        Perimeter.polygon(bow_tie)
+    assert str(caught.value) == (
+        "polygon crosses itself: its edge from point 0 and its edge from point 2 meet; "
+        "give the points in order around the area"
+    )
+    assert Perimeter.polygon([bow_tie[0], bow_tie[2], bow_tie[1], bow_tie[3]]).contains(31.05, 121.05)
+
+
 def test_a_flat_ring_or_an_unknown_kind_is_refused_saying_so():
     with pytest.raises(ValueError, match=r"^polygon has no area \(its points are on one line\)$"):
         Perimeter.polygon([(31.0, 121.0), (31.1, 121.0), (31.2, 121.0)])

@@ -3,6 +3,7 @@ two-person approval, references, polygons, templates, headlines and the release 
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from xml.etree import ElementTree as ET
@@ -148,7 +149,12 @@ def test_an_alert_references_nothing():
 
 
 def square(n: int) -> list[list[float]]:
-    ring = [[31.2 + 0.001 * (i % 2), 121.4 + 0.001 * i] for i in range(n - 1)]
+    """A closed ring of ``n`` points (the first repeated last) that does not cross itself: n - 1
+    points around a circle."""
+    ring = [
+        [31.2 + 0.001 * math.cos(2 * math.pi * i / (n - 1)), 121.4 + 0.001 * math.sin(2 * math.pi * i / (n - 1))]
+        for i in range(n - 1)
+    ]
     return [*ring, ring[0]]
 
 
@@ -480,6 +486,17 @@ def test_a_bad_polygon_names_the_field_it_came_from():
         parse_polygon(square(5)[:-1] + [[0.0, 0.0]], "alert.area")
     assert caught.value.detail == "the polygon is not closed: its last point must repeat its first"
     assert caught.value.extra == {"field": "alert.area"}
+
+
+def test_a_bow_tie_area_is_refused_naming_the_edges_that_meet():
+    bow_tie = [[31.0, 121.0], [31.1, 121.1], [31.0, 121.1], [31.1, 121.0], [31.0, 121.0]]
+    with pytest.raises(errors.InvalidInput) as caught:
+        parse_polygon(bow_tie)
+    assert caught.value.detail == (
+        "the polygon crosses itself: its edge from point 0 and its edge from point 2 meet; "
+        "give the points in order around the area"
+    )
+    assert caught.value.extra == {"field": "area.polygon"}
 
 
 def test_the_english_headline_names_the_category_in_words():

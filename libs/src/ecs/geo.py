@@ -122,6 +122,49 @@ def point_in_polygon(lat: float, lon: float, ring: Ring) -> bool:
     return inside
 
 
+def first_crossing(ring: Ring) -> tuple[int, int] | None:
+    """The first two edges of ``ring`` (closed or open; edge i joins point i to point i+1) that
+    cross or touch although they are not neighbours, as (i, j) with i < j; None for a simple
+    ring. A ring that crosses itself (a bow-tie) has no inside that means anything: its even-odd
+    inside is not what was drawn, and its shoelace area can be zero. O(n²) in the points: rings
+    here have at most a few hundred."""
+    points = _open_ring(ring)
+    n = len(points)
+    edges = [(points[i], points[(i + 1) % n]) for i in range(n)]
+    for i in range(n):
+        for j in range(i + 2, n):
+            if i == 0 and j == n - 1:
+                continue  # the last edge ends where the first begins
+            if _segments_meet(*edges[i], *edges[j]):
+                return i, j
+    return None
+
+
+def _orientation(a: tuple[float, float], b: tuple[float, float], c: tuple[float, float]) -> int:
+    cross = (b[1] - a[1]) * (c[0] - a[0]) - (b[0] - a[0]) * (c[1] - a[1])
+    return (cross > 0) - (cross < 0)
+
+
+def _on_segment(a: tuple[float, float], b: tuple[float, float], c: tuple[float, float]) -> bool:
+    """c, collinear with a and b, lies between them."""
+    return min(a[0], b[0]) <= c[0] <= max(a[0], b[0]) and min(a[1], b[1]) <= c[1] <= max(a[1], b[1])
+
+
+def _segments_meet(
+    p1: tuple[float, float], p2: tuple[float, float], q1: tuple[float, float], q2: tuple[float, float]
+) -> bool:
+    o1, o2 = _orientation(p1, p2, q1), _orientation(p1, p2, q2)
+    o3, o4 = _orientation(q1, q2, p1), _orientation(q1, q2, p2)
+    if o1 != o2 and o3 != o4:
+        return True
+    return (
+        (o1 == 0 and _on_segment(p1, p2, q1))
+        or (o2 == 0 and _on_segment(p1, p2, q2))
+        or (o3 == 0 and _on_segment(q1, q2, p1))
+        or (o4 == 0 and _on_segment(q1, q2, p2))
+    )
+
+
 def polygon_area_deg2(ring: Ring) -> float:
     """Unsigned shoelace area in square degrees: only good for "is it degenerate?"."""
     points = _open_ring(ring)

@@ -28,7 +28,7 @@ from ecs.contracts import (
     PerimeterSet,
     StageChanged,
 )
-from ecs.geo import haversine_m, point_in_polygon, polygon_area_deg2
+from ecs.geo import first_crossing, haversine_m, point_in_polygon, polygon_area_deg2
 from ecs.vocabulary import OPEN_STAGES, TERMINAL_STAGES, Category, Level, Participant, Stage
 
 __all__ = [
@@ -386,6 +386,13 @@ class Perimeter:
             if not MIN_POLYGON_POINTS <= len(ring) <= MAX_POLYGON_POINTS:
                 raise ValueError(
                     f"polygon needs {MIN_POLYGON_POINTS} to {MAX_POLYGON_POINTS} distinct points, got {len(ring)}"
+                )
+            crossing = first_crossing(ring)
+            if crossing is not None:
+                i, j = crossing
+                raise ValueError(
+                    f"polygon crosses itself: its edge from point {i} and its edge from point {j} meet; "
+                    "give the points in order around the area"
                 )
             # Rounding leaves a collinear ring a sliver of area; 1e-10 deg² is about a square metre.
             if abs(polygon_area_deg2(ring)) < 1e-10:

@@ -16,6 +16,7 @@ from datetime import datetime
 from enum import StrEnum
 
 from ecs import errors
+from ecs.geo import first_crossing
 from ecs.vocabulary import Category, Level
 
 __all__ = [
@@ -223,8 +224,8 @@ def parse_polygon(points: Sequence[Sequence[float]], where: str = "area.polygon"
     """A CAP polygon (CAP 1.2 §3.2.4: at least four pairs, the first and last the same); this
     system also keeps it to at most 100 points (small areas reach the right people).
 
-    Raises InvalidInput (422) naming ``where`` for an open ring, too few or too many points, or a
-    point outside WGS-84 ranges.
+    Raises InvalidInput (422) naming ``where`` for an open ring, too few or too many points, a
+    point outside WGS-84 ranges, or a ring that crosses itself (ecs.geo.first_crossing).
     """
     if len(points) < MIN_POLYGON_POINTS:
         raise errors.InvalidInput(
@@ -245,6 +246,14 @@ def parse_polygon(points: Sequence[Sequence[float]], where: str = "area.polygon"
         ring.append((lat, lon))
     if ring[0] != ring[-1]:
         raise errors.InvalidInput("the polygon is not closed: its last point must repeat its first", field=where)
+    crossing = first_crossing(ring)
+    if crossing is not None:
+        i, j = crossing
+        raise errors.InvalidInput(
+            f"the polygon crosses itself: its edge from point {i} and its edge from point {j} meet; "
+            "give the points in order around the area",
+            field=where,
+        )
     return Polygon(tuple(ring))
 
 
