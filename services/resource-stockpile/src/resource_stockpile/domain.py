@@ -135,13 +135,15 @@ def _refuse_cycles(new: Sequence[Item], everything: Mapping[str, Item]) -> None:
                 parts.pop()
                 continue
             if state.get(code) == ON_PATH:  # back to a kit on the way: it contains itself
-                at = path.index(code)
-                via = path[at + 1] if at + 1 < len(path) else code
+                # The cycle's links, kit -> part; one of them is a kit being entered now (the
+                # stored catalogue has none): name that kit's part, where the request can change.
+                cycle = [*path[path.index(code) :], code]
+                kit, part = next((k, p) for k, p in zip(cycle[:-1], cycle[1:], strict=True) if k in index)
                 raise errors.InvalidInput(
-                    f"kit {code} contains itself (through {via})"
-                    if via != code
-                    else f"kit {code} lists itself as a part",
-                    field=f"items.{index.get(code, index[root.code])}.kit_of.{via}",
+                    f"kit {kit} contains itself (through {part})"
+                    if part != kit
+                    else f"kit {kit} lists itself as a part",
+                    field=f"items.{index[kit]}.kit_of.{part}",
                 )
             if state.get(code) == DONE or code not in everything:
                 continue
