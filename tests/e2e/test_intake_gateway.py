@@ -9,7 +9,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import itertools
+import re
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -556,6 +558,29 @@ async def test_alarm_published_on_nats_becomes_an_incident(gw, ops, js):
     (stored,) = inc["alarms"]
     assert stored["alarm_id"] == a["alarm_id"] and stored["via"] == "nats"
     assert inc["alarm_count"] == 1 and inc["caller_count"] == 1
+
+
+def msg_id_mismatches(metrics: str) -> float:
+    found = re.findall(rf'^intake_gateway_msg_id_mismatches_total{{gateway="{GATEWAY_ID}"}} (\S+)$', metrics, re.M)
+    return float(found[0]) if found else 0.0
+
+
+async def test_a_nats_alarm_whose_msg_id_breaks_the_contract_is_linked_and_counted(gw, ops, js):
+    """Nats-Msg-Id must be <gateway_id>:<alarm_id>: JetStream drops a different alarm sent under an
+    id it has seen. An alarm that arrived under another id is still an alarm (linked, never
+    refused), and the fault shows per gateway in /metrics and the log before it costs one."""
+    before = msg_id_mismatches((await ops.get("/metrics")).text)
+    good = alarm(new_spot())
+    await gw.publish(js, good)
+    odd = alarm(new_spot())
+    await js.publish(f"alarm.in.{GATEWAY_ID}", orjson.dumps(odd), headers={"Nats-Msg-Id": f"counter-{uuid.uuid4()}"})
+
+    async def linked() -> bool | None:
+        data = [m.data for m in await stream_messages(js, "INCIDENTS", "incident.alarm.linked")]
+        return True if all(any(a["alarm_id"].encode() in d for d in data) for a in (good, odd)) else None
+
+    await eventually(linked, "both NATS alarms linked")
+    assert msg_id_mismatches((await ops.get("/metrics")).text) == before + 1
 
 
 async def _dead_letter(js: Any, subject: str, alarm_id: str) -> Any:

@@ -4,7 +4,9 @@ acks only after the handler committed, and dead-letters what can never succeed."
 
 from __future__ import annotations
 
+import structlog
 from nats.aio.msg import Msg
+from prometheus_client import Counter
 
 from ecs import streams
 from ecs.bus import BatchHandler, decode_envelope
@@ -27,6 +29,14 @@ FACT_CONSUMERS = tuple(
 )
 
 STREAMS = streams.USES["incident-intake"].streams
+
+MSG_ID_MISMATCHES = Counter(
+    "intake_gateway_msg_id_mismatches_total",
+    "Gateway alarms over NATS whose Nats-Msg-Id is not <gateway_id>:<alarm_id> (the contract, DESIGN §7)",
+    ["gateway"],
+)
+
+log = structlog.get_logger()
 CONSUMERS = (ALARM_CONSUMER, *FACT_CONSUMERS)
 
 
@@ -63,7 +73,22 @@ def _alarm(msg: Msg, gateways: GatewayRegistry) -> tuple[str, GatewayAlarm]:
         raise Poison(f"unknown gateway {gateway_id!r}")
     if len(msg.data) > MAX_ALARM_BYTES:
         raise Poison(f"alarm is {len(msg.data)} bytes; at most {MAX_ALARM_BYTES} are accepted")
-    return gateway_id, parse_payload(GatewayAlarm, msg.data, "alarm", prefix="")
+    alarm = parse_payload(GatewayAlarm, msg.data, "alarm", prefix="")
+    _check_msg_id(msg, gateway_id, alarm.alarm_id)
+    return gateway_id, alarm
+
+
+def _check_msg_id(msg: Msg, gateway_id: str, alarm_id: str) -> None:
+    """The contract's ``Nats-Msg-Id: <gateway_id>:<alarm_id>`` is what lets JetStream drop a
+    repeat. Another id is no reason to refuse an alarm that arrived (it would be lost), but it is a
+    gateway fault to see before it costs one: JetStream drops a different alarm sent under an id
+    it saw in its duplicate window. Logged and counted per gateway
+    (``intake_gateway_msg_id_mismatches_total``)."""
+    expected = f"{gateway_id}:{alarm_id}"
+    seen = (msg.headers or {}).get("Nats-Msg-Id")
+    if seen != expected:
+        MSG_ID_MISMATCHES.labels(gateway_id).inc()
+        log.warning("intake.gateway_msg_id_mismatch", gateway=gateway_id, expected=expected, seen=(seen or "")[:200])
 
 
 def facts_handler(ctx: Context, consumer: str) -> BatchHandler:
