@@ -497,6 +497,10 @@ def test_a_bow_tie_area_is_refused_naming_the_edges_that_meet():
         "give the points in order around the area"
     )
     assert caught.value.extra == {"field": "area.polygon"}
+    flat = [[31.0, 121.0], [31.1, 121.0], [31.2, 121.0], [31.0, 121.0]]
+    with pytest.raises(errors.InvalidInput) as caught:
+        parse_polygon(flat)
+    assert caught.value.detail == "the polygon has no area: its points are on one line"
 
 
 def test_the_english_headline_names_the_category_in_words():

@@ -16,7 +16,7 @@ from datetime import datetime
 from enum import StrEnum
 
 from ecs import errors
-from ecs.geo import first_crossing
+from ecs.geo import first_crossing, polygon_area_deg2
 from ecs.vocabulary import Category, Level
 
 __all__ = [
@@ -225,7 +225,8 @@ def parse_polygon(points: Sequence[Sequence[float]], where: str = "area.polygon"
     system also keeps it to at most 100 points (small areas reach the right people).
 
     Raises InvalidInput (422) naming ``where`` for an open ring, too few or too many points, a
-    point outside WGS-84 ranges, or a ring that crosses itself (ecs.geo.first_crossing).
+    point outside WGS-84 ranges, a ring that crosses itself (ecs.geo.first_crossing) or one with
+    no area.
     """
     if len(points) < MIN_POLYGON_POINTS:
         raise errors.InvalidInput(
@@ -254,6 +255,9 @@ def parse_polygon(points: Sequence[Sequence[float]], where: str = "area.polygon"
             "give the points in order around the area",
             field=where,
         )
+    # 1e-10 square degrees is about a square metre: what rounding leaves of a ring on one line.
+    if polygon_area_deg2(ring) < 1e-10:
+        raise errors.InvalidInput("the polygon has no area: its points are on one line", field=where)
     return Polygon(tuple(ring))
 
 
