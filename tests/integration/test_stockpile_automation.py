@@ -140,6 +140,44 @@ async def test_the_plan_supplies_follow_stage_and_level_and_settle_after_returns
         assert sum(line["reserved"] for line in await s.stock()) == 0
 
 
+async def test_what_was_consumed_or_returned_counts_towards_the_plan_when_the_level_rises(
+    stockpile_app, db_url, headers
+):
+    """Level III wants 10 stretchers: all 10 are issued, 6 consumed and 4 returned. Up to level II
+    (40): 30 more, not 40 again; the 10 the incident already had were the plan's."""
+    async with stockpile_app(db_url) as (_, client, bus):
+        await serve_plans(bus)
+        s = Stockpile(client, bus, headers)
+        intake = Intake(bus)
+        await s.setup([depot("near", 1.0)])
+        await s.receive("near", {"item": "stretcher", "lot": "n", "quantity": 200})
+        incident = await s.incident(category="crowd_crush", level=3)
+        await intake.stage_to(incident, "isolation", level=3, category="crowd_crush")
+        await intake.stage_to(incident, "handling", level=3, category="crowd_crush")
+
+        async def ten_held() -> bool:
+            return await holding(s, incident) == {"stretcher": (10, 0)}
+
+        await eventually(ten_held, what="level III stretchers reserved")
+        view = (await s.get(f"/v1/incidents/{incident}/reservations")).json()
+        (first,) = [r["id"] for r in view["reservations"]]
+        for action, body in (("issue", {}), ("consume", {"quantity": 6}), ("return", {"quantity": 4})):
+            r = await s.post(f"/v1/reservations/{first}/{action}", body)
+            assert r.status_code == 200, r.text
+
+        await intake.level_to(incident, 3, 2)
+
+        async def topped_up() -> dict[str, tuple[int, int]] | None:
+            h = await holding(s, incident)
+            return h if h.get("stretcher", (0, 0))[0] > 0 else None
+
+        got = await eventually(topped_up, what="level II top-up")
+        assert got["stretcher"] == (30, 0)  # (no first-aid kits are stocked: none reserved)
+        stock = await s.stock(item="stretcher")
+        assert sum(line["reserved"] for line in stock) == 30
+        assert sum(line["on_hand"] for line in stock) == 200 - 6  # the 4 returned are back
+
+
 async def test_an_exercise_incident_never_consumes_live_stock(stockpile_app, db_url, headers):
     async with stockpile_app(db_url) as (_, client, bus):
         await serve_plans(bus)

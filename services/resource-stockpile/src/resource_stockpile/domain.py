@@ -565,8 +565,10 @@ def reconcile(
     missing: Mapping[str, int] | None = None,
 ) -> list[Topping]:
     """What to reserve or release for an incident in ``stage`` whose plan wants ``wanted``
-    ({item: base units}) and who has ``holding`` ({item: (held, out)}): in the reserving stages,
-    top up to the plan or release the surplus still held; later, release everything held.
+    ({item: base units}) and who has ``holding`` ({item: (held, given)}: still reserved in a
+    depot, and what left a depot for it, whether out, consumed or returned since): in the
+    reserving stages, top up to the plan or release the surplus still held; later, release
+    everything held.
 
     ``missing`` ({item: base units}) is what the incident's automatic reservations already asked
     for and could not get: it is not asked for again, so an event that changes nothing (a repeat,
@@ -576,10 +578,10 @@ def reconcile(
     missing = missing or {}
     items = sorted(set(wanted) | set(holding))
     for item in items:
-        held, issued = holding.get(item, (0, 0))
+        held, given = holding.get(item, (0, 0))
         if stage in RESERVING_STAGES:
             want = wanted.get(item, 0)
-            have = held + issued
+            have = held + given
             asked = have + missing.get(item, 0)
             if asked < want:
                 out.append(Topping(item, add=want - asked))

@@ -176,8 +176,11 @@ async def reconcile_supplies(ctx: Context, tx: Tx, incident: Any, wanted: Mappin
     allocs = await store.incident_allocations(tx.conn, incident.id)
     holding: dict[str, tuple[int, int]] = {}
     for a in allocs:
-        held, out = holding.get(a.item, (0, 0))
-        holding[a.item] = (held + a.held, out + a.out)
+        # What left a depot for the incident counts towards its plan whether it is still out,
+        # used up or back: consumed stretchers were the plan's, and topping up after them (or
+        # after the officer sent the unused ones back) would give the incident more than it asks.
+        held, given = holding.get(a.item, (0, 0))
+        holding[a.item] = (held + a.held, given + a.out + a.consumed + a.returned)
     if stage not in RESERVING_STAGES:
         wanted = {}
     toppings = reconcile(stage, wanted, holding, await store.automatic_missing(tx.conn, incident.id))
