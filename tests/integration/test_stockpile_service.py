@@ -221,6 +221,28 @@ async def test_a_reservation_takes_the_nearest_depots_first_and_splits_across_th
         assert await s.available("far", "first_aid_kit") == 500
 
 
+async def test_a_depot_beyond_the_travel_limit_is_never_reserved_from_and_the_shortfall_is_missing(
+    stockpile_app, db_url, headers
+):
+    """STOCKPILE_MAX_TRAVEL_S (8 h by default): stock 300 km away cannot arrive in time, and a
+    reservation would keep it from the incidents it could reach. Here the limit is 10 minutes:
+    1 km (168 s at 30 km/h and a road factor of 1.4) is in, 4 km (672 s) and 300 km are out."""
+    async with stockpile_app(db_url, max_travel_s=600) as (_, client, bus):
+        s = Stockpile(client, bus, headers)
+        await s.setup([depot("near", 1.0), depot("beyond", 4.0), depot("other-city", 300.0)])
+        await s.receive("near", {"item": "first_aid_kit", "lot": "N", "quantity": 5})
+        await s.receive("beyond", {"item": "first_aid_kit", "lot": "B", "quantity": 50})
+        await s.receive("other-city", {"item": "first_aid_kit", "lot": "O", "quantity": 500})
+        incident = await s.incident()
+
+        got = await s.ok(f"/v1/incidents/{incident}/reservations", {"item": "first_aid_kit", "quantity": 20})
+
+        assert (got["requested"], got["reserved"], got["missing"]) == (20, 5, 15)
+        assert [(a["depot_id"], a["held"]) for a in got["allocations"]] == [("near", 5)]
+        assert await s.available("beyond", "first_aid_kit") == 50
+        assert await s.available("other-city", "first_aid_kit") == 500
+
+
 async def test_expired_short_dated_damaged_and_exercise_stock_is_never_reserved(stockpile_app, db_url, headers):
     async with stockpile_app(db_url, min_shelf_life_days=30) as (_, client, bus):
         s = Stockpile(client, bus, headers)

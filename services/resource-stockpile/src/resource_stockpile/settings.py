@@ -20,6 +20,10 @@ class StockpileSettings(ServiceSettings):
     # Travel time from a depot is estimated as straight-line distance x road_factor / speed.
     road_factor: float = Field(default=1.4, ge=1.0, le=5.0)
     truck_speed_kmh: float = Field(default=30.0, gt=0, le=200)
+    # A depot further than this (estimated travel, seconds) is never reserved from: what it holds
+    # could not arrive in time, and a reservation would keep it from those it could reach. The
+    # shortfall is reported as missing. 8 h is 171 km straight at the defaults: the whole city.
+    max_travel_s: float = Field(default=28_800.0, gt=0, le=7 * 86_400)
 
     # Stage-driven automation: reserve the plan's supplies on handling, follow the level, and
     # ask for returns on aftermath.

@@ -591,7 +591,7 @@ WITH want AS (
 ), ranked AS (
     SELECT cand.*, row_number() OVER w AS k,
         COALESCE(sum(avail) OVER (w ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS before
-    FROM cand
+    FROM cand WHERE travel <= CAST(:max_travel AS float8)
     WINDOW w AS (PARTITION BY n ORDER BY round(CAST(travel AS numeric), 3), depot_id COLLATE "C",
                  expiry NULLS LAST, id)
 ), take AS (
@@ -618,11 +618,13 @@ async def reserve_nearest(
     exercise: bool,
     not_expiring_before: date,
     seconds_per_m: float,
+    max_travel_s: float,
 ) -> list[tuple[int, int, str, int, float, bool]]:
     """PostgreSQL only, for ``wants`` ((item, base units), no item twice): in one statement, pick
     each want's lines as the domain does (the good lines of depots of the same kind, not
-    expiring before ``not_expiring_before``; nearest depot first by great-circle distance times
-    ``seconds_per_m``, then earliest expiry, until the quantity is met) and reserve them with a
+    expiring before ``not_expiring_before``, in depots at most ``max_travel_s`` away; nearest
+    depot first by great-circle distance times ``seconds_per_m``, then earliest expiry, until the
+    quantity is met) and reserve them with a
     conditional UPDATE each, the lines locked first in id order (two requests sharing lines never
     deadlock over them). Returns the takes, each want's in order: (index into ``wants``, line
     id, depot id, base units, travel seconds, given), ``given`` False for a line another request
@@ -636,6 +638,7 @@ async def reserve_nearest(
             "lat": lat,
             "lon": lon,
             "s_per_m": seconds_per_m,
+            "max_travel": max_travel_s,
             "exercise": exercise,
             "not_before": not_expiring_before,
         },

@@ -134,7 +134,8 @@ async def reserve_lines(
 ) -> list[Reserved]:
     """Reserve each of ``wants`` near (lat, lon) for ``incident`` (a row of store.incidents) in
     ``tx``, a reservation each, in order. Rounds of: read every wanted item's candidates (one
-    query) → allocate them nearest first, FEFO within a depot (domain.allocate_many) → take them
+    query; depots over ``max_travel_s`` away left out) → allocate them nearest first, FEFO within
+    a depot (domain.allocate_many) → take them
     with one conditional UPDATE (store.reserve_from_lines); a line another request emptied
     meanwhile gives nothing, and only its items are read again next round, until every want is
     met, nothing is left, or the rounds run out. Then the reservations and their allocations
@@ -152,7 +153,11 @@ async def reserve_lines(
         found = await store.candidates_of(tx.conn, items, incident.exercise, not_before)
         road, speed = settings.road_factor, settings.truck_speed_kmh
         pools = {
-            item: [Candidate(line, travel_s(depot, lat, lon, road, speed)) for line, depot in rows]
+            item: [
+                c
+                for c in (Candidate(line, travel_s(depot, lat, lon, road, speed)) for line, depot in rows)
+                if c.travel_s <= settings.max_travel_s
+            ]
             for item, rows in found.items()
         }
         todo = [i for i, w in enumerate(wants) if left[i] > 0 and w.item in items]
@@ -254,7 +259,14 @@ async def _reserve_in_one(
     todo = list(range(len(wants)))
     for _ in range(settings.reserve_rounds):
         found = await store.reserve_nearest(
-            tx.conn, [(wants[i].item, left[i]) for i in todo], lat, lon, incident.exercise, not_before, seconds_per_m
+            tx.conn,
+            [(wants[i].item, left[i]) for i in todo],
+            lat,
+            lon,
+            incident.exercise,
+            not_before,
+            seconds_per_m,
+            settings.max_travel_s,
         )
         refused: set[int] = set()
         for n, line_id, depot_id, q, travel, given in found:
