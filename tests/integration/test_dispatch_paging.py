@@ -87,6 +87,7 @@ ODD_INPUT = [
     ("/v1/units", {"cursor": "\x00"}, 422),
     ("/v1/units", {"cursor": "not a unit id!"}, 422),  # one rule: a cursor of another form is 422
     ("/v1/units", {"agency": "fire\x00"}, 422),
+    ("/v1/units", {"agency": "army"}, 422),  # not an agency: 422 naming it, not an empty page
 ]
 
 

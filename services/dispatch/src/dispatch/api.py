@@ -21,7 +21,7 @@ from ecs.web import json_response, requires
 
 from . import commands, views
 from .context import Context
-from .domain import UnitSpec, UnitStatus, UnitType, drill_may_drive
+from .domain import Agency, UnitSpec, UnitStatus, UnitType, drill_may_drive
 from .handlers import handle
 from .views import (
     AssignmentAnswer,
@@ -209,7 +209,7 @@ async def list_units(
     principal: Principal = requires(*READERS),
     status: Annotated[list[UnitStatus] | None, Query()] = None,
     unit_type: Annotated[list[UnitType] | None, Query()] = None,
-    agency: Annotated[list[str] | None, Query()] = None,
+    agency: Annotated[list[Agency] | None, Query()] = None,
     district: Annotated[list[str] | None, Query()] = None,
     exercise: bool | None = None,
     incident_id: str | None = None,
