@@ -617,3 +617,126 @@ def test_the_document_describes_the_ops_routes():
         "content": {"application/json": {"schema": readiness}},
     }
     assert metrics["responses"]["200"]["content"] == {"text/plain": {"schema": {"type": "string"}}}
+
+
+# --- U+0000 in the path and the query, and what an operator's request hands on -----------------
+
+
+def nul_guarded(reached: list[tuple[str, str, bytes]]) -> httpx.AsyncClient:
+    """A client of a bare app behind the U+0000 refusal alone; the app records the method, the path
+    and the body it read, and answers 200."""
+
+    async def app(scope, receive, send):
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        reached.append((scope["method"], scope["path"], body))
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+        await send({"type": "http.response.body", "body": b"reached"})
+
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=NulRefusalMiddleware(app)), base_url="http://t")
+
+
+async def call_nul_guarded(scope: dict[str, Any], messages: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """One request straight through the U+0000 refusal, as a server hands it over: what the app
+    received (each message) and what was sent back."""
+    received: list[dict[str, Any]] = []
+    queue = list(messages or [{"type": "http.request", "body": b"", "more_body": False}])
+
+    async def app(scope, receive, send):
+        received.append(await receive())
+        if scope["method"] in ("POST", "PUT", "PATCH"):
+            received.append(await receive())
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"reached"})
+
+    async def receive():
+        return queue.pop(0)
+
+    sent: list[dict[str, Any]] = []
+
+    async def send(message):
+        sent.append(message)
+
+    token = f"Bearer {TOKENS.issue('alice', ['dispatcher'])}".encode()
+    await NulRefusalMiddleware(app)({"headers": [(b"authorization", token)], **scope}, receive, send)
+    problem = orjson.loads(sent[1]["body"]) if sent[0]["status"] == 422 else None
+    return {"received": received, "status": sent[0]["status"], "problem": problem}
+
+
+async def test_an_operators_get_without_u0000_reaches_the_route_and_reads_its_body():
+    reached: list[tuple[str, str, bytes]] = []
+    async with nul_guarded(reached) as client:
+        got = await client.get("/things/a", params={"q": "b"}, headers=bearer())
+        gone = await client.request("DELETE", "/things/a", content=b'{"why": "dup"}', headers=bearer())
+    assert got.status_code == 200 and got.text == "reached"
+    assert gone.status_code == 200
+    assert reached == [("GET", "/things/a", b""), ("DELETE", "/things/a", b'{"why": "dup"}')]
+
+
+async def test_the_text_percent_00_in_a_path_is_not_a_u0000():
+    """%2500 is the text "%00" (its % escaped): no U+0000 in the path, so it reaches the route."""
+    reached: list[tuple[str, str, bytes]] = []
+    async with nul_guarded(reached) as client:
+        r = await client.get("/things/a%2500b", headers=bearer())
+    assert r.status_code == 200 and reached == [("GET", "/things/a%00b", b"")]
+
+
+async def test_u0000_in_a_put_or_patch_body_is_refused_as_in_a_post():
+    reached: list[tuple[str, str, bytes]] = []
+    async with nul_guarded(reached) as client:
+        put = await client.put("/things/a", content=b'{"name": "a\\u0000"}', headers=bearer())
+        patch = await client.patch("/things/a", content=b'{"items": [{"label": "\\u0000"}]}', headers=bearer())
+        clean = await client.patch("/things/a", content=b'{"name": "a"}', headers=bearer())
+    assert put.status_code == 422 and put.json()["field"] == "name"
+    assert patch.status_code == 422 and patch.json()["field"] == "items[0].label"
+    assert clean.status_code == 200 and reached == [("PATCH", "/things/a", b'{"name": "a"}')]
+
+
+async def test_u0000_in_a_query_parameter_name_with_no_value_names_that_parameter():
+    reached: list[tuple[str, str, bytes]] = []
+    async with nul_guarded(reached) as client:
+        bare = await client.get("/things?flag%00", headers=bearer())
+        blank = await client.get("/things?x=1&tag%00=", headers=bearer())
+    assert bare.status_code == 422 and bare.json()["field"] == "flag\x00"
+    assert blank.status_code == 422 and blank.json()["field"] == "tag\x00"
+    assert bare.json()["detail"] == "flag\x00: text must not contain the character U+0000"
+    assert reached == []
+
+
+async def test_u0000_as_a_raw_byte_in_the_query_or_a_decoded_path_without_raw_path_is_refused():
+    """A server may hand over the query's bytes unescaped, and may give no raw_path (ASGI lets it)."""
+    get = {"type": "http", "method": "GET", "path": "/things", "query_string": b""}
+    raw_query = await call_nul_guarded({**get, "query_string": b"q=b\x00c"})
+    assert raw_query["status"] == 422 and raw_query["problem"]["field"] == "q"
+    for raw_path in ({}, {"raw_path": None}):
+        path = await call_nul_guarded({**get, "path": "/things/a\x00b", **raw_path})
+        assert path["status"] == 422 and path["problem"]["field"] == "path" and path["received"] == []
+
+
+async def test_a_scope_without_a_query_string_is_a_request_without_a_query():
+    scope = {"type": "http", "method": "GET", "path": "/things"}
+    reached = await call_nul_guarded(scope)
+    assert reached["status"] == 200
+    assert reached["received"] == [{"type": "http.request", "body": b"", "more_body": False}]
+
+
+async def test_the_route_gets_the_body_once_as_one_message_and_then_the_servers_own_messages():
+    """The body read to look for U+0000 is handed on whole, once; what the server sends next (a
+    disconnect) reaches the route as it was."""
+    body = b'{"name": "a", "items": []}'
+    scope = {"type": "http", "method": "POST", "path": "/things", "query_string": b""}
+    messages = [
+        {"type": "http.request", "body": body[:5], "more_body": True},
+        {"type": "http.request", "body": body[5:], "more_body": False},
+        {"type": "http.disconnect"},
+    ]
+    reached = await call_nul_guarded(scope, messages)
+    assert reached["status"] == 200
+    assert reached["received"] == [
+        {"type": "http.request", "body": body, "more_body": False},
+        {"type": "http.disconnect"},
+    ]
