@@ -12,6 +12,7 @@ import hashlib
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -20,7 +21,7 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import Response
 from prometheus_client import REGISTRY
 from pydantic import BaseModel, ValidationError
-from sqlalchemy import insert, select
+from sqlalchemy import event, insert, select, update
 from structlog.testing import capture_logs
 
 from ecs.auth import Principal, Role, TokenVerifier
@@ -28,6 +29,7 @@ from ecs.db import IDEMPOTENCY_KEYS, Database, new_metadata
 from ecs.web import (
     IDEMPOTENCY_LEASE,
     PROBLEM_SCHEMA,
+    IdempotencyMiddleware,
     NulRefusalMiddleware,
     create_app,
     finish_openapi,
@@ -740,3 +742,196 @@ async def test_the_route_gets_the_body_once_as_one_message_and_then_the_servers_
         {"type": "http.request", "body": body, "more_body": False},
         {"type": "http.disconnect"},
     ]
+
+
+# --- Idempotency-Key: its refusals, whole, and the answers a keyed app may give -------------------
+
+
+async def test_the_idempotency_refusals_are_the_whole_problem(tmp_path):
+    fingerprint = hashlib.sha256(b"POST/seen\n" + b"{}").hexdigest()
+    async with keyed(tmp_path) as (client, db, runs):
+        too_long = await client.post("/seen", content=b"{}", headers=as_("alice", "k" * 256))
+        await client.post("/seen", content=b"{}", headers=as_("alice", "k-1"))
+        reused = await client.post("/seen", content=b'{"x": 1}', headers=as_("alice", "k-1"))
+        async with db.engine.begin() as conn:
+            await conn.execute(
+                insert(IDEMPOTENCY_KEYS).values(
+                    principal="alice", key="k-busy", fingerprint=fingerprint, status=0, body="",
+                    created_at=datetime.now(UTC),
+                )
+            )  # fmt: skip
+        busy = await client.post("/seen", content=b"{}", headers=as_("alice", "k-busy"))
+    assert (too_long.status_code, too_long.headers["content-type"]) == (422, "application/problem+json")
+    assert too_long.json() == {
+        "type": "urn:ecs:problem:invalid_input",
+        "title": "Invalid input",
+        "status": 422,
+        "detail": "Idempotency-Key must be 1-255 characters",
+        "field": "Idempotency-Key",
+    }
+    assert reused.status_code == 422 and reused.json() == {
+        "type": "urn:ecs:problem:idempotency_key_reused",
+        "title": "Idempotency-Key reused",
+        "status": 422,
+        "detail": "this Idempotency-Key was already used with a different request",
+    }
+    assert busy.status_code == 409 and busy.json() == {
+        "type": "urn:ecs:problem:idempotency_in_progress",
+        "title": "Request in progress",
+        "status": 409,
+        "detail": "a request with this Idempotency-Key is still being processed",
+    }
+    assert runs == ["alice"]
+
+
+@contextlib.asynccontextmanager
+async def keys_db(tmp_path: Path) -> AsyncIterator[Database]:
+    db = Database(f"sqlite:///{tmp_path / 'keys.db'}")
+    async with db.engine.begin() as conn:
+        await conn.run_sync(new_metadata().create_all)
+    yield db
+    await db.dispose()
+
+
+async def call_keyed(db: Database, app: Any, key: str = "k-1", body: bytes = b"{}") -> list[dict[str, Any]]:
+    """One keyed POST straight through the Idempotency-Key handling, as a server hands it over;
+    returns what was sent back."""
+    token = f"Bearer {TOKENS.issue('alice', ['dispatcher'])}".encode()
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/direct",
+        "query_string": b"",
+        "headers": [(b"authorization", token), (b"idempotency-key", key.encode())],
+        "app": SimpleNamespace(state=SimpleNamespace(tokens=TOKENS, db=db)),
+    }
+    messages = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def receive():
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    sent: list[dict[str, Any]] = []
+
+    async def send(message):
+        sent.append(message)
+
+    await IdempotencyMiddleware(app)(scope, receive, send)
+    return sent
+
+
+async def stored_keys(db: Database) -> list[tuple[Any, ...]]:
+    async with db.engine.connect() as conn:
+        rows = await conn.execute(select(IDEMPOTENCY_KEYS).order_by(IDEMPOTENCY_KEYS.c.key))
+        return [(r.key, r.status, r.body, r.content_type) for r in rows]
+
+
+async def test_an_answer_in_parts_without_headers_or_body_members_is_sent_and_stored_whole(tmp_path):
+    """ASGI lets a response start leave out ``headers`` and a body message leave out ``body``
+    and ``more_body``; the route gets the request body as one final message."""
+    received: list[dict[str, Any]] = []
+
+    async def app(scope, receive, send):
+        received.append(await receive())
+        await send({"type": "http.response.debug", "info": {"template": "t"}})
+        await send({"type": "http.response.start", "status": 201})
+        await send({"type": "http.response.body", "body": b'{"a"', "more_body": True})
+        await send({"type": "http.response.body", "body": b":1}", "more_body": True})
+        await send({"type": "http.response.body"})
+
+    async with keys_db(tmp_path) as db:
+        first = await call_keyed(db, app)
+        stored = await stored_keys(db)
+        again = await call_keyed(db, app)
+    assert received == [{"type": "http.request", "body": b"{}", "more_body": False}]  # ran once
+    assert first == [
+        {"type": "http.response.debug", "info": {"template": "t"}},
+        {"type": "http.response.start", "status": 201},
+        {"type": "http.response.body", "body": b'{"a":1}', "more_body": False},
+    ]
+    assert stored == [("k-1", 201, '{"a":1}', "application/json")]
+    assert again[0]["status"] == 201 and b"".join(m.get("body", b"") for m in again[1:]) == b'{"a":1}'
+    headers = dict(again[0]["headers"])
+    assert headers[b"content-type"] == b"application/json" and headers[b"idempotent-replay"] == b"true"
+
+
+async def test_an_app_that_answers_nothing_frees_its_key_for_a_retry(tmp_path):
+    runs: list[bytes] = []
+
+    async def app(scope, receive, send):
+        runs.append((await receive())["body"])
+
+    async with keys_db(tmp_path) as db:
+        assert await call_keyed(db, app) == []
+        assert await stored_keys(db) == []
+        assert await call_keyed(db, app) == []
+    assert runs == [b"{}", b"{}"]  # the retry ran again, not "in progress"
+
+
+# --- Idempotency-Key: the lease of a key left in progress ----------------------------------------
+
+
+def frozen_clock(monkeypatch: Any, now: datetime) -> None:
+    class Frozen(datetime):
+        @classmethod
+        def now(cls, tz: Any = None) -> datetime:  # type: ignore[override]
+            return now
+
+    monkeypatch.setattr("ecs.web.datetime", Frozen)
+
+
+async def reserve_stale(db: Database, key: str, created_at: datetime, body: bytes = b"{}") -> None:
+    fingerprint = hashlib.sha256(b"POST/seen\n" + body).hexdigest()
+    async with db.engine.begin() as conn:
+        await conn.execute(
+            insert(IDEMPOTENCY_KEYS).values(
+                principal="alice", key=key, fingerprint=fingerprint, status=0, body="", created_at=created_at
+            )
+        )
+
+
+async def test_a_key_in_progress_for_exactly_the_lease_is_still_in_progress(tmp_path, monkeypatch):
+    now = datetime(2030, 1, 1, 12, 0, 0, tzinfo=UTC)
+    frozen_clock(monkeypatch, now)
+    async with keyed(tmp_path) as (client, db, runs):
+        await reserve_stale(db, "k-at", now - IDEMPOTENCY_LEASE)
+        await reserve_stale(db, "k-past", now - IDEMPOTENCY_LEASE - timedelta(microseconds=1))
+        at = await client.post("/seen", content=b"{}", headers=as_("alice", "k-at"))
+        past = await client.post("/seen", content=b"{}", headers=as_("alice", "k-past"))
+    assert at.status_code == 409 and at.json()["type"] == "urn:ecs:problem:idempotency_in_progress"
+    assert past.status_code == 201 and runs == ["alice"]
+
+
+async def test_taking_over_a_stale_key_leaves_the_holders_other_stale_keys_alone(tmp_path):
+    stale = datetime.now(UTC) - IDEMPOTENCY_LEASE - timedelta(seconds=5)
+    async with keyed(tmp_path) as (client, db, runs):
+        for key in ("k-a", "k-b"):
+            await reserve_stale(db, key, stale)
+        first = await client.post("/seen", content=b"{}", headers=as_("alice", "k-a"))
+        second = await client.post("/seen", content=b"{}", headers=as_("alice", "k-b"))
+    assert (first.status_code, second.status_code) == (201, 201) and runs == ["alice", "alice"]
+
+
+def after_the_keys_are_read(db: Database, change: Any) -> None:
+    """Runs ``change`` on the same connection right after the first read of the idempotency keys:
+    what another request could do between that read and the take-over."""
+    done: list[bool] = []
+
+    @event.listens_for(db.engine.sync_engine, "after_cursor_execute")
+    def after(conn, cursor, statement, parameters, context, executemany):
+        if not done and statement.lstrip().upper().startswith("SELECT") and "FROM idempotency_keys" in statement:
+            done.append(True)
+            conn.execute(change)
+
+
+async def test_a_stale_key_settled_or_taken_by_another_request_meanwhile_is_not_run_again(tmp_path):
+    stale = datetime.now(UTC) - IDEMPOTENCY_LEASE - timedelta(seconds=5)
+    k = IDEMPOTENCY_KEYS.c
+    for key, change in (
+        ("k-settled", update(IDEMPOTENCY_KEYS).where(k.key == "k-settled").values(status=201, body="{}")),
+        ("k-taken", update(IDEMPOTENCY_KEYS).where(k.key == "k-taken").values(created_at=datetime.now(UTC))),
+    ):
+        async with keyed(tmp_path / key) as (client, db, runs):
+            await reserve_stale(db, key, stale)
+            after_the_keys_are_read(db, change)
+            r = await client.post("/seen", content=b"{}", headers=as_("alice", key))
+        assert r.status_code == 409 and runs == [], key
