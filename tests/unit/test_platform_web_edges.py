@@ -29,6 +29,7 @@ from ecs.db import IDEMPOTENCY_KEYS, Database, new_metadata
 from ecs.web import (
     IDEMPOTENCY_LEASE,
     PROBLEM_SCHEMA,
+    BodyLimitMiddleware,
     IdempotencyMiddleware,
     NulRefusalMiddleware,
     create_app,
@@ -935,3 +936,67 @@ async def test_a_stale_key_settled_or_taken_by_another_request_meanwhile_is_not_
             after_the_keys_are_read(db, change)
             r = await client.post("/seen", content=b"{}", headers=as_("alice", key))
         assert r.status_code == 409 and runs == [], key
+
+
+# --- the body limit: how a declared length is read, and the refusal of a streamed body ----------
+
+
+async def test_a_declared_length_is_judged_by_its_value_up_to_18_digits_and_over_the_limit_beyond():
+    """Leading zeros do not make a length larger; a length of more than 18 digits is over any limit
+    without being converted."""
+
+    async def app(scope, receive, send):
+        await receive()
+        await send({"type": "http.response.start", "status": 201, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def status_for(declared: bytes) -> int:
+        sent: list[dict[str, Any]] = []
+
+        async def receive():
+            return {"type": "http.request", "body": b"{}", "more_body": False}
+
+        async def send(message):
+            sent.append(message)
+
+        scope = {"type": "http", "method": "POST", "path": "/", "headers": [(b"content-length", declared)]}
+        await BodyLimitMiddleware(app, max_bytes=20)(scope, receive, send)
+        return sent[0]["status"]
+
+    assert await status_for(b"2".zfill(18)) == 201
+    assert await status_for(b"2".zfill(19)) == 413
+
+
+async def test_a_streamed_body_over_the_limit_is_the_whole_problem_naming_the_limit():
+    async def body() -> AsyncIterator[bytes]:
+        for part in (b'{"name": "a", ', b'"items": []}', b" " * 40):
+            yield part
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.tokens = TOKENS
+        yield
+
+    router = APIRouter()
+    seen: list[Body] = []
+
+    @router.post("/things", status_code=201)
+    async def add(body: Body, principal: Principal = requires(Role.DISPATCHER)) -> dict[str, str]:
+        seen.append(body)
+        return {"name": body.name}
+
+    app = create_app(title="t", version="1", lifespan=lifespan, routers=[router], max_body_bytes=32)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client,
+    ):
+        r = await client.post("/things", content=body(), headers=bearer())
+    assert "content-length" not in r.request.headers
+    assert r.status_code == 413 and r.headers["content-type"] == "application/problem+json"
+    assert r.json() == {
+        "type": "urn:ecs:problem:payload_too_large",
+        "title": "Payload too large",
+        "status": 413,
+        "detail": "the body is larger than 32 bytes",
+    }
+    assert seen == []
