@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from sqlalchemy import JSON, Column, Integer, MetaData, String, Table, event, func, inspect, select, text, update
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ecs.db import (
     COPY_FROM_ROWS,
@@ -568,11 +569,21 @@ async def test_insert_many_refuses_to_copy_without_a_transaction(pg_db):
     assert await count(pg_db, BULK) == 0
 
 
-async def test_a_copy_on_a_connection_the_server_ended_is_a_lost_database_and_the_connection_is_dropped(pg_db):
+@pytest.mark.parametrize("invalidate_fails", [False, True], ids=["dropped", "dropping-fails"])
+async def test_a_copy_on_a_connection_the_server_ended_is_a_lost_database_and_the_connection_is_dropped(
+    pg_db, invalidate_fails, monkeypatch
+):
     """COPY goes to the driver directly, past SQLAlchemy: a connection the server ended mid-unit of
     work (its FATAL read while the connection was idle) made asyncpg answer "another operation is
     in progress", which reached the API as a 500. It must be a lost database (Transient through
-    ecs.retry, a 503), and the pool must not hand the broken connection out again."""
+    ecs.retry, a 503), and the pool must not hand the broken connection out again. Dropping it may
+    fail in turn: the caller still learns that the database was lost."""
+    if invalidate_fails:
+
+        async def failing(self: AsyncConnection, exception: BaseException | None = None) -> None:
+            raise RuntimeError("the pool could not drop the connection")
+
+        monkeypatch.setattr(AsyncConnection, "invalidate", failing)
     admin = Database(pg_db.url)
     try:
 
@@ -600,6 +611,7 @@ async def test_a_copy_on_a_connection_the_server_ended_is_a_lost_database_and_th
         assert is_unavailable(lost.value)
         with pytest.raises(Transient, match="^database unavailable: the connection broke during COPY"):
             await retrying(work)
+        monkeypatch.undo()
         async with pg_db.uow() as uow:  # the next unit of work gets a sound connection
             await pg_db.insert_many(uow.conn, BULK, bulk_rows(COPY_FROM_ROWS))
             await uow.commit()

@@ -78,3 +78,42 @@ def test_a_postgresql_engine_pools_as_told_recycles_its_sessions_and_hides_param
     assert (pool.size(), pool._max_overflow, pool._recycle) == (4, 4, 1800)  # noqa: SLF001
     assert db.engine.sync_engine.hide_parameters is True
     assert Database("sqlite:///:memory:").engine.sync_engine.hide_parameters is True
+
+
+async def test_a_rollback_that_fails_keeps_the_error_on_its_way_and_drops_the_connection(tmp_path, monkeypatch):
+    """A unit of work left by an error rolls back; when that rollback fails too (on a connection
+    the server cut mid-statement: "another operation is in progress"), the error on its way is the
+    one that propagates (a lost database is a 503; the rollback's failure was a 500) and the
+    connection is dropped. With no error on its way, the rollback's failure is the error."""
+    from sqlalchemy import text
+    from sqlalchemy.ext.asyncio import AsyncConnection
+
+    from ecs.db import Database
+
+    async def broken_rollback(self: AsyncConnection) -> None:
+        raise RuntimeError("cannot switch to state 12; another operation (2) is in progress")
+
+    invalidate = AsyncConnection.invalidate
+    dropped: list[bool] = []
+
+    async def dropping(self: AsyncConnection, exception: BaseException | None = None) -> None:
+        dropped.append(True)
+        await invalidate(self, exception)
+
+    db = Database(f"sqlite:///{tmp_path}/store.db")
+    try:
+        with monkeypatch.context() as patched:
+            patched.setattr(AsyncConnection, "rollback", broken_rollback)
+            patched.setattr(AsyncConnection, "invalidate", dropping)
+            with pytest.raises(ConnectionResetError, match="^cut mid-statement$"):
+                async with db.uow() as uow:
+                    await uow.conn.execute(text("SELECT 1"))
+                    raise ConnectionResetError("cut mid-statement")
+            assert dropped == [True]
+            with pytest.raises(RuntimeError, match="another operation"):
+                async with db.uow() as uow:
+                    await uow.conn.execute(text("SELECT 1"))  # left without a commit
+        async with db.uow() as uow:  # the engine goes on with sound connections
+            assert await uow.conn.scalar(text("SELECT 1")) == 1
+    finally:
+        await db.dispose()
