@@ -121,6 +121,27 @@ def test_the_units_of_a_scenario_are_numbered_from_one_and_a_fault_beyond_them_i
     ]
 
 
+def test_the_units_a_fault_may_name_are_listed_once_per_scenario_not_once_per_fault(monkeypatch):
+    """10,000 unit faults over 50,000 units took minutes to check: each fault listed every unit
+    again. Listed once, the check is linear in the faults."""
+    from ecs.drill.scenario import Scenario
+
+    faults = "".join(
+        f"  - {{id: F{k}, kind: fault, fault: unit_out_of_service, unit: drill-fire-engine-{k % 3 + 1}}}\n"
+        for k in range(200)
+    )
+    listed: list[int] = []
+    unit_ids = Scenario.unit_ids
+
+    def counting(self: Scenario) -> list[str]:
+        listed.append(1)
+        return unit_ids(self)
+
+    monkeypatch.setattr(Scenario, "unit_ids", counting)
+    scenario = load_scenario(BASE + faults, "drill.yaml")
+    assert len(scenario.msel) == 202 and len(listed) == 1
+
+
 def test_a_perimeter_without_units_cannot_be_measured():
     text = BASE.replace("measure: first_unit_assigned", "measure: perimeter_secured").replace(
         "  units:\n    - {unit_type: fire_engine, count: 3, near: {lat: 31.23, lon: 121.47}}\n", "  units: []\n"
@@ -234,6 +255,14 @@ def test_a_count_is_rated_with_its_rule_and_what_was_counted():
     assert rate(c, 10, 15) == Rating("S", "count 15 <= target + 5", 15)
     assert rate(c, 10, 16) == Rating("M", "count 16 > target + 5", 16)
     assert rate(c, 0, 2) == Rating("M", "count 2 > target + 1", 2)
+    assert rate(c, 3, 4) == Rating("S", "count 4 <= target + 1.5", 4)
+
+
+def test_a_large_count_is_written_with_every_digit():
+    """``:g`` wrote 1,000,001 as 1e+06, a rule that read as within its target of 1,000,000."""
+    c = Measure.items_short
+    assert rate(c, 1_000_000, 1_000_001) == Rating("S", "count 1000001 <= target + 500000", 1_000_001)
+    assert rate(c, 10_000_000, 9_999_999).rule == "count 9999999 <= target 10000000"
 
 
 def test_a_time_is_rated_with_its_rule_and_what_was_measured():

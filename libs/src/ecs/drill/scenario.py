@@ -390,6 +390,9 @@ class Scenario(_Model):
                 yield ("msel", n, "id"), f"inject id {i} is used twice"
             seen.add(i)
         bursts = {i.id for i in self.msel if isinstance(i, AlarmBurst)}
+        # Once per scenario, not per fault: 10,000 faults over 50,000 units took minutes.
+        units = frozenset(self.unit_ids())
+        depots = frozenset(d.id for d in self.resources.depots)
         for n, inject in enumerate(self.msel):
             for k, dep in enumerate(inject.after):
                 if dep not in seen:
@@ -401,7 +404,7 @@ class Scenario(_Model):
             if isinstance(inject, Action) and inject.incident not in bursts:
                 yield ("msel", n, "incident"), f"{inject.incident} is not an alarms inject of this scenario"
             if isinstance(inject, Fault):
-                yield from self._fault_on_own(n, inject)
+                yield from self._fault_on_own(n, inject, units, depots)
             if isinstance(inject, AlarmBurst) and inject.first is not None and inject.first not in inject.categories:
                 yield ("msel", n, "first"), f"{inject.first} is not one of this burst's categories"
         if cycle := _cycle({i.id: i.after for i in self.msel}):
@@ -427,8 +430,10 @@ class Scenario(_Model):
                     yield ("resources", field, n), f"{what} {i} is given twice"
                 seen.add(i)
 
-    def _fault_on_own(self, n: int, fault: Fault) -> Iterator[tuple[Location, str]]:
-        if fault.fault is FaultName.unit_out_of_service and fault.unit not in self.unit_ids():
+    def _fault_on_own(
+        self, n: int, fault: Fault, units: frozenset[str], depots: frozenset[str]
+    ) -> Iterator[tuple[Location, str]]:
+        if fault.fault is FaultName.unit_out_of_service and fault.unit not in units:
             yield (
                 ("msel", n, "unit"),
                 (
@@ -436,7 +441,7 @@ class Scenario(_Model):
                     " (a drill touches a live unit only by explicit loan: resources.borrow_units)"
                 ),
             )
-        if fault.fault is FaultName.depot_short and fault.depot not in {d.id for d in self.resources.depots}:
+        if fault.fault is FaultName.depot_short and fault.depot not in depots:
             yield ("msel", n, "depot"), f"{fault.depot} is not an exercise depot of this scenario"
 
     def _measurable(self) -> Iterator[tuple[Location, str]]:

@@ -39,6 +39,12 @@ class Rating:
     measured: float | None
 
 
+def _count(x: float) -> str:
+    """A count as written in a rule: every digit of a whole number (``:g`` wrote 1,000,001 as
+    1e+06, which reads as within a target of 1,000,000), one decimal of a half."""
+    return f"{x:.0f}" if float(x).is_integer() else f"{x:.1f}"
+
+
 def rate(measure: Measure, target: float, measured: float | None) -> Rating:
     """The rating of one measurement against its target (see the module docstring for the rules).
 
@@ -48,10 +54,10 @@ def rate(measure: Measure, target: float, measured: float | None) -> Rating:
         value = 0.0 if measured is None else measured
         slack = max(1.0, target / 2)
         if value <= target:
-            return Rating("P", f"count {value:g} <= target {target:g}", value)
+            return Rating("P", f"count {_count(value)} <= target {_count(target)}", value)
         if value <= target + slack:
-            return Rating("S", f"count {value:g} <= target + {slack:g}", value)
-        return Rating("M", f"count {value:g} > target + {slack:g}", value)
+            return Rating("S", f"count {_count(value)} <= target + {_count(slack)}", value)
+        return Rating("M", f"count {_count(value)} > target + {_count(slack)}", value)
     if measured is None:
         return Rating("U", "never observed before the drill ended", None)
     if measured <= target:
