@@ -720,6 +720,15 @@ async def test_u0000_as_a_raw_byte_in_the_query_or_a_decoded_path_without_raw_pa
         assert path["status"] == 422 and path["problem"]["field"] == "path" and path["received"] == []
 
 
+async def test_the_text_percent_00_in_a_decoded_path_without_raw_path_reaches_the_route():
+    """Without raw_path the middleware sees only the decoded path, where "%00" is three characters
+    of text (sent as %2500): it used to be refused as U+0000."""
+    get = {"type": "http", "method": "GET", "path": "/things/100%00", "query_string": b""}
+    for raw_path in ({}, {"raw_path": None}):
+        reached = await call_nul_guarded({**get, **raw_path})
+        assert reached["status"] == 200, reached
+
+
 async def test_a_scope_without_a_query_string_is_a_request_without_a_query():
     scope = {"type": "http", "method": "GET", "path": "/things"}
     reached = await call_nul_guarded(scope)

@@ -343,7 +343,10 @@ class NulRefusalMiddleware:
         ):
             await self.app(scope, receive, send)
             return
-        if b"%00" in (scope.get("raw_path") or scope["path"].encode()) or "\x00" in scope["path"]:
+        # raw_path is optional in ASGI; "path" is already percent-decoded, so without raw_path the
+        # text "%00" there is three characters, not U+0000.
+        raw_path = scope.get("raw_path")
+        if (raw_path is not None and b"%00" in raw_path) or "\x00" in scope["path"]:
             await _nul_problem("path")(scope, receive, send)
             return
         query = scope.get("query_string", b"")
