@@ -78,6 +78,50 @@ def test_a_postgresql_engine_pools_as_told_recycles_its_sessions_and_hides_param
     assert (pool.size(), pool._max_overflow, pool._recycle) == (4, 4, 1800)  # noqa: SLF001
     assert db.engine.sync_engine.hide_parameters is True
     assert Database("sqlite:///:memory:").engine.sync_engine.hide_parameters is True
+    default = Database("postgresql://u:p@127.0.0.1:1/none").engine.sync_engine.pool
+    assert (default.size(), default._max_overflow) == (10, 10)  # noqa: SLF001
+
+
+@pytest.mark.parametrize(
+    ("given", "used"),
+    [
+        ("postgresql://u:p@db:5432/ecs", "postgresql+asyncpg://u:p@db:5432/ecs"),
+        ("postgres://u:p@db/ecs", "postgresql+asyncpg://u:p@db/ecs"),
+        ("postgresql+psycopg2://u:p@db/ecs", "postgresql+asyncpg://u:p@db/ecs"),
+        ("postgresql+psycopg://u:p@db/ecs", "postgresql+asyncpg://u:p@db/ecs"),
+        ("postgresql+asyncpg://u:p@db/ecs", "postgresql+asyncpg://u:p@db/ecs"),
+        ("sqlite:///var/data/a.db", "sqlite+aiosqlite:///var/data/a.db"),
+        ("sqlite+pysqlite:///var/data/a.db", "sqlite+aiosqlite:///var/data/a.db"),
+        ("sqlite+aiosqlite:///var/data/a.db", "sqlite+aiosqlite:///var/data/a.db"),
+    ],
+)
+def test_a_database_url_gets_its_async_driver_and_keeps_its_password(given, used):
+    from ecs.db import normalise_url
+
+    assert normalise_url(given) == used
+
+
+def test_a_database_url_of_another_kind_is_refused_naming_its_scheme():
+    from ecs.db import normalise_url
+
+    with pytest.raises(ValueError, match="^unsupported database URL scheme 'mysql\\+aiomysql': use postgresql"):
+        normalise_url("mysql+aiomysql://u:p@db/ecs")
+
+
+@pytest.mark.parametrize("url", ["sqlite://", "sqlite:///:memory:"])
+async def test_an_in_memory_sqlite_database_creates_no_folder_and_works(url, tmp_path, monkeypatch):
+    from sqlalchemy import text
+
+    from ecs.db import Database
+
+    monkeypatch.chdir(tmp_path)
+    db = Database(url)
+    try:
+        async with db.uow() as uow:
+            assert await uow.conn.scalar(text("SELECT 1")) == 1
+    finally:
+        await db.dispose()
+    assert list(tmp_path.iterdir()) == []
 
 
 async def test_a_rollback_that_fails_keeps_the_error_on_its_way_and_drops_the_connection(tmp_path, monkeypatch):
