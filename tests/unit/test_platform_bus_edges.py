@@ -808,3 +808,47 @@ async def test_a_shutdown_step_that_fails_is_logged_by_name_and_the_connection_s
         ("stop.step_failed", "svc: drain the NATS connection"),
         ("stop.step_failed", "svc: close the NATS connection"),
     ]
+
+
+class NakFails(FakeMsg):
+    """A message whose connection broke: its nak raises."""
+
+    async def nak(self, delay: float | None = None) -> None:
+        raise nats.errors.ConnectionClosedError()
+
+
+async def test_a_nak_that_fails_leaves_the_rest_of_the_batch_naked_and_the_runner_going():
+    """The broker redelivers an un-naked message after its ack wait anyway: a failed nak is no
+    reason to stop the others' or to end the fetch loop with an error."""
+    msgs = [NakFails(b"0"), FakeMsg(b"1", delivered=2)]
+
+    async def handle(batch: list[Any]) -> dict[int, str]:
+        raise Transient("database busy")
+
+    await runner_with(handle).process(msgs)
+    assert msgs[1].naks == [0.5]
+
+
+async def test_a_dead_letter_whose_ack_fails_still_ends_the_message_s_handling():
+    js = FakeJetStream()
+    msg = FakeMsg(b"last", delivered=5, ack_error=nats.errors.TimeoutError())
+
+    async def handle(batch: list[Any]) -> dict[int, str]:
+        raise KeyError("boom")
+
+    await runner_with(handle, js, max_deliver=5).process([msg])
+    assert dead_lettered(js) == [(b"last", "failed 5 times: 'boom'")]
+
+
+async def test_a_message_that_failed_alone_is_retried_later_saying_why():
+    msg = FakeMsg(b"bad", delivered=2)
+
+    async def handle(batch: list[Any]) -> dict[int, str]:
+        raise KeyError("boom")
+
+    with capture_logs() as logs:
+        await runner_with(handle, max_deliver=5).process([msg])
+    assert [(e["event"], e["error"]) for e in logs if e["event"] == "consumer.retry_later"] == [
+        ("consumer.retry_later", "'boom'")
+    ]
+    assert msg.naks == [0.5]
