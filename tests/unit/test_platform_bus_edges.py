@@ -776,6 +776,7 @@ async def test_a_runner_waits_out_empty_and_failed_fetches_and_logs_a_batch_it_c
 
     js = Js()
     runner = runner_with(handle, js, batch=7, fetch_timeout_s=0.25)
+    timed = sample("ecs_consumer_batch_seconds_count", consumer="edge-worker")
     with capture_logs() as logs:
         await runner.start()
         await script_done.wait()
@@ -787,6 +788,7 @@ async def test_a_runner_waits_out_empty_and_failed_fetches_and_logs_a_batch_it_c
         ("consumer.fetch_failed", "edge-worker", "consumer deleted"),
         ("consumer.settle_failed", "edge-worker", _first_line(nats.errors.ConnectionClosedError())),
     ]
+    assert sample("ecs_consumer_batch_seconds_count", consumer="edge-worker") == timed + 2  # per consumer
 
 
 async def test_a_shutdown_step_that_fails_is_logged_by_name_and_the_connection_still_closed():
