@@ -142,3 +142,97 @@ def test_a_ring_that_comes_back_to_a_point_of_its_own_touches_itself():
     assert first_crossing(figure_eight) == (1, 4)
     spike_on_an_edge = [(31.0, 121.0), (31.0, 121.2), (31.2, 121.2), (31.0, 121.1)]  # the last point on edge 0
     assert first_crossing(spike_on_an_edge) == (0, 2)
+
+
+def test_one_degree_of_longitude_on_the_equator_is_as_long_as_one_of_latitude():
+    # On a sphere both are R * pi / 180.
+    assert haversine_m(0.0, 100.0, 0.0, 101.0) == pytest.approx(111_195.08, abs=0.01)
+
+
+@pytest.mark.parametrize(
+    ("point", "outside"),
+    [
+        ((30.0, 72.004), False),  # the west edge of the box belongs to it
+        ((30.0, 72.5), False),
+        ((30.0, 72.0039), True),
+        ((30.0, 137.8347), False),  # the east edge
+        ((30.0, 137.8348), True),
+        ((30.0, 138.0), True),
+        ((0.8293, 100.0), False),  # the south edge
+        ((1.0, 100.0), False),
+        ((0.8292, 100.0), True),
+        ((55.8271, 100.0), False),  # the north edge
+        ((55.8272, 100.0), True),
+        ((56.0, 100.0), True),
+    ],
+)
+def test_out_of_china_box_edges_count_as_inside(point, outside):
+    assert out_of_china(*point) is outside
+
+
+def test_point_in_polygon_returns_a_bool_outside_too():
+    assert point_in_polygon(31.3, 121.1, SQUARE) is False
+    assert point_in_polygon(31.1, 121.1, SQUARE) is True
+
+
+TRIANGLE = [(30.0, 120.0), (32.0, 120.0), (30.0, 122.0)]  # its hypotenuse runs from (32, 120) to (30, 122)
+
+
+@pytest.mark.parametrize(
+    ("point", "inside"),
+    [
+        ((31.0, 120.9), True),
+        ((31.0, 121.1), False),  # just past the hypotenuse, which crosses lat 31 at lon 121
+        ((30.5, 121.4), True),
+        ((30.5, 121.6), False),
+        ((31.5, 120.4), True),
+        ((31.5, 120.6), False),
+    ],
+)
+def test_point_in_polygon_follows_a_slanted_edge(point, inside):
+    assert point_in_polygon(*point, TRIANGLE) is inside
+
+
+def test_a_ray_along_a_horizontal_edge_is_not_a_crossing():
+    # West of the square, level with its bottom edge: the ray runs along that edge.
+    unit_square = [(0.0, 0.0), (0.0, 2.0), (2.0, 2.0), (2.0, 0.0)]
+    assert point_in_polygon(0.0, -1.0, unit_square) is False
+    assert point_in_polygon(2.0, -1.0, unit_square) is False
+
+
+def test_a_point_on_an_edge_shared_by_two_squares_belongs_to_exactly_one():
+    west = [(31.0, 120.8), (31.0, 121.0), (31.2, 121.0), (31.2, 120.8)]
+    on_the_shared_edge = (31.1, 121.0)
+    assert point_in_polygon(*on_the_shared_edge, SQUARE) is True
+    assert point_in_polygon(*on_the_shared_edge, west) is False
+
+
+def test_centroid_of_a_ring_without_points_is_refused_by_name():
+    with pytest.raises(ValueError, match="^polygon has no points$"):
+        polygon_centroid([])
+
+
+@pytest.mark.parametrize("ring", [[(31.0, 121.0)], [(31.0, 121.0), (31.0, 121.0)]], ids=["one", "closed-one"])
+def test_centroid_of_a_single_point_is_that_point(ring):
+    assert polygon_centroid(ring) == (31.0, 121.0)
+
+
+def test_centroid_of_a_ring_with_no_area_is_the_vertex_mean():
+    assert polygon_centroid([(0.0, 0.0), (1.0, 1.0), (2.0, 2.0), (3.0, 3.0)]) == (1.5, 1.5)
+    assert polygon_centroid([(30.0, 120.0), (30.0, 121.0), (30.0, 125.0)]) == (30.0, 122.0)
+
+
+def test_a_concave_ring_whose_notch_lies_in_an_edges_box_is_simple():
+    # The fourth point sits inside the bounding box of the first edge, though not on it.
+    notch = [(0.0, 0.0), (0.2, 0.2), (0.2, 0.0), (0.1, 0.05)]
+    assert first_crossing(notch) is None
+    assert first_crossing(list(reversed(notch))) is None
+
+
+def test_a_ring_folding_back_along_its_own_edge_touches_itself():
+    # Edge 0 runs east along lat 0 to (0, 0.2); edge 3 comes back west along the same line to (0, 0.2).
+    fold = [(0.0, 0.0), (0.0, 0.2), (0.1, 0.3), (0.0, 0.4), (0.0, 0.2), (-0.1, 0.1)]
+    assert first_crossing(fold) == (0, 3)
+    # The same along a meridian.
+    fold_ns = [(lon, lat) for lat, lon in fold]
+    assert first_crossing(fold_ns) == (0, 3)
