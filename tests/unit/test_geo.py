@@ -236,3 +236,38 @@ def test_a_ring_folding_back_along_its_own_edge_touches_itself():
     # The same along a meridian.
     fold_ns = [(lon, lat) for lat, lon in fold]
     assert first_crossing(fold_ns) == (0, 3)
+
+
+NOTCH = [(0.0, 0.0), (0.2, 0.2), (0.2, 0.0), (0.1, 0.05)]
+
+
+def _variants(ring):
+    """The ring turned a quarter at a time (lat and lon swapped and mirrored), forwards and backwards."""
+    out = []
+    for turned in (
+        ring,
+        [(lon, -lat) for lat, lon in ring],
+        [(-lat, -lon) for lat, lon in ring],
+        [(-lon, lat) for lat, lon in ring],
+    ):
+        out += [turned, list(reversed(turned))]
+    return out
+
+
+@pytest.mark.parametrize("offset", [(0.0, 0.0), (31.0, 121.0), (51.5, 0.1)])
+@pytest.mark.parametrize("start", range(4))
+def test_a_notch_inside_an_edges_box_is_simple_whatever_the_start_and_direction(offset, start):
+    for variant in _variants(NOTCH):
+        ring = [(lat + offset[0], lon + offset[1]) for lat, lon in variant[start:] + variant[:start]]
+        assert first_crossing(ring) is None, ring
+
+
+FOLD = [(0.0, 0.0), (0.0, 0.2), (0.1, 0.3), (0.0, 0.4), (0.0, 0.2), (-0.1, 0.1)]
+
+
+@pytest.mark.parametrize("offset", [(0.0, 0.0), (31.0, 121.0), (51.5, 0.1)])
+def test_a_fold_back_along_an_edge_touches_it_whatever_the_direction(offset):
+    # Edges 0 and 3 lie on one line and share the point (0, 0.2); edges 1 and 4 share it too, later.
+    for variant in _variants(FOLD)[::2]:
+        ring = [(lat + offset[0], lon + offset[1]) for lat, lon in variant]
+        assert first_crossing(ring) == (0, 3), ring
