@@ -6,6 +6,7 @@ from ecs.geo import (
     haversine_m,
     out_of_china,
     point_in_polygon,
+    polygon_area_deg2,
     polygon_centroid,
     wgs84_to_gcj02,
 )
@@ -271,3 +272,15 @@ def test_a_fold_back_along_an_edge_touches_it_whatever_the_direction(offset):
     for variant in _variants(FOLD)[::2]:
         ring = [(lat + offset[0], lon + offset[1]) for lat, lon in variant]
         assert first_crossing(ring) == (0, 3), ring
+
+
+@pytest.mark.parametrize(
+    "ring", [SQUARE, SQUARE + SQUARE[:1], list(reversed(SQUARE))], ids=["open", "closed", "clockwise"]
+)
+def test_polygon_area_is_unsigned_square_degrees_closed_or_open(ring):
+    assert polygon_area_deg2(ring) == pytest.approx(0.04, abs=1e-12)  # 0.2 by 0.2 degrees
+
+
+def test_polygon_area_of_a_bow_tie_is_zero():
+    # Its two triangles wind opposite ways, which is why first_crossing exists.
+    assert polygon_area_deg2(BOW_TIE) == pytest.approx(0.0, abs=1e-12)
