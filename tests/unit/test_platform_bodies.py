@@ -7,6 +7,7 @@ import importlib
 import inspect
 from typing import Annotated, Any, Literal, get_args, get_origin
 
+import annotated_types
 import pytest
 from pydantic import BaseModel, Field, ValidationError
 
@@ -199,3 +200,49 @@ def test_a_stockpile_quantity_as_a_json_number_or_a_plain_numeric_string_is_take
     from resource_stockpile.api import ReservationIn
 
     assert ReservationIn.model_validate({"item": "blanket", "quantity": given}).quantity == taken
+
+
+@pytest.mark.parametrize(
+    ("annotation", "takes"),
+    [
+        (bool, True),
+        (Any, True),
+        (bool | None, True),
+        (int | bool, True),
+        (Annotated[bool, Field(description="a flag")], True),
+        (Annotated[bool | None, Field()] | None, True),
+        (Literal[True, "auto"], True),
+        (Literal[False], True),
+        (int, False),
+        (int | None, False),
+        (str, False),
+        (Annotated[int, Field(ge=1)], False),
+        (Literal[1, 2, 3, 4], False),
+        (Literal["a", "b"] | None, False),
+        (list[bool], False),  # a list of flags is not a flag
+        (dict[str, Any], False),
+    ],
+)
+def test_which_annotations_take_a_json_boolean(annotation, takes):
+    """bool, Any and Literals of True/False take one, also inside unions and Annotated; numbers,
+    texts, Literals of numbers and containers do not (their items are another field's matter)."""
+    assert admits_bool(annotation) is takes
+
+
+@pytest.mark.parametrize(
+    ("annotation", "metadata", "least"),
+    [
+        (str, [], 0),
+        (str, [annotated_types.MinLen(3)], 3),
+        (Annotated[str, Field(min_length=2)], [], 2),
+        (Annotated[str, Field(min_length=2)] | None, [], 2),
+        (Annotated[str, annotated_types.MinLen(4)] | None, [], 4),
+        (Annotated[Annotated[str, Field(min_length=5)], Field(max_length=9)], [], 5),
+        (str | None, [annotated_types.MinLen(1), annotated_types.MaxLen(9)], 1),
+        (int | None, [], 0),
+        (Annotated[Annotated[str, Field(min_length=6)] | None, Field(description="a name")], [], 6),
+        (list[Annotated[str, Field(min_length=3)]], [], 0),  # its items' least length, not the field's
+    ],
+)
+def test_the_least_length_of_a_text_field_is_found_wherever_it_is_declared(annotation, metadata, least):
+    assert min_length_of(annotation, metadata) == least
