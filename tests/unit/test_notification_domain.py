@@ -501,6 +501,7 @@ def test_a_bow_tie_area_is_refused_naming_the_edges_that_meet():
     with pytest.raises(errors.InvalidInput) as caught:
         parse_polygon(flat)
     assert caught.value.detail == "the polygon has no area: its points are on one line"
+    assert caught.value.extra == {"field": "area.polygon"}
 
 
 def test_the_english_headline_names_the_category_in_words():
