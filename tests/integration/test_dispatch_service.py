@@ -177,6 +177,45 @@ async def test_isolation_assigns_the_plan_units_and_on_scene_secures_the_perimet
         assert sorted(e["data"]["unit_id"] for e in assigned_events) == ["fe-0", "pc-0"]
 
 
+async def test_units_lost_to_other_transactions_are_claimed_again_later_not_left_missing(
+    dispatch_app, db_url, wired, operator_headers, monkeypatch
+):
+    """Every claim round of an isolation lost its units to other transactions (as under load, or
+    after a restart with the roster moving): that is no shortage, and nothing would ever try again
+    for a shortfall recorded as "taken meanwhile" unless a unit came free. The event is tried
+    again later instead, and the incident gets its units."""
+    from dispatch import store
+
+    intake, _, _ = wired
+    headers = operator_headers("dispatcher")
+    claim_units = store.claim_units
+    lost: list[int] = []
+
+    async def contended(conn, unit_ids, *args, **kwargs):
+        if len(lost) < 4:  # every round of the first attempt: another transaction was first
+            lost.append(len(unit_ids))
+            return []
+        return await claim_units(conn, unit_ids, *args, **kwargs)
+
+    monkeypatch.setattr(store, "claim_units", contended)
+    async with dispatch_app(db_url, min_cover=0) as (_, api):
+        roster = [unit(f"fe-{i}", "fire_engine", km_east=i + 1) for i in range(6)]
+        roster += [unit(f"pc-{i}", "patrol_car", km_east=i + 0.5) for i in range(6)]
+        r = await api.post("/v1/units:batch", json={"units": roster}, headers=headers)
+        assert r.status_code == 201, r.text
+
+        incident = new_incident()
+        await intake.stage_to(incident, "isolation", level=4)  # fire IV: 1 fire engine, 1 patrol car
+
+        async def assigned():
+            view = (await api.get(f"/v1/incidents/{incident}", headers=headers)).json()
+            return view if len(view.get("units", [])) == 2 else None
+
+        view = await eventually(assigned, "the isolation units claimed on a later try", within_s=60)
+        assert len(lost) == 4 and view["missing"] == {}
+        assert sorted(u["unit_type"] for u in view["units"]) == ["fire_engine", "patrol_car"]
+
+
 async def test_level_change_tops_up_and_releases(dispatch_app, db_url, wired, operator_headers):
     intake, facts, _ = wired
     headers = operator_headers("dispatcher")

@@ -204,10 +204,21 @@ async def purge_exercise(ctx: Context, cmd: PurgeExercise) -> dict[str, int]:
 
 
 async def claim_recommended(
-    ctx: Context, tx: Tx, incident: Incident, add: Mapping[UnitType, int], stage: Stage, source: AssignmentSource
+    ctx: Context,
+    tx: Tx,
+    incident: Incident,
+    add: Mapping[UnitType, int],
+    stage: Stage,
+    source: AssignmentSource,
+    retry_contended: bool = False,
 ) -> tuple[list[Assignment], list[str]]:
     """Claim the best available units for ``add`` (by type); a unit taken meanwhile gives way to
-    the next. Returns the assignments made and why units are still missing."""
+    the next. Returns the assignments made and why units are still missing.
+
+    ``retry_contended``: when units were found but every round lost them to other transactions,
+    raise Transient (the whole transaction is tried again later, with the roster as it is then)
+    instead of recording a shortfall that is no shortage: nothing would ever try again for it
+    unless a unit came free."""
     remaining = {t: n for t, n in add.items() if n > 0}
     new: list[Assignment] = []
     result = RecommendationResult()
@@ -232,6 +243,12 @@ async def claim_recommended(
         remaining = {t: n for t, n in remaining.items() if n > 0}
         if len(got) == len(picks):
             break
+    short = {s.unit_type for s in result.shortfalls}
+    if retry_contended and any(t not in short for t in remaining):
+        raise Transient(
+            f"incident {incident.id}: the units found were taken by others meanwhile "
+            f"({', '.join(sorted(str(t) for t in remaining if t not in short))}); trying again"
+        )
     made = await add_assignments(tx, incident, new)
     for unit_type in remaining:
         SHORTFALLS.labels(str(unit_type)).inc()

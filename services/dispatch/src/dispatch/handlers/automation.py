@@ -112,9 +112,11 @@ async def give_back_split(ctx: Context, env: Envelope, data: IncidentSplit, cons
     await _follow(ctx, env, consumer, (data.incident_id, data.new_incident_id), record)
 
 
-async def reconcile_units(ctx: Context, tx: Tx, incident: Incident) -> None:
+async def reconcile_units(ctx: Context, tx: Tx, incident: Incident, retry_contended: bool = True) -> None:
     """Bring the units the incident holds to what its plan wants at its stage and level
-    (domain.reconcile), record what could not be found, and tell the lifecycle."""
+    (domain.reconcile), record what could not be found, and tell the lifecycle. Units found but
+    taken by other transactions meanwhile raise Transient when ``retry_contended`` (a consumer
+    then tries the event again later); an operator's request records them as missing instead."""
     current = await store.get_incident(tx.conn, incident.id)
     held = await store.active_assignments(tx.conn, incident.id)
     level_plan = ctx.plans.find(current.category, current.level)
@@ -124,7 +126,7 @@ async def reconcile_units(ctx: Context, tx: Tx, incident: Incident) -> None:
     shortfalls: list[str] = []
     if decision.add:
         _, shortfalls = await claim_recommended(
-            ctx, tx, current, decision.add, decision.stage, AssignmentSource.AUTOMATIC
+            ctx, tx, current, decision.add, decision.stage, AssignmentSource.AUTOMATIC, retry_contended
         )
         if shortfalls:
             log.warning("dispatch.shortfall", incident_id=current.id, shortfalls=shortfalls)

@@ -138,7 +138,7 @@ async def change_status(ctx: Context, cmd: ReportStatus) -> Unit:
         if replace:
             # A unit that left the scene (out of service, sent back) is replaced at once from the
             # plan, as a stage or level change would: the incident does not wait for the next one.
-            await reconcile_units(ctx, tx, incident)
+            await reconcile_units(ctx, tx, incident, retry_contended=False)
         elif incident is not None:
             await publish_facts(ctx, tx, incident)
         await tx.uow.commit()
