@@ -20,28 +20,9 @@ from ecs.drill.scenario import (
     read_scenario,
 )
 from ecs.drill.scoring import Rating, rate
+from tests.unit.test_drill_scenario import GOOD
 
-BASE = """\
-name: a small fire
-type: functional
-duration: "01:00:00"
-objectives:
-  - id: O1
-    capability: rapid isolation
-    description: first unit within 3 minutes
-    measure: first_unit_assigned
-    target: "00:03:00"
-resources:
-  units:
-    - {unit_type: fire_engine, count: 3, near: {lat: 31.23, lon: 121.47}}
-msel:
-  - id: A1
-    kind: alarms
-    count: 5
-    place: {lat: 31.23, lon: 121.47}
-    categories: {fire: 1}
-  - {id: V1, kind: action, action: verify, incident: A1, at: "00:01:00", after: [A1]}
-"""
+BASE = GOOD  # the small valid scenario of test_drill_scenario.py
 
 
 def problems(text: str) -> list[tuple[int, str, str]]:
