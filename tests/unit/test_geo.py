@@ -8,6 +8,7 @@ from ecs.geo import (
     point_in_polygon,
     polygon_area_deg2,
     polygon_centroid,
+    ring_fault,
     wgs84_to_gcj02,
 )
 
@@ -284,3 +285,11 @@ def test_polygon_area_is_unsigned_square_degrees_closed_or_open(ring):
 def test_polygon_area_of_a_bow_tie_is_zero():
     # Its two triangles wind opposite ways, which is why first_crossing exists.
     assert polygon_area_deg2(BOW_TIE) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_the_fault_of_a_ring_is_said_once_for_every_service():
+    assert ring_fault(SIMPLE_SQUARE) is None and ring_fault(SIMPLE_SQUARE + SIMPLE_SQUARE[:1]) is None
+    assert ring_fault(BOW_TIE) == (
+        "crosses itself: its edge from point 0 and its edge from point 2 meet; give the points in order around the area"
+    )
+    assert ring_fault([(31.0, 121.0), (31.1, 121.0), (31.2, 121.0)]) == "has no area: its points are on one line"

@@ -140,6 +140,27 @@ def first_crossing(ring: Ring) -> tuple[int, int] | None:
     return None
 
 
+FLAT_DEG2 = 1e-10
+"""Below this area (square degrees, about a square metre) a ring is flat: what rounding leaves of
+points on one line."""
+
+
+def ring_fault(ring: Ring) -> str | None:
+    """Why ``ring`` (closed or open) cannot bound an area, as the end of a sentence about "the
+    polygon": it crosses itself (naming the two edges that meet, ``first_crossing``) or has no
+    area; None for a ring that can. The one rule every service applies to the polygons it takes."""
+    crossing = first_crossing(ring)
+    if crossing is not None:
+        i, j = crossing
+        return (
+            f"crosses itself: its edge from point {i} and its edge from point {j} meet; "
+            "give the points in order around the area"
+        )
+    if polygon_area_deg2(ring) < FLAT_DEG2:
+        return "has no area: its points are on one line"
+    return None
+
+
 def _orientation(a: tuple[float, float], b: tuple[float, float], c: tuple[float, float]) -> int:
     cross = (b[1] - a[1]) * (c[0] - a[0]) - (b[0] - a[0]) * (c[1] - a[1])
     return (cross > 0) - (cross < 0)

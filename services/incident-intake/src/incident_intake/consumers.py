@@ -32,7 +32,7 @@ STREAMS = streams.USES["incident-intake"].streams
 
 MSG_ID_MISMATCHES = Counter(
     "intake_gateway_msg_id_mismatches_total",
-    "Gateway alarms over NATS whose Nats-Msg-Id is not <gateway_id>:<alarm_id> (the contract, DESIGN §7)",
+    "Gateway alarm messages over NATS (each delivery) whose Nats-Msg-Id is not <gateway_id>:<alarm_id> (DESIGN §7)",
     ["gateway"],
 )
 

@@ -28,7 +28,7 @@ from ecs.contracts import (
     PerimeterSet,
     StageChanged,
 )
-from ecs.geo import first_crossing, haversine_m, point_in_polygon, polygon_area_deg2
+from ecs.geo import haversine_m, point_in_polygon, ring_fault
 from ecs.vocabulary import OPEN_STAGES, TERMINAL_STAGES, Category, Level, Participant, Stage
 
 __all__ = [
@@ -387,16 +387,9 @@ class Perimeter:
                 raise ValueError(
                     f"polygon needs {MIN_POLYGON_POINTS} to {MAX_POLYGON_POINTS} distinct points, got {len(ring)}"
                 )
-            crossing = first_crossing(ring)
-            if crossing is not None:
-                i, j = crossing
-                raise ValueError(
-                    f"polygon crosses itself: its edge from point {i} and its edge from point {j} meet; "
-                    "give the points in order around the area"
-                )
-            # Rounding leaves a collinear ring a sliver of area; 1e-10 deg² is about a square metre.
-            if abs(polygon_area_deg2(ring)) < 1e-10:
-                raise ValueError("polygon has no area (its points are on one line)")
+            fault = ring_fault(ring)
+            if fault is not None:
+                raise ValueError(f"polygon {fault}")
             object.__setattr__(self, "ring", ring)
         else:
             raise ValueError(f"perimeter kind must be 'circle' or 'polygon', got {self.kind!r}")

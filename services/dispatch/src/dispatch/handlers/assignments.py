@@ -218,7 +218,8 @@ async def claim_recommended(
     ``retry_contended``: when units were found but every round lost them to other transactions,
     raise Transient (the whole transaction is tried again later, with the roster as it is then)
     instead of recording a shortfall that is no shortage: nothing would ever try again for it
-    unless a unit came free."""
+    unless a unit came free. The units lost are marked taken in the directory, so a later try
+    claims others or finds a real shortage (recorded then): the retries end."""
     remaining = {t: n for t, n in add.items() if n > 0}
     new: list[Assignment] = []
     result = RecommendationResult()

@@ -16,7 +16,7 @@ from datetime import datetime
 from enum import StrEnum
 
 from ecs import errors
-from ecs.geo import first_crossing, polygon_area_deg2
+from ecs.geo import ring_fault
 from ecs.vocabulary import Category, Level
 
 __all__ = [
@@ -225,8 +225,8 @@ def parse_polygon(points: Sequence[Sequence[float]], where: str = "area.polygon"
     system also keeps it to at most 100 points (small areas reach the right people).
 
     Raises InvalidInput (422) naming ``where`` for an open ring, too few or too many points, a
-    point outside WGS-84 ranges, a ring that crosses itself (ecs.geo.first_crossing) or one with
-    no area.
+    point outside WGS-84 ranges, or a ring that crosses itself or has
+    no area (ecs.geo.ring_fault).
     """
     if len(points) < MIN_POLYGON_POINTS:
         raise errors.InvalidInput(
@@ -247,17 +247,9 @@ def parse_polygon(points: Sequence[Sequence[float]], where: str = "area.polygon"
         ring.append((lat, lon))
     if ring[0] != ring[-1]:
         raise errors.InvalidInput("the polygon is not closed: its last point must repeat its first", field=where)
-    crossing = first_crossing(ring)
-    if crossing is not None:
-        i, j = crossing
-        raise errors.InvalidInput(
-            f"the polygon crosses itself: its edge from point {i} and its edge from point {j} meet; "
-            "give the points in order around the area",
-            field=where,
-        )
-    # 1e-10 square degrees is about a square metre: what rounding leaves of a ring on one line.
-    if polygon_area_deg2(ring) < 1e-10:
-        raise errors.InvalidInput("the polygon has no area: its points are on one line", field=where)
+    fault = ring_fault(ring)
+    if fault is not None:
+        raise errors.InvalidInput(f"the polygon {fault}", field=where)
     return Polygon(tuple(ring))
 
 
