@@ -8,7 +8,8 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
-from sqlalchemy import JSON, Column, Integer, MetaData, String, Table, event, func, inspect, select, text, update
+from sqlalchemy import JSON, Column, Integer, MetaData, String, Table, func, inspect, select, text, update
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ecs.db import (
@@ -23,13 +24,14 @@ from ecs.db import (
     chunks,
     new_metadata,
     normalise_url,
+    on_driver,
     scene_of,
     take_scene,
 )
 from ecs.envelope import make_event
 from ecs.errors import Transient
 from ecs.migrations import upgrade
-from ecs.retry import is_unavailable, retrying
+from ecs.retry import is_retryable, is_unavailable, retrying
 from ecs.testing import eventually
 from incident_intake.main import MIGRATIONS, VERSION_TABLE
 
@@ -535,21 +537,24 @@ def expected_nulls(rows: list[dict]) -> tuple[int, int]:
 @pytest.mark.parametrize("size", [COPY_FROM_ROWS - 1, COPY_FROM_ROWS, 40])
 async def test_insert_many_stores_every_row_as_given_and_uses_copy_from_the_threshold_on(pg_db, size):
     statements: list[str] = []
-
-    def seen(_conn, _cursor, statement, *_rest) -> None:
-        statements.append(statement)
-
     rows = bulk_rows(size)
-    event.listen(pg_db.engine.sync_engine, "before_cursor_execute", seen)
-    try:
-        async with pg_db.uow() as uow:
+    async with pg_db.uow() as uow:
+        driver = (await uow.conn.get_raw_connection()).driver_connection
+
+        def seen(logged) -> None:
+            statements.append(logged.query)
+
+        driver.add_query_logger(seen)
+        try:
             await pg_db.insert_many(uow.conn, BULK, rows)
-            await uow.commit()
-    finally:
-        event.remove(pg_db.engine.sync_engine, "before_cursor_execute", seen)
+        finally:
+            driver.remove_query_logger(seen)
+        await uow.commit()
     assert await stored_bulk(pg_db) == (rows, expected_nulls(rows))
     inserts = [s for s in statements if s.lstrip().upper().startswith("INSERT")]
+    # Below the threshold one INSERT of a column array each, whatever the number of rows.
     assert len(inserts) == (1 if size < COPY_FROM_ROWS else 0)
+    assert all("unnest(" in s for s in inserts)
 
 
 async def test_insert_many_copies_inside_the_unit_of_work_even_as_its_first_statement(pg_db):
@@ -560,11 +565,12 @@ async def test_insert_many_copies_inside_the_unit_of_work_even_as_its_first_stat
     assert await count(pg_db, BULK) == 0
 
 
-async def test_insert_many_refuses_to_copy_without_a_transaction(pg_db):
+@pytest.mark.parametrize("size", [COPY_FROM_ROWS - 1, COPY_FROM_ROWS])
+async def test_insert_many_refuses_to_write_without_a_transaction(pg_db, size):
     async with pg_db.engine.connect() as conn:
         autocommit = await conn.execution_options(isolation_level="AUTOCOMMIT")
-        with pytest.raises(RuntimeError, match="^insert_many needs an open transaction$"):
-            await pg_db.insert_many(autocommit, BULK, bulk_rows(COPY_FROM_ROWS))
+        with pytest.raises(RuntimeError, match="^statements on the driver need an open transaction$"):
+            await pg_db.insert_many(autocommit, BULK, bulk_rows(size))
         await pg_db.insert_many(autocommit, BULK, [])  # nothing to insert: nothing asked of the driver
     assert await count(pg_db, BULK) == 0
 
@@ -609,7 +615,9 @@ async def test_a_copy_on_a_connection_the_server_ended_is_a_lost_database_and_th
         with pytest.raises(DriverConnectionLost) as lost:
             await work()
         assert is_unavailable(lost.value)
-        with pytest.raises(Transient, match="^database unavailable: the connection broke during COPY"):
+        with pytest.raises(
+            Transient, match="^database unavailable: the connection broke under a statement on the driver"
+        ):
             await retrying(work)
         monkeypatch.undo()
         async with pg_db.uow() as uow:  # the next unit of work gets a sound connection
@@ -618,6 +626,46 @@ async def test_a_copy_on_a_connection_the_server_ended_is_a_lost_database_and_th
         assert await count(pg_db, BULK) == COPY_FROM_ROWS
     finally:
         await admin.dispose()
+
+
+@pytest.mark.parametrize(
+    ("statement", "kind", "retryable"),
+    [
+        (
+            "INSERT INTO bulk (seq, n, name, tags, doc) VALUES (1, 1, 'a', '[]', '{}'), (1, 1, 'b', '[]', '{}')",
+            IntegrityError,
+            False,
+        ),
+        ("SELECT 1 / 0", DataError, False),
+        ("DO $$ BEGIN RAISE EXCEPTION 'deadlock' USING ERRCODE = '40P01'; END $$", DBAPIError, True),
+        ("DO $$ BEGIN RAISE EXCEPTION 'serialisation' USING ERRCODE = '40001'; END $$", DBAPIError, True),
+        ("SELEC 1", DBAPIError, False),
+    ],
+    ids=["integrity", "data", "deadlock", "serialisation", "syntax"],
+)
+async def test_an_error_on_the_driver_is_said_as_sqlalchemy_says_it_and_retried_only_when_worth_it(
+    pg_db, statement, kind, retryable
+):
+    """Statements sent on the driver past SQLAlchemy (ecs.db.on_driver) must fail the way the
+    same statement through SQLAlchemy would: a callers' ``except IntegrityError`` still catches a
+    constraint violation, and ecs.retry runs a deadlock again instead of answering 500."""
+    with pytest.raises(kind) as raised:
+        async with pg_db.uow() as uow, on_driver(uow.conn) as driver:
+            await driver.execute(statement)
+    assert type(raised.value) is kind
+    assert is_retryable(raised.value) is retryable
+    assert not is_unavailable(raised.value)
+    attempts = 0
+
+    async def work() -> None:
+        nonlocal attempts
+        attempts += 1
+        async with pg_db.uow() as uow, on_driver(uow.conn) as driver:
+            await driver.execute(statement)
+
+    with pytest.raises(Transient if retryable else kind):
+        await retrying(work, attempts=3)
+    assert attempts == (3 if retryable else 1)
 
 
 async def test_insert_many_on_sqlite_inserts_every_row_whatever_their_number(tmp_path):

@@ -57,11 +57,9 @@ class OutboxRelay:
         if self.db.is_sqlite:
             return True
         if self._leader_conn is not None:
-            try:
-                await self._leader_conn.execute(text("SELECT 1"))
-                return True
-            except Exception:
-                await self._release_leadership()
+            # Still the leader while its session lasts: the relay's statements go on that session
+            # (relay_once), so a lost one fails the round, which gives the leadership up.
+            return True
         conn = await self.db.engine.connect()
         try:
             got = await conn.scalar(text("SELECT pg_try_advisory_lock(:k)"), {"k": lock_key("outbox-relay")})
@@ -107,6 +105,27 @@ class OutboxRelay:
                     await asyncio.wait_for(self.db.outbox_written.wait(), timeout=0.2)
 
     async def relay_once(self) -> int:
+        """Relay the oldest ``batch`` events; returns how many. On PostgreSQL on the leader's own
+        session (any pooled one when not leading: a single round, as in tests), with statements on
+        the driver, past SQLAlchemy: two plain round trips a round, which a steady stream of small
+        transactions pays for every few events."""
+        if self.db.is_sqlite:
+            return await self._relay_on_sqlite()
+        if self._leader_conn is not None:
+            return await self._relay_on(self._leader_conn)
+        async with self.db.engine.connect() as conn:
+            return await self._relay_on(conn)
+
+    async def _relay_on(self, conn: AsyncConnection) -> int:
+        driver = (await conn.get_raw_connection()).driver_connection
+        rows = await driver.fetch(_OLDEST, self.batch)
+        if not rows:
+            return 0
+        await self.bus.publish_batch([(r[1], r[2], orjson.loads(r[3])) for r in rows])
+        await driver.execute(_FORGET, [r[0] for r in rows])
+        return len(rows)
+
+    async def _relay_on_sqlite(self) -> int:
         outbox = OUTBOX
         async with self.db.engine.connect() as conn:
             rows = (
@@ -138,6 +157,10 @@ class OutboxRelay:
         outbox = OUTBOX
         async with self.db.engine.connect() as conn:
             return int(await conn.scalar(select(func.count()).select_from(outbox)) or 0)
+
+
+_OLDEST = "SELECT seq, subject, payload, headers::text FROM outbox ORDER BY seq LIMIT $1"
+_FORGET = "DELETE FROM outbox WHERE seq = ANY($1::bigint[])"
 
 
 async def _end_session(conn: AsyncConnection) -> None:

@@ -11,7 +11,9 @@ replaying a line's entries gives its balance.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from datetime import date, datetime
+from types import SimpleNamespace
 from typing import Any
 
 from sqlalchemy import (
@@ -41,7 +43,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from ecs.db import BigId, UTCDateTime, new_metadata, scene_of, take_scene
+from ecs.db import BigId, UTCDateTime, new_metadata, on_driver, scene_of, take_scene
 from ecs.errors import Conflict
 from ecs.geo import EARTH_RADIUS_M
 from ecs.vocabulary import Category, Level, Stage
@@ -277,6 +279,26 @@ async def get_items(conn: AsyncConnection, codes: Iterable[str]) -> dict[str, It
         return {}
     rows = (await conn.execute(select(items).where(items.c.code.in_(wanted)))).all()
     return {r.code: to_item(r) for r in rows}
+
+
+_INCIDENT = "SELECT * FROM incidents WHERE id = $1"
+_ITEMS = "SELECT * FROM items WHERE code = ANY($1::text[])"
+
+
+async def incident_and_items(
+    conn: AsyncConnection, incident_id: str, codes: Iterable[str]
+) -> tuple[Any, dict[str, Item]]:
+    """The incident's row (None if unknown; its columns as attributes) and the items of these
+    codes that exist, by code: what a reservation request reads first. On PostgreSQL two
+    statements on the driver (``ecs.db.on_driver``), past SQLAlchemy: this is every request's
+    path."""
+    if conn.dialect.name != "postgresql":
+        return await get_incident(conn, incident_id), await get_items(conn, codes)
+    async with on_driver(conn) as driver:
+        incident = await driver.fetchrow(_INCIDENT, incident_id)
+        rows = await driver.fetch(_ITEMS, list(dict.fromkeys(codes)))
+    found = {r["code"]: to_item(SimpleNamespace(**dict(r.items()))) for r in rows}
+    return (SimpleNamespace(**dict(incident.items())) if incident is not None else None), found
 
 
 async def insert_items(conn: AsyncConnection, new: Sequence[Item], now: datetime) -> set[str]:
@@ -571,27 +593,26 @@ async def reserve_from_lines(conn: AsyncConnection, wanted: dict[int, int]) -> s
     return {i for i in ids if await reserve_from_line(conn, i, wanted[i])}
 
 
-_RESERVE_NEAREST = text(
-    """
+_RESERVE_NEAREST = """
 WITH want AS (
     SELECT w.item, w.q, w.n
-    FROM unnest(CAST(:items AS text[]), CAST(:qs AS bigint[])) WITH ORDINALITY AS w(item, q, n)
+    FROM unnest(CAST($1 AS text[]), CAST($2 AS bigint[])) WITH ORDINALITY AS w(item, q, n)
 ), cand AS (
     SELECT s.id, s.depot_id, s.expiry, s.on_hand - s.reserved AS avail, w.n, w.q,
-        2 * CAST(:radius AS float8) * asin(least(1.0, sqrt(
-            power(sin((radians(CAST(:lat AS float8)) - radians(d.lat)) / 2), 2)
-            + cos(radians(d.lat)) * cos(radians(CAST(:lat AS float8)))
-            * power(sin(radians(CAST(:lon AS float8) - d.lon) / 2), 2)
-        ))) * CAST(:s_per_m AS float8) AS travel
+        2 * CAST($3 AS float8) * asin(least(1.0, sqrt(
+            power(sin((radians(CAST($4 AS float8)) - radians(d.lat)) / 2), 2)
+            + cos(radians(d.lat)) * cos(radians(CAST($4 AS float8)))
+            * power(sin(radians(CAST($5 AS float8) - d.lon) / 2), 2)
+        ))) * CAST($6 AS float8) AS travel
     FROM want w
     JOIN stock_lines s ON s.item = w.item
     JOIN depots d ON d.id = s.depot_id
-    WHERE s.condition = 'good' AND s.on_hand > s.reserved AND s.exercise = CAST(:exercise AS boolean)
-        AND (s.expiry IS NULL OR s.expiry >= CAST(:not_before AS date))
+    WHERE s.condition = 'good' AND s.on_hand > s.reserved AND s.exercise = CAST($8 AS boolean)
+        AND (s.expiry IS NULL OR s.expiry >= CAST($9 AS date))
 ), ranked AS (
     SELECT cand.*, row_number() OVER w AS k,
         COALESCE(sum(avail) OVER (w ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS before
-    FROM cand WHERE travel <= CAST(:max_travel AS float8)
+    FROM cand WHERE travel <= CAST($7 AS float8)
     WINDOW w AS (PARTITION BY n ORDER BY round(CAST(travel AS numeric), 3), depot_id COLLATE "C",
                  expiry NULLS LAST, id)
 ), take AS (
@@ -607,7 +628,6 @@ WITH want AS (
 SELECT take.n, take.id, take.depot_id, take.q, take.travel, take.id IN (SELECT id FROM given) AS given
 FROM take ORDER BY take.n, take.k
 """
-)
 
 
 async def reserve_nearest(
@@ -628,22 +648,22 @@ async def reserve_nearest(
     conditional UPDATE each, the lines locked first in id order (two requests sharing lines never
     deadlock over them). Returns the takes, each want's in order: (index into ``wants``, line
     id, depot id, base units, travel seconds, given), ``given`` False for a line another request
-    emptied meanwhile (nothing was reserved from it)."""
-    res = await conn.execute(
-        _RESERVE_NEAREST,
-        {
-            "items": [w[0] for w in wants],
-            "qs": [w[1] for w in wants],
-            "radius": EARTH_RADIUS_M,
-            "lat": lat,
-            "lon": lon,
-            "s_per_m": seconds_per_m,
-            "max_travel": max_travel_s,
-            "exercise": exercise,
-            "not_before": not_expiring_before,
-        },
-    )
-    return [(int(r.n) - 1, int(r.id), r.depot_id, int(r.q), float(r.travel), bool(r.given)) for r in res]
+    emptied meanwhile (nothing was reserved from it). Sent on the driver (``ecs.db.on_driver``):
+    this is every reservation's path."""
+    async with on_driver(conn) as driver:
+        res = await driver.fetch(
+            _RESERVE_NEAREST,
+            [w[0] for w in wants],
+            [w[1] for w in wants],
+            EARTH_RADIUS_M,
+            lat,
+            lon,
+            seconds_per_m,
+            max_travel_s,
+            exercise,
+            not_expiring_before,
+        )
+    return [(int(r[0]) - 1, int(r[1]), r[2], int(r[3]), float(r[4]), bool(r[5])) for r in res]
 
 
 async def reserve_from_line(conn: AsyncConnection, line_id: int, quantity: int) -> bool:
@@ -723,6 +743,80 @@ async def insert_reservations(conn: AsyncConnection, rows: Sequence[dict[str, An
     res = await conn.execute(
         insert(reservations).returning(reservations.c.id, sort_by_parameter_order=True), list(rows)
     )
+    return [int(r[0]) for r in res]
+
+
+_RECORD = """
+WITH ids AS (
+    SELECT n, nextval((SELECT pg_get_serial_sequence('reservations', 'id'))) AS id
+    FROM generate_series(1, cardinality($1::text[])) AS n
+), made AS (
+    INSERT INTO reservations (id, incident_id, item, requested, missing, lat, lon, source, exercise, actor,
+                              version, created_at, request_key, edxl_message_id, edxl_element_id)
+    SELECT ids.id, w.incident_id, w.item, w.requested, w.missing, w.lat, w.lon, w.source, w.exercise, w.actor,
+           w.version, w.created_at, w.request_key, w.edxl_message_id, w.edxl_element_id
+    FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::float8[], $6::float8[], $7::text[],
+                $8::boolean[], $9::text[], $10::int[], $11::timestamptz[], $12::text[], $13::text[], $14::text[])
+        WITH ORDINALITY AS w(incident_id, item, requested, missing, lat, lon, source, exercise, actor, version,
+                             created_at, request_key, edxl_message_id, edxl_element_id, n)
+    JOIN ids USING (n)
+), held AS (
+    INSERT INTO allocations (reservation_id, incident_id, line_id, depot_id, item, travel_s, held, out, returned,
+                             consumed, released)
+    SELECT ids.id, a.incident_id, a.line_id, a.depot_id, a.item, a.travel_s, a.held, 0, 0, 0, 0
+    FROM unnest($15::bigint[], $16::text[], $17::bigint[], $18::text[], $19::text[], $20::float8[], $21::bigint[])
+        AS a(n, incident_id, line_id, depot_id, item, travel_s, held)
+    JOIN ids USING (n)
+)
+SELECT id FROM ids ORDER BY n
+"""
+
+_RESERVATION_COLUMNS = (
+    "incident_id",
+    "item",
+    "requested",
+    "missing",
+    "lat",
+    "lon",
+    "source",
+    "exercise",
+    "actor",
+    "version",
+    "created_at",
+    "request_key",
+    "edxl_message_id",
+    "edxl_element_id",
+)
+
+
+async def record_reservations(
+    conn: AsyncConnection, rows: Sequence[dict[str, Any]], takes: Sequence[Sequence[Allocation]], incident_id: str
+) -> list[int]:
+    """Record reservations (each a dict of ``reservations``' columns but ``id``) and what each took
+    (``takes[i]``: reservation ``i``'s allocations, their ``reservation_id`` not yet known);
+    returns the reservations' ids in the order of ``rows``. On PostgreSQL one statement on the
+    driver (``ecs.db.on_driver``), past SQLAlchemy: this is every reservation's path."""
+    if not rows:
+        return []
+    if conn.dialect.name != "postgresql":
+        ids = await insert_reservations(conn, rows)
+        await add_allocations(
+            conn, [replace(a, reservation_id=ids[i]) for i, made in enumerate(takes) for a in made], incident_id
+        )
+        return ids
+    held = [(i + 1, a) for i, made in enumerate(takes) for a in made]
+    async with on_driver(conn) as driver:
+        res = await driver.fetch(
+            _RECORD,
+            *([r[c] for r in rows] for c in _RESERVATION_COLUMNS),
+            [n for n, _ in held],
+            [incident_id] * len(held),
+            [a.line_id for _, a in held],
+            [a.depot_id for _, a in held],
+            [a.item for _, a in held],
+            [a.travel_s for _, a in held],
+            [a.held for _, a in held],
+        )
     return [int(r[0]) for r in res]
 
 
@@ -1001,11 +1095,20 @@ async def lock_minimums(conn: AsyncConnection, pairs: Iterable[tuple[str, str]])
     if not wanted:
         return {}
     m = stock_minimums.c
+    if conn.dialect.name == "postgresql":  # every stock change checks: on the driver, past SQLAlchemy
+        async with on_driver(conn) as driver:
+            rows = await driver.fetch(_LOCK_MINIMUMS, [d for d, _ in wanted], [i for _, i in wanted])
+        return {(r[0], r[1]): int(r[2]) for r in rows}
     q = select(m.depot_id, m.item, m.minimum).where(tuple_(m.depot_id, m.item).in_(wanted))
     q = q.order_by(m.depot_id, m.item)
-    if conn.dialect.name == "postgresql":
-        q = q.with_for_update()
     return {(r.depot_id, r.item): int(r.minimum) for r in await conn.execute(q)}
+
+
+_LOCK_MINIMUMS = """
+SELECT m.depot_id, m.item, m.minimum FROM stock_minimums m
+JOIN unnest($1::text[], $2::text[]) AS w(depot_id, item) ON m.depot_id = w.depot_id AND m.item = w.item
+ORDER BY m.depot_id, m.item FOR UPDATE OF m
+"""
 
 
 async def minimum_pairs(conn: AsyncConnection) -> list[tuple[str, str]]:

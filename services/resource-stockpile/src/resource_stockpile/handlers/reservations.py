@@ -99,12 +99,13 @@ async def reserve_many(
             # The same request again (its answer was lost): what it made, never a second time.
             rows = await store.reservations_of_request(tx.conn, cmd.request_key)
             return [Reserved(r.id, r.requested - r.missing, r.missing, []) for r in rows]
-        incident = await store.get_incident(tx.conn, cmd.incident_id)
+        incident, catalogue = await store.incident_and_items(
+            tx.conn, cmd.incident_id, [line.item for line in cmd.lines]
+        )
         if incident is None:
             raise NotFound(f"incident {cmd.incident_id} not found", incident_id=cmd.incident_id)
         if Stage(incident.stage) in FINISHED_STAGES:
             raise Conflict(f"incident {cmd.incident_id} is {incident.stage}", incident_id=cmd.incident_id)
-        catalogue = await store.get_items(tx.conn, [line.item for line in cmd.lines])
         wants = []
         for i, line in enumerate(cmd.lines):
             if line.item not in catalogue:
@@ -139,7 +140,7 @@ async def reserve_lines(
     with one conditional UPDATE (store.reserve_from_lines); a line another request emptied
     meanwhile gives nothing, and only its items are read again next round, until every want is
     met, nothing is left, or the rounds run out. Then the reservations and their allocations
-    are written with one statement each. Emits ReservationMade per want."""
+    are written (store.record_reservations). Emits ReservationMade per want."""
     now = utcnow()
     settings = ctx.settings
     not_before = now.date() + timedelta(days=settings.min_shelf_life_days)
@@ -201,13 +202,12 @@ async def reserve_lines(
         }
         for i, w in enumerate(wants)
     ]
-    ids = await store.insert_reservations(tx.conn, rows)
-    await store.add_allocations(
+    ids = await store.record_reservations(
         tx.conn,
+        rows,
         [
-            Allocation(0, ids[i], t.line_id, t.depot_id, wants[i].item, t.travel_s, t.quantity, 0)
-            for i in range(len(wants))
-            for t in taken[i]
+            [Allocation(0, 0, t.line_id, t.depot_id, w.item, t.travel_s, t.quantity, 0) for t in taken[i]]
+            for i, w in enumerate(wants)
         ],
         incident.id,
     )
