@@ -5,6 +5,7 @@ declared, and how the consumer runner settles, retries and dead-letters a batch.
 from __future__ import annotations
 
 import asyncio
+import inspect
 from types import SimpleNamespace
 from typing import Any
 
@@ -498,16 +499,35 @@ async def test_a_batch_is_published_in_order_and_counted_once_every_ack_came():
     items = [("a.1", b"1", {"Nats-Msg-Id": "1"}), ("a.2", b"2", {"Nats-Msg-Id": "2"})]
     await bus.publish_batch(items, ack_timeout_s=30)
     assert js.published == items
-    assert [kw["wait_stall"] for kw in js.async_kwargs] == [30, 30]  # a stalled publisher waits as long
+    # No bound per publish (nats-py's starts a task for each): the batch's own bounds the sends.
+    assert [kw.get("wait_stall") for kw in js.async_kwargs] == [None, None]
     assert sample("ecs_messages_published_total", service="pub-batch") == before + 2
     await bus.publish_batch([])  # nothing to publish, nothing to wait for
     assert sample("ecs_messages_published_total", service="pub-batch") == before + 2
 
 
-async def test_a_batch_waits_ten_seconds_for_a_stalled_publisher_unless_told():
+async def test_a_batch_whose_sends_stall_fails_whole_after_its_timeout_and_gives_up_what_it_sent():
+    """A publisher stalled behind too many unacknowledged publishes (nats-py holds the send until
+    a place frees) must not hold the relay forever: the batch fails as Transient after the ack
+    timeout (ten seconds unless told), and what it sent already is given up."""
+    assert inspect.signature(Bus.publish_batch).parameters["ack_timeout_s"].default == 10.0
     js = FakeJetStream()
-    await bus_with(js).publish_batch([("a.1", b"1", {})])
-    assert js.async_kwargs[0]["wait_stall"] == 10.0
+    never = asyncio.Event()
+    send = js.publish_async
+
+    async def stalls_on_the_second(subject: str, payload: bytes, **kwargs: Any) -> asyncio.Future[Any]:
+        if js.futures:
+            await never.wait()  # no place frees
+        return await send(subject, payload, **kwargs)
+
+    js.publish_async = stalls_on_the_second  # type: ignore[method-assign]
+    js.outcomes = ["never"]
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(Transient, match=r"^publishing stalled: 1 of 2 sent within 0\.05 s$"):
+        await bus_with(js).publish_batch([("a.1", b"1", {}), ("a.2", b"2", {})], 0.05)
+    assert loop.time() - started >= 0.05
+    assert js.futures[0].cancelled()
 
 
 async def test_a_batch_with_an_unacknowledged_publish_fails_whole_and_frees_its_place():

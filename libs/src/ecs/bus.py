@@ -300,13 +300,24 @@ class Bus:
 
         The writes leave in the order given; JetStream deduplicates on Nats-Msg-Id, so a batch that
         is retried after a partial failure does not double anything. Acks lost to a broker restart
-        never come: after ack_timeout_s the batch counts as failed, to be retried whole.
+        never come: after ack_timeout_s the batch counts as failed, to be retried whole. Sending
+        them is bounded by the same time, once for the whole batch: a publisher stalled behind
+        too many unacknowledged publishes fails the batch too. (nats-py's own per-publish bound,
+        ``wait_stall``, is Python 3.11's ``asyncio.wait_for``, which starts a task for every
+        publish: three times the cost of the publish itself.)
         """
         futures: list[asyncio.Future[Any]] = []
         try:
-            for subject, payload, headers in items:
-                futures.append(await self.js.publish_async(subject, payload, headers=headers, wait_stall=ack_timeout_s))
+            async with asyncio.timeout(ack_timeout_s):
+                for subject, payload, headers in items:
+                    futures.append(await self.js.publish_async(subject, payload, headers=headers))
             done, pending = await asyncio.wait(futures, timeout=ack_timeout_s) if futures else (set(), set())
+        except TimeoutError as exc:
+            for f in futures:
+                f.cancel()
+            raise Transient(
+                f"publishing stalled: {len(futures)} of {len(items)} sent within {ack_timeout_s:g} s"
+            ) from exc
         except (nats.js.errors.TooManyStalledMsgsError, nats.errors.Error, OSError) as exc:
             for f in futures:
                 f.cancel()
