@@ -194,6 +194,46 @@ async def test_stock_is_received_in_packs_and_shown_in_both(stockpile_app, db_ur
         assert (line["on_hand"], line["available"], line["available_in_packs"]) == (98, 98, {"case": 4, "bottle": 2})
 
 
+async def test_long_idempotency_keys_of_long_subjects_are_kept_whole_and_tiny_quantities_refused(
+    stockpile_app, db_url, headers
+):
+    """A subject and an Idempotency-Key may each have 255 characters: joined, they overflowed the
+    inbox's message id (a 500 from 249 characters on with a short subject), and cut to 300 two keys
+    that differ past the cut were one request. A quantity the default decimal context underflows
+    to 0 (1e-999999999) passed as whole and failed in the database (a 500)."""
+    async with stockpile_app(db_url) as (_, client, bus):
+        s = Stockpile(client, bus, headers)
+        await s.setup([depot("near", 1.0)])
+        await s.receive("near", {"item": "first_aid_kit", "lot": "A", "quantity": 100})
+        incident = await s.incident()
+        long_subject = headers("supply_officer", subject="s" * 255)
+        path = f"/v1/incidents/{incident}/reservations"
+        body = {"item": "first_aid_kit", "quantity": 2}
+        made = []
+        for key in ("k" * 254 + "1", "k" * 254 + "2", "k" * 254 + "1"):
+            r = await client.post(path, json=body, headers={**long_subject, "Idempotency-Key": key})
+            assert r.status_code == 201, r.text
+            made.append(r.json()["id"])
+        short = await client.post(path, json=body, headers={**s.officer, "Idempotency-Key": "k" * 255})
+        assert short.status_code == 201, short.text
+        assert made[0] == made[2] != made[1] != short.json()["id"]  # a repeat, and three requests
+        assert await s.available("near", "first_aid_kit") == 100 - 3 * 2
+
+        for quantity, unit in (
+            ("1e-999999999", None),
+            ("1e-1000030", "carton"),
+            ("1.00000000000000000000000000000001", None),
+        ):
+            line = {"item": "first_aid_kit", "quantity": quantity, **({"unit": unit} if unit else {})}
+            for where, sent in ((path, line), (f"{path}:batch", {"lines": [line]})):
+                r = await s.post(where, sent)
+                assert r.status_code == 422, r.text
+                assert r.json()["field"] in ("quantity", "lines.0.quantity")
+        released = await s.post(f"/v1/reservations/{made[1]}/release", {"quantity": "1e-1000030"})
+        assert released.status_code == 422, released.text
+        assert await s.available("near", "first_aid_kit") == 100 - 3 * 2
+
+
 async def test_a_reservation_takes_the_nearest_depots_first_and_splits_across_them(stockpile_app, db_url, headers):
     async with stockpile_app(db_url) as (_, client, bus):
         s = Stockpile(client, bus, headers)

@@ -69,6 +69,9 @@ def test_quantities_in_packs_become_base_units():
     assert to_base(WATER, Decimal("0.5"), "case") == 12
     assert to_base(WATER, 7, None) == 7
     assert to_base(WATER, 7, "bottle") == 7
+    assert to_base(WATER, "5.000000000000000000000000000000000000", None) == 5  # trailing zeros: whole
+    assert to_base(WATER, "1E+2", None) == 100
+    assert to_base(WATER, MAX_QUANTITY, None) == MAX_QUANTITY
 
 
 @pytest.mark.parametrize(
@@ -81,6 +84,13 @@ def test_quantities_in_packs_become_base_units():
         (MAX_QUANTITY + 1, None, "quantity", "more than"),
         (3, "pallet", "unit", "not a unit of drinking_water_bottle"),
         ("nan", None, "quantity", "greater than 0"),
+        # Beyond the default decimal context: 28 digits would underflow these to 0 or round them
+        # to a whole number, so that they passed as whole (0 then failed in the database: a 500).
+        ("1e-999999999", None, "quantity", "whole number of bottle"),
+        ("1e-1000030", "case", "quantity", "whole number of bottle"),
+        ("1.00000000000000000000000000000001", None, "quantity", "whole number of bottle"),
+        ("0.04166666666666666666666666666666667", "case", "quantity", "whole number of bottle"),
+        ("1e999999999", None, "quantity", "more than"),
     ],
 )
 def test_bad_quantities_are_refused_naming_the_field(quantity, unit, field, words):

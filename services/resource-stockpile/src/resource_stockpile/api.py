@@ -9,6 +9,7 @@ item's base unit by default, or one of its packs) and answered in base units.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from datetime import date
 from decimal import Decimal
@@ -82,9 +83,21 @@ async def _context(request: Request) -> Context:
 Ctx = Annotated[Context, Depends(_context)]
 
 
+REQUEST_KEY_CHARS = 255
+"""The longest request key kept as written: it is a message id of the inbox (255 characters)."""
+
+
 def _request_key(who: Principal, key: str | None) -> str | None:
-    """The request's Idempotency-Key, per caller, recorded with its effect (handlers.reservations)."""
-    return f"{who.subject}:{key.strip()}"[:300] if key and key.strip() else None
+    """The request's Idempotency-Key, per caller, recorded with its effect (handlers.reservations):
+    ``<subject>:<key>``, or when that is longer than REQUEST_KEY_CHARS (a subject and a key may
+    each have 255) ``sha256:<hex of subject NUL key>``: never cut, since two keys that differ only
+    past the cut would be taken for the same request."""
+    if not key or not key.strip():
+        return None
+    joined = f"{who.subject}:{key.strip()}"
+    if len(joined) <= REQUEST_KEY_CHARS:
+        return joined
+    return "sha256:" + hashlib.sha256(f"{who.subject}\x00{key.strip()}".encode()).hexdigest()
 
 
 IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=255)]

@@ -13,7 +13,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
-from decimal import Decimal, InvalidOperation
+from decimal import MAX_EMAX, MIN_EMIN, Decimal, InvalidOperation, localcontext
 from enum import StrEnum
 
 from ecs import errors
@@ -241,7 +241,19 @@ def to_base(item: Item, quantity: Decimal | int | float | str, unit: str | None,
         raise errors.InvalidInput(
             f"{unit!r} is not a unit of {item.code}; one of: {known}", field=unit_field, item=item.code
         )
-    base = q * size
+    # Exact arithmetic, never the default context's 28 digits: there 1e-999999999 × 24 underflows
+    # to 0 and 1.00000000000000000000000000000001 rounds to 1, and both would pass as whole.
+    if q.adjusted() > len(str(MAX_QUANTITY)):
+        raise errors.InvalidInput(f"{where} is more than {MAX_QUANTITY} {item.base_unit}", field=where)
+    if q.adjusted() < -len(str(size)):  # less than 1 / size: less than one base unit
+        raise errors.InvalidInput(
+            f"{where} must be a whole number of {item.base_unit} ({quantity} {unit or item.base_unit} is not)",
+            field=where,
+        )
+    with localcontext() as exact:
+        exact.prec = len(q.as_tuple().digits) + len(str(size)) + 2
+        exact.Emin, exact.Emax = MIN_EMIN, MAX_EMAX
+        base = q * size
     if base != base.to_integral_value():
         raise errors.InvalidInput(
             f"{where} must be a whole number of {item.base_unit} ({quantity} {unit or item.base_unit} is not)",
