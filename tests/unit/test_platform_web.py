@@ -23,6 +23,7 @@ from structlog.testing import capture_logs
 from ecs.auth import Principal, Role, TokenVerifier
 from ecs.db import IDEMPOTENCY_KEYS, Database, new_metadata
 from ecs.errors import Conflict
+from ecs.testing import eventually
 from ecs.web import create_app, json_response, problem, requires, validation_problem
 
 SECRET = "web-test-secret-0123456789abcdef"
@@ -71,6 +72,7 @@ def build(db: Database, counter: Counter, health: dict[str, bool], max_body_byte
 class Env:
     def __init__(self, client: httpx.AsyncClient, db: Database, counter: Counter, health: dict[str, bool]) -> None:
         self.client, self.db, self.counter, self.health = client, db, counter, health
+        self.app: FastAPI | None = None
 
     async def add(self, n: int, key: str | None = None, subject: str = "alice", **headers: str) -> httpx.Response:
         auth = {"Authorization": f"Bearer {TOKENS.issue(subject, ['dispatcher'])}"}
@@ -92,7 +94,9 @@ async def env(tmp_path: Path) -> AsyncIterator[Env]:
             transport=httpx.ASGITransport(app=app, raise_app_exceptions=False), base_url="http://web"
         ) as client,
     ):
-        yield Env(client, db, counter, health)
+        found = Env(client, db, counter, health)
+        found.app = app
+        yield found
     await db.dispose()
 
 
@@ -425,3 +429,106 @@ async def test_an_odd_or_huge_content_length_is_judged_without_a_crash(declared)
     await BodyLimitMiddleware(app, max_bytes=20)(scope, receive, send)
     status = next(m["status"] for m in sent if m["type"] == "http.response.start")
     assert status == (413 if declared in (b"9" * 5000, b"21") else 201)
+
+
+# --- the database lost around a keyed request ---------------------------------------------------
+
+
+def lost_database() -> Exception:
+    from sqlalchemy.exc import OperationalError
+
+    return OperationalError("SELECT 1", {}, ConnectionRefusedError("connection refused"))
+
+
+def failing_once(real: Any, calls: list[tuple[Any, ...]]) -> Any:
+    """``real`` (ecs.web's _reserve or _settle), failing its first call as a lost database."""
+
+    async def call(*args: Any) -> Any:
+        calls.append(args)
+        if len(calls) == 1:
+            raise lost_database()
+        return await real(*args)
+
+    return call
+
+
+async def test_a_database_error_a_route_raises_is_answered_not_raised_again():
+    """An error only the catch-all handler answered was raised again after its answer, and the
+    server closed the connection: the client's next request on it went unanswered. The in-memory
+    transport shows it as the app raising."""
+    router = APIRouter()
+
+    @router.get("/lost")
+    async def lost() -> None:
+        raise lost_database()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+
+    app = create_app(title="t", version="1", lifespan=lifespan, routers=[router])
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=True)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        with capture_logs():
+            answer = await client.get("/lost")
+    assert_problem(answer, 503, "unavailable")
+    assert answer.headers["retry-after"] == "1"
+
+
+async def test_a_key_that_cannot_be_reserved_for_a_lost_database_is_503_and_nothing_runs(env, monkeypatch):
+    import ecs.web
+
+    calls: list[tuple[Any, ...]] = []
+    monkeypatch.setattr(ecs.web, "_reserve", failing_once(ecs.web._reserve, calls))
+    headers = {"Authorization": f"Bearer {TOKENS.issue('alice', ['dispatcher'])}", "Idempotency-Key": "k-lost"}
+    strict = httpx.ASGITransport(app=env.app, raise_app_exceptions=True)  # an error raised again shows
+    async with httpx.AsyncClient(transport=strict, base_url="http://web") as client:
+        with capture_logs():
+            first = await client.post("/add", json={"n": 5}, headers=headers)
+    assert_problem(first, 503, "unavailable")
+    assert env.counter.runs == 0
+    again = await env.add(5, key="k-lost")  # the database is back: the request runs
+    assert again.status_code == 201 and env.counter.total == 5
+
+
+async def test_an_answer_that_cannot_be_stored_is_still_sent_and_stored_once_the_database_is_back(env, monkeypatch):
+    """The request committed its effect, then the database went away before its answer was stored:
+    the answer was a 503 "nothing was changed" (untrue), and the key stayed "in progress" for the
+    whole lease. Now the true answer is sent and stored as soon as the database answers again."""
+    import ecs.web
+
+    calls: list[tuple[Any, ...]] = []
+    monkeypatch.setattr(ecs.web, "_settle", failing_once(ecs.web._settle, calls))
+    monkeypatch.setattr(ecs.web, "SETTLE_RETRY_S", 0.01)
+    with capture_logs() as logs:
+        first = await env.add(7, key="k-late")
+    assert first.status_code == 201, first.text
+    assert first.json() == {"total": 7, "by": "alice"}
+    assert [e["event"] for e in logs] == ["http.idempotency_settle_deferred"]
+
+    async def replayed() -> httpx.Response | None:
+        r = await env.add(7, key="k-late")
+        return r if r.headers.get("idempotent-replay") == "true" else None
+
+    repeat = await eventually(replayed, what="the stored answer replayed")
+    assert repeat.status_code == 201 and repeat.json() == first.json()
+    assert env.counter.runs == 1 and env.counter.total == 7
+
+
+async def test_a_failed_request_whose_key_cannot_be_freed_frees_it_once_the_database_is_back(env, monkeypatch):
+    import ecs.web
+
+    calls: list[tuple[Any, ...]] = []
+    monkeypatch.setattr(ecs.web, "_settle", failing_once(ecs.web._settle, calls))
+    monkeypatch.setattr(ecs.web, "SETTLE_RETRY_S", 0.01)
+    with capture_logs():
+        assert_problem(await env.add(999, key="k-crash-lost"), 500, "500")
+
+    async def freed() -> bool:
+        async with env.db.engine.connect() as conn:
+            return (await conn.execute(select(IDEMPOTENCY_KEYS))).all() == []
+
+    await eventually(freed, what="the key freed")
+    with capture_logs():
+        await env.add(999, key="k-crash-lost")
+    assert env.counter.runs == 2  # the retry ran, not 409 "in progress"

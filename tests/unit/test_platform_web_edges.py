@@ -459,13 +459,17 @@ async def test_unavailable_and_crashed_requests_answer_the_whole_problem_and_log
         "title": "Try again",
         "status": 503,
         "detail": "the service is unavailable: the broker is restarting; nothing was changed",
+        "retry_after_s": 1,
     }
     assert lost.status_code == 503 and lost.json() == {
         "type": "urn:ecs:problem:unavailable",
         "title": "Try again",
         "status": 503,
         "detail": "the database is out of reach; nothing was changed",
+        "retry_after_s": 1,
     }
+    assert transient.headers["retry-after"] == lost.headers["retry-after"] == "1"
+    assert "retry-after" not in bug.headers
     assert bug.status_code == 500 and bug.json() == {
         "type": "urn:ecs:problem:500",
         "title": "Internal error",
@@ -790,7 +794,9 @@ async def test_the_idempotency_refusals_are_the_whole_problem(tmp_path):
         "title": "Request in progress",
         "status": 409,
         "detail": "a request with this Idempotency-Key is still being processed",
+        "retry_after_s": 1,
     }
+    assert busy.headers["retry-after"] == "1"
     assert runs == ["alice"]
 
 

@@ -3,7 +3,9 @@ bearer-token roles, Idempotency-Key on POST, and a request body limit."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import math
 import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
@@ -18,6 +20,8 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 from sqlalchemy import delete, select, update
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -48,7 +52,8 @@ PROBLEM_MEMBERS = frozenset({"type", "title", "status", "detail", "instance"})
 def problem(status: int, title: str, detail: str, /, code: str | None = None, **extra: Any) -> JSONResponse:
     """An ``application/problem+json`` answer (RFC 9457): type, title, status, detail and the
     error's own members (e.g. ``field``); one named like a standard member is kept under
-    ``context`` instead."""
+    ``context`` instead. ``retry_after_s`` is also sent as the Retry-After header (whole seconds,
+    RFC 9110 §10.2.3)."""
     own = {k: v for k, v in extra.items() if k not in PROBLEM_MEMBERS}
     clashing = {k: v for k, v in extra.items() if k in PROBLEM_MEMBERS}
     body = {
@@ -59,7 +64,25 @@ def problem(status: int, title: str, detail: str, /, code: str | None = None, **
         **own,
         **({"context": clashing} if clashing else {}),
     }
-    return JSONResponse(body, status_code=status, media_type=PROBLEM)
+    retry = extra.get("retry_after_s")
+    headers = {"Retry-After": str(max(1, math.ceil(retry)))} if isinstance(retry, int | float) else None
+    return JSONResponse(body, status_code=status, media_type=PROBLEM, headers=headers)
+
+
+def crash_problem(exc: BaseException) -> JSONResponse:
+    """The answer to an error no route handled: 503 when the database went away under the request
+    (``ecs.retry.is_unavailable``: the request changed nothing, try again), else a logged 500."""
+    if is_unavailable(exc):
+        log.warning("http.database_unavailable", error=db_error_text(exc))
+        return problem(
+            503, "Try again", "the database is out of reach; nothing was changed", "unavailable", retry_after_s=1
+        )
+    log.exception("http.unhandled", error=str(exc)[:300], exc_info=exc)
+    return problem(
+        500,
+        "Internal error",
+        "the request failed; nothing was changed unless the response said so",
+    )
 
 
 def validation_problem(errors: Sequence[dict[str, Any]], prefix: str = "") -> JSONResponse:
@@ -206,7 +229,9 @@ def create_app(
     async def on_unavailable(_: Request, exc: Transient) -> JSONResponse:
         # 503 means only "the service is unavailable": the request changed nothing, try again.
         log.warning("http.unavailable", error=str(exc)[:300])
-        return problem(503, "Try again", f"the service is unavailable: {exc}; nothing was changed", "unavailable")
+        return problem(
+            503, "Try again", f"the service is unavailable: {exc}; nothing was changed", "unavailable", retry_after_s=1
+        )
 
     @app.exception_handler(RequestValidationError)
     async def on_validation(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -216,17 +241,15 @@ def create_app(
     async def on_http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         return problem(exc.status_code, str(exc.detail), str(exc.detail))
 
-    @app.exception_handler(Exception)
     async def on_crash(_: Request, exc: Exception) -> JSONResponse:
-        if is_unavailable(exc):  # the database went away under the request
-            log.warning("http.database_unavailable", error=db_error_text(exc))
-            return problem(503, "Try again", "the database is out of reach; nothing was changed", "unavailable")
-        log.exception("http.unhandled", error=str(exc)[:300])
-        return problem(
-            500,
-            "Internal error",
-            "the request failed; nothing was changed unless the response said so",
-        )
+        return crash_problem(exc)
+
+    # The database's errors get their own handler, not only the catch-all: Starlette answers an
+    # exception that only the catch-all (``Exception``) handles and then raises it again, and the
+    # server closes the connection, so that the client's next request on it went unanswered.
+    for kind in (DBAPIError, PoolTimeout, OSError):
+        app.add_exception_handler(kind, on_crash)
+    app.add_exception_handler(Exception, on_crash)
 
     @app.get("/healthz", tags=["ops"], summary="The process is alive")
     async def healthz() -> dict[str, str]:
@@ -449,6 +472,39 @@ class IdempotencyMiddleware:
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+        self._unsettled: dict[tuple[str, str], tuple[Database, int, bytes, str]] = {}
+        self._settler: asyncio.Task[None] | None = None
+
+    async def _settle(self, db: Database, owner: str, key: str, status: int, body: bytes, ctype: str) -> None:
+        """Store the key's answer (or free the key after a failure). When the database is out of
+        reach it is done later, by a task that tries every SETTLE_RETRY_S until it succeeds or the
+        key's lease is over: the request's own answer is still sent (its effect, if any, committed),
+        and a repeat meanwhile is 409 "in progress" for as long as the database is away, not for
+        the whole lease."""
+        try:
+            await _settle(db, owner, key, status, body, ctype)
+        except Exception as exc:
+            if not is_unavailable(exc):
+                raise
+            log.warning("http.idempotency_settle_deferred", error=db_error_text(exc))
+            self._unsettled[(owner, key)] = (db, status, body, ctype)
+            if self._settler is None or self._settler.done():
+                self._settler = asyncio.create_task(self._settle_later(), name="idempotency-settler")
+
+    async def _settle_later(self) -> None:
+        deadline = time.monotonic() + IDEMPOTENCY_LEASE.total_seconds()
+        while self._unsettled and time.monotonic() < deadline:
+            await asyncio.sleep(SETTLE_RETRY_S)
+            for (owner, key), (db, status, body, ctype) in list(self._unsettled.items()):
+                try:
+                    await _settle(db, owner, key, status, body, ctype)
+                except Exception as exc:
+                    if not is_unavailable(exc):
+                        log.error("http.idempotency_settle_failed", error=db_error_text(exc))
+                        del self._unsettled[(owner, key)]
+                    continue
+                del self._unsettled[(owner, key)]
+        self._unsettled.clear()  # past the lease a repeat takes the key over anyway
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST":
@@ -479,7 +535,13 @@ class IdempotencyMiddleware:
         fingerprint = hashlib.sha256(scope["method"].encode() + scope["path"].encode() + b"\n" + body).hexdigest()
         db: Database = state.db
         owner = principal.subject
-        reserved = await _reserve(db, owner, key_s, fingerprint)
+        try:
+            reserved = await _reserve(db, owner, key_s, fingerprint)
+        except Exception as exc:
+            if not is_unavailable(exc):
+                raise
+            await crash_problem(exc)(scope, receive, send)  # answered here: nothing ran
+            return
         if reserved is not None:
             status, stored, stored_fp, stored_type = reserved
             if stored_fp != fingerprint:
@@ -495,6 +557,7 @@ class IdempotencyMiddleware:
                     "Request in progress",
                     "a request with this Idempotency-Key is still being processed",
                     code="idempotency_in_progress",
+                    retry_after_s=1,
                 )
             else:
                 resp = Response(
@@ -527,17 +590,17 @@ class IdempotencyMiddleware:
                 return
             assert start is not None
             ctype = dict(start.get("headers", [])).get(b"content-type", b"application/json").decode("latin-1")
-            await _settle(db, owner, key_s, start["status"], b"".join(chunks), ctype)
+            await self._settle(db, owner, key_s, start["status"], b"".join(chunks), ctype)
             await send(start)
             await send({"type": "http.response.body", "body": b"".join(chunks), "more_body": False})
 
         try:
             await self.app(scope, replay_receive, capture)
         except BaseException:
-            await _settle(db, owner, key_s, 500, b"", "")
+            await self._settle(db, owner, key_s, 500, b"", "")
             raise
         if start is None:  # the app answered nothing: free the key for a retry
-            await _settle(db, owner, key_s, 500, b"", "")
+            await self._settle(db, owner, key_s, 500, b"", "")
 
 
 async def _read_body(receive: Receive) -> bytes:
@@ -554,6 +617,10 @@ IDEMPOTENCY_LEASE = timedelta(seconds=120)
 running settles its key long before; one whose process was killed never does, and the first repeat
 after the lease runs the request again instead of getting 409 for ever. A service whose effect must
 never run twice records the key in the same transaction as its effect (resource-stockpile does)."""
+
+
+SETTLE_RETRY_S = 0.5
+"""How often a key whose answer could not be stored (the database was out of reach) is tried again."""
 
 
 async def _reserve(db: Database, owner: str, key: str, fingerprint: str) -> tuple[int, str, str, str] | None:
