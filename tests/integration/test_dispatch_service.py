@@ -118,25 +118,33 @@ def new_incident() -> str:
     return uuid.uuid4().hex
 
 
+async def fire_iv_in_isolation(api: Any, intake: Any, headers: dict[str, str], per_type: int, **waiting: Any) -> dict:
+    """``per_type`` fire engines (1 km, 2 km ... east) and patrol cars (0.5 km, 1.5 km ...), then
+    a fire at level IV into isolation (its plan: 1 fire engine, 1 patrol car); the incident's
+    view once both are assigned (``waiting``: for ecs.testing.eventually)."""
+    roster = [unit(f"fe-{i}", "fire_engine", km_east=i + 1) for i in range(per_type)]
+    roster += [unit(f"pc-{i}", "patrol_car", km_east=i + 0.5) for i in range(per_type)]
+    r = await api.post("/v1/units:batch", json={"units": roster}, headers=headers)
+    assert r.status_code == 201, r.text
+
+    incident = new_incident()
+    await intake.stage_to(incident, "isolation", level=4)
+
+    async def assigned():
+        view = (await api.get(f"/v1/incidents/{incident}", headers=headers)).json()
+        return view if len(view.get("units", [])) == 2 else None
+
+    return await eventually(assigned, **waiting)
+
+
 async def test_isolation_assigns_the_plan_units_and_on_scene_secures_the_perimeter(
     dispatch_app, db_url, wired, operator_headers
 ):
     intake, facts, _ = wired
     headers = operator_headers("dispatcher")
     async with dispatch_app(db_url, min_cover=0) as (_, api):
-        roster = [unit(f"fe-{i}", "fire_engine", km_east=i + 1) for i in range(3)]
-        roster += [unit(f"pc-{i}", "patrol_car", km_east=i + 0.5) for i in range(3)]
-        r = await api.post("/v1/units:batch", json={"units": roster}, headers=headers)
-        assert r.status_code == 201, r.text
-
-        incident = new_incident()
-        await intake.stage_to(incident, "isolation", level=4)  # fire IV: 1 fire engine, 1 patrol car
-
-        async def assigned():
-            view = (await api.get(f"/v1/incidents/{incident}", headers=headers)).json()
-            return view if len(view.get("units", [])) == 2 else None
-
-        view = await eventually(assigned)
+        view = await fire_iv_in_isolation(api, intake, headers, 3)
+        incident = view["id"]
         assert {u["unit_id"] for u in view["units"]} == {"fe-0", "pc-0"}  # the nearest of each type
         assert all(u["source"] == "automatic" and u["stage"] == "isolation" for u in view["units"])
         assert view["missing"] == {} and view["settled"] is False and view["perimeter_secured"] is False
@@ -199,19 +207,9 @@ async def test_units_lost_to_other_transactions_are_claimed_again_later_not_left
 
     monkeypatch.setattr(store, "claim_units", contended)
     async with dispatch_app(db_url, min_cover=0) as (_, api):
-        roster = [unit(f"fe-{i}", "fire_engine", km_east=i + 1) for i in range(6)]
-        roster += [unit(f"pc-{i}", "patrol_car", km_east=i + 0.5) for i in range(6)]
-        r = await api.post("/v1/units:batch", json={"units": roster}, headers=headers)
-        assert r.status_code == 201, r.text
-
-        incident = new_incident()
-        await intake.stage_to(incident, "isolation", level=4)  # fire IV: 1 fire engine, 1 patrol car
-
-        async def assigned():
-            view = (await api.get(f"/v1/incidents/{incident}", headers=headers)).json()
-            return view if len(view.get("units", [])) == 2 else None
-
-        view = await eventually(assigned, "the isolation units claimed on a later try", within_s=60)
+        view = await fire_iv_in_isolation(
+            api, intake, headers, 6, what="the isolation units claimed on a later try", within_s=60
+        )
         assert len(lost) == 4 and view["missing"] == {}
         assert sorted(u["unit_type"] for u in view["units"]) == ["fire_engine", "patrol_car"]
 

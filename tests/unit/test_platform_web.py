@@ -406,31 +406,6 @@ async def test_a_lost_database_answers_503_and_a_transient_failure_too():
         assert (await c.get("/v1/bug")).status_code == 500
 
 
-@pytest.mark.parametrize("declared", [b"9" * 5000, "²".encode(), b"21", b"-1", b"1e9"])
-async def test_an_odd_or_huge_content_length_is_judged_without_a_crash(declared):
-    """A declared length of thousands of digits is over any limit (413, no int() of it), and one
-    that is not ASCII digits is left to the body's own count: never a 5xx."""
-    from ecs.web import BodyLimitMiddleware
-
-    async def app(scope, receive, send):
-        await receive()
-        await send({"type": "http.response.start", "status": 201, "headers": []})
-        await send({"type": "http.response.body", "body": b""})
-
-    sent: list[dict] = []
-
-    async def receive():
-        return {"type": "http.request", "body": b"{}", "more_body": False}
-
-    async def send(message):
-        sent.append(message)
-
-    scope = {"type": "http", "method": "POST", "path": "/", "headers": [(b"content-length", declared)]}
-    await BodyLimitMiddleware(app, max_bytes=20)(scope, receive, send)
-    status = next(m["status"] for m in sent if m["type"] == "http.response.start")
-    assert status == (413 if declared in (b"9" * 5000, b"21") else 201)
-
-
 # --- the database lost around a keyed request ---------------------------------------------------
 
 
@@ -456,21 +431,11 @@ async def test_a_database_error_a_route_raises_is_answered_not_raised_again():
     """An error only the catch-all handler answered was raised again after its answer, and the
     server closed the connection: the client's next request on it went unanswered. The in-memory
     transport shows it as the app raising."""
-    router = APIRouter()
+    from tests.unit.test_platform_web_edges import failing
 
-    @router.get("/lost")
-    async def lost() -> None:
-        raise lost_database()
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        yield
-
-    app = create_app(title="t", version="1", lifespan=lifespan, routers=[router])
-    transport = httpx.ASGITransport(app=app, raise_app_exceptions=True)
-    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+    async with failing(strict=True) as client:
         with capture_logs():
-            answer = await client.get("/lost")
+            answer = await client.get("/v1/lost")
     assert_problem(answer, 503, "unavailable")
     assert answer.headers["retry-after"] == "1"
 

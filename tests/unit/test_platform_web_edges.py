@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 import orjson
+import pytest
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import Response
 from prometheus_client import REGISTRY
@@ -419,7 +420,10 @@ async def test_a_key_is_trimmed_so_surrounding_spaces_name_the_same_key(tmp_path
 
 
 @contextlib.asynccontextmanager
-async def failing() -> AsyncIterator[httpx.AsyncClient]:
+async def failing(strict: bool = False) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of an app whose routes fail: a Transient, a lost database, a defect. ``strict``:
+    an exception the app raises (again) after answering reaches the client, as the closing of
+    the connection it causes in a real server would."""
     from sqlalchemy.exc import OperationalError
 
     from ecs.errors import Transient
@@ -443,7 +447,7 @@ async def failing() -> AsyncIterator[httpx.AsyncClient]:
         yield
 
     app = create_app(title="t", version="1", lifespan=lifespan, routers=[router])
-    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=strict)
     async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
         yield client
 
@@ -956,30 +960,40 @@ async def test_a_stale_key_settled_or_taken_by_another_request_meanwhile_is_not_
 # --- the body limit: how a declared length is read, and the refusal of a streamed body ----------
 
 
-async def test_a_declared_length_is_judged_by_its_value_up_to_18_digits_and_over_the_limit_beyond():
-    """Leading zeros do not make a length larger; a length of more than 18 digits is over any limit
-    without being converted."""
+async def status_for_declared_length(declared: bytes, max_bytes: int = 20) -> int:
+    """The status BodyLimitMiddleware gives a POST of ``{}`` whose Content-Length says ``declared``
+    (201: let through to an app that accepts anything)."""
 
     async def app(scope, receive, send):
         await receive()
         await send({"type": "http.response.start", "status": 201, "headers": []})
         await send({"type": "http.response.body", "body": b""})
 
-    async def status_for(declared: bytes) -> int:
-        sent: list[dict[str, Any]] = []
+    sent: list[dict[str, Any]] = []
 
-        async def receive():
-            return {"type": "http.request", "body": b"{}", "more_body": False}
+    async def receive():
+        return {"type": "http.request", "body": b"{}", "more_body": False}
 
-        async def send(message):
-            sent.append(message)
+    async def send(message):
+        sent.append(message)
 
-        scope = {"type": "http", "method": "POST", "path": "/", "headers": [(b"content-length", declared)]}
-        await BodyLimitMiddleware(app, max_bytes=20)(scope, receive, send)
-        return sent[0]["status"]
+    scope = {"type": "http", "method": "POST", "path": "/", "headers": [(b"content-length", declared)]}
+    await BodyLimitMiddleware(app, max_bytes=max_bytes)(scope, receive, send)
+    return next(m["status"] for m in sent if m["type"] == "http.response.start")
 
-    assert await status_for(b"2".zfill(18)) == 201
-    assert await status_for(b"2".zfill(19)) == 413
+
+async def test_a_declared_length_is_judged_by_its_value_up_to_18_digits_and_over_the_limit_beyond():
+    """Leading zeros do not make a length larger; a length of more than 18 digits is over any limit
+    without being converted."""
+    assert await status_for_declared_length(b"2".zfill(18)) == 201
+    assert await status_for_declared_length(b"2".zfill(19)) == 413
+
+
+@pytest.mark.parametrize("declared", [b"9" * 5000, "²".encode(), b"21", b"-1", b"1e9"])
+async def test_an_odd_or_huge_content_length_is_judged_without_a_crash(declared):
+    """A declared length of thousands of digits is over any limit (413, no int() of it), and one
+    that is not ASCII digits is left to the body's own count: never a 5xx."""
+    assert await status_for_declared_length(declared) == (413 if declared in (b"9" * 5000, b"21") else 201)
 
 
 async def test_a_streamed_body_over_the_limit_is_the_whole_problem_naming_the_limit():

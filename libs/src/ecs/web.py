@@ -472,7 +472,7 @@ class IdempotencyMiddleware:
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        self._unsettled: dict[tuple[str, str], tuple[Database, int, bytes, str]] = {}
+        self._unsettled: dict[tuple[str, str], tuple[float, Database, int, bytes, str]] = {}
         self._settler: asyncio.Task[None] | None = None
 
     async def _settle(self, db: Database, owner: str, key: str, status: int, body: bytes, ctype: str) -> None:
@@ -487,24 +487,22 @@ class IdempotencyMiddleware:
             if not is_unavailable(exc):
                 raise
             log.warning("http.idempotency_settle_deferred", error=db_error_text(exc))
-            self._unsettled[(owner, key)] = (db, status, body, ctype)
+            given_up_at = time.monotonic() + IDEMPOTENCY_LEASE.total_seconds()
+            self._unsettled[(owner, key)] = (given_up_at, db, status, body, ctype)
             if self._settler is None or self._settler.done():
                 self._settler = asyncio.create_task(self._settle_later(), name="idempotency-settler")
 
     async def _settle_later(self) -> None:
-        deadline = time.monotonic() + IDEMPOTENCY_LEASE.total_seconds()
-        while self._unsettled and time.monotonic() < deadline:
+        while self._unsettled:
             await asyncio.sleep(SETTLE_RETRY_S)
-            for (owner, key), (db, status, body, ctype) in list(self._unsettled.items()):
+            for (owner, key), (given_up_at, db, status, body, ctype) in list(self._unsettled.items()):
                 try:
                     await _settle(db, owner, key, status, body, ctype)
                 except Exception as exc:
-                    if not is_unavailable(exc):
-                        log.error("http.idempotency_settle_failed", error=db_error_text(exc))
-                        del self._unsettled[(owner, key)]
-                    continue
+                    if is_unavailable(exc) and time.monotonic() < given_up_at:
+                        continue  # past its lease a repeat takes the key over anyway
+                    log.error("http.idempotency_settle_failed", error=db_error_text(exc))
                 del self._unsettled[(owner, key)]
-        self._unsettled.clear()  # past the lease a repeat takes the key over anyway
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST":
