@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
 
 import pytest
 from sqlalchemy import JSON, Column, Integer, MetaData, String, Table, func, inspect, select, text, update
@@ -270,10 +271,11 @@ async def test_pooled_connections_the_server_ended_are_replaced_before_a_unit_of
         async with db.engine.begin() as conn:
             await conn.run_sync(md.create_all)
         held = [db.uow() for _ in range(3)]  # three sessions, back in the pool afterwards
-        pids = []
+        pids, drivers = [], []
         for uow in held:
             await uow.__aenter__()
             pids.append(int(await uow.conn.scalar(text("SELECT pg_backend_pid()"))))
+            drivers.append((await uow.conn.get_raw_connection()).driver_connection)
         for uow in held:
             await uow.__aexit__(None, None, None)
         async with admin.engine.connect() as conn:  # the server ends them, as a restart does
@@ -291,6 +293,11 @@ async def test_pooled_connections_the_server_ended_are_replaced_before_a_unit_of
             return True if alive == 0 else None
 
         await eventually(ended, "the terminated sessions gone")
+
+        async def told() -> bool:  # the client read each session's goodbye, as an idle one does
+            return all(d.is_closed() for d in drivers)
+
+        await eventually(told, "the clients told their sessions ended")
         for i in range(3):  # each pooled session in turn: replaced, not failed
             async with db.uow() as uow:
                 await uow.conn.execute(COUNTERS.insert().values(name=f"after-{i}", value=i))
@@ -298,6 +305,48 @@ async def test_pooled_connections_the_server_ended_are_replaced_before_a_unit_of
         assert await count(db, COUNTERS) == 3
     finally:
         await admin.dispose()
+        await db.dispose()
+
+
+async def test_a_statement_on_a_session_the_client_has_not_yet_seen_end_is_a_lost_database(pg_url, monkeypatch):
+    """A pooled session the server ended before the client read its goodbye answers its next
+    statement with asyncpg's client-state error, which SQLAlchemy alone took for a defect (a 500).
+    It is a lost database: Transient through ecs.retry, and the connection is not used again."""
+    import asyncpg
+
+    db = Database(pg_url)
+    try:
+        async with db.engine.begin() as conn:
+            await conn.run_sync(md.create_all)
+        fetch = asyncpg.Connection.fetch
+        calls = 0
+
+        async def ended_unread(self: Any, *args: Any, **kwargs: Any) -> Any:
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                raise asyncpg.exceptions.InternalClientError(
+                    "cannot switch to state 15; another operation (2) is in progress"
+                )
+            return await fetch(self, *args, **kwargs)
+
+        async def work() -> None:
+            async with db.uow() as uow:
+                await uow.conn.execute(COUNTERS.insert().values(name="once", value=1))
+                await uow.commit()
+
+        async with db.engine.connect() as conn:
+            first = (await conn.get_raw_connection()).driver_connection
+        monkeypatch.setattr(asyncpg.Connection, "fetch", ended_unread)
+        monkeypatch.setattr(asyncpg.prepared_stmt.PreparedStatement, "fetch", ended_unread)
+        with pytest.raises(Transient, match="^database unavailable: "):
+            await retrying(work)
+        monkeypatch.undo()
+        await work()  # a sound connection now
+        async with db.engine.connect() as conn:
+            assert (await conn.get_raw_connection()).driver_connection is not first
+        assert await count(db, COUNTERS) == 1
+    finally:
         await db.dispose()
 
 

@@ -322,6 +322,17 @@ def _drop_closed_connections(engine: AsyncEngine) -> None:
         if driver is not None and driver.is_closed():
             raise exc.DisconnectionError("the database closed this connection")
 
+    @event.listens_for(engine.sync_engine, "handle_error")
+    def on_error(context: Any) -> None:
+        # A session the server ended while the connection sat idle in the pool, before the client
+        # read its goodbye: asyncpg answers its next statement with a client-state error ("cannot
+        # switch to state ...; another operation is in progress"), which SQLAlchemy does not take
+        # for a lost connection. It is one: the connection is dropped and the caller sees a lost
+        # database (Transient, a 503), as on_driver says it for statements sent on the driver.
+        orig = getattr(context.original_exception, "__cause__", None) or context.original_exception
+        if isinstance(orig, _DRIVER_LOST):
+            context.is_disconnect = True
+
 
 class _OrphanSafeConnection(aiosqlite.Connection):
     """aiosqlite's connection, safe once its worker thread has ended.
