@@ -308,6 +308,56 @@ async def test_pooled_connections_the_server_ended_are_replaced_before_a_unit_of
         await db.dispose()
 
 
+async def test_more_units_of_work_than_the_pool_holds_wait_for_its_sessions_instead_of_opening_new_ones(pg_url):
+    """A load of more concurrent units of work than the pool's size shares the pool's sessions:
+    before, each unit of work past the size opened a session of its own and closed it on return
+    (SQLAlchemy's overflow), so a steady load paid a new server process, its set-up and asyncpg's
+    type introspection for nearly every request."""
+    from sqlalchemy import event
+
+    db = Database(pg_url, pool_size=3)
+    opened = 0
+
+    @event.listens_for(db.engine.sync_engine, "connect")
+    def count_connect(*_: Any) -> None:
+        nonlocal opened
+        opened += 1
+
+    try:
+        async with db.engine.begin() as conn:
+            await conn.run_sync(md.create_all)
+        sessions: set[int] = set()
+
+        async def work(i: int) -> None:
+            async with db.uow() as uow:
+                sessions.add(int(await uow.conn.scalar(text("SELECT pg_backend_pid() FROM pg_sleep(0.01)"))))
+                await uow.conn.execute(COUNTERS.insert().values(name=f"w-{i}", value=i))
+                await uow.commit()
+
+        for round_ in range(4):  # 12 at once, four times
+            await asyncio.gather(*(work(round_ * 12 + i) for i in range(12)))
+        assert await count(db, COUNTERS) == 48
+        assert opened <= 3 and len(sessions) <= 3, (opened, sessions)
+    finally:
+        await db.dispose()
+
+
+async def test_a_unit_of_work_that_finds_no_session_free_in_time_is_unavailable(pg_url):
+    db = Database(pg_url, pool_size=1, pool_timeout_s=0.2)
+    try:
+        async with db.uow() as holding:
+            await holding.conn.execute(text("SELECT 1"))
+
+            async def work() -> None:
+                async with db.uow() as uow:
+                    await uow.conn.execute(text("SELECT 1"))
+
+            with pytest.raises(Transient, match="^database unavailable: "):
+                await retrying(work)
+    finally:
+        await db.dispose()
+
+
 async def test_a_statement_on_a_session_the_client_has_not_yet_seen_end_is_a_lost_database(pg_url, monkeypatch):
     """A pooled session the server ended before the client read its goodbye answers its next
     statement with asyncpg's client-state error, which SQLAlchemy alone took for a defect (a 500).

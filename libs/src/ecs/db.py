@@ -167,10 +167,25 @@ def lock_key(name: str) -> int:
     return zlib.crc32(name.encode()) & 0x7FFFFFFF
 
 
-class Database:
-    """Engine created once per process (kept in the app's lifespan state)."""
+POOL_SIZE = 10
+"""Connections a service process keeps to PostgreSQL, at most (``<PREFIX>DB_POOL_SIZE``)."""
 
-    def __init__(self, url: str, *, pool_size: int = 10) -> None:
+POOL_TIMEOUT_S = 30.0
+"""Seconds a unit of work waits for a pooled connection before it fails as unavailable (503)."""
+
+
+class Database:
+    """Engine created once per process (kept in the app's lifespan state).
+
+    On PostgreSQL the pool is of a fixed size: ``pool_size`` connections at most, opened as they
+    are first needed and kept. A unit of work that finds them all in use waits for one (at most
+    ``pool_timeout_s`` seconds, then ``sqlalchemy.exc.TimeoutError``, which ``ecs.retry`` takes
+    for unavailable). There is no overflow on purpose: SQLAlchemy closes an overflow connection as
+    soon as it is given back, so a load of more concurrent units of work than ``pool_size`` opened
+    and closed a session (a server process, its set-up and asyncpg's type introspection) for
+    nearly every request, and cost PostgreSQL more than the requests themselves."""
+
+    def __init__(self, url: str, *, pool_size: int = POOL_SIZE, pool_timeout_s: float = POOL_TIMEOUT_S) -> None:
         self.url = normalise_url(url)
         self.is_sqlite = self.url.startswith("sqlite")
         if self.is_sqlite:
@@ -185,7 +200,8 @@ class Database:
             self.engine = create_async_engine(
                 self.url,
                 pool_size=pool_size,
-                max_overflow=pool_size,
+                max_overflow=0,
+                pool_timeout=pool_timeout_s,
                 pool_recycle=1800,
                 # SQL parameter values (callers' numbers among them) never reach an error or a log.
                 hide_parameters=True,

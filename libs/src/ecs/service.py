@@ -118,7 +118,7 @@ async def platform(app: FastAPI, settings: ServiceSettings, spec: ServiceSpec) -
     configure_logging(settings.service_name, settings.log_level, settings.log_json)
     settings.check_secrets()
     await upgrade(settings.database_url, spec.migrations, spec.version_table)
-    db = Database(settings.database_url)
+    db = Database(settings.database_url, pool_size=settings.db_pool_size, pool_timeout_s=settings.db_pool_timeout_s)
     bus = Bus(
         settings.nats_url, settings.service_name, settings.stream_replicas, settings.nats_user, settings.nats_password
     )

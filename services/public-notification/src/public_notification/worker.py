@@ -36,7 +36,7 @@ class DeliveryWorker:
 
     async def start(self) -> None:
         self._stopping = False
-        self._db = Database(self.ctx.settings.database_url, pool_size=1)
+        self._db = Database(self.ctx.settings.database_url, pool_size=2)
         self._task = asyncio.create_task(self._run(dataclasses.replace(self.ctx, db=self._db)), name="deliveries")
 
     async def stop(self) -> None:
