@@ -106,6 +106,35 @@ def exit_on_unmet() -> None:
         raise SystemExit(1)
 
 
+# --- HTTP load ---------------------------------------------------------------------------------
+
+
+class Connection:
+    """One keep-alive HTTP/1.1 connection: a request out, the status and body back. A load client
+    this light leaves the machine's cores to the service measured (an httpx request costs a few
+    milliseconds of the client's CPU)."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    @classmethod
+    async def open(cls, port: int) -> Connection:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        return cls(reader, writer)
+
+    async def call(self, request: bytes) -> tuple[int, bytes]:
+        self.writer.write(request)
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        status = int(head[9:12])
+        lower = head.lower()
+        at = lower.find(b"content-length:")
+        length = int(lower[at + 15 : lower.find(b"\r\n", at)]) if at >= 0 else 0
+        return status, await self.reader.readexactly(length)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
 # --- alarms ----------------------------------------------------------------------------------
 
 

@@ -39,6 +39,7 @@ from tests.bench._common import (  # noqa: E402
     GATEWAY_ID,
     GATEWAY_SECRET,
     AlarmMaker,
+    Connection,
     CpuMeter,
     alarm_rows_like,
     city_scenes,
@@ -60,30 +61,6 @@ CONNECTIONS = 256
 SCENES = 200
 FULL = {"ceiling_s": 15, "max_s": 30, "paced_s": 30, "batch_s": 10, "pg_rows": 100_000}
 QUICK = {"ceiling_s": 3, "max_s": 5, "paced_s": 5, "batch_s": 3, "pg_rows": 10_000}
-
-
-class Connection:
-    """One keep-alive HTTP/1.1 connection: a request out, the status and body back."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader, self.writer = reader, writer
-
-    @classmethod
-    async def open(cls, port: int) -> Connection:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        return cls(reader, writer)
-
-    async def call(self, request: bytes) -> tuple[int, bytes]:
-        self.writer.write(request)
-        head = await self.reader.readuntil(b"\r\n\r\n")
-        status = int(head[9:12])
-        lower = head.lower()
-        at = lower.find(b"content-length:")
-        length = int(lower[at + 15 : lower.find(b"\r\n", at)]) if at >= 0 else 0
-        return status, await self.reader.readexactly(length)
-
-    def close(self) -> None:
-        self.writer.close()
 
 
 def signed_post(port: int, path: str, body: bytes) -> bytes:

@@ -73,13 +73,14 @@ async def test_sql_parameters_never_reach_an_error_and_a_sqlite_file_s_folders_a
 def test_a_postgresql_engine_pools_as_told_recycles_its_sessions_and_hides_parameters():
     from ecs.db import Database
 
-    db = Database("postgresql://u:p@127.0.0.1:1/none", pool_size=4)
+    db = Database("postgresql://u:p@127.0.0.1:1/none", pool_size=4, pool_timeout_s=2.5)
     pool = db.engine.sync_engine.pool
-    assert (pool.size(), pool._max_overflow, pool._recycle) == (4, 4, 1800)  # noqa: SLF001
+    # A fixed size: no overflow session opened and closed again for each unit of work past it.
+    assert (pool.size(), pool._max_overflow, pool._recycle, pool._timeout) == (4, 0, 1800, 2.5)  # noqa: SLF001
     assert db.engine.sync_engine.hide_parameters is True
     assert Database("sqlite:///:memory:").engine.sync_engine.hide_parameters is True
     default = Database("postgresql://u:p@127.0.0.1:1/none").engine.sync_engine.pool
-    assert (default.size(), default._max_overflow) == (10, 10)  # noqa: SLF001
+    assert (default.size(), default._max_overflow, default._timeout) == (10, 0, 30.0)  # noqa: SLF001
 
 
 @pytest.mark.parametrize(
