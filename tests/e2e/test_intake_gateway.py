@@ -110,7 +110,7 @@ async def post_raw(
     gateway_id: str = GATEWAY_ID,
     secret: str = GATEWAY_SECRET,
     now: float | None = None,
-    **header_changes: str | None,
+    **header_changes: str | bytes | None,
 ) -> httpx.Response:
     headers = signed_headers(gateway_id, secret, body, now)
     for name, value in header_changes.items():
@@ -325,6 +325,8 @@ SIGNATURE_CASES: dict[str, tuple[Callable[[bytes], dict[str, Any]], str]] = {
         lambda body: {"X_Signature": signed_headers(GATEWAY_ID, GATEWAY_SECRET, body)["X-Signature"][7:]},
         "X-Signature",
     ),
+    # A header is Latin-1 on the wire: this was a 500 (hmac.compare_digest refuses non-ASCII text).
+    "signature with a non-ASCII character": (lambda body: {"X_Signature": "sha256=é".encode()}, "X-Signature"),
     "missing timestamp": (lambda body: {"X_Timestamp": None}, "X-Timestamp"),
     "timestamp not unix seconds": (lambda body: {"X_Timestamp": "2025-01-01T00:00:00Z"}, "X-Timestamp"),
     "missing gateway id": (lambda body: {"X_Gateway_Id": None}, "X-Gateway-Id"),

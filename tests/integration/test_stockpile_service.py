@@ -594,3 +594,34 @@ async def test_a_lot_keeps_one_expiry_and_a_receipt_that_disagrees_is_409_and_wr
         await s.receive("near", {"item": "stretcher", "lot": "L-1", "quantity": 6, "expiry": "2028-01-01"})
         [line] = [x for x in await s.stock(depot_id="near") if x["lot"] == "L-1"]
         assert (line["on_hand"], line["expiry"]) == (10, "2028-01-01")
+
+
+async def test_a_transfer_into_a_lot_held_with_another_expiry_is_409_and_writes_nothing(stockpile_app, db_url, headers):
+    """A transfer used to merge into the target's line of the lot and take its expiry: two
+    stretchers expiring in 2027 shown as 2035."""
+    async with stockpile_app(db_url) as (_, client, bus):
+        s = Stockpile(client, bus, headers)
+        await s.setup([depot("near", 1.0), depot("far", 9.0)])
+        await s.receive("near", {"item": "stretcher", "lot": "X9", "quantity": 3, "expiry": "2027-06-01"})
+        await s.receive("far", {"item": "stretcher", "lot": "X9", "quantity": 3, "expiry": "2035-01-01"})
+        before = await s.stock()
+        move = {"from_depot": "near", "to_depot": "far", "item": "stretcher", "lot": "X9", "quantity": 2}
+        r = await s.post("/v1/documents/transfers", move)
+        assert r.status_code == 409 and r.json()["field"] == "lot", r.text
+        assert "a lot has one expiry" in r.json()["detail"]
+        assert await s.stock() == before
+
+
+async def test_an_item_or_depot_listed_twice_in_one_batch_is_422_naming_it(stockpile_app, db_url, headers):
+    """The second one reached the database's unique key: a 500."""
+    async with stockpile_app(db_url) as (_, client, bus):
+        s = Stockpile(client, bus, headers)
+        item = {"code": "dup1", "name_en": "N", "name_zh": "名", "base_unit": "piece"}
+        r = await s.post("/v1/items", {"items": [item, {**item, "code": "dup2"}, item]})
+        assert r.status_code == 422 and r.json()["field"] == "items.2.code", r.text
+        r = await s.post("/v1/depots", {"depots": [depot("X1", 1.0), depot("X1", 2.0)]})
+        assert r.status_code == 422 and r.json()["field"] == "depots.1.id", r.text
+        r = await s.post("/v1/depots", {"depots": [{**depot("X2", 1.0), "lat": "31.2"}]})
+        assert r.status_code == 422, r.text
+        assert (await s.get("/v1/items")).json()["items"] == []
+        assert (await s.get("/v1/depots")).json()["depots"] == []

@@ -175,3 +175,63 @@ async def test_stopping_refuses_what_is_in_flight_or_waiting_as_transient():
 def test_a_batch_holds_at_least_one_item():
     with pytest.raises(ValueError):
         MicroBatcher(Recorder(), 0)
+
+
+def test_a_signature_with_a_character_beyond_ascii_is_simply_not_the_signature():
+    """hmac.compare_digest refuses non-ASCII text: this was a 500 before authentication."""
+    body = b'{"alarm_id":"x"}'
+    assert not signing.matches(SECRET, "1700000000", body, "sha256=é")
+    assert not signing.matches(SECRET, "1700000000", body, "sha256=" + "é" * 64)
+
+
+GOOD_ALARM = {
+    "alarm_id": "A-1",
+    "received_at": "2026-05-01T08:30:00+08:00",
+    "category": "fire",
+    "location": {"lat": 31.2, "lon": 121.4},
+    "description": "smoke",
+}
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"received_at": 1796153899}, ("received_at",)),
+        ({"received_at": "1796153899"}, ("received_at",)),
+        ({"location": {"lat": 31.2, "lon": 121.4, "accuracy_m": True}}, ("location", "accuracy_m")),
+        ({"location": {"lat": 31.2, "lon": 121.4, "accuracy_m": "20"}}, ("location", "accuracy_m")),
+    ],
+    ids=["received_at a number", "received_at digits", "accuracy_m true", "accuracy_m text"],
+)
+def test_the_gateway_contract_takes_times_as_rfc3339_text_and_numbers_as_numbers(change, field):
+    from pydantic import ValidationError
+
+    from ecs.contracts import GatewayAlarm
+
+    GatewayAlarm.model_validate({**GOOD_ALARM, "location": {**GOOD_ALARM["location"], "accuracy_m": 20}})
+    with pytest.raises(ValidationError) as caught:
+        GatewayAlarm.model_validate({**GOOD_ALARM, **change})
+    assert [e["loc"] for e in caught.value.errors()] == [field]
+
+
+@pytest.mark.parametrize(
+    "perimeter",
+    [
+        {"kind": "circle", "lat": 31, "lon": 121, "radius_m": True},
+        {"kind": "circle", "lat": "31.2", "lon": "121.4", "radius_m": "100"},
+        {"kind": "polygon", "points": [[True, 121], [31.1, 121], [31, 121.1]]},
+        {"kind": "polygon", "points": [["31", 121], [31.1, 121], [31, 121.1]]},
+    ],
+    ids=["radius true", "numbers as text", "a point's lat true", "a point's lat text"],
+)
+def test_a_perimeter_takes_numbers_only(perimeter):
+    """``true`` was stored as a 1 m circle, or a corner at latitude 1: a cordon from 1°N to 31°N."""
+    from pydantic import ValidationError
+
+    from incident_intake.api import PerimeterChange
+
+    PerimeterChange.model_validate(
+        {"version": 2, "perimeter": {"kind": "circle", "lat": 31, "lon": 121, "radius_m": 100}}
+    )
+    with pytest.raises(ValidationError):
+        PerimeterChange.model_validate({"version": 2, "perimeter": perimeter})

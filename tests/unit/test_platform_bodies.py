@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+from datetime import datetime
 from typing import Annotated, Any, Literal, get_args, get_origin
 
 import annotated_types
@@ -246,3 +247,28 @@ def test_which_annotations_take_a_json_boolean(annotation, takes):
 )
 def test_the_least_length_of_a_text_field_is_found_wherever_it_is_declared(annotation, metadata, least):
     assert min_length_of(annotation, metadata) == least
+
+
+class Timed(RequestBody):
+    at: datetime | None = None
+    times: list[datetime] = []
+
+
+@pytest.mark.parametrize(
+    "edge", ["0001-01-01T00:00:00+14:00", "0001-01-01T00:00:00+00:30", "9999-12-31T23:59:59-05:00"]
+)
+def test_a_time_with_no_utc_equivalent_in_years_1_to_9999_is_refused_naming_the_field(edge):
+    """Such a time was a 500 on every store: turning it into UTC overflows (stockpile's
+    ``effective_at`` was the example)."""
+    message = "Value error, must be a time whose UTC equivalent falls within years 1 to 9999"
+    assert errors_of(Timed, {"at": edge}) == {("at",): message}
+    assert errors_of(Timed, {"times": ["2026-01-01T00:00:00Z", edge]}) == {("times",): message}
+    assert Timed.model_validate({"at": "0001-01-01T00:00:00Z", "times": ["9999-12-31T23:59:59+00:00"]}).at
+
+
+def test_the_stockpile_documents_refuse_an_effective_at_out_of_utc_range():
+    from resource_stockpile.api import AdjustmentIn, ReceiptIn, TransferIn
+
+    for model in (ReceiptIn, AdjustmentIn, TransferIn):
+        errors = errors_of(model, {"effective_at": "0001-01-01T00:00:00+14:00"})
+        assert ("effective_at",) in errors, (model, errors)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import types
+from datetime import UTC, datetime
 from functools import cache
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
@@ -79,6 +80,26 @@ def _first_unwritable(value: Any) -> str | None:
     return None
 
 
+def _first_out_of_utc_range(value: Any) -> datetime | None:
+    """The first time in ``value`` (a datetime, or one in lists and objects) that has no UTC
+    equivalent within years 1 to 9999 (``0001-01-01T00:00:00+14:00``, ``9999-12-31T23:00:00-05:00``):
+    turning it into UTC, as every store does, would overflow. None if none."""
+    if isinstance(value, datetime):
+        try:
+            value.astimezone(UTC)
+        except OverflowError:
+            return value
+        return None
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, list | tuple):
+        for item in value:
+            found = _first_out_of_utc_range(item)
+            if found is not None:
+                return found
+    return None
+
+
 @cache
 def _takes_bool(model: type[BaseModel], field: str) -> bool:
     info = model.model_fields.get(field)
@@ -91,8 +112,9 @@ class RequestBody(BaseModel):
     XML 1.0 cannot carry (a C0 control but tab, LF and CR; a lone surrogate; U+FFFE, U+FFFF),
     which would be stored and then break the CAP, EDXL-RM or PFIF document made from it. Refused
     too: a boolean where the field wants a number or a name, and blanks alone (spaces, tabs,
-    newlines) where the field asks for at least one character (a name, a reason). Each refusal
-    names the field (inside lists and objects too)."""
+    newlines) where the field asks for at least one character (a name, a reason), and a time
+    with no UTC equivalent within years 1 to 9999 (every store keeps UTC). Each refusal names
+    the field (inside lists and objects too)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -111,6 +133,8 @@ class RequestBody(BaseModel):
             raise ValueError("must not hold U+0000")
         if char is not None:
             raise ValueError(f"must not hold U+{ord(char):04X}, a character XML cannot carry")
+        if _first_out_of_utc_range(value) is not None:
+            raise ValueError("must be a time whose UTC equivalent falls within years 1 to 9999")
         blank = isinstance(value, str) and value != "" and value.isspace()
         if blank and info.field_name and _must_have_text(cls, info.field_name):
             raise ValueError("must not be blank")

@@ -5,11 +5,21 @@ proto-schemas/ is generated from these models (``make schemas``); a test fails w
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictBool, StrictInt, model_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    model_validator,
+)
 
 from .vocabulary import Category, Level, Participant, Stage
 
@@ -49,7 +59,7 @@ class AlarmLocation(_Strict):
     crs: Literal["wgs84", "cgcs2000", "gcj02"] = Field(
         default="wgs84", description="gcj02 is converted to WGS-84; cgcs2000 is taken as WGS-84 (they differ by cm)"
     )
-    accuracy_m: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None
+    accuracy_m: Annotated[float, Field(ge=0, allow_inf_nan=False, strict=True)] | None = None
     address: Annotated[str, Field(max_length=500)] | None = None
 
 
@@ -58,13 +68,26 @@ class AlarmCaller(_Strict):
     name: Annotated[str, Field(max_length=100)] | None = None
 
 
+_RFC3339_DATE = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]")
+
+
+def _rfc3339_text(value: Any) -> Any:
+    """``received_at`` as the contract gives it, an RFC 3339 text (DESIGN §7): a JSON number, or a
+    text of digits, would otherwise be read as unix seconds."""
+    if isinstance(value, str) and not _RFC3339_DATE.match(value):
+        raise ValueError("must be an RFC 3339 date and time with an offset, e.g. 2026-05-01T08:30:00+08:00")
+    if not isinstance(value, str | datetime):
+        raise ValueError("must be an RFC 3339 date and time text with an offset")
+    return value
+
+
 class GatewayAlarm(_Strict):
     """One alarm as a 110 gateway sends it, over HTTP or on ``alarm.in.<gateway_id>``."""
 
     model_config = ConfigDict(extra="forbid", title="GatewayAlarmV1")
 
     alarm_id: Annotated[str, Field(pattern=ALARM_ID_PATTERN, description="unique per gateway: the idempotency key")]
-    received_at: AwareDatetime = Field(description="RFC 3339 with an offset")
+    received_at: Annotated[AwareDatetime, BeforeValidator(_rfc3339_text)] = Field(description="RFC 3339 with an offset")
     category: CategoryName
     location: AlarmLocation
     caller: AlarmCaller | None = None

@@ -28,8 +28,11 @@ def sign(secret: str | bytes, timestamp: str, body: bytes) -> str:
 
 def matches(secret: str | bytes, timestamp: str, body: bytes, signature: str) -> bool:
     """True when ``signature`` is the one ``sign`` gives; hex case and surrounding blanks do not
-    matter. The comparison takes the same time wherever the strings differ."""
-    return hmac.compare_digest(signature.strip().lower(), sign(secret, timestamp, body))
+    matter. The comparison takes the same time wherever the strings differ. A signature holding
+    any other character (a header is Latin-1: ``é`` can arrive) is compared as its UTF-8 bytes, so
+    it is simply not the signature: ``hmac.compare_digest`` refuses non-ASCII ``str``."""
+    given = signature.strip().lower().encode("utf-8", "replace")
+    return hmac.compare_digest(given, sign(secret, timestamp, body).encode())
 
 
 def signed_headers(gateway_id: str, secret: str | bytes, body: bytes, now: float | None = None) -> dict[str, str]:

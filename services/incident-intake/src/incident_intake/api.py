@@ -224,11 +224,20 @@ async def post_alarm_batch(request: Request, registry: Gateways, ctx: Ctx) -> Re
     for i, item in enumerate(items):
         alarm_id = item.get("alarm_id") if isinstance(item, dict) else None
         try:
-            if len(orjson.dumps(item)) > MAX_ALARM_BYTES:
+            try:
+                size = len(orjson.dumps(item))
+            except orjson.JSONEncodeError:  # nested deeper than orjson writes (255): no alarm is
+                size = 0
+                errors = [{"field": f"alarms.{i}", "message": "nested too deeply to be an alarm"}]
+                raise _NotAnAlarm from None
+            if size > MAX_ALARM_BYTES:
                 raise InvalidInput(f"alarm {i} is larger than {MAX_ALARM_BYTES} bytes")
-            alarm = GatewayAlarm.model_validate(item)
-        except ValidationError as exc:
-            errors = _alarm_errors(exc, f"alarms.{i}.")
+            try:
+                alarm = GatewayAlarm.model_validate(item)
+            except ValidationError as exc:
+                errors = _alarm_errors(exc, f"alarms.{i}.")
+                raise _NotAnAlarm from None
+        except _NotAnAlarm:
             detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors[:5])
             results[i] = BatchItemResult(
                 index=i,
@@ -263,6 +272,10 @@ async def post_alarm_batch(request: Request, registry: Gateways, ctx: Ctx) -> Re
                 results[i] = {"index": i, "status": 202, "receipt": _receipt(r), "error": None}
     accepted = sum(1 for r in results if r is not None and r["status"] == 202)
     return json_response({"accepted": accepted, "rejected": len(items) - accepted, "results": results})
+
+
+class _NotAnAlarm(Exception):
+    """A batch item that no alarm can be made of (its errors are already listed)."""
 
 
 def _refused_item(i: int, alarm_id: str, exc: AppError) -> dict[str, Any]:

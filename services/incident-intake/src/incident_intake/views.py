@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, StrictFloat
 from sqlalchemy import and_, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -40,16 +40,17 @@ class CirclePerimeter(_View):
     """A circular cordon: its centre and radius in metres."""
 
     kind: Literal["circle"]
-    lat: float = Field(ge=-90, le=90, allow_inf_nan=False)
-    lon: float = Field(ge=-180, le=180, allow_inf_nan=False)
-    radius_m: float = Field(gt=0, le=MAX_RADIUS_M, allow_inf_nan=False)
+    # strict: true or "31.2" is not a number (an operator's body takes this shape as it is).
+    lat: float = Field(ge=-90, le=90, allow_inf_nan=False, strict=True)
+    lon: float = Field(ge=-180, le=180, allow_inf_nan=False, strict=True)
+    radius_m: float = Field(gt=0, le=MAX_RADIUS_M, allow_inf_nan=False, strict=True)
 
 
 class PolygonPerimeter(_View):
     """A polygonal cordon: its ring, open (the first point is not repeated)."""
 
     kind: Literal["polygon"]
-    points: list[tuple[float, float]] = Field(min_length=3, max_length=500, description="[lat, lon] pairs")
+    points: list[tuple[StrictFloat, StrictFloat]] = Field(min_length=3, max_length=500, description="[lat, lon] pairs")
 
 
 PerimeterShape = Annotated[CirclePerimeter | PolygonPerimeter, Field(discriminator="kind")]

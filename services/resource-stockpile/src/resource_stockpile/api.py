@@ -9,7 +9,6 @@ item's base unit by default, or one of its packs) and answered in base units.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from datetime import date
 from decimal import Decimal
@@ -83,21 +82,12 @@ async def _context(request: Request) -> Context:
 Ctx = Annotated[Context, Depends(_context)]
 
 
-REQUEST_KEY_CHARS = 255
-"""The longest request key kept as written: it is a message id of the inbox (255 characters)."""
-
-
 def _request_key(who: Principal, key: str | None) -> str | None:
     """The request's Idempotency-Key, per caller, recorded with its effect (handlers.reservations):
-    ``<subject>:<key>``, or when that is longer than REQUEST_KEY_CHARS (a subject and a key may
-    each have 255) ``sha256:<hex of subject NUL key>``: never cut, since two keys that differ only
-    past the cut would be taken for the same request."""
+    ``commands.request_key(subject, key)``."""
     if not key or not key.strip():
         return None
-    joined = f"{who.subject}:{key.strip()}"
-    if len(joined) <= REQUEST_KEY_CHARS:
-        return joined
-    return "sha256:" + hashlib.sha256(f"{who.subject}\x00{key.strip()}".encode()).hexdigest()
+    return commands.request_key(who.subject, key.strip())
 
 
 IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=255)]
@@ -149,11 +139,11 @@ class DepotIn(_Body):
     id: str = Field(pattern=ID)
     name: str = Field(min_length=1, max_length=255)
     district: str = Field(min_length=1, max_length=64)
-    lat: float = Field(ge=-90, le=90, allow_inf_nan=False)
-    lon: float = Field(ge=-180, le=180, allow_inf_nan=False)
+    lat: float = Field(ge=-90, le=90, allow_inf_nan=False, strict=True)
+    lon: float = Field(ge=-180, le=180, allow_inf_nan=False, strict=True)
     hours: str = Field(default="00:00-24:00", max_length=255)
     contact: str = Field(default="", max_length=255)
-    exercise: bool = False
+    exercise: bool = Field(default=False, strict=True)
 
 
 class DepotBatch(_Body):

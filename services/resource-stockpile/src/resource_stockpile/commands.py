@@ -4,12 +4,27 @@ unit or one of its packs); the handlers turn them into base units."""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
 
 from .domain import Action, AdjustmentReason, Condition, Depot, Item
+
+REQUEST_KEY_CHARS = 255
+"""The longest request key kept as written: it is a message id of the inbox (255 characters)."""
+
+
+def request_key(*parts: str) -> str:
+    """The key a request's effect is recorded under (handlers.reservations): its parts joined by
+    ``:``, or when that is longer than REQUEST_KEY_CHARS ``sha256:<hex of the parts joined by
+    NUL>``: never cut, since two keys that differ only past the cut would be taken for the same
+    request."""
+    joined = ":".join(parts)
+    if len(joined) <= REQUEST_KEY_CHARS:
+        return joined
+    return "sha256:" + hashlib.sha256("\x00".join(parts).encode()).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)

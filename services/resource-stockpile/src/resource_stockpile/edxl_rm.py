@@ -216,6 +216,11 @@ def _schema_error_path(root: etree._Element, path: str | None) -> str:
     return xpath_of(found[0]) if found and isinstance(found[0], etree._Element) else path
 
 
+MAX_ID_CHARS = 255
+"""The longest MessageID and ResourceInfoElementID kept (the schema sets no bound: each is stored
+with the reservations it made, in a column of this size, and never cut)."""
+
+
 def read_request(body: bytes) -> Request:
     """A RequestResource document as request lines. Raises InvalidInput naming the XPath (and the
     line) and the reason for anything that is not well-formed, not valid against the EDXL-RM 1.0
@@ -246,6 +251,9 @@ def read_request(body: bytes) -> Request:
     for info in infos:
         xpath = xpath_of(info)
         element_id = (info.findtext("rmsg:ResourceInfoElementID", namespaces=NS) or "").strip()
+        if len(element_id) > MAX_ID_CHARS:
+            where = f"{xpath}/ResourceInfoElementID"
+            raise _invalid(f"ResourceInfoElementID is longer than {MAX_ID_CHARS} characters", where, info.sourceline)
         resource = info.find("rmsg:Resource", NS)
         item = _item_code(resource)
         if item is None:
@@ -271,6 +279,8 @@ def read_request(body: bytes) -> Request:
     message = (root.findtext("rmsg:MessageID", namespaces=NS) or "").strip()
     if not message:
         raise _invalid("MessageID must not be empty", "/RequestResource/MessageID", None)
+    if len(message) > MAX_ID_CHARS:
+        raise _invalid(f"MessageID is longer than {MAX_ID_CHARS} characters", "/RequestResource/MessageID", None)
     return Request(message, lines)
 
 

@@ -1,14 +1,15 @@
 """A neighbouring city's EDXL-RM 1.0 RequestResource, imported as a reservation request for an
 incident: validated against the official schema first (422 naming the XPath, the line and the
 reason), every item and quantity checked, then one reservation per ResourceInformation in one
-transaction — all or none. The MessageID keys it: the same message again makes nothing new."""
+transaction — all or none. The MessageID keys it, per incident: the same message again for the
+same incident makes nothing new."""
 
 from __future__ import annotations
 
 from ecs.errors import InvalidInput
 
 from .. import edxl_rm, store
-from ..commands import ImportEdxlRequest, RequestLine, ReserveMany
+from ..commands import ImportEdxlRequest, RequestLine, ReserveMany, request_key
 from ..context import Context
 from ..domain import to_base
 from .reservations import Reserved, reserve_many
@@ -38,7 +39,9 @@ async def import_request(ctx: Context, cmd: ImportEdxlRequest) -> list[Reserved]
         lines,
         cmd.actor,
         source="edxl",
-        request_key=f"edxl:{request.message_id}"[:300],
-        edxl_message_id=request.message_id[:255],
+        # Per incident: the same message imported for another incident is that incident's request,
+        # never an answer with the first incident's reservations.
+        request_key=request_key("edxl", cmd.incident_id, request.message_id),
+        edxl_message_id=request.message_id,
     )
     return await reserve_many(ctx, many, "edxl")

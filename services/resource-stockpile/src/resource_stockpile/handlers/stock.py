@@ -4,7 +4,7 @@ back-dated one is checked against the line's history first (domain.check_history
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 
 from ecs.contracts_stockpile import StockDocumentPosted, StockLineChange
 from ecs.envelope import utcnow
@@ -34,16 +34,7 @@ async def receive_stock(ctx: Context, cmd: ReceiveStock) -> int:
         doc = await store.new_document(tx.conn, DocumentKind.receipt, tx.actor, at, now, note=cmd.note)
         changes = []
         for i, (line, q) in enumerate(zip(cmd.lines, quantities, strict=True)):
-            held = await store.lot_expiries(tx.conn, depot.id, line.item, line.lot)
-            if held and line.expiry not in held:
-                said = ", ".join(sorted(str(d) if d else "no expiry" for d in held))
-                raise Conflict(
-                    f"lot {line.lot} of {line.item} at {depot.id} is held with {said}; this line says "
-                    f"{line.expiry or 'no expiry'}: a lot has one expiry, so receive this stock under a lot of its own",
-                    field=f"lines.{i}.expiry",
-                    item=line.item,
-                    lot=line.lot,
-                )
+            await _one_expiry(tx, depot.id, line.item, line.lot, line.expiry, f"lines.{i}.expiry")
             stock = await store.ensure_line(tx.conn, depot, line.item, line.lot, line.expiry, line.condition)
             await store.change_on_hand(tx.conn, doc, stock.id, q, at)
             tx.touch(depot.id, line.item)
@@ -89,8 +80,8 @@ async def adjust_stock(ctx: Context, cmd: AdjustStock) -> int:
 
 async def transfer_stock(ctx: Context, cmd: TransferStock) -> int:
     """Move a good lot from one depot to another; returns the document id. Raises NotFound,
-    InvalidInput (the same depot twice, between exercise and live depots, quantity, unit) or
-    NegativeBalance (409)."""
+    InvalidInput (the same depot twice, between exercise and live depots, quantity, unit),
+    NegativeBalance (409) or Conflict (409: the target holds the lot with another expiry)."""
     if cmd.from_depot == cmd.to_depot:
         raise InvalidInput("to_depot must differ from from_depot", field="to_depot")
     now = utcnow()
@@ -106,6 +97,7 @@ async def transfer_stock(ctx: Context, cmd: TransferStock) -> int:
         from_line = await _lot(tx, source, item, cmd.lot, Condition.good)
         doc = await store.new_document(tx.conn, DocumentKind.transfer, tx.actor, at, now, note=cmd.note)
         await _apply(tx, doc, from_line, -q, at, now)
+        await _one_expiry(tx, target.id, cmd.item, cmd.lot, from_line.expiry, "lot")
         to_line = await store.ensure_line(tx.conn, target, cmd.item, cmd.lot, from_line.expiry, Condition.good)
         await store.change_on_hand(tx.conn, doc, to_line.id, q, at)
         tx.touch(source.id, cmd.item)
@@ -116,6 +108,21 @@ async def transfer_stock(ctx: Context, cmd: TransferStock) -> int:
         return doc
 
     return await transaction(ctx, work, cmd.actor)
+
+
+async def _one_expiry(tx: Tx, depot_id: str, item: str, lot: str, expiry: date | None, field: str) -> None:
+    """A lot has one expiry: Conflict (409 naming ``field``) when ``depot_id`` holds ``lot`` of
+    ``item`` with another one (a receipt, or a transfer in, would give stock the wrong date)."""
+    held = await store.lot_expiries(tx.conn, depot_id, item, lot)
+    if held and expiry not in held:
+        said = ", ".join(sorted(str(d) if d else "no expiry" for d in held))
+        raise Conflict(
+            f"lot {lot} of {item} at {depot_id} is held with {said}; this stock has {expiry or 'no expiry'}: "
+            "a lot has one expiry, so put this stock under a lot of its own",
+            field=field,
+            item=item,
+            lot=lot,
+        )
 
 
 async def _apply(tx: Tx, doc: int, stock: StockLine, delta: int, at: datetime, now: datetime) -> None:
