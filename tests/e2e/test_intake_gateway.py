@@ -501,6 +501,18 @@ async def test_batch_with_invalid_json_is_400(intake, ops):
     assert await holdings(ops) == before
 
 
+async def test_a_batch_item_nested_too_deeply_is_refused_alone(intake, ops):
+    """An item nested past 255 levels (what orjson writes) made the whole batch a 500."""
+    good = alarm(new_spot())
+    deep = b"[" * 300 + b"]" * 300
+    body = b'{"alarms": [' + orjson.dumps(good) + b', {"alarm_id": "deep-1", "x": ' + deep + b"}]}"
+    resp = await post_raw(intake, body, path="/v1/alarms:batch")
+    assert resp.status_code == 200, resp.text
+    results = resp.json()["results"]
+    assert [r["status"] for r in results] == [202, 422]
+    assert results[1]["error"]["errors"] == [{"field": "alarms.1", "message": "nested too deeply to be an alarm"}]
+
+
 async def test_batch_needs_the_signature_too(intake, ops):
     body = orjson.dumps({"alarms": [alarm(new_spot())]})
     before = await holdings(ops)

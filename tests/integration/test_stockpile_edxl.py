@@ -6,6 +6,7 @@ and a document failing the schema refused with its XPath, line and reason, nothi
 
 from __future__ import annotations
 
+import httpx
 from lxml import etree
 
 from resource_stockpile import edxl_rm
@@ -107,6 +108,44 @@ async def test_a_reservation_and_its_release_are_exported_threaded_and_valid(sto
         assert (
             await s.get(f"/v1/incidents/{incident}/edxl-rm/ReleaseResource", reservation_id=kits)
         ).status_code == 409
+
+
+async def test_the_same_message_for_another_incident_is_that_incidents_request_and_long_ids_are_422(
+    stockpile_app, db_url, headers
+):
+    """The same MessageID imported for a second incident answered the first incident's
+    reservations and reserved nothing for the second; a MessageID or ResourceInfoElementID past
+    255 characters was a 500 (the inbox key, the column)."""
+    async with stockpile_app(db_url) as (_, client, bus):
+        s = Stockpile(client, bus, headers)
+        await s.setup([depot("A", 1.0)])
+        await s.receive(
+            "A",
+            {"item": "stretcher", "lot": "S", "quantity": 10},
+            {"item": "first_aid_kit", "lot": "K", "quantity": 50},
+        )
+        first, second = await s.incident(), await s.incident()
+        officer = {**s.officer, **XML}
+
+        async def post(incident: str, document: bytes) -> httpx.Response:
+            return await client.post(
+                "/v1/edxl-rm/requests", params={"incident_id": incident}, content=document, headers=officer
+            )
+
+        a = await post(first, NEIGHBOUR)
+        b = await post(second, NEIGHBOUR)
+        assert a.status_code == b.status_code == 201, (a.text, b.text)
+        assert {x["incident_id"] for x in b.json()["reservations"]} == {second}
+        for incident in (first, second):
+            assert len((await s.get(f"/v1/incidents/{incident}/reservations")).json()["reservations"]) == 2
+        long_message = NEIGHBOUR.replace(b"suzhou-ecs-2026-0042", b"m" * 256)
+        long_element = NEIGHBOUR.replace(
+            b"<ResourceInfoElementID>sz-1<", b"<ResourceInfoElementID>" + b"e" * 5000 + b"<"
+        )
+        for document, field in ((long_message, "MessageID"), (long_element, "ResourceInfoElementID")):
+            r = await post(first, document)
+            assert r.status_code == 422 and r.json()["field"].endswith(field), r.text
+        assert len((await s.get(f"/v1/incidents/{first}/reservations")).json()["reservations"]) == 2
 
 
 async def test_a_neighbours_request_becomes_reservations_threaded_to_its_message(stockpile_app, db_url, headers):
