@@ -178,7 +178,7 @@ async def test_capacity_comes_from_the_area_and_is_set_lower_by_hand_only(regist
     assert problem(await registry.post("/v1/shelters", shelter("S1", 2)), 409)
     assert problem(await registry.post("/v1/shelters", {**shelter("S5", 1), "kind": "castle"}), 422)
     body = problem(await registry.post("/v1/shelters:batch", {"shelters": [shelter("S6", 1), shelter("S6", 2)]}), 422)
-    assert body["field"] == "shelters[1].id"
+    assert body["field"] == "shelters.1.id"
     problem(await registry.get("/v1/shelters/S6"), 404)  # the batch wrote nothing
     problem(await registry.get("/v1/shelters/nowhere"), 404)
     page = (await registry.get("/v1/shelters", limit=1)).json()
@@ -294,10 +294,10 @@ async def test_malformed_id_and_phone_numbers_are_refused_naming_the_field_and_n
     bad = family()
     bad["household"]["persons"][0]["id_number"] = "110105194912310021"  # wrong check character
     body = problem(await registry.post("/v1/allocations", bad), 422)
-    assert body["field"] == "household.persons[0].id_number"
+    assert body["field"] == "household.persons.0.id_number"
     bad = family()
     bad["household"]["persons"][1]["phone"] = "12345"
-    assert problem(await registry.post("/v1/allocations", bad), 422)["field"] == "household.persons[1].phone"
+    assert problem(await registry.post("/v1/allocations", bad), 422)["field"] == "household.persons.1.phone"
     assert (await registry.shelter("S1"))["occupied"] == 0
     assert problem(await registry.post("/v1/allocations", {**family(), "near": {"lat": 91, "lon": 0}}), 422)
 
@@ -366,7 +366,7 @@ async def test_a_batch_places_households_whole_once_even_when_sent_again(registr
     assert again["already_placed"] == 20 and again["placed"] == first["placed"]
     assert [(await registry.shelter(s))["occupied"] for s in ("S1", "S2", "S3")] == occupied
     dup = {**batch, "households": [households[0], households[0]]}
-    assert problem(await registry.post("/v1/allocations:batch", dup), 422)["field"] == "households[1].ref"
+    assert problem(await registry.post("/v1/allocations:batch", dup), 422)["field"] == "households.1.ref"
 
 
 async def test_a_household_is_split_only_when_the_operator_allows_it(registry):

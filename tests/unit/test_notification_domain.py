@@ -171,7 +171,7 @@ def test_a_polygon_is_closed_and_has_4_to_100_points():
         parse_polygon(square(5)[:-1] + [[0.0, 0.0]])
     with pytest.raises(errors.InvalidInput, match="outside WGS-84") as far:
         parse_polygon([[91.0, 0.0], [1.0, 1.0], [1.0, 0.0], [91.0, 0.0]])
-    assert far.value.extra["field"] == "area.polygon[0]"
+    assert far.value.extra["field"] == "area.polygon.0"
 
 
 def test_a_template_variable_the_incident_lacks_is_named():
@@ -471,7 +471,7 @@ def test_a_polygon_spans_the_whole_of_wgs84_and_is_written_as_space_separated_pa
     for lat, lon in [(-90.5, 0.0), (90.5, 0.0), (0.0, -180.5), (0.0, 180.5)]:
         with pytest.raises(errors.InvalidInput, match="outside WGS-84") as caught:
             parse_polygon([[1.0, 1.0], [lat, lon], [1.0, 0.0], [1.0, 1.0]])
-        assert caught.value.extra["field"] == "area.polygon[1]"
+        assert caught.value.extra["field"] == "area.polygon.1"
 
 
 def test_a_bad_polygon_names_the_field_it_came_from():
@@ -481,7 +481,7 @@ def test_a_bad_polygon_names_the_field_it_came_from():
     with pytest.raises(errors.InvalidInput) as caught:
         parse_polygon([[0.0, 0.0], [0.0, 1.0, 2.0], [1.0, 1.0], [0.0, 0.0]], "alert.area")
     assert caught.value.detail == "point 1 must be [lat, lon]"
-    assert caught.value.extra == {"field": "alert.area[1]"}
+    assert caught.value.extra == {"field": "alert.area.1"}
     with pytest.raises(errors.InvalidInput) as caught:
         parse_polygon(square(5)[:-1] + [[0.0, 0.0]], "alert.area")
     assert caught.value.detail == "the polygon is not closed: its last point must repeat its first"

@@ -252,6 +252,11 @@ def test_valid_resident_id_numbers_pass_with_their_check_character(number):
     ("number", "why"),
     [
         ("110105194912310021", "check character"),  # the last character changed
+        # Full-width digits (Python's \d takes them, and int() reads them): not an ID number as written.
+        (
+            "\uff11\uff11\uff10\uff11\uff10\uff15\uff11\uff19\uff14\uff19\uff11\uff12\uff13\uff11\uff10\uff10\uff12X",
+            "17 digits",
+        ),
         ("11010519491231002", "17 digits"),
         ("1101051949123100200", "17 digits"),
         ("11010519491331002X", "birth date"),  # month 13
@@ -260,8 +265,8 @@ def test_valid_resident_id_numbers_pass_with_their_check_character(number):
 )
 def test_malformed_resident_id_numbers_are_refused_naming_the_field(number, why):
     with pytest.raises(InvalidInput) as exc:
-        normalise_id_number(number, "household.persons[0].id_number")
-    assert exc.value.extra["field"] == "household.persons[0].id_number"
+        normalise_id_number(number, "household.persons.0.id_number")
+    assert exc.value.extra["field"] == "household.persons.0.id_number"
     assert why in exc.value.detail
 
 

@@ -115,6 +115,8 @@ def test_an_operator_sees_both_packs_and_base_units():
     ("item", "field"),
     [
         (Item("x", "x", "x", "piece", gb_code="301"), "gb_code"),
+        # Python's \d takes any script's digits: full-width ones were stored as a code.
+        (Item("x", "x", "x", "piece", gb_code="\uff11\uff12\uff13\uff14\uff15\uff16\uff17"), "gb_code"),
         (Item("x", "x", "x", "piece", {"piece": 2}), "packs.piece"),
         (Item("x", "x", "x", "piece", {"box": 1}), "packs.box"),
     ],

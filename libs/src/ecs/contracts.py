@@ -68,7 +68,7 @@ class AlarmCaller(_Strict):
     name: Annotated[str, Field(max_length=100)] | None = None
 
 
-_RFC3339_DATE = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]")
+_RFC3339_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ]")
 
 
 def _rfc3339_text(value: Any) -> Any:

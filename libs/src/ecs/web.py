@@ -346,7 +346,7 @@ def _nul_path(value: Any, path: str) -> str | None:
                 return found
     if isinstance(value, list):
         for i, item in enumerate(value):
-            found = _nul_path(item, f"{path}[{i}]")
+            found = _nul_path(item, f"{path}.{i}" if path else str(i))
             if found is not None:
                 return found
     return None
@@ -430,7 +430,12 @@ class BodyLimitMiddleware:
         declared = dict(scope["headers"]).get(b"content-length")
         # bytes.isdigit is ASCII only; a length of more digits than any limit has is over it
         # without converting it (int() refuses more than 4,300 digits).
-        if declared is not None and declared.isdigit() and (len(declared) > 18 or int(declared) > self.max_bytes):
+        if (
+            declared is not None
+            and declared.isascii()
+            and declared.isdigit()
+            and (len(declared) > 18 or int(declared) > self.max_bytes)
+        ):
             await _too_large(self.max_bytes)(scope, receive, send)
             return
         seen = 0

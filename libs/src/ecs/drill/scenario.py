@@ -50,8 +50,8 @@ __all__ = [
 SCENARIOS = Path(__file__).parent / "scenarios"
 """The shipped scenarios (``<name>.yaml``): ``ecs drill run bund`` finds ``bund.yaml`` here."""
 
-_DURATION = re.compile(r"^(?:(\d+):)?(\d{1,2}):(\d{1,2})$")
-_UNIT_DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*(s|m|h)$")
+_DURATION = re.compile(r"^(?:([0-9]+):)?([0-9]{1,2}):([0-9]{1,2})$")
+_UNIT_DURATION = re.compile(r"^([0-9]+(?:\.[0-9]+)?)\s*(s|m|h)$")
 MAX_SCENARIO_S = 7 * 24 * 3600
 """A drill's scenario clock runs at most a week."""
 

@@ -113,7 +113,7 @@ class ItemIn(_Body):
     """A catalogue item; quantities of it are counted in whole ``base_unit``s."""
 
     code: str = Field(pattern=CODE)
-    gb_code: str | None = Field(default=None, pattern=r"^\d{7}$", description="GB/T 38565-2020 7-digit code")
+    gb_code: str | None = Field(default=None, pattern=r"^[0-9]{7}$", description="GB/T 38565-2020 7-digit code")
     name_en: str = Field(min_length=1, max_length=255)
     name_zh: str = Field(min_length=1, max_length=255)
     base_unit: str = Field(min_length=1, max_length=32)

@@ -25,7 +25,7 @@ SERVICE = Participant.stockpile.service
 MAX_QUANTITY = 1_000_000_000
 """The largest quantity, in base units, one line of a document or a request may carry."""
 
-GB_CODE = re.compile(r"^\d{7}$")
+GB_CODE = re.compile(r"^[0-9]{7}$")
 """GB/T 38565-2020 (应急物资分类及编码): a 7-digit code, 4 levels (1 + 2 + 2 + 2 digits)."""
 
 

@@ -294,9 +294,9 @@ async def add_shelters(ctx: Ctx, body: ShelterBatch, principal: Principal = requ
     for i, s in enumerate(body.shelters):
         principal.require_scope(MANAGERS, s.exercise, "shelters")
         if s.id in seen:
-            raise InvalidInput(f"shelter {s.id} is listed twice", field=f"shelters[{i}].id")
+            raise InvalidInput(f"shelter {s.id} is listed twice", field=f"shelters.{i}.id")
         seen.add(s.id)
-        rows.append(s.row(ctx.settings.m2_per_person, f"shelters[{i}]."))
+        rows.append(s.row(ctx.settings.m2_per_person, f"shelters.{i}."))
     added = await handle(ctx, commands.RegisterShelters(rows, principal.subject))
     return _answer(ShelterList(items=[ShelterAnswer.of(s) for s in added]), status=201)
 
@@ -393,7 +393,7 @@ async def allocate(ctx: Ctx, body: AllocationIn, principal: Principal = requires
     exercise = body.exercise if body.incident_id is None else await views.incident_exercise(ctx.db, body.incident_id)
     principal.require_scope(MANAGERS, exercise, "shelters")
     h = body.household
-    people = [p.person(f"household.persons[{i}].") for i, p in enumerate(h.persons)]
+    people = [p.person(f"household.persons.{i}.") for i, p in enumerate(h.persons)]
     needs = Needs(len(people), sum(p.wheelchair for p in people), h.pets)
     reg = await handle(
         ctx,
@@ -422,9 +422,9 @@ async def allocate_batch(ctx: Ctx, body: BatchIn, principal: Principal = require
     seen: set[str] = set()
     for i, h in enumerate(body.households):
         if h.ref in seen:
-            raise InvalidInput(f"household {h.ref} is listed twice", field=f"households[{i}].ref")
+            raise InvalidInput(f"household {h.ref} is listed twice", field=f"households.{i}.ref")
         if h.wheelchairs > h.people:
-            raise InvalidInput("more wheelchair users than people", field=f"households[{i}].wheelchairs")
+            raise InvalidInput("more wheelchair users than people", field=f"households.{i}.wheelchairs")
         seen.add(h.ref)
     out = await handle(
         ctx,

@@ -240,10 +240,10 @@ def parse_polygon(points: Sequence[Sequence[float]], where: str = "area.polygon"
     ring: list[tuple[float, float]] = []
     for i, point in enumerate(points):
         if len(point) != 2:
-            raise errors.InvalidInput(f"point {i} must be [lat, lon]", field=f"{where}[{i}]")
+            raise errors.InvalidInput(f"point {i} must be [lat, lon]", field=f"{where}.{i}")
         lat, lon = float(point[0]), float(point[1])
         if not (-90 <= lat <= 90 and -180 <= lon <= 180):
-            raise errors.InvalidInput(f"point {i} ({lat}, {lon}) is outside WGS-84 ranges", field=f"{where}[{i}]")
+            raise errors.InvalidInput(f"point {i} ({lat}, {lon}) is outside WGS-84 ranges", field=f"{where}.{i}")
         ring.append((lat, lon))
     if ring[0] != ring[-1]:
         raise errors.InvalidInput("the polygon is not closed: its last point must repeat its first", field=where)
