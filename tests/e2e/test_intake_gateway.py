@@ -302,6 +302,14 @@ async def test_json_content_type_with_charset_is_accepted(intake):
     assert resp.status_code == 202, resp.text
 
 
+async def test_a_body_said_to_be_in_another_charset_is_415_and_changes_nothing(intake, ops):
+    """It was read as UTF-8 whatever the charset said (JSON is UTF-8: RFC 8259 §8.1)."""
+    before = await holdings(ops)
+    for ctype in ("application/json; charset=utf-16", 'application/json; charset="latin1"'):
+        assert_problem(await post_raw(intake, orjson.dumps(alarm(new_spot())), Content_Type=ctype), 415, "Content-Type")
+    assert await holdings(ops) == before
+
+
 def _tampered_signature(body: bytes) -> dict[str, Any]:
     ts = str(int(time.time()))
     good = hmac.new(GATEWAY_SECRET.encode(), f"{ts}.".encode() + body, hashlib.sha256).hexdigest()

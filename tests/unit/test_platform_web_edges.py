@@ -791,7 +791,9 @@ async def test_the_idempotency_refusals_are_the_whole_problem(tmp_path):
         "type": "urn:ecs:problem:idempotency_key_reused",
         "title": "Idempotency-Key reused",
         "status": 422,
-        "detail": "this Idempotency-Key was already used with a different request",
+        "detail": "this Idempotency-Key was already used with a different request (the same bytes of the"
+        " same method and path are the same request): use a new key for a new request",
+        "field": "Idempotency-Key",
     }
     assert busy.status_code == 409 and busy.json() == {
         "type": "urn:ecs:problem:idempotency_in_progress",

@@ -551,8 +551,10 @@ class IdempotencyMiddleware:
                 resp = problem(
                     422,
                     "Idempotency-Key reused",
-                    "this Idempotency-Key was already used with a different request",
+                    "this Idempotency-Key was already used with a different request (the same bytes of the"
+                    " same method and path are the same request): use a new key for a new request",
                     code="idempotency_key_reused",
+                    field="Idempotency-Key",
                 )
             elif status == 0:
                 resp = problem(

@@ -87,8 +87,15 @@ Gateways = Annotated[GatewayRegistry, Depends(gateway_registry)]
 
 def _check_json(request: Request) -> None:
     ctype = request.headers.get("content-type", "")
-    if ctype.split(";")[0].strip().lower() != "application/json":
+    media, _, params = ctype.partition(";")
+    if media.strip().lower() != "application/json":
         raise UnsupportedMediaType("Content-Type must be application/json", field="Content-Type")
+    # JSON is UTF-8 (RFC 8259 §8.1): a body said to be in another charset would be read wrongly.
+    charset = next(
+        (v for k, _, v in (p.partition("=") for p in params.split(";")) if k.strip().lower() == "charset"), None
+    )
+    if charset is not None and charset.strip().strip('"').lower() not in ("utf-8", "utf8"):
+        raise UnsupportedMediaType("Content-Type's charset must be utf-8 (RFC 8259)", field="Content-Type")
 
 
 async def _signed_body(request: Request, registry: GatewayRegistry, limit: int) -> tuple[str, bytes]:
