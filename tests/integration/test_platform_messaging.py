@@ -331,6 +331,38 @@ async def test_runner_isolates_a_poison_message_inside_a_batch(bus):
         await runner.stop()
 
 
+async def test_a_message_the_database_refuses_is_dead_lettered_at_once_not_retried(bus, pg_url):
+    """What a column cannot hold (here text that is no number; a 120-character incident id in
+    resource-stockpile) is refused on every delivery: it was retried max_deliver times, a minute
+    and more, before it reached the dead-letter subject."""
+    db = Database(pg_url)
+    attempts: dict[bytes, int] = {}
+
+    async def handle(msgs: list[Msg]) -> dict[int, str]:
+        async with db.uow() as uow:
+            for m in msgs:
+                attempts[m.data] = attempts.get(m.data, 0) + 1
+                await uow.conn.execute(text("SELECT CAST(CAST(:v AS text) AS int)"), {"v": m.data.decode()})
+            await uow.commit()
+        return {}
+
+    await publish(bus, b"1", b"x", b"2")
+    runner = await runner_for(bus, handle, max_deliver=8)
+    try:
+
+        async def dead() -> list[Any]:
+            return await stream_messages(bus, "DEADLETTER", "deadletter.thing.>")
+
+        (msg,) = await eventually(dead, "the refused message on the dead-letter stream")
+        await eventually(lambda: settled(bus), "the consumer to settle")
+        assert msg.data == b"x" and msg.headers["Ecs-Reason"].startswith("the database refused it: ")
+        assert attempts[b"x"] == 2  # in the batch, then alone once: never redelivered
+        assert (attempts[b"1"], attempts[b"2"]) == (2, 1)  # the batch stopped at "x"; then each alone
+    finally:
+        await runner.stop()
+        await db.dispose()
+
+
 async def test_two_runners_on_one_durable_share_the_work_without_doubling_it(bus):
     handled: list[bytes] = []
 

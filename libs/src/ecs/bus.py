@@ -25,6 +25,7 @@ from pydantic import ValidationError
 
 from .envelope import Envelope
 from .errors import Poison, Transient
+from .retry import db_error_text, refused_input
 from .stopping import step, stop_task
 
 log = structlog.get_logger("ecs.bus")
@@ -462,6 +463,11 @@ class ConsumerRunner:
                 await self.process([m])
             return
         except Exception as exc:
+            if len(msgs) == 1 and refused_input(exc):
+                # The database refused what the message says (a value too long for its column,
+                # out of range): the same message would be refused on every delivery.
+                await self._settle(msgs, {0: f"the database refused it: {db_error_text(exc)}"})
+                return
             if len(msgs) == 1:
                 await self._failed(msgs[0], exc)
                 return

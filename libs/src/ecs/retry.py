@@ -13,7 +13,7 @@ import random
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from .errors import Transient
@@ -49,6 +49,24 @@ def is_unavailable(exc: BaseException) -> bool:
     if isinstance(exc, DBAPIError):
         return bool(exc.connection_invalidated) or isinstance(exc.orig, OSError | ConnectionError)
     return False
+
+
+def refused_input(exc: BaseException) -> bool:
+    """Whether the database (or the driver, binding parameters) refused what it was given, as
+    opposed to being unreachable: the same input would be refused again (SQLSTATE class 22, data
+    exception, PostgreSQL Appendix A: a value too long, out of range, U+0000 in text)."""
+    if is_unavailable(exc):
+        return False
+    if isinstance(exc, DBAPIError):
+        return isinstance(exc, DataError) or _sqlstate(exc.orig).startswith("22")
+    if isinstance(exc, StatementError):
+        return True  # binding the parameters failed: the input, not the database
+    return _sqlstate(exc).startswith("22")  # a driver's own error (bulk inserts go to it directly)
+
+
+def _sqlstate(exc: BaseException | None) -> str:
+    """The SQLSTATE of a driver error, or ""."""
+    return str(getattr(exc, "sqlstate", None) or getattr(exc, "pgcode", None) or "")
 
 
 async def retrying(

@@ -31,11 +31,9 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Row
-from sqlalchemy.exc import DataError, DBAPIError, StatementError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ecs.db import BigId, UnitOfWork, UTCDateTime, chunks, new_metadata
-from ecs.retry import is_unavailable
 
 from .correlation import Correlation, IncomingAlarm
 from .domain import (
@@ -393,23 +391,6 @@ async def add_refusals(conn: AsyncConnection, refused: Sequence[tuple[IncomingAl
             for i, reason in refused
         ]
         await conn.execute(alarm_refusals.insert(), rows)
-
-
-def refused_input(exc: BaseException) -> bool:
-    """Whether the database (or the driver, binding parameters) refused what it was given, as
-    opposed to being unreachable: the same input would be refused again."""
-    if is_unavailable(exc):
-        return False
-    if isinstance(exc, DBAPIError):
-        return isinstance(exc, DataError) or _sqlstate(exc.orig).startswith("22")
-    if isinstance(exc, StatementError):
-        return True  # binding the parameters failed: the input, not the database
-    return _sqlstate(exc).startswith("22")  # a driver's own error (bulk inserts go to it directly)
-
-
-def _sqlstate(exc: BaseException | None) -> str:
-    """The SQLSTATE of a driver error ("22...": data exception, PostgreSQL Appendix A), or ""."""
-    return str(getattr(exc, "sqlstate", None) or getattr(exc, "pgcode", None) or "")
 
 
 # --- operator commands ---------------------------------------------------------------------------

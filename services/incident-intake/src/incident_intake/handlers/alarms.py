@@ -14,7 +14,7 @@ from ecs.batching import MicroBatcher
 from ecs.db import Database, UnitOfWork
 from ecs.envelope import new_id, utcnow
 from ecs.errors import AppError, InvalidInput
-from ecs.retry import db_error_text, retrying
+from ecs.retry import db_error_text, refused_input, retrying
 
 from .. import store
 from ..commands import ReportAlarms
@@ -113,7 +113,7 @@ class Correlator:
         try:
             return await self._ingest_retrying(items)
         except Exception as exc:
-            if not store.refused_input(exc):
+            if not refused_input(exc):
                 raise
             log.warning("intake.batch_refused_isolating", size=len(items), error=db_error_text(exc))
         outcomes: list[Outcome] = []
@@ -121,7 +121,7 @@ class Correlator:
             try:
                 outcomes += await self._ingest_retrying([item])
             except Exception as exc:
-                if not store.refused_input(exc):
+                if not refused_input(exc):
                     raise
                 reason = f"the database refused this alarm: {db_error_text(exc)}"
                 outcomes.append(InvalidInput(reason, field="alarm"))
