@@ -521,7 +521,7 @@ class DrillRunner:
         if taken:
             raise DrillRefused(
                 f"{len(taken)} ids of the scenario are taken (e.g. {', '.join(taken[:3])}): exercise data of an"
-                " earlier drill is still there, run `ecs drill purge`"
+                " earlier drill is still there, run `ecs drill purge --yes`"
             )
         for uid in res.borrow_units:
             r = await self._call("PUT", f"{self.endpoints.dispatch}/v1/units/{uid}/lend", ok=(200, 201, 404, 409))
