@@ -6,6 +6,8 @@ and a document failing the schema refused with its XPath, line and reason, nothi
 
 from __future__ import annotations
 
+from typing import Any
+
 import httpx
 from lxml import etree
 
@@ -110,6 +112,18 @@ async def test_a_reservation_and_its_release_are_exported_threaded_and_valid(sto
         ).status_code == 409
 
 
+async def stocked_for_the_neighbour(client: httpx.AsyncClient, bus: Any, headers: Any) -> Stockpile:
+    """The catalogue, depot A, and the stretchers and first-aid kits NEIGHBOUR asks for."""
+    s = Stockpile(client, bus, headers)
+    await s.setup([depot("A", 1.0)])
+    await s.receive(
+        "A",
+        {"item": "stretcher", "lot": "S", "quantity": 10},
+        {"item": "first_aid_kit", "lot": "K", "quantity": 50},
+    )
+    return s
+
+
 async def test_the_same_message_for_another_incident_is_that_incidents_request_and_long_ids_are_422(
     stockpile_app, db_url, headers
 ):
@@ -117,13 +131,7 @@ async def test_the_same_message_for_another_incident_is_that_incidents_request_a
     reservations and reserved nothing for the second; a MessageID or ResourceInfoElementID past
     255 characters was a 500 (the inbox key, the column)."""
     async with stockpile_app(db_url) as (_, client, bus):
-        s = Stockpile(client, bus, headers)
-        await s.setup([depot("A", 1.0)])
-        await s.receive(
-            "A",
-            {"item": "stretcher", "lot": "S", "quantity": 10},
-            {"item": "first_aid_kit", "lot": "K", "quantity": 50},
-        )
+        s = await stocked_for_the_neighbour(client, bus, headers)
         first, second = await s.incident(), await s.incident()
         officer = {**s.officer, **XML}
 
@@ -150,13 +158,7 @@ async def test_the_same_message_for_another_incident_is_that_incidents_request_a
 
 async def test_a_neighbours_request_becomes_reservations_threaded_to_its_message(stockpile_app, db_url, headers):
     async with stockpile_app(db_url) as (_, client, bus):
-        s = Stockpile(client, bus, headers)
-        await s.setup([depot("A", 1.0)])
-        await s.receive(
-            "A",
-            {"item": "stretcher", "lot": "S", "quantity": 10},
-            {"item": "first_aid_kit", "lot": "K", "quantity": 50},
-        )
+        s = await stocked_for_the_neighbour(client, bus, headers)
         incident = await s.incident()
         officer = {**s.officer, **XML}
 
