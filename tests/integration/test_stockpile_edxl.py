@@ -10,7 +10,9 @@ from typing import Any
 
 import httpx
 from lxml import etree
+from sqlalchemy import text
 
+from ecs.db import Database
 from resource_stockpile import edxl_rm
 from tests.integration import test_stockpile_service as service
 from tests.integration.test_stockpile_service import Stockpile, depot
@@ -154,6 +156,31 @@ async def test_the_same_message_for_another_incident_is_that_incidents_request_a
             r = await post(first, document)
             assert r.status_code == 422 and r.json()["field"].endswith(field), r.text
         assert len((await s.get(f"/v1/incidents/{first}/reservations")).json()["reservations"]) == 2
+
+
+async def test_a_message_imported_under_the_earlier_key_is_not_reserved_again(stockpile_app, db_url, headers):
+    """Before its key named the incident, an import was kept under ``edxl:<MessageID>``: the same
+    message sent again after an upgrade answers what it made then, never a second reservation."""
+    async with stockpile_app(db_url) as (_, client, bus):
+        s = await stocked_for_the_neighbour(client, bus, headers)
+        incident = await s.incident()
+        officer = {**s.officer, **XML}
+        params = {"incident_id": incident}
+        first = await client.post("/v1/edxl-rm/requests", params=params, content=NEIGHBOUR, headers=officer)
+        assert first.status_code == 201, first.text
+        db = Database(db_url)
+        try:
+            async with db.uow() as uow:  # as the earlier version kept it
+                await uow.conn.execute(
+                    text("UPDATE reservations SET request_key = 'edxl:suzhou-ecs-2026-0042' WHERE source = 'edxl'")
+                )
+                await uow.commit()
+        finally:
+            await db.dispose()
+        again = await client.post("/v1/edxl-rm/requests", params=params, content=NEIGHBOUR, headers=officer)
+        assert again.status_code == 201, again.text
+        assert [x["id"] for x in again.json()["reservations"]] == [x["id"] for x in first.json()["reservations"]]
+        assert len((await s.get(f"/v1/incidents/{incident}/reservations")).json()["reservations"]) == 2
 
 
 async def test_a_neighbours_request_becomes_reservations_threaded_to_its_message(stockpile_app, db_url, headers):

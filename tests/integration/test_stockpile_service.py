@@ -4,6 +4,7 @@ consume and release, and the bad input of each — as a supply officer would see
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -182,6 +183,23 @@ async def test_the_service_answers_health_readiness_and_metrics(stockpile_app, d
         metrics = await client.get("/metrics")
         assert metrics.status_code == 200
         assert "stockpile_reserved_base_units_total" in metrics.text
+
+
+async def test_a_pool_of_one_serves_the_work_beside_the_relay_leaders_session(stockpile_app, pg_url, headers):
+    """The outbox relay's leader holds a session while it leads: with DB_POOL_SIZE=1 that was the
+    pool's only one, and the service was never ready (every request waited, then 503)."""
+    async with stockpile_app(pg_url, db_pool_size=1, db_pool_timeout_s=3) as (_, client, bus):
+        s = Stockpile(client, bus, headers)
+
+        async def ready() -> bool:
+            return (await client.get("/readyz")).status_code == 200
+
+        await eventually(ready, "ready beside the relay's leader")
+        await s.setup([depot("near", 1.0)])
+        await asyncio.gather(
+            *(s.receive("near", {"item": "stretcher", "lot": f"L{i}", "quantity": 1}) for i in range(4))
+        )
+        assert sum(x["on_hand"] for x in await s.stock(depot_id="near")) == 4
 
 
 async def test_stock_is_received_in_packs_and_shown_in_both(stockpile_app, db_url, headers):

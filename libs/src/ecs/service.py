@@ -118,7 +118,9 @@ async def platform(app: FastAPI, settings: ServiceSettings, spec: ServiceSpec) -
     configure_logging(settings.service_name, settings.log_level, settings.log_json)
     settings.check_secrets()
     await upgrade(settings.database_url, spec.migrations, spec.version_table)
-    db = Database(settings.database_url, pool_size=settings.db_pool_size, pool_timeout_s=settings.db_pool_timeout_s)
+    # One session more than DB_POOL_SIZE: the outbox relay's leader holds its own for as long as it
+    # leads (its advisory lock lives on it), and the work must not wait on it.
+    db = Database(settings.database_url, pool_size=settings.db_pool_size + 1, pool_timeout_s=settings.db_pool_timeout_s)
     bus = Bus(
         settings.nats_url, settings.service_name, settings.stream_replicas, settings.nats_user, settings.nats_password
     )

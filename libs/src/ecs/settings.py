@@ -45,8 +45,9 @@ class ServiceSettings(BaseSettings):
     nats_password: str | None = None
     http_host: str = "127.0.0.1"
     http_port: int = 8000
-    # PostgreSQL connections this process keeps (a fixed pool, ecs.db.Database) and how long a
-    # unit of work waits for one before it answers unavailable.
+    # PostgreSQL connections this process keeps for its work (a fixed pool, ecs.db.Database; the
+    # outbox relay's leader holds one more of its own) and how long a unit of work waits for one
+    # before it answers unavailable.
     db_pool_size: int = Field(default=10, ge=1, le=200)
     db_pool_timeout_s: float = Field(default=30.0, gt=0, le=600)
     log_level: str = "INFO"

@@ -21,7 +21,11 @@ async def import_request(ctx: Context, cmd: ImportEdxlRequest) -> list[Reserved]
     item cannot have) or as reserve_many (the incident)."""
     request = edxl_rm.read_request(cmd.document)
     async with ctx.db.engine.connect() as conn:
+        # Imported before its key named the incident (``edxl:<MessageID>``): what it made then.
+        earlier = await store.reservations_of_request(conn, f"edxl:{request.message_id}")
         catalogue = await store.get_items(conn, [r.item for r in request.lines])
+    if earlier and all(r.incident_id == cmd.incident_id for r in earlier):
+        return [Reserved(r.id, r.requested - r.missing, r.missing, []) for r in earlier]
     lines = []
     for r in request.lines:
         resource = r.xpath.split("/AssignmentInformation")[0] + "/Resource"
