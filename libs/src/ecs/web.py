@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import inspect
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -208,6 +209,16 @@ def requires(*roles: Role) -> Any:
     return Depends(dependency)
 
 
+_NO_OTEL: dict[str, Any] = (
+    {"telemetry": {"tracing": False, "metrics": False, "logs": False}}
+    if "telemetry" in inspect.signature(FastAPI.__init__).parameters
+    else {}
+)
+"""FastAPI's own OpenTelemetry, off: the services observe through structlog and Prometheus
+(DESIGN §9), and with it on, every request looked up the global providers (environment reads
+among them) only to find none configured."""
+
+
 def create_app(
     *,
     title: str,
@@ -219,7 +230,7 @@ def create_app(
 ) -> FastAPI:
     """The app's lifespan must put ``db`` (Database), ``tokens`` (TokenVerifier) and a
     ``readiness`` coroutine returning {check: ok} on ``app.state``."""
-    app = FastAPI(title=title, version=version, description=description, lifespan=lifespan)
+    app = FastAPI(title=title, version=version, description=description, lifespan=lifespan, **_NO_OTEL)
 
     @app.exception_handler(AppError)
     async def on_app_error(_: Request, exc: AppError) -> JSONResponse:

@@ -28,7 +28,7 @@ from ecs.contracts import (
     PerimeterSet,
     StageChanged,
 )
-from ecs.geo import haversine_m, point_in_polygon, ring_fault
+from ecs.geo import EARTH_RADIUS_M, haversine_m, point_in_polygon, ring_fault
 from ecs.vocabulary import OPEN_STAGES, TERMINAL_STAGES, Category, Level, Participant, Stage
 
 __all__ = [
@@ -1014,6 +1014,10 @@ def open_incident(id: str, alarm: AlarmFacts) -> Incident:
     )
 
 
+M_PER_DEGREE_LAT = EARTH_RADIUS_M * math.pi / 180
+"""Metres of great circle per degree of latitude on the haversine sphere (ecs.geo.EARTH_RADIUS_M)."""
+
+
 def find_incident(
     alarm: AlarmFacts,
     candidates: Iterable[Incident],
@@ -1037,6 +1041,11 @@ def find_incident(
         category = joined_category(incident.category, alarm.category)
         window = windows.get(category, DEFAULT_WINDOWS[category])
         if gap_to_span(alarm.received_at, incident.first_alarm_at, incident.last_alarm_at) > window.window_s:
+            continue
+        # The latitudes alone bound the distance from below (R·|Δφ|): most candidates of the
+        # index's cells end here, without the trigonometry. A metre of slack leaves the cases at
+        # the window's edge to haversine_m, whose rounding differs from this product's.
+        if abs(incident.lat - alarm.lat) * M_PER_DEGREE_LAT > window.distance_m + 1.0:
             continue
         distance = haversine_m(incident.lat, incident.lon, alarm.lat, alarm.lon)
         if distance > window.distance_m:
