@@ -229,44 +229,11 @@ async def post_alarm_batch(request: Request, registry: Gateways, ctx: Ctx) -> Re
     results: list[dict[str, Any] | None] = [None] * len(items)
     valid: list[tuple[int, GatewayAlarm]] = []
     for i, item in enumerate(items):
-        alarm_id = item.get("alarm_id") if isinstance(item, dict) else None
-        try:
-            try:
-                size = len(orjson.dumps(item))
-            except orjson.JSONEncodeError:  # nested deeper than orjson writes (255): no alarm is
-                size = 0
-                errors = [{"field": f"alarms.{i}", "message": "nested too deeply to be an alarm"}]
-                raise _NotAnAlarm from None
-            if size > MAX_ALARM_BYTES:
-                raise InvalidInput(f"alarm {i} is larger than {MAX_ALARM_BYTES} bytes")
-            try:
-                alarm = GatewayAlarm.model_validate(item)
-            except ValidationError as exc:
-                errors = _alarm_errors(exc, f"alarms.{i}.")
-                raise _NotAnAlarm from None
-        except _NotAnAlarm:
-            detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors[:5])
-            results[i] = BatchItemResult(
-                index=i,
-                status=422,
-                error=BatchItemError(
-                    index=i,
-                    alarm_id=str(alarm_id)[:64] if alarm_id else None,
-                    status=422,
-                    title="Invalid alarm",
-                    detail=detail,
-                    errors=errors,
-                ),
-            ).model_dump(mode="json")
-            continue
-        except InvalidInput as exc:
-            results[i] = BatchItemResult(
-                index=i,
-                status=413,
-                error=BatchItemError(index=i, status=413, title="Alarm too large", detail=exc.detail),
-            ).model_dump(mode="json")
-            continue
-        valid.append((i, alarm))
+        parsed = _batch_item(i, item)
+        if isinstance(parsed, GatewayAlarm):
+            valid.append((i, parsed))
+        else:
+            results[i] = parsed
     if valid:
         try:
             receipts = await handle(ReportAlarms([(gateway_id, a) for _, a in valid], "http"), ctx)
@@ -281,8 +248,36 @@ async def post_alarm_batch(request: Request, registry: Gateways, ctx: Ctx) -> Re
     return json_response({"accepted": accepted, "rejected": len(items) - accepted, "results": results})
 
 
-class _NotAnAlarm(Exception):
-    """A batch item that no alarm can be made of (its errors are already listed)."""
+def _batch_item(i: int, item: Any) -> GatewayAlarm | dict[str, Any]:
+    """Batch item ``i`` as an alarm, or its refusal: 413 over MAX_ALARM_BYTES, 422 naming each
+    field (``alarms.<i>.<field>``), or 422 ``alarms.<i>`` for one nested deeper than orjson writes
+    (255 levels), which no alarm is."""
+    alarm_id = item.get("alarm_id") if isinstance(item, dict) else None
+    try:
+        size = len(orjson.dumps(item))
+    except orjson.JSONEncodeError:
+        return _invalid_item(i, alarm_id, [{"field": f"alarms.{i}", "message": "nested too deeply to be an alarm"}])
+    if size > MAX_ALARM_BYTES:
+        detail = f"alarm {i} is larger than {MAX_ALARM_BYTES} bytes"
+        error = BatchItemError(index=i, status=413, title="Alarm too large", detail=detail)
+        return BatchItemResult(index=i, status=413, error=error).model_dump(mode="json")
+    try:
+        return GatewayAlarm.model_validate(item)
+    except ValidationError as exc:
+        return _invalid_item(i, alarm_id, _alarm_errors(exc, f"alarms.{i}."))
+
+
+def _invalid_item(i: int, alarm_id: Any, errors: list[dict[str, str]]) -> dict[str, Any]:
+    detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors[:5])
+    error = BatchItemError(
+        index=i,
+        alarm_id=str(alarm_id)[:64] if alarm_id else None,
+        status=422,
+        title="Invalid alarm",
+        detail=detail,
+        errors=errors,
+    )
+    return BatchItemResult(index=i, status=422, error=error).model_dump(mode="json")
 
 
 def _refused_item(i: int, alarm_id: str, exc: AppError) -> dict[str, Any]:
